@@ -1,0 +1,14 @@
+"""Triton kernels for AlexNet, each with a plain-PyTorch reference in `kernels.reference`.
+
+    kernels.relu_lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0)   fused ReLU + local response norm
+    kernels.max_pool2d(x, kernel_size=3, stride=2)               overlapping max-pooling
+    kernels.dropout(x, p=0.5, training=True)                     seeded inverted dropout
+
+Every op takes CUDA tensors (or CPU tensors under TRITON_INTERPRET=1) in fp32, bf16 or fp16,
+contiguous NCHW or channels_last, and returns its output in the input's memory format.
+"""
+from .dropout import dropout
+from .lrn import relu_lrn
+from .maxpool import max_pool2d
+
+__all__ = ["relu_lrn", "max_pool2d", "dropout"]

@@ -1,0 +1,101 @@
+"""Dropout with a counter-based RNG: the mask is a pure function of (seed, element index).
+
+Each program draws four 32-bit Philox numbers per counter (`tl.randint4x`) and uses them for
+four contiguous quarters of its BLOCK elements; an element is kept when its number is at
+least p * 2**32, so the keep probability is 1 - p to within 2**-32. Kept elements are
+scaled by 1 / (1 - p) (inverted dropout, equivalent to the paper's x0.5 at test time).
+
+The seed is an int64 drawn from torch's generator on the tensor's device, so
+`torch.manual_seed` makes runs reproducible, and it stays on the device (no host sync, safe
+to capture in a CUDA graph). The backward regenerates the same mask from the saved seed:
+nothing mask-sized is stored. Elements are indexed in storage order, so x may be any dense
+layout (contiguous, channels_last, ...).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import cdiv, check_tensor, interpreting
+
+__all__ = ["dropout", "DropoutFunction"]
+
+
+@triton.jit
+def _apply_mask(x_ptr, y_ptr, offs, rand, n_elem, keep_threshold, scale):
+    mask = offs < n_elem
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    keep = rand.to(tl.int64) >= keep_threshold  # rand is uint32: compare in int64
+    tl.store(y_ptr + offs, tl.where(keep, x * scale, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dropout_kernel(x_ptr, y_ptr, seed_ptr, n_elem, keep_threshold, scale, BLOCK: tl.constexpr):
+    """y = x * keep * scale over n_elem elements of flat storage; keep = (philox >= threshold).
+    The same kernel applies the mask forward (x = input) and backward (x = dy)."""
+    QUARTER: tl.constexpr = BLOCK // 4
+    pid = tl.program_id(0).to(tl.int64)
+    counter = pid * QUARTER + tl.arange(0, QUARTER)  # one Philox counter -> four numbers
+    r0, r1, r2, r3 = tl.randint4x(tl.load(seed_ptr), counter)
+    offs = pid * BLOCK + tl.arange(0, QUARTER)
+    _apply_mask(x_ptr, y_ptr, offs, r0, n_elem, keep_threshold, scale)
+    _apply_mask(x_ptr, y_ptr, offs + QUARTER, r1, n_elem, keep_threshold, scale)
+    _apply_mask(x_ptr, y_ptr, offs + 2 * QUARTER, r2, n_elem, keep_threshold, scale)
+    _apply_mask(x_ptr, y_ptr, offs + 3 * QUARTER, r3, n_elem, keep_threshold, scale)
+
+
+# ------------------------------------------------------------------------------ launchers
+def _dense(t: torch.Tensor) -> bool:
+    """True if t's elements fill its storage span exactly (contiguous in some order)."""
+    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last) or (
+        t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
+
+
+def new_seed(device) -> torch.Tensor:
+    """A fresh int64 seed drawn from torch's generator for `device`, kept on that device."""
+    return torch.randint(0, 2**62, (1,), device=device, dtype=torch.int64)
+
+
+def apply_dropout_mask(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+    """x times the mask for (seed, p), scaled by 1/(1-p); x must be dense (see _dense)."""
+    y = torch.empty_like(x)  # same strides as a dense x, so storage order matches
+    n_elem = x.numel()
+    if n_elem == 0:
+        return y
+    block = 1024 if interpreting() else 4096
+    keep_threshold = min(int(round(p * 2**32)), 2**32)
+    _dropout_kernel[(cdiv(n_elem, block),)](x, y, seed, n_elem, keep_threshold, 1.0 / (1.0 - p), BLOCK=block, num_warps=8)
+    return y
+
+
+class DropoutFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p):
+        seed = new_seed(x.device)
+        ctx.save_for_backward(seed)
+        ctx.p = p
+        ctx.layout = x.stride()
+        return apply_dropout_mask(x, seed, p)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (seed,) = ctx.saved_tensors
+        if dy.stride() != ctx.layout:  # the mask follows storage order: match x's layout
+            dy = torch.empty_strided(dy.shape, ctx.layout, dtype=dy.dtype, device=dy.device).copy_(dy)
+        return apply_dropout_mask(dy, seed, ctx.p), None
+
+
+def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
+    """Inverted dropout (paper section 4.2, p = 0.5): in training, zero each element with
+    probability p and scale the rest by 1/(1-p); identity when not training or p = 0."""
+    if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p must be in [0, 1], got {p!r}")
+    check_tensor(x, "x")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0  # every element dropped; keeps the autograd graph (gradient 0)
+    if not _dense(x):
+        x = x.contiguous()
+    return DropoutFunction.apply(x, float(p))

@@ -1,0 +1,178 @@
+"""Max-pooling with (possibly overlapping) windows, no padding (paper section 3.4: 3x3, stride 2).
+
+Forward: y[n, c, oh, ow] = max over the KH x KW window at (oh*SH, ow*SW) of x, and the
+window-local position of that max, kh*KW + kw, saved as int8 (int16 past 128 positions):
+one byte per output instead of an int64 index per output as PyTorch keeps. The window is
+scanned row by row and a value wins if it is larger than the running max or NaN, exactly
+as PyTorch's max_pool2d, so ties go to the first maximum and NaNs propagate.
+
+Backward is a gather, deterministic and atomics-free: each input pixel sums the gradients
+of the (at most ceil(KH/SH) x ceil(KW/SW)) windows that cover it and chose it.
+
+Layout: (N, C, H, W), any strides; each program owns BLOCK_P pixels x BLOCK_C channels of
+the output (forward) or input (backward); outputs come back in x's memory format.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import cdiv, check_tensor, empty_4d, interpreting, memory_format, pair, pixel_offsets
+
+__all__ = ["max_pool2d", "MaxPool2dFunction"]
+
+
+@triton.jit
+def _max_pool_fwd_kernel(
+    x_ptr, y_ptr, idx_ptr,
+    n_out_pix, n_chan, height, width, out_h, out_w,
+    sx_n, sx_c, sx_h, sx_w,
+    sy_n, sy_c, sy_h, sy_w,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """x (N, C, H, W) through sx_*; y and idx (N, C, out_h, out_w) through sy_*."""
+    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (pix < n_out_pix)[:, None] & (chan < n_chan)[None, :]
+    # top-left input corner of each window: input pixel (n, oh*SH, ow*SW)
+    n = pix // (out_h * out_w)
+    rem = pix - n * (out_h * out_w)
+    oh = rem // out_w
+    ow = rem - oh * out_w
+    corner = n.to(tl.int64) * sx_n + (oh * SH).to(tl.int64) * sx_h + (ow * SW).to(tl.int64) * sx_w
+    base = x_ptr + corner[:, None] + chan.to(tl.int64)[None, :] * sx_c
+
+    best = tl.full((BLOCK_P, BLOCK_C), float("-inf"), tl.float32)
+    best_idx = tl.zeros((BLOCK_P, BLOCK_C), tl.int32)
+    for kh in tl.static_range(KH):
+        for kw in tl.static_range(KW):
+            v = tl.load(base + kh * sx_h + kw * sx_w, mask=mask, other=float("-inf")).to(tl.float32)
+            take = (v > best) | (v != v)  # larger, or NaN: PyTorch's rule
+            best = tl.where(take, v, best)
+            best_idx = tl.where(take, kh * KW + kw, best_idx)
+
+    y_off = pixel_offsets(pix, out_h, out_w, sy_n, sy_h, sy_w)[:, None] + chan.to(tl.int64)[None, :] * sy_c
+    tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(idx_ptr + y_off, best_idx.to(idx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _max_pool_bwd_kernel(
+    dy_ptr, idx_ptr, dx_ptr,
+    n_pix, n_chan, height, width, out_h, out_w,
+    sy_n, sy_c, sy_h, sy_w,
+    sx_n, sx_c, sx_h, sx_w,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dx (N, C, H, W) through sx_*; dy and idx (N, C, out_h, out_w) through sy_*.
+    Input row ih lies in output rows oh with oh*SH <= ih < oh*SH + KH, i.e. the
+    ceil(KH/SH) rows ih//SH - i (i = 0, 1, ...) that are >= 0 and < out_h, likewise for w."""
+    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pix_ok = pix < n_pix
+    chan_ok = chan < n_chan
+    n = pix // (height * width)
+    rem = pix - n * (height * width)
+    ih = rem // width
+    iw = rem - ih * width
+    chan_off = chan.to(tl.int64)[None, :] * sy_c
+
+    dx = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+    for i in tl.static_range((KH + SH - 1) // SH):
+        oh = ih // SH - i
+        kh = ih - oh * SH
+        row_ok = (oh >= 0) & (oh < out_h) & (kh < KH)
+        for j in tl.static_range((KW + SW - 1) // SW):
+            ow = iw // SW - j
+            kw = iw - ow * SW
+            ok = pix_ok & row_ok & (ow >= 0) & (ow < out_w) & (kw < KW)
+            mask = ok[:, None] & chan_ok[None, :]
+            off = (n.to(tl.int64) * sy_n + oh.to(tl.int64) * sy_h + ow.to(tl.int64) * sy_w)[:, None] + chan_off
+            chosen = tl.load(idx_ptr + off, mask=mask, other=-1).to(tl.int32)
+            g = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            dx += tl.where(chosen == (kh * KW + kw)[:, None], g, 0.0)
+
+    x_off = pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)[:, None] + chan.to(tl.int64)[None, :] * sx_c
+    tl.store(dx_ptr + x_off, dx.to(dx_ptr.dtype.element_ty), mask=pix_ok[:, None] & chan_ok[None, :])
+
+
+# ------------------------------------------------------------------------------ launchers
+def _blocks(n_chan: int, fmt: torch.memory_format) -> tuple[int, int, int]:
+    """(BLOCK_P, BLOCK_C, num_warps): the contiguous dim gets the long side of the tile."""
+    if interpreting():
+        return 16, min(32, triton.next_power_of_2(n_chan)), 4
+    if fmt == torch.channels_last:
+        block_c = min(64, triton.next_power_of_2(n_chan))
+        return max(16, 2048 // block_c), block_c, 4
+    return 128, min(8, triton.next_power_of_2(n_chan)), 4
+
+
+def _strides(t):
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def max_pool2d_forward(x, kernel_size=3, stride=2):
+    """Returns (y, idx): the pooled output and the int8/int16 window-local argmax."""
+    check_tensor(x, "x", ndim=4)
+    (kh, kw), (sh, sw) = pair(kernel_size, "kernel_size"), pair(stride, "stride")
+    n_img, n_chan, height, width = x.shape
+    if height < kh or width < kw:
+        raise ValueError(f"input of {height}x{width} pixels is smaller than the {kh}x{kw} pooling window")
+    out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+    fmt = memory_format(x)
+    y = empty_4d((n_img, n_chan, out_h, out_w), x, fmt)
+    idx = empty_4d(y.shape, x, fmt, dtype=torch.int8 if kh * kw <= 128 else torch.int16)
+    if y.numel() == 0:
+        return y, idx
+    block_p, block_c, warps = _blocks(n_chan, fmt)
+    n_out_pix = n_img * out_h * out_w
+    grid = (cdiv(n_out_pix, block_p), cdiv(n_chan, block_c))
+    _max_pool_fwd_kernel[grid](
+        x, y, idx, n_out_pix, n_chan, height, width, out_h, out_w, *_strides(x), *_strides(y),
+        KH=kh, KW=kw, SH=sh, SW=sw, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
+    )
+    return y, idx
+
+
+def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, stride=2):
+    """dx (input_shape, input_format) from the upstream gradient and the saved argmax."""
+    (kh, kw), (sh, sw) = pair(kernel_size, "kernel_size"), pair(stride, "stride")
+    if dy.stride() != idx.stride():  # the kernel reads dy through idx's strides
+        dy = torch.empty_like(idx, dtype=dy.dtype).copy_(dy)
+    dx = empty_4d(input_shape, dy, input_format)
+    if dx.numel() == 0:
+        return dx
+    n_img, n_chan, height, width = input_shape
+    out_h, out_w = idx.shape[2], idx.shape[3]
+    block_p, block_c, warps = _blocks(n_chan, input_format)
+    n_pix = n_img * height * width
+    grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
+    _max_pool_bwd_kernel[grid](
+        dy, idx, dx, n_pix, n_chan, height, width, out_h, out_w, *_strides(idx), *_strides(dx),
+        KH=kh, KW=kw, SH=sh, SW=sw, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
+    )
+    return dx
+
+
+class MaxPool2dFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride):
+        y, idx = max_pool2d_forward(x, kernel_size, stride)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(idx)
+        ctx.geometry = (x.shape, memory_format(x), kernel_size, stride)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (idx,) = ctx.saved_tensors
+        shape, fmt, kernel_size, stride = ctx.geometry
+        return max_pool2d_backward(dy, idx, shape, fmt, kernel_size, stride), None, None
+
+
+def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2):
+    """Max-pooling, no padding, floor output size; the paper's overlapping 3x3/2 by default."""
+    return MaxPool2dFunction.apply(x, kernel_size, stride)

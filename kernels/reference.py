@@ -1,0 +1,43 @@
+"""Plain-PyTorch references for every kernel in this package.
+
+Same names and arguments as the Triton ops in `kernels`. Tests use them (in float64) as the
+oracle, benchmarks as the baseline's definition, and the model runs them on the CPU.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["relu_lrn", "max_pool2d", "dropout"]
+
+
+def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+    """ReLU followed by the paper's local response normalisation (section 3.3):
+
+        a = max(x, 0);  b[c] = a[c] / (k + alpha * sum_{j in window(c)} a[j]^2) ** beta
+
+    window(c) = channels c - size//2 .. c + (size-1)//2 clipped to [0, C) (for the paper's
+    odd n = 5 that is c-2..c+2). alpha multiplies the plain sum: PyTorch's
+    F.local_response_norm and Caffe divide alpha by `size`, so the same function there is
+    F.local_response_norm(F.relu(x), size, alpha=alpha * size, beta=beta, k=k).
+    """
+    a = torch.relu(x)
+    sq = a.square()
+    n_chan = x.shape[1]
+    # Zero-pad the channel dim so every window has `size` terms; out-of-range terms are 0.
+    padded = F.pad(sq, (0, 0, 0, 0, size // 2, (size - 1) // 2))
+    window = sum(padded[:, d : d + n_chan] for d in range(size))
+    return a / (k + alpha * window).pow(beta)
+
+
+def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2):
+    """Max-pooling without padding; the paper's overlapping pooling is 3x3 windows, stride 2."""
+    return F.max_pool2d(x, kernel_size, stride)
+
+
+def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True):
+    """Inverted dropout: keep each element with probability 1-p and scale it by 1/(1-p).
+
+    Equivalent to the paper's "multiply outputs by 0.5 at test time" for p = 0.5.
+    """
+    return F.dropout(x, p, training)
