@@ -1,6 +1,7 @@
 """Triton kernels for AlexNet, each with a plain-PyTorch reference in `kernels.reference`.
 
     kernels.relu_lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0)   fused ReLU + local response norm
+    kernels.local_response_norm(x, ...)                          the same without the ReLU
     kernels.max_pool2d(x, kernel_size=3, stride=2)               overlapping max-pooling
     kernels.dropout(x, p=0.5, training=True)                     seeded inverted dropout
 
@@ -8,7 +9,7 @@ Every op takes CUDA tensors (or CPU tensors under TRITON_INTERPRET=1) in fp32, b
 contiguous NCHW or channels_last, and returns its output in the input's memory format.
 """
 from .dropout import dropout
-from .lrn import relu_lrn
+from .lrn import local_response_norm, relu_lrn
 from .maxpool import max_pool2d
 
-__all__ = ["relu_lrn", "max_pool2d", "dropout"]
+__all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout"]

@@ -28,26 +28,30 @@ import triton.language as tl
 
 from ._common import as_format, cdiv, check_tensor, empty_4d, interpreting, memory_format, pixel_offsets
 
-__all__ = ["relu_lrn", "ReLULRNFunction"]
+__all__ = ["relu_lrn", "local_response_norm", "ReLULRNFunction"]
 
 
 @triton.jit
-def _load_relu(ptr, pix_off, chan, stride_c, n_chan, pix_ok):
-    """relu(x) at (pixels, channels) as fp32; zero outside [0, n_chan)."""
+def _load_act(ptr, pix_off, chan, stride_c, n_chan, pix_ok, RELU: tl.constexpr):
+    """a = relu(x) (or x if not RELU) at (pixels, channels) as fp32; zero outside [0, n_chan)."""
     mask = pix_ok[:, None] & ((chan >= 0) & (chan < n_chan))[None, :]
     x = tl.load(ptr + pix_off[:, None] + chan.to(tl.int64)[None, :] * stride_c, mask=mask, other=0.0)
-    return tl.maximum(x.to(tl.float32), 0.0)
+    x = x.to(tl.float32)
+    if RELU:
+        x = tl.maximum(x, 0.0)
+    return x
 
 
 @triton.jit
-def _window_sum_sq(x_ptr, pix_off, chan, stride_c, n_chan, pix_ok, a, LO: tl.constexpr, HI: tl.constexpr):
-    """sum of relu(x)^2 over channels chan-LO .. chan+HI, given a = relu(x) at chan."""
+def _window_sum_sq(x_ptr, pix_off, chan, stride_c, n_chan, pix_ok, a,
+                   LO: tl.constexpr, HI: tl.constexpr, RELU: tl.constexpr):
+    """sum of a^2 over channels chan-LO .. chan+HI, given a at chan."""
     sum_sq = a * a
     for d in tl.static_range(1, LO + 1):
-        v = _load_relu(x_ptr, pix_off, chan - d, stride_c, n_chan, pix_ok)
+        v = _load_act(x_ptr, pix_off, chan - d, stride_c, n_chan, pix_ok, RELU)
         sum_sq += v * v
     for d in tl.static_range(1, HI + 1):
-        v = _load_relu(x_ptr, pix_off, chan + d, stride_c, n_chan, pix_ok)
+        v = _load_act(x_ptr, pix_off, chan + d, stride_c, n_chan, pix_ok, RELU)
         sum_sq += v * v
     return sum_sq
 
@@ -59,7 +63,7 @@ def _relu_lrn_fwd_kernel(
     sx_n, sx_c, sx_h, sx_w,
     sy_n, sy_c, sy_h, sy_w,
     k, alpha, beta,
-    LO: tl.constexpr, HI: tl.constexpr, SAVE_U: tl.constexpr,
+    LO: tl.constexpr, HI: tl.constexpr, RELU: tl.constexpr, SAVE_U: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """x: (N, C, H, W) read through strides sx_*; y = relu+LRN(x) and, if SAVE_U,
@@ -69,8 +73,8 @@ def _relu_lrn_fwd_kernel(
     pix_ok = pix < n_pix
     x_pix = pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)
 
-    a = _load_relu(x_ptr, x_pix, chan, sx_c, n_chan, pix_ok)
-    s = k + alpha * _window_sum_sq(x_ptr, x_pix, chan, sx_c, n_chan, pix_ok, a, LO, HI)
+    a = _load_act(x_ptr, x_pix, chan, sx_c, n_chan, pix_ok, RELU)
+    s = k + alpha * _window_sum_sq(x_ptr, x_pix, chan, sx_c, n_chan, pix_ok, a, LO, HI, RELU)
     y = a * tl.exp2(-beta * tl.log2(s))
 
     y_off = pixel_offsets(pix, height, width, sy_n, sy_h, sy_w)[:, None] + chan.to(tl.int64)[None, :] * sy_c
@@ -87,7 +91,7 @@ def _relu_lrn_bwd_kernel(
     sx_n, sx_c, sx_h, sx_w,
     sy_n, sy_c, sy_h, sy_w,
     k, alpha, beta,
-    LO: tl.constexpr, HI: tl.constexpr,
+    LO: tl.constexpr, HI: tl.constexpr, RELU: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """dx = d(relu+LRN)/dx^T dy. x through strides sx_*; u, dy and dx through sy_*.
@@ -98,8 +102,8 @@ def _relu_lrn_bwd_kernel(
     x_pix = pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)
     y_pix = pixel_offsets(pix, height, width, sy_n, sy_h, sy_w)
 
-    a = _load_relu(x_ptr, x_pix, chan, sx_c, n_chan, pix_ok)
-    s = k + alpha * _window_sum_sq(x_ptr, x_pix, chan, sx_c, n_chan, pix_ok, a, LO, HI)
+    a = _load_act(x_ptr, x_pix, chan, sx_c, n_chan, pix_ok, RELU)
+    s = k + alpha * _window_sum_sq(x_ptr, x_pix, chan, sx_c, n_chan, pix_ok, a, LO, HI, RELU)
     dy = tl.load(dy_ptr + y_pix[:, None] + chan.to(tl.int64)[None, :] * sy_c,
                  mask=pix_ok[:, None] & (chan < n_chan)[None, :], other=0.0).to(tl.float32)
 
@@ -114,7 +118,8 @@ def _relu_lrn_bwd_kernel(
         cross += dy_i * u_i
 
     dx = dy * tl.exp2(-beta * tl.log2(s)) - (2.0 * alpha * beta) * a * cross
-    dx = tl.where(a > 0.0, dx, 0.0)
+    if RELU:
+        dx = tl.where(a > 0.0, dx, 0.0)
     tl.store(dx_ptr + y_pix[:, None] + chan.to(tl.int64)[None, :] * sy_c, dx.to(dx_ptr.dtype.element_ty),
              mask=pix_ok[:, None] & (chan < n_chan)[None, :])
 
@@ -139,7 +144,7 @@ def _blocks(n_chan: int, fmt: torch.memory_format) -> tuple[int, int, int]:
     return 128, min(16, triton.next_power_of_2(n_chan)), 4
 
 
-def relu_lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, save_u=False):
+def relu_lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, save_u=False):
     """Launch the forward; returns (y, u) with u None unless save_u."""
     check_tensor(x, "x", ndim=4)
     _check_params(size, alpha, beta, k)
@@ -147,59 +152,63 @@ def relu_lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, save_u=False):
     fmt = memory_format(x)
     y = empty_4d(x.shape, x, fmt)
     u = empty_4d(x.shape, x, fmt) if save_u else y  # y stands in for the unused pointer
-    n_pix = n_img * height * width
     if y.numel() == 0:
         return y, (u if save_u else None)
+    n_pix = n_img * height * width
     block_p, block_c, warps = _blocks(n_chan, fmt)
     grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
     _relu_lrn_fwd_kernel[grid](
-        x, y, u, n_pix, n_chan, height, width, *_nchw_strides(x), *_nchw_strides(y),
+        x, y, u, n_pix, n_chan, height, width, *x.stride(), *y.stride(),
         float(k), float(alpha), float(beta),
-        LO=size // 2, HI=(size - 1) // 2, SAVE_U=save_u, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
+        LO=size // 2, HI=(size - 1) // 2, RELU=relu, SAVE_U=save_u,
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
     )
     return y, (u if save_u else None)
 
 
-def relu_lrn_backward(dy, x, u, size=5, alpha=1e-4, beta=0.75, k=2.0):
+def relu_lrn_backward(dy, x, u, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True):
     """dx from the upstream gradient dy and the saved x and u."""
-    fmt = memory_format(u)
-    dy = as_format(dy, fmt)
+    dy = as_format(dy, memory_format(u))
+    if dy.stride() != u.stride():  # the kernel reads dy through u's strides
+        dy = torch.empty_like(u).copy_(dy)
     dx = torch.empty_like(u)
-    n_img, n_chan, height, width = x.shape
-    n_pix = n_img * height * width
     if dx.numel() == 0:
         return dx
-    block_p, block_c, warps = _blocks(n_chan, fmt)
+    n_img, n_chan, height, width = x.shape
+    n_pix = n_img * height * width
+    block_p, block_c, warps = _blocks(n_chan, memory_format(u))
     grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
     _relu_lrn_bwd_kernel[grid](
-        x, u, dy, dx, n_pix, n_chan, height, width, *_nchw_strides(x), *_nchw_strides(dx),
+        x, u, dy, dx, n_pix, n_chan, height, width, *x.stride(), *dx.stride(),
         float(k), float(alpha), float(beta),
-        LO=size // 2, HI=(size - 1) // 2, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
+        LO=size // 2, HI=(size - 1) // 2, RELU=relu, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
     )
     return dx
 
 
-def _nchw_strides(t):
-    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
-
-
 class ReLULRNFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, size, alpha, beta, k):
+    def forward(ctx, x, size, alpha, beta, k, relu):
         need_grad = ctx.needs_input_grad[0]
-        y, u = relu_lrn_forward(x, size, alpha, beta, k, save_u=need_grad)
+        y, u = relu_lrn_forward(x, size, alpha, beta, k, relu, save_u=need_grad)
         if need_grad:
             ctx.save_for_backward(x, u)
-        ctx.params = (size, alpha, beta, k)
+        ctx.params = (size, alpha, beta, k, relu)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, u = ctx.saved_tensors
-        return relu_lrn_backward(dy, x, u, *ctx.params), None, None, None, None
+        return relu_lrn_backward(dy, x, u, *ctx.params), None, None, None, None, None
 
 
 def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
     """ReLU then local response normalisation across channels, fused (paper section 3.3;
     defaults k=2, n=5, alpha=1e-4, beta=0.75). Note alpha is not divided by size."""
-    return ReLULRNFunction.apply(x, size, alpha, beta, k)
+    return ReLULRNFunction.apply(x, size, alpha, beta, k, True)
+
+
+def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+    """Local response normalisation without the ReLU (for the tanh ablation); alpha is
+    not divided by size."""
+    return ReLULRNFunction.apply(x, size, alpha, beta, k, False)

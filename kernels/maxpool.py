@@ -110,10 +110,6 @@ def _blocks(n_chan: int, fmt: torch.memory_format) -> tuple[int, int, int]:
     return 128, min(8, triton.next_power_of_2(n_chan)), 4
 
 
-def _strides(t):
-    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
-
-
 def max_pool2d_forward(x, kernel_size=3, stride=2):
     """Returns (y, idx): the pooled output and the int8/int16 window-local argmax."""
     check_tensor(x, "x", ndim=4)
@@ -131,7 +127,7 @@ def max_pool2d_forward(x, kernel_size=3, stride=2):
     n_out_pix = n_img * out_h * out_w
     grid = (cdiv(n_out_pix, block_p), cdiv(n_chan, block_c))
     _max_pool_fwd_kernel[grid](
-        x, y, idx, n_out_pix, n_chan, height, width, out_h, out_w, *_strides(x), *_strides(y),
+        x, y, idx, n_out_pix, n_chan, height, width, out_h, out_w, *x.stride(), *y.stride(),
         KH=kh, KW=kw, SH=sh, SW=sw, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
     )
     return y, idx
@@ -151,7 +147,7 @@ def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, strid
     n_pix = n_img * height * width
     grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
     _max_pool_bwd_kernel[grid](
-        dy, idx, dx, n_pix, n_chan, height, width, out_h, out_w, *_strides(idx), *_strides(dx),
+        dy, idx, dx, n_pix, n_chan, height, width, out_h, out_w, *idx.stride(), *dx.stride(),
         KH=kh, KW=kw, SH=sh, SW=sw, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
     )
     return dx

@@ -8,7 +8,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["relu_lrn", "max_pool2d", "dropout"]
+__all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "conv2d"]
+
+
+def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+    """The paper's local response normalisation across channels, without the ReLU;
+    see `relu_lrn`."""
+    sq = x.square()
+    n_chan = x.shape[1]
+    # Zero-pad the channel dim so every window has `size` terms; out-of-range terms are 0.
+    padded = F.pad(sq, (0, 0, 0, 0, size // 2, (size - 1) // 2))
+    window = sum(padded[:, d : d + n_chan] for d in range(size))
+    return x / (k + alpha * window).pow(beta)
 
 
 def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
@@ -21,13 +32,7 @@ def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 
     F.local_response_norm and Caffe divide alpha by `size`, so the same function there is
     F.local_response_norm(F.relu(x), size, alpha=alpha * size, beta=beta, k=k).
     """
-    a = torch.relu(x)
-    sq = a.square()
-    n_chan = x.shape[1]
-    # Zero-pad the channel dim so every window has `size` terms; out-of-range terms are 0.
-    padded = F.pad(sq, (0, 0, 0, 0, size // 2, (size - 1) // 2))
-    window = sum(padded[:, d : d + n_chan] for d in range(size))
-    return a / (k + alpha * window).pow(beta)
+    return local_response_norm(torch.relu(x), size, alpha, beta, k)
 
 
 def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2):
@@ -41,3 +46,9 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True):
     Equivalent to the paper's "multiply outputs by 0.5 at test time" for p = 0.5.
     """
     return F.dropout(x, p, training)
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None, stride=1, padding=0, groups: int = 1, relu: bool = False):
+    """2-D convolution (cross-correlation), optionally followed by ReLU; dilation 1."""
+    y = F.conv2d(x, weight, bias, stride, padding, 1, groups)
+    return torch.relu(y) if relu else y

@@ -1,0 +1,64 @@
+"""Test setup shared by every test file.
+
+Without a CUDA device the Triton kernels run through Triton's CPU interpreter: set
+TRITON_INTERPRET=1 before anything imports triton. The interpreter computes bf16 wrongly
+(it treats the bits as integers) and its fp32 dot is exact where the GPU uses tf32, so
+the CPU covers fp32 (and fp16); the same tests on a GPU add bf16 and tf32.
+"""
+import os
+import sys
+
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    assert "triton" not in sys.modules, "triton was imported before tests/conftest.py could set TRITON_INTERPRET"
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+DEVICE = "cuda" if CUDA else "cpu"
+
+# Hypothesis: few examples on the interpreter (every kernel launch is Python-speed), more on a GPU.
+settings.register_profile(
+    "default", max_examples=60 if CUDA else 12, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+requires_gpu = pytest.mark.skipif(
+    not CUDA, reason="needs a CUDA device: the Triton interpreter computes bf16 wrongly and has no tf32")
+
+# (dtype, atol, rtol) for comparisons of an op's output against a float64 reference.
+TOLERANCES = {
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-3, 1e-3),
+    torch.bfloat16: (1e-2, 1e-2),
+}
+
+# The dtypes kernel tests run over: fp32 everywhere, fp16/bf16 only on a GPU.
+DTYPES = [
+    torch.float32,
+    pytest.param(torch.float16, marks=requires_gpu, id="float16"),
+    pytest.param(torch.bfloat16, marks=requires_gpu, id="bfloat16"),
+]
+
+MEMORY_FORMATS = [
+    pytest.param(torch.contiguous_format, id="nchw"),
+    pytest.param(torch.channels_last, id="nhwc"),
+]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, scale: float | None = None):
+    """Compare `actual` with a float64 `expected` at the tolerance of `dtype`; atol is
+    relative to the largest reference magnitude (or `scale`) so values of any size compare."""
+    atol, rtol = TOLERANCES[dtype]
+    scale = float(expected.abs().max()) if scale is None and expected.numel() else (scale or 1.0)
+    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), atol=atol * max(scale, 1e-30), rtol=rtol)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same torch seed (hypothesis draws its own inputs)."""
+    torch.manual_seed(0)
