@@ -52,9 +52,12 @@ def _dense(t: torch.Tensor) -> bool:
         t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
 
 
-def new_seed(device) -> torch.Tensor:
-    """A fresh int64 seed drawn from torch's generator for `device`, kept on that device."""
-    return torch.randint(0, 2**62, (1,), device=device, dtype=torch.int64)
+def new_seed(device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A fresh int64 seed on `device`, drawn from `generator` (default: torch's generator
+    for `device`, so torch.manual_seed governs it)."""
+    gen_device = generator.device if generator is not None else device
+    seed = torch.randint(0, 2**62, (1,), device=gen_device, dtype=torch.int64, generator=generator)
+    return seed.to(device, non_blocking=True)
 
 
 def apply_dropout_mask(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
@@ -71,8 +74,8 @@ def apply_dropout_mask(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.T
 
 class DropoutFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, p):
-        seed = new_seed(x.device)
+    def forward(ctx, x, p, generator):
+        seed = new_seed(x.device, generator)
         ctx.save_for_backward(seed)
         ctx.p = p
         ctx.layout = x.stride()
@@ -83,12 +86,14 @@ class DropoutFunction(torch.autograd.Function):
         (seed,) = ctx.saved_tensors
         if dy.stride() != ctx.layout:  # the mask follows storage order: match x's layout
             dy = torch.empty_strided(dy.shape, ctx.layout, dtype=dy.dtype, device=dy.device).copy_(dy)
-        return apply_dropout_mask(dy, seed, ctx.p), None
+        return apply_dropout_mask(dy, seed, ctx.p), None, None
 
 
-def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
+def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True,
+            generator: torch.Generator | None = None) -> torch.Tensor:
     """Inverted dropout (paper section 4.2, p = 0.5): in training, zero each element with
-    probability p and scale the rest by 1/(1-p); identity when not training or p = 0."""
+    probability p and scale the rest by 1/(1-p); identity when not training or p = 0.
+    The mask's seed comes from `generator` (default: torch's generator for x's device)."""
     if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability p must be in [0, 1], got {p!r}")
     check_tensor(x, "x")
@@ -98,4 +103,4 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Ten
         return x * 0.0  # every element dropped; keeps the autograd graph (gradient 0)
     if not _dense(x):
         x = x.contiguous()
-    return DropoutFunction.apply(x, float(p))
+    return DropoutFunction.apply(x, float(p), generator)

@@ -40,12 +40,20 @@ def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2):
     return F.max_pool2d(x, kernel_size, stride)
 
 
-def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True):
+def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, generator: torch.Generator | None = None):
     """Inverted dropout: keep each element with probability 1-p and scale it by 1/(1-p).
 
-    Equivalent to the paper's "multiply outputs by 0.5 at test time" for p = 0.5.
+    Equivalent to the paper's "multiply outputs by 0.5 at test time" for p = 0.5. The mask
+    comes from `generator` (default: torch's generator for x's device).
     """
-    return F.dropout(x, p, training)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p must be in [0, 1], got {p!r}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
+    return x * keep / (1.0 - p)
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None, stride=1, padding=0, groups: int = 1, relu: bool = False):
