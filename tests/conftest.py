@@ -39,7 +39,7 @@ TOLERANCES = {
 
 # The dtypes kernel tests run over: fp32 everywhere, fp16/bf16 only on a GPU.
 DTYPES = [
-    torch.float32,
+    pytest.param(torch.float32, id="float32"),
     pytest.param(torch.float16, marks=requires_gpu, id="float16"),
     pytest.param(torch.bfloat16, marks=requires_gpu, id="bfloat16"),
 ]
@@ -54,6 +54,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     """Compare `actual` with a float64 `expected` at the tolerance of `dtype`; atol is
     relative to the largest reference magnitude (or `scale`) so values of any size compare."""
     atol, rtol = TOLERANCES[dtype]
+    actual, expected = actual.detach(), expected.detach()
     scale = float(expected.abs().max()) if scale is None and expected.numel() else (scale or 1.0)
     torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), atol=atol * max(scale, 1e-30), rtol=rtol)
 
