@@ -30,7 +30,7 @@ def _apply_mask(x_ptr, y_ptr, offs, rand, n_elem, keep_threshold, scale):
     tl.store(y_ptr + offs, tl.where(keep, x * scale, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_elem", "keep_threshold"])
 def _dropout_kernel(x_ptr, y_ptr, seed_ptr, n_elem, keep_threshold, scale, BLOCK: tl.constexpr):
     """y = x * keep * scale over n_elem elements of flat storage; keep = (philox >= threshold).
     The same kernel applies the mask forward (x = input) and backward (x = dy)."""

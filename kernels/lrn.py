@@ -56,7 +56,7 @@ def _window_sum_sq(x_ptr, pix_off, chan, stride_c, n_chan, pix_ok, a,
     return sum_sq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_pix", "height", "width"])
 def _relu_lrn_fwd_kernel(
     x_ptr, y_ptr, u_ptr,
     n_pix, n_chan, height, width,
@@ -84,7 +84,7 @@ def _relu_lrn_fwd_kernel(
         tl.store(u_ptr + y_off, (y / s).to(u_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_pix", "height", "width"])
 def _relu_lrn_bwd_kernel(
     x_ptr, u_ptr, dy_ptr, dx_ptr,
     n_pix, n_chan, height, width,
@@ -144,8 +144,9 @@ def _blocks(n_chan: int, fmt: torch.memory_format) -> tuple[int, int, int]:
     return 128, min(16, triton.next_power_of_2(n_chan)), 4
 
 
-def relu_lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, save_u=False):
-    """Launch the forward; returns (y, u) with u None unless save_u."""
+def relu_lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, save_u=False, blocks=None):
+    """Launch the forward; returns (y, u) with u None unless save_u.
+    blocks = (BLOCK_P, BLOCK_C, num_warps) overrides the tile choice (bench/sweep_memory.py)."""
     check_tensor(x, "x", ndim=4)
     _check_params(size, alpha, beta, k)
     n_img, n_chan, height, width = x.shape
@@ -155,7 +156,7 @@ def relu_lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, save_u=
     if y.numel() == 0:
         return y, (u if save_u else None)
     n_pix = n_img * height * width
-    block_p, block_c, warps = _blocks(n_chan, fmt)
+    block_p, block_c, warps = blocks or _blocks(n_chan, fmt)
     grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
     _relu_lrn_fwd_kernel[grid](
         x, y, u, n_pix, n_chan, height, width, *x.stride(), *y.stride(),
@@ -166,7 +167,7 @@ def relu_lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, save_u=
     return y, (u if save_u else None)
 
 
-def relu_lrn_backward(dy, x, u, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True):
+def relu_lrn_backward(dy, x, u, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, blocks=None):
     """dx from the upstream gradient dy and the saved x and u."""
     dy = as_format(dy, memory_format(u))
     if dy.stride() != u.stride():  # the kernel reads dy through u's strides
@@ -176,7 +177,7 @@ def relu_lrn_backward(dy, x, u, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True)
         return dx
     n_img, n_chan, height, width = x.shape
     n_pix = n_img * height * width
-    block_p, block_c, warps = _blocks(n_chan, memory_format(u))
+    block_p, block_c, warps = blocks or _blocks(n_chan, memory_format(u))
     grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
     _relu_lrn_bwd_kernel[grid](
         x, u, dy, dx, n_pix, n_chan, height, width, *x.stride(), *dx.stride(),

@@ -23,7 +23,7 @@ from ._common import cdiv, check_tensor, empty_4d, interpreting, memory_format, 
 __all__ = ["max_pool2d", "MaxPool2dFunction"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_out_pix", "height", "width", "out_h", "out_w"])
 def _max_pool_fwd_kernel(
     x_ptr, y_ptr, idx_ptr,
     n_out_pix, n_chan, height, width, out_h, out_w,
@@ -58,7 +58,7 @@ def _max_pool_fwd_kernel(
     tl.store(idx_ptr + y_off, best_idx.to(idx_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_pix", "height", "width", "out_h", "out_w"])
 def _max_pool_bwd_kernel(
     dy_ptr, idx_ptr, dx_ptr,
     n_pix, n_chan, height, width, out_h, out_w,
@@ -110,8 +110,9 @@ def _blocks(n_chan: int, fmt: torch.memory_format) -> tuple[int, int, int]:
     return 128, min(8, triton.next_power_of_2(n_chan)), 4
 
 
-def max_pool2d_forward(x, kernel_size=3, stride=2):
-    """Returns (y, idx): the pooled output and the int8/int16 window-local argmax."""
+def max_pool2d_forward(x, kernel_size=3, stride=2, blocks=None):
+    """Returns (y, idx): the pooled output and the int8/int16 window-local argmax.
+    blocks = (BLOCK_P, BLOCK_C, num_warps) overrides the tile choice (bench/sweep_memory.py)."""
     check_tensor(x, "x", ndim=4)
     (kh, kw), (sh, sw) = pair(kernel_size, "kernel_size"), pair(stride, "stride")
     n_img, n_chan, height, width = x.shape
@@ -123,7 +124,7 @@ def max_pool2d_forward(x, kernel_size=3, stride=2):
     idx = empty_4d(y.shape, x, fmt, dtype=torch.int8 if kh * kw <= 128 else torch.int16)
     if y.numel() == 0:
         return y, idx
-    block_p, block_c, warps = _blocks(n_chan, fmt)
+    block_p, block_c, warps = blocks or _blocks(n_chan, fmt)
     n_out_pix = n_img * out_h * out_w
     grid = (cdiv(n_out_pix, block_p), cdiv(n_chan, block_c))
     _max_pool_fwd_kernel[grid](
@@ -133,7 +134,7 @@ def max_pool2d_forward(x, kernel_size=3, stride=2):
     return y, idx
 
 
-def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, stride=2):
+def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, stride=2, blocks=None):
     """dx (input_shape, input_format) from the upstream gradient and the saved argmax."""
     (kh, kw), (sh, sw) = pair(kernel_size, "kernel_size"), pair(stride, "stride")
     if dy.stride() != idx.stride():  # the kernel reads dy through idx's strides
@@ -143,7 +144,7 @@ def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, strid
         return dx
     n_img, n_chan, height, width = input_shape
     out_h, out_w = idx.shape[2], idx.shape[3]
-    block_p, block_c, warps = _blocks(n_chan, input_format)
+    block_p, block_c, warps = blocks or _blocks(n_chan, input_format)
     n_pix = n_img * height * width
     grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
     _max_pool_bwd_kernel[grid](

@@ -22,7 +22,7 @@ DEVICE = "cuda" if CUDA else "cpu"
 
 # Hypothesis: few examples on the interpreter (every kernel launch is Python-speed), more on a GPU.
 settings.register_profile(
-    "default", max_examples=60 if CUDA else 12, deadline=None,
+    "default", max_examples=25 if CUDA else 12, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
