@@ -14,8 +14,8 @@ from kernels.maxpool import max_pool2d_backward, max_pool2d_forward  # noqa: E40
 
 SHAPES = {"layer1": (128, 96, 55, 55), "layer2": (128, 256, 27, 27)}
 CANDIDATES = {
-    torch.channels_last: list(itertools.product([32, 64, 128], [32, 64], [4, 8])),
-    torch.contiguous_format: list(itertools.product([128, 256, 512], [4, 8], [4, 8])),
+    torch.channels_last: list(itertools.product([16, 32, 64, 128], [32, 64], [4, 8])),
+    torch.contiguous_format: list(itertools.product([64, 128, 256], [8, 16], [4, 8])),
 }
 
 

@@ -7,10 +7,12 @@
 with LO = size // 2, HI = (size - 1) // 2: for the paper's n = 5, channels c-2..c+2. alpha
 multiplies the plain sum; PyTorch's F.local_response_norm divides it by `size` first.
 
-Layout: x is (N, C, H, W) with any strides (contiguous NCHW and channels_last are the fast
-ones); outputs come back in x's memory format. Each program owns a tile of BLOCK_P pixels x
-BLOCK_C channels; a channel window reads the same tile shifted by -LO..HI channels, which
-hits the L1 cache, so each element travels from memory once.
+Layout: x is (N, C, H, W) with any strides (channels_last is the fast one); outputs come
+back in x's memory format. Each program owns a tile of BLOCK_P pixels x BLOCK_C channels
+and loads it together with the tiles 8 channels before and after (aligned, vectorised
+loads; the halos hit L1). Splitting each tile into 8 planes of channels 8g + j turns a
+shift by d channels into picking plane j + d, so the window sums move no data between
+threads, and windows reach at most 8 channels (size <= 17).
 
 Backward. With u = a * s^-(beta+1) = b / s, the gradient through LRN and ReLU is
 
@@ -32,10 +34,7 @@ __all__ = ["relu_lrn", "local_response_norm", "ReLULRNFunction"]
 
 
 @triton.jit
-def _load_act(ptr, pix_off, chan, stride_c, n_chan, pix_ok, RELU: tl.constexpr):
-    """a = relu(x) (or x if not RELU) at (pixels, channels) as fp32; zero outside [0, n_chan)."""
-    mask = pix_ok[:, None] & ((chan >= 0) & (chan < n_chan))[None, :]
-    x = tl.load(ptr + pix_off[:, None] + chan.to(tl.int64)[None, :] * stride_c, mask=mask, other=0.0)
+def _act(x, RELU: tl.constexpr):
     x = x.to(tl.float32)
     if RELU:
         x = tl.maximum(x, 0.0)
@@ -43,17 +42,71 @@ def _load_act(ptr, pix_off, chan, stride_c, n_chan, pix_ok, RELU: tl.constexpr):
 
 
 @triton.jit
-def _window_sum_sq(x_ptr, pix_off, chan, stride_c, n_chan, pix_ok, a,
-                   LO: tl.constexpr, HI: tl.constexpr, RELU: tl.constexpr):
-    """sum of a^2 over channels chan-LO .. chan+HI, given a at chan."""
-    sum_sq = a * a
+def _planes(t, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Split a (BLOCK_P, BLOCK_C) tile into 8 planes of shape (BLOCK_P, BLOCK_C // 8):
+    plane j holds channels 8g + j. Each thread holds 8 consecutive channels of a row, so
+    this is a renaming of registers, not a data movement."""
+    t = tl.reshape(t, (BLOCK_P, BLOCK_C // 8, 2, 2, 2))  # c = 8g + 4*j2 + 2*j1 + j0
+    even, odd = tl.split(t)                               # j0 = 0, 1
+    e0, e1 = tl.split(even)                               # j1
+    o0, o1 = tl.split(odd)
+    p0, p4 = tl.split(e0)                                 # j2
+    p2, p6 = tl.split(e1)
+    p1, p5 = tl.split(o0)
+    p3, p7 = tl.split(o1)
+    return p0, p1, p2, p3, p4, p5, p6, p7
+
+
+@triton.jit
+def _unplanes(p0, p1, p2, p3, p4, p5, p6, p7, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Inverse of _planes."""
+    even = tl.join(tl.join(p0, p4), tl.join(p2, p6))
+    odd = tl.join(tl.join(p1, p5), tl.join(p3, p7))
+    return tl.reshape(tl.join(even, odd), (BLOCK_P, BLOCK_C))
+
+
+@triton.jit
+def _plane_window(prev, cur, nxt, j: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr):
+    """sum over d = -LO..HI of the value at channel 8g + j + d, given the planes of the
+    tile (cur) and of the tile shifted by -8 (prev) and +8 (nxt) channels."""
+    acc = cur[j]
     for d in tl.static_range(1, LO + 1):
-        v = _load_act(x_ptr, pix_off, chan - d, stride_c, n_chan, pix_ok, RELU)
-        sum_sq += v * v
+        if j - d >= 0:
+            acc += cur[j - d]
+        else:
+            acc += prev[j - d + 8]
     for d in tl.static_range(1, HI + 1):
-        v = _load_act(x_ptr, pix_off, chan + d, stride_c, n_chan, pix_ok, RELU)
-        sum_sq += v * v
-    return sum_sq
+        if j + d < 8:
+            acc += cur[j + d]
+        else:
+            acc += nxt[j + d - 8]
+    return acc
+
+
+@triton.jit
+def _channel_window_sum(prev, cur, nxt, LO: tl.constexpr, HI: tl.constexpr,
+                        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """For tiles v(c - 8), v(c), v(c + 8) of shape (BLOCK_P, BLOCK_C): the tile of
+    sum_{d=-LO..HI} v(c + d). Channels move only inside registers: no shifted loads."""
+    pp = _planes(prev, BLOCK_P, BLOCK_C)
+    cp = _planes(cur, BLOCK_P, BLOCK_C)
+    npl = _planes(nxt, BLOCK_P, BLOCK_C)
+    return _unplanes(
+        _plane_window(pp, cp, npl, 0, LO, HI), _plane_window(pp, cp, npl, 1, LO, HI),
+        _plane_window(pp, cp, npl, 2, LO, HI), _plane_window(pp, cp, npl, 3, LO, HI),
+        _plane_window(pp, cp, npl, 4, LO, HI), _plane_window(pp, cp, npl, 5, LO, HI),
+        _plane_window(pp, cp, npl, 6, LO, HI), _plane_window(pp, cp, npl, 7, LO, HI),
+        BLOCK_P, BLOCK_C)
+
+
+@triton.jit
+def _load_3(ptrs, stride_c, chan, n_chan, pix_ok):
+    """The tile at channels chan - 8, chan, chan + 8 (zero outside [0, n_chan))."""
+    rows = pix_ok[:, None]
+    prev = tl.load(ptrs - 8 * stride_c, mask=rows & ((chan >= 8) & (chan < n_chan + 8))[None, :], other=0.0)
+    cur = tl.load(ptrs, mask=rows & (chan < n_chan)[None, :], other=0.0)
+    nxt = tl.load(ptrs + 8 * stride_c, mask=rows & (chan + 8 < n_chan)[None, :], other=0.0)
+    return prev, cur, nxt
 
 
 @triton.jit(do_not_specialize=["n_pix", "height", "width"])
@@ -66,22 +119,24 @@ def _relu_lrn_fwd_kernel(
     LO: tl.constexpr, HI: tl.constexpr, RELU: tl.constexpr, SAVE_U: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """x: (N, C, H, W) read through strides sx_*; y = relu+LRN(x) and, if SAVE_U,
-    u = y / s, both written through strides sy_*."""
+    """x: (N, C, H, W) read through strides sx_*; y = LRN(act(x)) and, if SAVE_U,
+    u = y / s, both written through strides sy_*. BLOCK_C is a multiple of 8."""
     pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     pix_ok = pix < n_pix
-    x_pix = pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)
+    x_ptrs = x_ptr + pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)[:, None] + chan.to(tl.int64)[None, :] * sx_c
 
-    a = _load_act(x_ptr, x_pix, chan, sx_c, n_chan, pix_ok, RELU)
-    s = k + alpha * _window_sum_sq(x_ptr, x_pix, chan, sx_c, n_chan, pix_ok, a, LO, HI, RELU)
-    y = a * tl.exp2(-beta * tl.log2(s))
+    prev, cur, nxt = _load_3(x_ptrs, sx_c, chan, n_chan, pix_ok)
+    a = _act(cur, RELU)
+    a_prev, a_next = _act(prev, RELU), _act(nxt, RELU)
+    s = k + alpha * _channel_window_sum(a_prev * a_prev, a * a, a_next * a_next, LO, HI, BLOCK_P, BLOCK_C)
+    u = a * tl.exp2(-(beta + 1.0) * tl.log2(s))  # a * s^-(beta+1)
 
     y_off = pixel_offsets(pix, height, width, sy_n, sy_h, sy_w)[:, None] + chan.to(tl.int64)[None, :] * sy_c
     mask = pix_ok[:, None] & (chan < n_chan)[None, :]
-    tl.store(y_ptr + y_off, y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + y_off, (u * s).to(y_ptr.dtype.element_ty), mask=mask)
     if SAVE_U:
-        tl.store(u_ptr + y_off, (y / s).to(u_ptr.dtype.element_ty), mask=mask)
+        tl.store(u_ptr + y_off, u.to(u_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["n_pix", "height", "width"])
@@ -94,40 +149,35 @@ def _relu_lrn_bwd_kernel(
     LO: tl.constexpr, HI: tl.constexpr, RELU: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """dx = d(relu+LRN)/dx^T dy. x through strides sx_*; u, dy and dx through sy_*.
-    Channel i's window holds j iff i in j-HI .. j+LO, hence the mirrored loop below."""
+    """dx = d(LRN(act(x)))/dx^T dy. x through strides sx_*; u, dy and dx through sy_*.
+    Channel i's window holds j iff i in j-HI .. j+LO: the cross term's window is mirrored."""
     pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     pix_ok = pix < n_pix
-    x_pix = pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)
-    y_pix = pixel_offsets(pix, height, width, sy_n, sy_h, sy_w)
+    chan64 = chan.to(tl.int64)[None, :]
+    x_ptrs = x_ptr + pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)[:, None] + chan64 * sx_c
+    y_off = pixel_offsets(pix, height, width, sy_n, sy_h, sy_w)[:, None] + chan64 * sy_c
 
-    a = _load_act(x_ptr, x_pix, chan, sx_c, n_chan, pix_ok, RELU)
-    s = k + alpha * _window_sum_sq(x_ptr, x_pix, chan, sx_c, n_chan, pix_ok, a, LO, HI, RELU)
-    dy = tl.load(dy_ptr + y_pix[:, None] + chan.to(tl.int64)[None, :] * sy_c,
-                 mask=pix_ok[:, None] & (chan < n_chan)[None, :], other=0.0).to(tl.float32)
+    prev, cur, nxt = _load_3(x_ptrs, sx_c, chan, n_chan, pix_ok)
+    a = _act(cur, RELU)
+    a_prev, a_next = _act(prev, RELU), _act(nxt, RELU)
+    s = k + alpha * _channel_window_sum(a_prev * a_prev, a * a, a_next * a_next, LO, HI, BLOCK_P, BLOCK_C)
 
-    # sum over i in chan-HI .. chan+LO of dy[i] * u[i] (zero outside the channels)
-    cross = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-    for d in tl.static_range(-HI, LO + 1):
-        c = chan + d
-        mask = pix_ok[:, None] & ((c >= 0) & (c < n_chan))[None, :]
-        off = y_pix[:, None] + c.to(tl.int64)[None, :] * sy_c
-        dy_i = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        u_i = tl.load(u_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        cross += dy_i * u_i
+    dy_prev, dy, dy_next = _load_3(dy_ptr + y_off, sy_c, chan, n_chan, pix_ok)
+    u_prev, u, u_next = _load_3(u_ptr + y_off, sy_c, chan, n_chan, pix_ok)
+    cross = _channel_window_sum(dy_prev.to(tl.float32) * u_prev.to(tl.float32), dy.to(tl.float32) * u.to(tl.float32),
+                                dy_next.to(tl.float32) * u_next.to(tl.float32), HI, LO, BLOCK_P, BLOCK_C)
 
-    dx = dy * tl.exp2(-beta * tl.log2(s)) - (2.0 * alpha * beta) * a * cross
+    dx = dy.to(tl.float32) * tl.exp2(-beta * tl.log2(s)) - (2.0 * alpha * beta) * a * cross
     if RELU:
         dx = tl.where(a > 0.0, dx, 0.0)
-    tl.store(dx_ptr + y_pix[:, None] + chan.to(tl.int64)[None, :] * sy_c, dx.to(dx_ptr.dtype.element_ty),
-             mask=pix_ok[:, None] & (chan < n_chan)[None, :])
+    tl.store(dx_ptr + y_off, dx.to(dx_ptr.dtype.element_ty), mask=pix_ok[:, None] & (chan < n_chan)[None, :])
 
 
 # ------------------------------------------------------------------------------ launchers
 def _check_params(size, alpha, beta, k):
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    if not isinstance(size, int) or not 1 <= size <= 17:
+        raise ValueError(f"size must be an int in 1..17 (a window reaches at most 8 channels), got {size!r}")
     if not k > 0:
         raise ValueError(f"k must be > 0 so that the denominator never vanishes, got {k!r}")
     if not alpha >= 0:
@@ -137,11 +187,11 @@ def _check_params(size, alpha, beta, k):
 def _blocks(n_chan: int, fmt: torch.memory_format) -> tuple[int, int, int]:
     """(BLOCK_P, BLOCK_C, num_warps): the contiguous dim gets the long side of the tile."""
     if interpreting():
-        return 16, min(32, triton.next_power_of_2(n_chan)), 4
+        return 16, max(8, min(32, triton.next_power_of_2(n_chan))), 4
     if fmt == torch.channels_last:
-        block_c = min(64, triton.next_power_of_2(n_chan))
+        block_c = max(8, min(64, triton.next_power_of_2(n_chan)))
         return max(16, 2048 // block_c), block_c, 4
-    return 128, min(16, triton.next_power_of_2(n_chan)), 4
+    return 128, 8, 4
 
 
 def relu_lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, save_u=False, blocks=None):

@@ -21,7 +21,7 @@ shapes = st.tuples(st.integers(1, 3), st.integers(1, 19), st.integers(1, 7), st.
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", MEMORY_FORMATS)
 @pytest.mark.parametrize("relu", [True, False], ids=["relu_lrn", "lrn"])
-@given(shape=shapes, size=st.sampled_from([1, 2, 3, 5, 6]), scale=st.sampled_from([0.5, 10.0, 100.0]),
+@given(shape=shapes, size=st.sampled_from([1, 2, 3, 5, 6, 17]), scale=st.sampled_from([0.5, 10.0, 100.0]),
        seed=st.integers(0, 2**31 - 1))
 def test_forward_and_backward_match_reference(dtype, fmt, relu, shape, size, scale, seed):
     x = _input(seed, shape, scale, dtype, fmt).requires_grad_()
@@ -82,6 +82,7 @@ def test_empty_batch():
     (lambda: kernels.relu_lrn(torch.randn(2, 3, 4, device=DEVICE)), ValueError, "4-D"),
     (lambda: kernels.relu_lrn(torch.ones(1, 3, 4, 4, dtype=torch.int32, device=DEVICE)), TypeError, "dtype"),
     (lambda: kernels.relu_lrn(torch.randn(1, 3, 4, 4, device=DEVICE), size=0), ValueError, "size"),
+    (lambda: kernels.relu_lrn(torch.randn(1, 3, 4, 4, device=DEVICE), size=18), ValueError, "size"),
     (lambda: kernels.relu_lrn(torch.randn(1, 3, 4, 4, device=DEVICE), k=0.0), ValueError, "k must be"),
     (lambda: kernels.relu_lrn([1.0, 2.0]), TypeError, "torch.Tensor"),
 ])
