@@ -100,14 +100,15 @@ def _max_pool_bwd_kernel(
 
 
 # ------------------------------------------------------------------------------ launchers
-def _blocks(n_chan: int, fmt: torch.memory_format) -> tuple[int, int, int]:
-    """(BLOCK_P, BLOCK_C, num_warps): the contiguous dim gets the long side of the tile."""
+def _blocks(n_chan: int, fmt: torch.memory_format, backward: bool) -> tuple[int, int, int]:
+    """(BLOCK_P, BLOCK_C, num_warps): the contiguous dim gets the long side of the tile.
+    Picked with bench/sweep_memory.py on an H100 (bench/RESULTS.md)."""
     if interpreting():
         return 16, min(32, triton.next_power_of_2(n_chan)), 4
     if fmt == torch.channels_last:
-        block_c = min(64, triton.next_power_of_2(n_chan))
-        return max(16, 2048 // block_c), block_c, 4
-    return 128, min(8, triton.next_power_of_2(n_chan)), 4
+        block_c = 64 if n_chan % 64 == 0 else min(32, triton.next_power_of_2(n_chan))
+        return (2048 // block_c, block_c, 4) if backward else (32, min(block_c, 32), 8)
+    return 128, min(8, triton.next_power_of_2(n_chan)), (4 if backward else 8)
 
 
 def max_pool2d_forward(x, kernel_size=3, stride=2, blocks=None):
@@ -124,7 +125,7 @@ def max_pool2d_forward(x, kernel_size=3, stride=2, blocks=None):
     idx = empty_4d(y.shape, x, fmt, dtype=torch.int8 if kh * kw <= 128 else torch.int16)
     if y.numel() == 0:
         return y, idx
-    block_p, block_c, warps = blocks or _blocks(n_chan, fmt)
+    block_p, block_c, warps = blocks or _blocks(n_chan, fmt, backward=False)
     n_out_pix = n_img * out_h * out_w
     grid = (cdiv(n_out_pix, block_p), cdiv(n_chan, block_c))
     _max_pool_fwd_kernel[grid](
@@ -144,7 +145,7 @@ def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, strid
         return dx
     n_img, n_chan, height, width = input_shape
     out_h, out_w = idx.shape[2], idx.shape[3]
-    block_p, block_c, warps = blocks or _blocks(n_chan, input_format)
+    block_p, block_c, warps = blocks or _blocks(n_chan, input_format, backward=True)
     n_pix = n_img * height * width
     grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
     _max_pool_bwd_kernel[grid](

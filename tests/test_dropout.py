@@ -33,7 +33,7 @@ def test_kept_values_scaled_exactly_and_gradient_follows_mask(dtype, numel, p, s
 def test_kept_fraction_within_binomial_bound(p):
     n = 1 << 17
     kept = (kernels.dropout(_x((n,)), p) != 0).double().mean().item()
-    bound = 5 * math.sqrt(p * (1 - p) / n)  # 5 sigma
+    bound = 5 * math.sqrt(p * (1 - p) / n) + 2**-16  # 5 sigma, plus p's 16-bit resolution
     assert abs(kept - (1 - p)) < bound, (kept, 1 - p, bound)
 
 
