@@ -1,0 +1,113 @@
+"""The paper's optimiser and learning-rate schedule (section 5, "Details of learning").
+
+Update, for every weight w with gradient g at learning rate lr:
+
+    v <- momentum * v - weight_decay * lr * w - lr * g
+    w <- w + v
+
+with momentum 0.9 and weight decay 0.0005. The learning rate sits inside the velocity, so
+after a change of lr the old velocity keeps its old scale; torch.optim.SGD instead scales
+the whole velocity by the new lr (v <- 0.9 v + g; w <- w - lr v), which differs exactly
+when lr changes. Weight decay applies to weights, not biases: the paper's equation names
+the weights w, and decaying the biases it initialises to 1 would pull them back to 0; this
+is also what Caffe's reference AlexNet does (bias decay_mult 0).
+
+Schedule: lr starts at 0.01 and is divided by 10 when the validation error stops improving
+(no new best for `patience` epochs); the paper reduced it three times before stopping.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+class PaperSGD(torch.optim.Optimizer):
+    """SGD with the paper's momentum and weight-decay update (see the module docstring).
+
+    `params` may be an iterable of tensors or of parameter groups; give biases their own
+    group with weight_decay=0 (`param_groups(model)` does this by name)."""
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4):
+        if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
+            raise ValueError(f"bad hyper-parameters: lr={lr}, momentum={momentum}, weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            velocity = []
+            for p in params:
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                velocity.append(state["velocity"])
+            lr, decay = group["lr"], group["weight_decay"]
+            torch._foreach_mul_(velocity, group["momentum"])
+            if decay:
+                torch._foreach_add_(velocity, params, alpha=-decay * lr)
+            torch._foreach_add_(velocity, grads, alpha=-lr)
+            torch._foreach_add_(params, velocity)
+        return loss
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float = 5e-4) -> list[dict]:
+    """Two groups: weights (decayed) and biases (not decayed), told apart by name."""
+    weights, biases = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (biases if name.endswith("bias") else weights).append(p)
+    return [dict(params=weights, weight_decay=weight_decay), dict(params=biases, weight_decay=0.0)]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@dataclass
+class PlateauSchedule:
+    """Divide lr by `factor` when the validation error has not improved by more than
+    `threshold` for `patience` epochs; after `max_reductions` reductions, the next plateau
+    ends training (the paper: "reduced three times prior to termination")."""
+
+    lr: float = 0.01
+    factor: float = 10.0
+    patience: int = 5
+    max_reductions: int = 3
+    threshold: float = 1e-4
+    best: float = math.inf
+    epochs_since_best: int = 0
+    reductions: int = 0
+    finished: bool = False
+
+    def step(self, val_error: float) -> str:
+        """Record one epoch's validation error. Returns 'improved', 'waiting', 'reduced' or 'stop'."""
+        if not math.isfinite(val_error):
+            raise ValueError(f"validation error must be finite, got {val_error}")
+        if val_error < self.best - self.threshold:
+            self.best, self.epochs_since_best = val_error, 0
+            return "improved"
+        self.epochs_since_best += 1
+        if self.epochs_since_best < self.patience:
+            return "waiting"
+        if self.reductions >= self.max_reductions:
+            self.finished = True
+            return "stop"
+        self.lr /= self.factor
+        self.reductions += 1
+        self.epochs_since_best = 0
+        return "reduced"
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)

@@ -1,0 +1,82 @@
+"""The paper's SGD update and the plateau schedule (alexnet/optim.py)."""
+import math
+
+import pytest
+import torch
+
+from alexnet.optim import PaperSGD, PlateauSchedule, param_groups, set_lr
+
+
+def test_update_matches_hand_computation_across_an_lr_change():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    b = torch.nn.Parameter(torch.tensor([0.5], dtype=torch.float64))
+    opt = PaperSGD([dict(params=[w], weight_decay=5e-4), dict(params=[b], weight_decay=0.0)], lr=0.01)
+    grads_w = [torch.tensor([0.3, -0.1]), torch.tensor([0.2, 0.4]), torch.tensor([-0.5, 0.1])]
+    grads_b = [torch.tensor([1.0]), torch.tensor([-2.0]), torch.tensor([0.5])]
+    lrs = [0.01, 0.01, 0.001]  # the third step follows an lr reduction
+    v_w, v_b = torch.zeros(2, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    w_ref, b_ref = w.detach().clone(), b.detach().clone()
+    for gw, gb, lr in zip(grads_w, grads_b, lrs):
+        set_lr(opt, lr)
+        w.grad, b.grad = gw.double(), gb.double()
+        opt.step()
+        # v <- 0.9 v - 0.0005 lr w - lr g ; w <- w + v (biases: no decay)
+        v_w = 0.9 * v_w - 0.0005 * lr * w_ref - lr * gw.double()
+        w_ref = w_ref + v_w
+        v_b = 0.9 * v_b - lr * gb.double()
+        b_ref = b_ref + v_b
+        torch.testing.assert_close(w.detach(), w_ref, atol=0, rtol=1e-15)
+        torch.testing.assert_close(b.detach(), b_ref, atol=0, rtol=1e-15)
+
+
+def test_differs_from_torch_sgd_after_an_lr_change():
+    """The paper keeps lr inside the velocity; torch.optim.SGD rescales the whole velocity."""
+    p1 = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    p2 = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    ours = PaperSGD([p1], lr=0.1, weight_decay=0.0)
+    theirs = torch.optim.SGD([p2], lr=0.1, momentum=0.9)
+    for step in range(3):
+        lr = 0.1 if step < 2 else 0.01
+        set_lr(ours, lr)
+        set_lr(theirs, lr)
+        p1.grad = torch.ones(3, dtype=torch.float64)
+        p2.grad = torch.ones(3, dtype=torch.float64)
+        ours.step()
+        theirs.step()
+        if step < 2:
+            torch.testing.assert_close(p1.detach(), p2.detach())
+    assert not torch.allclose(p1, p2)
+
+
+def test_param_groups_decay_weights_not_biases():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 2))
+    groups = param_groups(model)
+    assert [len(g["params"]) for g in groups] == [2, 2]
+    assert groups[0]["weight_decay"] == 5e-4 and groups[1]["weight_decay"] == 0.0
+    assert all(p.dim() == 1 for p in groups[1]["params"])
+
+
+def test_plateau_schedule_reduces_three_times_then_stops():
+    sched = PlateauSchedule(lr=0.01, patience=2)
+    events = [sched.step(e) for e in [0.9, 0.8, 0.8, 0.8, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]]
+    assert events == ["improved", "improved", "waiting", "reduced", "improved", "waiting", "reduced",
+                      "waiting", "reduced", "waiting", "stop", "stop"]
+    assert sched.reductions == 3 and sched.finished
+    assert math.isclose(sched.lr, 1e-5)
+
+
+def test_plateau_schedule_state_round_trip():
+    a = PlateauSchedule(patience=3)
+    for e in [0.5, 0.4, 0.45]:
+        a.step(e)
+    b = PlateauSchedule()
+    b.load_state_dict(a.state_dict())
+    assert b == a
+    assert a.step(0.41) == b.step(0.41)
+
+
+def test_bad_hyper_parameters():
+    with pytest.raises(ValueError):
+        PaperSGD([torch.nn.Parameter(torch.ones(1))], lr=-1.0)
+    with pytest.raises(ValueError, match="finite"):
+        PlateauSchedule().step(float("nan"))
