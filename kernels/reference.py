@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "conv2d"]
+__all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "conv2d", "sgd_step_"]
 
 
 def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
@@ -60,3 +60,17 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None, stride=1, padding=0
     """2-D convolution (cross-correlation), optionally followed by ReLU; dilation 1."""
     y = F.conv2d(x, weight, bias, stride, padding, 1, groups)
     return torch.relu(y) if relu else y
+
+
+def sgd_step_(weights, velocity, grads, lr, momentum: float = 0.9, weight_decay: float = 5e-4,
+              n_decay: int | None = None, low_precision_out=None) -> None:
+    """The paper's update in place (section 5): v <- m v - wd lr w - lr g; w <- w + v, with
+    weight decay on elements [0, n_decay) only; optionally writes a low-precision copy of w."""
+    n_decay = weights.numel() if n_decay is None else n_decay
+    decay = torch.zeros_like(weights)
+    decay[:n_decay] = weight_decay
+    lr = lr.to(weights.dtype)
+    velocity.mul_(momentum).sub_(decay * lr * weights).sub_(lr * grads.to(weights.dtype))
+    weights.add_(velocity)
+    if low_precision_out is not None:
+        low_precision_out.copy_(weights)
