@@ -101,12 +101,24 @@ def _channel_window_sum(prev, cur, nxt, LO: tl.constexpr, HI: tl.constexpr,
 
 @triton.jit
 def _load_3(ptrs, stride_c, chan, n_chan, pix_ok):
-    """The tile at channels chan - 8, chan, chan + 8 (zero outside [0, n_chan))."""
+    """The tile at channels chan - 8, chan, chan + 8 of a group (chan counts within the
+    group; zero outside [0, n_chan))."""
     rows = pix_ok[:, None]
     prev = tl.load(ptrs - 8 * stride_c, mask=rows & ((chan >= 8) & (chan < n_chan + 8))[None, :], other=0.0)
     cur = tl.load(ptrs, mask=rows & (chan < n_chan)[None, :], other=0.0)
     nxt = tl.load(ptrs + 8 * stride_c, mask=rows & (chan + 8 < n_chan)[None, :], other=0.0)
     return prev, cur, nxt
+
+
+@triton.jit
+def _tile(n_pix, n_chan, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's pixels, its channels within the group, and the group's first channel.
+    Grid: (pixel blocks, groups * channel blocks per group); n_chan counts one group."""
+    blocks_per_group = tl.cdiv(n_chan, BLOCK_C)
+    group = tl.program_id(1) // blocks_per_group
+    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    chan = (tl.program_id(1) - group * blocks_per_group) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return pix, chan, group * n_chan
 
 
 @triton.jit(do_not_specialize=["n_pix", "height", "width"])
@@ -120,11 +132,12 @@ def _relu_lrn_fwd_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """x: (N, C, H, W) read through strides sx_*; y = LRN(act(x)) and, if SAVE_U,
-    u = y / s, both written through strides sy_*. BLOCK_C is a multiple of 8."""
-    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    u = y / s, both written through strides sy_*. n_chan is the channels of one group
+    (windows stop at group boundaries); BLOCK_C is a multiple of 8."""
+    pix, chan, first = _tile(n_pix, n_chan, BLOCK_P, BLOCK_C)
     pix_ok = pix < n_pix
-    x_ptrs = x_ptr + pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)[:, None] + chan.to(tl.int64)[None, :] * sx_c
+    chan64 = (first + chan).to(tl.int64)[None, :]
+    x_ptrs = x_ptr + pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)[:, None] + chan64 * sx_c
 
     prev, cur, nxt = _load_3(x_ptrs, sx_c, chan, n_chan, pix_ok)
     a = _act(cur, RELU)
@@ -132,7 +145,7 @@ def _relu_lrn_fwd_kernel(
     s = k + alpha * _channel_window_sum(a_prev * a_prev, a * a, a_next * a_next, LO, HI, BLOCK_P, BLOCK_C)
     u = a * tl.exp2(-(beta + 1.0) * tl.log2(s))  # a * s^-(beta+1)
 
-    y_off = pixel_offsets(pix, height, width, sy_n, sy_h, sy_w)[:, None] + chan.to(tl.int64)[None, :] * sy_c
+    y_off = pixel_offsets(pix, height, width, sy_n, sy_h, sy_w)[:, None] + chan64 * sy_c
     mask = pix_ok[:, None] & (chan < n_chan)[None, :]
     tl.store(y_ptr + y_off, (u * s).to(y_ptr.dtype.element_ty), mask=mask)
     if SAVE_U:
@@ -150,11 +163,11 @@ def _relu_lrn_bwd_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """dx = d(LRN(act(x)))/dx^T dy. x through strides sx_*; u, dy and dx through sy_*.
-    Channel i's window holds j iff i in j-HI .. j+LO: the cross term's window is mirrored."""
-    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    Channel i's window holds j iff i in j-HI .. j+LO: the cross term's window is mirrored.
+    n_chan is the channels of one group."""
+    pix, chan, first = _tile(n_pix, n_chan, BLOCK_P, BLOCK_C)
     pix_ok = pix < n_pix
-    chan64 = chan.to(tl.int64)[None, :]
+    chan64 = (first + chan).to(tl.int64)[None, :]
     x_ptrs = x_ptr + pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)[:, None] + chan64 * sx_c
     y_off = pixel_offsets(pix, height, width, sy_n, sy_h, sy_w)[:, None] + chan64 * sy_c
 
@@ -184,82 +197,90 @@ def _check_params(size, alpha, beta, k):
         raise ValueError(f"alpha must be >= 0, got {alpha!r}")
 
 
-def _blocks(n_chan: int, fmt: torch.memory_format) -> tuple[int, int, int]:
-    """(BLOCK_P, BLOCK_C, num_warps): the contiguous dim gets the long side of the tile."""
+def _blocks(chan_per_group: int, fmt: torch.memory_format) -> tuple[int, int, int]:
+    """(BLOCK_P, BLOCK_C, num_warps): the contiguous dim gets the long side of the tile;
+    BLOCK_C divides the group's channels when it can (conv1's 48 per column: 16)."""
     if interpreting():
-        return 16, max(8, min(32, triton.next_power_of_2(n_chan))), 4
+        return 16, max(8, min(32, triton.next_power_of_2(chan_per_group))), 4
     if fmt == torch.channels_last:
-        block_c = max(8, min(64, triton.next_power_of_2(n_chan)))
+        block_c = next((b for b in (64, 32, 16, 8) if chan_per_group % b == 0), None)
+        block_c = block_c or max(8, min(64, triton.next_power_of_2(chan_per_group)))
         return max(16, 2048 // block_c), block_c, 4
     return 128, 8, 4
 
 
-def relu_lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, save_u=False, blocks=None):
+def _check_groups(n_chan: int, groups) -> int:
+    if not isinstance(groups, int) or groups < 1 or n_chan % groups:
+        raise ValueError(f"groups must be a positive int dividing the {n_chan} channels, got {groups!r}")
+    return n_chan // groups
+
+
+def _launch(kernel, first_args, x, out, n_chan_per_group, groups, size, alpha, beta, k, relu, blocks, **flags):
+    n_img, _, height, width = x.shape
+    n_pix = n_img * height * width
+    block_p, block_c, warps = blocks or _blocks(n_chan_per_group, memory_format(out))
+    grid = (cdiv(n_pix, block_p), groups * cdiv(n_chan_per_group, block_c))
+    kernel[grid](
+        *first_args, n_pix, n_chan_per_group, height, width, *x.stride(), *out.stride(),
+        float(k), float(alpha), float(beta),
+        LO=size // 2, HI=(size - 1) // 2, RELU=relu, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps, **flags,
+    )
+
+
+def relu_lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, groups=1, save_u=False, blocks=None):
     """Launch the forward; returns (y, u) with u None unless save_u.
     blocks = (BLOCK_P, BLOCK_C, num_warps) overrides the tile choice (bench/sweep_memory.py)."""
     check_tensor(x, "x", ndim=4)
     _check_params(size, alpha, beta, k)
-    n_img, n_chan, height, width = x.shape
+    per_group = _check_groups(x.shape[1], groups)
     fmt = memory_format(x)
     y = empty_4d(x.shape, x, fmt)
     u = empty_4d(x.shape, x, fmt) if save_u else y  # y stands in for the unused pointer
-    if y.numel() == 0:
-        return y, (u if save_u else None)
-    n_pix = n_img * height * width
-    block_p, block_c, warps = blocks or _blocks(n_chan, fmt)
-    grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
-    _relu_lrn_fwd_kernel[grid](
-        x, y, u, n_pix, n_chan, height, width, *x.stride(), *y.stride(),
-        float(k), float(alpha), float(beta),
-        LO=size // 2, HI=(size - 1) // 2, RELU=relu, SAVE_U=save_u,
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
-    )
+    if y.numel() > 0:
+        _launch(_relu_lrn_fwd_kernel, (x, y, u), x, y, per_group, groups, size, alpha, beta, k, relu, blocks,
+                SAVE_U=save_u)
     return y, (u if save_u else None)
 
 
-def relu_lrn_backward(dy, x, u, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, blocks=None):
+def relu_lrn_backward(dy, x, u, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, groups=1, blocks=None):
     """dx from the upstream gradient dy and the saved x and u."""
     dy = as_format(dy, memory_format(u))
     if dy.stride() != u.stride():  # the kernel reads dy through u's strides
         dy = torch.empty_like(u).copy_(dy)
     dx = torch.empty_like(u)
-    if dx.numel() == 0:
-        return dx
-    n_img, n_chan, height, width = x.shape
-    n_pix = n_img * height * width
-    block_p, block_c, warps = blocks or _blocks(n_chan, memory_format(u))
-    grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
-    _relu_lrn_bwd_kernel[grid](
-        x, u, dy, dx, n_pix, n_chan, height, width, *x.stride(), *dx.stride(),
-        float(k), float(alpha), float(beta),
-        LO=size // 2, HI=(size - 1) // 2, RELU=relu, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
-    )
+    if dx.numel() > 0:
+        _launch(_relu_lrn_bwd_kernel, (x, u, dy, dx), x, dx, x.shape[1] // groups, groups, size, alpha, beta, k,
+                relu, blocks)
     return dx
 
 
 class ReLULRNFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, size, alpha, beta, k, relu):
+    def forward(ctx, x, size, alpha, beta, k, relu, groups):
         need_grad = ctx.needs_input_grad[0]
-        y, u = relu_lrn_forward(x, size, alpha, beta, k, relu, save_u=need_grad)
+        y, u = relu_lrn_forward(x, size, alpha, beta, k, relu, groups, save_u=need_grad)
         if need_grad:
             ctx.save_for_backward(x, u)
-        ctx.params = (size, alpha, beta, k, relu)
+        ctx.params = (size, alpha, beta, k, relu, groups)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, u = ctx.saved_tensors
-        return relu_lrn_backward(dy, x, u, *ctx.params), None, None, None, None, None
+        return relu_lrn_backward(dy, x, u, *ctx.params), None, None, None, None, None, None
 
 
-def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
+             groups: int = 1):
     """ReLU then local response normalisation across channels, fused (paper section 3.3;
-    defaults k=2, n=5, alpha=1e-4, beta=0.75). Note alpha is not divided by size."""
-    return ReLULRNFunction.apply(x, size, alpha, beta, k, True)
+    defaults k=2, n=5, alpha=1e-4, beta=0.75). Note alpha is not divided by size.
+    groups > 1 normalises each of `groups` equal channel blocks on its own (a window stops at
+    a block boundary), as each GPU column of the paper does with its own maps."""
+    return ReLULRNFunction.apply(x, size, alpha, beta, k, True, groups)
 
 
-def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
+                        groups: int = 1):
     """Local response normalisation without the ReLU (for the tanh ablation); alpha is
     not divided by size."""
-    return ReLULRNFunction.apply(x, size, alpha, beta, k, False)
+    return ReLULRNFunction.apply(x, size, alpha, beta, k, False, groups)

@@ -11,9 +11,13 @@ import torch.nn.functional as F
 __all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "conv2d", "sgd_step_"]
 
 
-def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
+                        groups: int = 1):
     """The paper's local response normalisation across channels, without the ReLU;
-    see `relu_lrn`."""
+    see `relu_lrn`. groups > 1 normalises each block of C / groups channels on its own."""
+    if groups > 1:
+        return torch.cat([local_response_norm(part, size, alpha, beta, k)
+                          for part in x.chunk(groups, dim=1)], dim=1)
     sq = x.square()
     n_chan = x.shape[1]
     # Zero-pad the channel dim so every window has `size` terms; out-of-range terms are 0.
@@ -22,7 +26,8 @@ def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, bet
     return x / (k + alpha * window).pow(beta)
 
 
-def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
+             groups: int = 1):
     """ReLU followed by the paper's local response normalisation (section 3.3):
 
         a = max(x, 0);  b[c] = a[c] / (k + alpha * sum_{j in window(c)} a[j]^2) ** beta
@@ -31,8 +36,9 @@ def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 
     odd n = 5 that is c-2..c+2). alpha multiplies the plain sum: PyTorch's
     F.local_response_norm and Caffe divide alpha by `size`, so the same function there is
     F.local_response_norm(F.relu(x), size, alpha=alpha * size, beta=beta, k=k).
+    groups > 1 normalises each block of C / groups channels on its own (one GPU column's maps).
     """
-    return local_response_norm(torch.relu(x), size, alpha, beta, k)
+    return local_response_norm(torch.relu(x), size, alpha, beta, k, groups)
 
 
 def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2):

@@ -22,10 +22,11 @@ shapes = st.tuples(st.integers(1, 3), st.integers(1, 19), st.integers(1, 7), st.
 @pytest.mark.parametrize("fmt", MEMORY_FORMATS)
 @pytest.mark.parametrize("relu", [True, False], ids=["relu_lrn", "lrn"])
 @given(shape=shapes, size=st.sampled_from([1, 2, 3, 5, 6, 17]), scale=st.sampled_from([0.5, 10.0, 100.0]),
-       seed=st.integers(0, 2**31 - 1))
-def test_forward_and_backward_match_reference(dtype, fmt, relu, shape, size, scale, seed):
+       groups=st.sampled_from([1, 1, 2, 3]), seed=st.integers(0, 2**31 - 1))
+def test_forward_and_backward_match_reference(dtype, fmt, relu, shape, size, scale, groups, seed):
+    shape = (shape[0], shape[1] * groups, shape[2], shape[3])
     x = _input(seed, shape, scale, dtype, fmt).requires_grad_()
-    params = dict(size=size, alpha=1e-4, beta=0.75, k=2.0)
+    params = dict(size=size, alpha=1e-4, beta=0.75, k=2.0, groups=groups)
     op, ref_op = (kernels.relu_lrn, reference.relu_lrn) if relu else (kernels.local_response_norm, reference.local_response_norm)
     y = op(x, **params)
     assert y.dtype == dtype and y.shape == x.shape and y.is_contiguous(memory_format=fmt)
@@ -48,6 +49,15 @@ def test_paper_constants_are_defaults_and_alpha_is_not_divided_by_n():
     assert_close(y, expected, torch.float32)
     wrong = F.local_response_norm(F.relu(x.cpu().double()), 5, alpha=1e-4, beta=0.75, k=2.0)
     assert (y.double().cpu() - wrong).abs().max() > 1e-3 * wrong.abs().max()
+
+
+def test_groups_normalise_each_block_on_its_own():
+    x = _input(5, (2, 16, 3, 3), 40.0, torch.float32, torch.channels_last)
+    y = kernels.relu_lrn(x, groups=2)
+    halves = [reference.relu_lrn(part.double().cpu()) for part in x.chunk(2, dim=1)]
+    assert_close(y, torch.cat(halves, dim=1), torch.float32)
+    # a window crossing the boundary would differ: the grouped and ungrouped ops disagree there
+    assert (y - kernels.relu_lrn(x)).abs()[:, 6:10].max() > 0
 
 
 def test_non_contiguous_input_and_gradient():
@@ -83,6 +93,7 @@ def test_empty_batch():
     (lambda: kernels.relu_lrn(torch.ones(1, 3, 4, 4, dtype=torch.int32, device=DEVICE)), TypeError, "dtype"),
     (lambda: kernels.relu_lrn(torch.randn(1, 3, 4, 4, device=DEVICE), size=0), ValueError, "size"),
     (lambda: kernels.relu_lrn(torch.randn(1, 3, 4, 4, device=DEVICE), size=18), ValueError, "size"),
+    (lambda: kernels.relu_lrn(torch.randn(1, 3, 4, 4, device=DEVICE), groups=2), ValueError, "groups"),
     (lambda: kernels.relu_lrn(torch.randn(1, 3, 4, 4, device=DEVICE), k=0.0), ValueError, "k must be"),
     (lambda: kernels.relu_lrn([1.0, 2.0]), TypeError, "torch.Tensor"),
 ])
