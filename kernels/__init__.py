@@ -4,12 +4,15 @@
     kernels.local_response_norm(x, ...)                          the same without the ReLU
     kernels.max_pool2d(x, kernel_size=3, stride=2)               overlapping max-pooling
     kernels.dropout(x, p=0.5, training=True)                     seeded inverted dropout
+    kernels.conv2d(x, w, bias=None, stride=1, padding=0, groups=1, relu=False)
+                                                                 implicit-GEMM convolution (+ ReLU)
 
 Every op takes CUDA tensors (or CPU tensors under TRITON_INTERPRET=1) in fp32, bf16 or fp16,
 contiguous NCHW or channels_last, and returns its output in the input's memory format.
 """
+from .conv import conv2d
 from .dropout import dropout
 from .lrn import local_response_norm, relu_lrn
 from .maxpool import max_pool2d
 
-__all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout"]
+__all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "conv2d"]

@@ -1,0 +1,206 @@
+"""What the three convolution kernels share (conv_fwd.py, conv_dgrad.py, conv_wgrad.py):
+the problem geometry and its input checks, the index math inside the kernels, and the
+launch helper that picks a tile config.
+
+Index conventions used by every kernel (names as in the kernels):
+    x   (n_img, C, height, width)        C = groups * C_PER_G, read through strides sx_*
+    w   (K, C_PER_G, KH, KW)             K = groups * K_PER_G, read in OHWI order (c fastest)
+    y   (n_img, K, out_h, out_w)         out_h = (height + 2*PH - KH) // SH + 1
+    output pixel (n, oh, ow) reads input rows ih = oh*SH - PH + kh, cols iw = ow*SW - PW + kw.
+A "pixel" index flattens (n, h, w) row-major; a "tap" index flattens (kh, kw).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import check_same_device, check_tensor, interpreting, pair
+
+
+# ------------------------------------------------------------------------------ geometry
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Sizes of one convolution; `constexprs()` are the kernels' compile-time constants."""
+    n_img: int
+    in_chan: int
+    height: int
+    width: int
+    out_chan: int
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    groups: int
+
+    @property
+    def out_h(self) -> int:
+        return (self.height + 2 * self.pad_h - self.kernel_h) // self.stride_h + 1
+
+    @property
+    def out_w(self) -> int:
+        return (self.width + 2 * self.pad_w - self.kernel_w) // self.stride_w + 1
+
+    @property
+    def c_per_g(self) -> int:
+        return self.in_chan // self.groups
+
+    @property
+    def k_per_g(self) -> int:
+        return self.out_chan // self.groups
+
+    @property
+    def n_out_pix(self) -> int:
+        return self.n_img * self.out_h * self.out_w
+
+    @property
+    def n_in_pix(self) -> int:
+        return self.n_img * self.height * self.width
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return self.n_img, self.in_chan, self.height, self.width
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return self.n_img, self.out_chan, self.out_h, self.out_w
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return self.out_chan, self.c_per_g, self.kernel_h, self.kernel_w
+
+    @property
+    def flops(self) -> int:
+        """2 * N*OH*OW * K * (C/g)*KH*KW: the same for the forward, dgrad and wgrad."""
+        return 2 * self.n_out_pix * self.out_chan * self.c_per_g * self.kernel_h * self.kernel_w
+
+    def constexprs(self) -> dict:
+        return dict(C_PER_G=self.c_per_g, K_PER_G=self.k_per_g, KH=self.kernel_h, KW=self.kernel_w,
+                    SH=self.stride_h, SW=self.stride_w, PH=self.pad_h, PW=self.pad_w)
+
+
+def _padding_pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        v = (v, v)
+    if len(v) != 2 or not all(isinstance(i, int) and i >= 0 for i in v):
+        raise ValueError(f"padding must be a non-negative int or a pair of them, got {v!r}")
+    return int(v[0]), int(v[1])
+
+
+def conv_geometry(x, weight, bias=None, stride=1, padding=0, groups=1, dilation=1) -> ConvGeometry:
+    """Check the arguments of a convolution and return its geometry (clear errors otherwise)."""
+    check_tensor(x, "x", ndim=4)
+    check_tensor(weight, "weight", ndim=4)
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight has dtype {weight.dtype} but x has {x.dtype}; they must match")
+    check_same_device(("x", x), ("weight", weight))
+    if pair(dilation, "dilation") != (1, 1):
+        raise ValueError(f"dilation {dilation!r} is not supported: the Triton convolution has dilation 1 only")
+    (sh, sw), (ph, pw) = pair(stride, "stride"), _padding_pair(padding)
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    n_img, in_chan, height, width = x.shape
+    out_chan, c_per_g, kh, kw = weight.shape
+    if in_chan % groups or out_chan % groups:
+        raise ValueError(f"input channels ({in_chan}) and output channels ({out_chan}) must both be "
+                         f"divisible by groups ({groups})")
+    if in_chan == 0 or out_chan == 0 or kh == 0 or kw == 0:
+        raise ValueError(f"empty channel or kernel dims: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    if c_per_g != in_chan // groups:
+        raise ValueError(f"weight {tuple(weight.shape)} expects {c_per_g} input channels per group, but x has "
+                         f"{in_chan} channels in {groups} group(s) = {in_chan // groups} per group")
+    if height + 2 * ph < kh or width + 2 * pw < kw:
+        raise ValueError(f"the {kh}x{kw} kernel is larger than the padded input "
+                         f"({height}+2*{ph}) x ({width}+2*{pw})")
+    if bias is not None:
+        check_tensor(bias, "bias", ndim=1)
+        if bias.dtype != x.dtype:
+            raise TypeError(f"bias has dtype {bias.dtype} but x has {x.dtype}; they must match")
+        check_same_device(("x", x), ("bias", bias))
+        if bias.shape[0] != out_chan:
+            raise ValueError(f"bias has {bias.shape[0]} elements but the weight has {out_chan} output channels")
+    return ConvGeometry(n_img, in_chan, height, width, out_chan, kh, kw, sh, sw, ph, pw, groups)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input_precision: fp32 uses tf32 tensor cores when cuDNN may
+    (torch.backends.cudnn.allow_tf32, True by default) and true fp32 otherwise; 16-bit
+    inputs ignore it (always fp32 accumulation)."""
+    if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+# ----------------------------------------------------------------------- in-kernel helpers
+@triton.jit
+def split_pixels(pix, height, width):
+    """(n, h, w) of flattened pixel indices pix = (n * height + h) * width + w."""
+    n = pix // (height * width)
+    rem = pix - n * (height * width)
+    h = rem // width
+    return n, h, rem - h * width
+
+
+@triton.jit
+def in_range(idx, limit, EVEN: tl.constexpr):
+    """idx < limit; a constant all-true mask when the launch guarantees it (EVEN: the block
+    divides `limit`), so the compiler drops the mask from loads."""
+    if EVEN:
+        return tl.full(idx.shape, 1, tl.int1)
+    else:
+        return idx < limit
+
+
+@triton.jit
+def load_dy(dy_ptr, y_ptr, off, mask, RELU_MASK: tl.constexpr):
+    """dy at `off`, zeroed where a fused ReLU was inactive (its output y <= 0) if RELU_MASK;
+    y is read through the same offsets (same strides as dy)."""
+    a = tl.load(dy_ptr + off, mask=mask, other=0.0)
+    if RELU_MASK:
+        y = tl.load(y_ptr + off, mask=mask, other=0.0)
+        a = tl.where(y > 0, a, tl.zeros_like(a))
+    return a
+
+
+@triton.jit
+def grouped_tile(pid, n_rows, N_COLS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 GROUP_M: tl.constexpr):
+    """(row block, col block) of program `pid`, walking GROUP_M row blocks across all
+    column blocks before moving on, so a row block's A tile is reused from L2."""
+    n_row_blocks = tl.cdiv(n_rows, BLOCK_M)
+    n_col_blocks: tl.constexpr = (N_COLS + BLOCK_N - 1) // BLOCK_N
+    per_group = GROUP_M * n_col_blocks
+    first_row = (pid // per_group) * GROUP_M
+    rows_here = tl.minimum(n_row_blocks - first_row, GROUP_M)
+    return first_row + (pid % per_group) % rows_here, (pid % per_group) // rows_here
+
+
+# -------------------------------------------------------------------------------- launch
+def pix_bucket(n_pix: int) -> int:
+    """Autotuning key for a pixel count: its power-of-two bucket."""
+    return triton.next_power_of_2(max(n_pix, 1))
+
+
+def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=None) -> None:
+    """Launch `kernel` with positional `args` and constexprs `meta` plus a tile config:
+
+    - `config` (a triton.Config) when given: exactly that one, no tuning (sweeps, tests);
+      its kwargs may also override entries of `meta` (e.g. FLAT);
+    - on the CPU interpreter: `tuning.interpreter`, one small config (fast tests);
+    - problems under `tuning.min_flops`: `tuning.small` (not worth a tuning run);
+    - otherwise `tuned`, the autotuner over `tuning.configs`, keyed by the problem shape.
+    `grid(meta)` maps the meta-parameters (incl. the tile) to the launch grid.
+    """
+    if config is None and interpreting():
+        config = tuning.interpreter
+    if config is None and flops < tuning.min_flops:
+        config = tuning.small
+    if config is None:
+        tuned[grid](*args, **meta)
+        return
+    meta = {**meta, **config.kwargs}
+    kernel[grid(meta)](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)

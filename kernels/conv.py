@@ -1,0 +1,65 @@
+"""2-D convolution in Triton (the paper's five conv layers, section 3.5): implicit-GEMM forward
+with fused bias + ReLU, input gradient and weight/bias gradients.
+
+    y = kernels.conv2d(x, weight, bias=None, stride=1, padding=0, groups=1, relu=False)
+
+x (N, C, H, W), weight (K, C/groups, KH, KW), bias (K,); fp32 (tf32 tensor cores when
+torch.backends.cudnn.allow_tf32, as cuDNN; true fp32 otherwise), bf16 or fp16, always fp32
+accumulation; output in x's dtype and memory format. Dilation 1 only.
+
+Files: conv_fwd.py, conv_dgrad.py, conv_wgrad.py (one kernel each, with its launcher),
+_conv_common.py (geometry, checks, index helpers, launch), conv_configs.py (tile configs,
+autotuning, the wgrad split model). This file holds the autograd Function.
+
+Layout: the kernels are fast on channels_last (C contiguous), the layout to use. A contiguous
+NCHW x (or dy) is converted to channels_last once per call (a copy); outputs are written
+straight into the caller's format. With relu=True the forward saves its output y and the
+backward masks dy by y > 0 inside the dgrad/wgrad loads (no separate pass).
+"""
+from __future__ import annotations
+
+import torch
+
+from ._common import as_format, memory_format
+from ._conv_common import conv_geometry
+from .conv_dgrad import conv2d_input_grad
+from .conv_fwd import conv2d_forward
+from .conv_wgrad import conv2d_weight_grad
+
+__all__ = ["conv2d", "Conv2dFunction"]
+
+
+class Conv2dFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, groups, relu, dilation):
+        geom = conv_geometry(x, weight, bias, stride, padding, groups, dilation)
+        fmt = memory_format(x)
+        x_cl = as_format(x, torch.channels_last)
+        y = conv2d_forward(x_cl, weight, bias, geom, relu=relu, out_format=fmt)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        ctx.save_for_backward(x_cl if need_w else None, weight if need_x else None,
+                              y if relu and (need_x or need_w or need_b) else None)
+        ctx.geom, ctx.fmt, ctx.weight_fmt = geom, fmt, memory_format(weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x_cl, weight, y = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dy = as_format(dy, torch.channels_last)
+        if y is not None:
+            y = as_format(y, torch.channels_last)
+        dx = dw = db = None
+        if need_x:  # skipped for conv1, whose input is the image
+            dx = conv2d_input_grad(dy, weight, ctx.geom, y=y, out_format=ctx.fmt)
+        if need_w or need_b:
+            dw, db = conv2d_weight_grad(dy, x_cl, ctx.geom, y=y, weight_grad=need_w, bias_grad=need_b,
+                                        weight_format=ctx.weight_fmt)
+        return dx, dw, db, None, None, None, None, None
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
+           groups: int = 1, relu: bool = False, *, dilation=1) -> torch.Tensor:
+    """2-D convolution (cross-correlation) with zero padding, optionally followed by ReLU,
+    as F.conv2d (+ F.relu). `dilation` is accepted only to reject values other than 1."""
+    return Conv2dFunction.apply(x, weight, bias, stride, padding, groups, relu, dilation)

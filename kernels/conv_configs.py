@@ -1,0 +1,187 @@
+"""Tile configurations of the convolution kernels: the one place to edit when tuning.
+
+Each kernel (forward, dgrad, wgrad) has a `ConvTuning`:
+    configs      the autotuner's candidates on a GPU: a handful of wgmma-eligible tiles for
+                 H100 (BLOCK_M a multiple of 64, 4 or 8 warps, BLOCK_K 32/64, 3-4 stages);
+    small        used untuned for problems under `min_flops` (tests, tiny batches);
+    interpreter  the single config on Triton's CPU interpreter (keeps the tests fast);
+    fits         drops candidates a shape cannot use (tiles far wider than the problem,
+                 shared memory over budget); at least one config always survives.
+The autotuner keys on `key` (pixel-count bucket, channels per group, kernel, stride, precision)
+plus the dtypes, so each AlexNet layer is tuned once per process.
+
+8-warp configs (marked "8w"): some Triton versions miscompile a flattened (kh, kw, c) loop
+at num_warps=8. The forward and dgrad loops are flattened that way;
+tests/test_conv.py::test_every_gpu_config checks every config listed here on the GPU:
+drop any that fails there. `bench/conv_sweep.py` times each config per layer, bypassing the
+autotuner, to fit these lists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+import triton
+from triton import Config
+
+
+def _tiles(rows, group_m=None):
+    """triton.Configs from (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) rows."""
+    out = []
+    for bm, bn, bk, warps, stages in rows:
+        kwargs = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+        if group_m is not None:
+            kwargs["GROUP_M"] = group_m
+        out.append(Config(kwargs, num_warps=warps, num_stages=stages))
+    return out
+
+
+SMEM_BUDGET = 220 * 1024  # bytes of pipeline buffers per program (H100: 227 KB per block)
+AUTOTUNE_MIN_FLOPS = 2e9  # below this a problem runs `small` untuned (AlexNet layers at batch 128: 27-150 GFLOP)
+
+# Forward: GEMM M = N*OH*OW pixels, N = K/g output channels, reduction (kh, kw, c).
+FWD_TILES = [
+    # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages
+    (128, 128, 64, 4, 3),
+    (128, 128, 32, 4, 4),
+    (128, 64, 64, 4, 4),    # K/g = 192 (conv4 per group) = 3 x 64
+    (64, 128, 64, 4, 4),
+    (128, 128, 16, 4, 5),   # C/g = 48 (conv2): exact 16-channel chunks instead of 64 with 25% masked
+    (128, 256, 64, 8, 3),   # 8w; K/g = 256
+    (256, 128, 64, 8, 3),   # 8w
+]
+# Input gradient: GEMM M = N*H*W input pixels, N = C/g, reduction (kh, kw, k).
+DGRAD_TILES = [
+    (128, 128, 64, 4, 3),
+    (128, 128, 32, 4, 4),
+    (128, 64, 64, 4, 4),    # C/g = 48 (conv2), 192 (conv4/5)
+    (64, 128, 64, 4, 4),
+    (128, 256, 64, 8, 3),   # 8w; C/g = 256 (conv3)
+    (256, 128, 64, 8, 3),   # 8w
+]
+# Weight gradient: GEMM M = K/g, N = KH*KW*C/g, reduction over N*OH*OW pixels (split).
+WGRAD_TILES = [
+    (128, 128, 64, 4, 3),
+    (128, 128, 32, 4, 4),
+    (64, 128, 64, 4, 4),    # K/g = 192 (conv4) = 3 x 64
+    (128, 64, 64, 4, 4),    # C/g = 48, 192: one tap's channels in whole blocks
+    (128, 256, 64, 8, 3),   # 8w
+    (256, 128, 64, 8, 3),   # 8w; K/g = 384 (conv3) in 1.5 blocks: M = 256 + 128
+]
+
+
+def _np2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def _smem_ok(cfg: Config, elem: int) -> bool:
+    k = cfg.kwargs
+    return cfg.num_stages * (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * elem <= SMEM_BUDGET
+
+
+def _fwd_fits(cfg: Config, meta: dict, elem: int) -> bool:
+    k = cfg.kwargs
+    red = meta["KH"] * meta["KW"] * meta["C_PER_G"] if meta["FLAT"] else meta["C_PER_G"]
+    useful_k16 = k["BLOCK_K"] >= 32 or meta["FLAT"] or meta["C_PER_G"] % 32 != 0
+    return (_smem_ok(cfg, elem) and k["BLOCK_N"] <= _np2(meta["K_PER_G"]) and k["BLOCK_K"] <= _np2(red)
+            and useful_k16)
+
+
+def _dgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
+    k = cfg.kwargs
+    red = meta["KH"] * meta["KW"] * meta["K_PER_G"] if meta["FLAT"] else meta["K_PER_G"]
+    return _smem_ok(cfg, elem) and k["BLOCK_N"] <= _np2(meta["C_PER_G"]) and k["BLOCK_K"] <= _np2(red)
+
+
+def _wgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
+    k = cfg.kwargs
+    cols = meta["KH"] * meta["KW"] * meta["C_PER_G"] if meta["FLAT"] else meta["C_PER_G"]
+    return _smem_ok(cfg, elem) and k["BLOCK_M"] <= _np2(meta["K_PER_G"]) and k["BLOCK_N"] <= _np2(cols)
+
+
+@dataclass
+class ConvTuning:
+    configs: list
+    small: Config
+    interpreter: Config
+    fits: object  # (config, meta, element_size) -> bool
+    key: list = field(default_factory=lambda: ["pix_bucket", "C_PER_G", "K_PER_G", "KH", "KW", "SH", "SW",
+                                               "PRECISION"])
+    min_flops: float = AUTOTUNE_MIN_FLOPS
+
+    def prune(self, configs, named_args, **meta):
+        """early_config_prune for triton.autotune: the configs that fit this shape."""
+        elem = next(a for a in named_args.values() if isinstance(a, torch.Tensor)).element_size()
+        return [c for c in configs if self.fits(c, meta, elem)] or configs[:1]
+
+    def autotune(self, kernel):
+        return triton.autotune(configs=self.configs, key=self.key,
+                               prune_configs_by={"early_config_prune": self.prune})(kernel)
+
+
+FWD = ConvTuning(
+    configs=_tiles(FWD_TILES, group_m=8), fits=_fwd_fits,
+    small=Config(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8), num_warps=4, num_stages=3),
+    interpreter=Config(dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, GROUP_M=2), num_warps=4, num_stages=1),
+)
+DGRAD = ConvTuning(
+    configs=_tiles(DGRAD_TILES, group_m=8), fits=_dgrad_fits,
+    small=Config(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8), num_warps=4, num_stages=3),
+    interpreter=Config(dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, GROUP_M=2), num_warps=4, num_stages=1),
+)
+WGRAD = ConvTuning(
+    configs=_tiles(WGRAD_TILES), fits=_wgrad_fits,
+    small=Config(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), num_warps=4, num_stages=3),
+    interpreter=Config(dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64), num_warps=4, num_stages=1),
+)
+
+
+def use_flat_reduction(chan: int) -> bool:
+    """Whether a kernel flattens (kh, kw, c) into one index instead of looping over taps and
+    BLOCK-wide channel chunks: for few channels (conv1's 3), where whole chunks would be mostly
+    masked. Forced configs may override it with FLAT in their kwargs."""
+    return chan < 16
+
+
+# ------------------------------------------------------------- split of the wgrad reduction
+# The weight gradient reduces over N*OH*OW pixels (387k for conv1) into a small output
+# (K x KH*KW*C/g), so it splits the pixels into `splits` ranges, each program writing an fp32
+# partial that a second kernel sums in a fixed order (deterministic, no atomics). The split
+# count minimises a simple model: waves of programs over the SMs (compute at SM_TFLOPS per SM)
+# plus writing and reading the partials at HBM_BYTES_PER_S.
+SPLIT_PIX_QUANTUM = 128  # pixels per split (when split) are a multiple of this, and of every BLOCK_K
+MIN_PIX_PER_SPLIT = 1024
+MAX_SPLITS = 128
+SM_TFLOPS = {"16bit": 4.5, "tf32": 2.2, "ieee": 0.25}  # sustained per-SM rate assumed by the model
+HBM_BYTES_PER_S = 2.5e12
+SPLIT_OVERHEAD_S = 3e-6  # the extra reduction launch
+NOMINAL_TILE = (128, 128)  # the model's tile (the autotuner may pick another)
+
+
+@lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def wgrad_splits(geom, dtype: torch.dtype, precision: str, flat: bool, device: torch.device) -> int:
+    """Number of pixel ranges the weight-gradient reduction is split into (1 on the interpreter)."""
+    from ._common import cdiv, interpreting
+
+    if interpreting() or device.type != "cuda":
+        return 1
+    n_sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    bm, bn = NOMINAL_TILE
+    cols = cdiv(geom.kernel_h * geom.kernel_w * geom.c_per_g, bn) if flat else \
+        geom.kernel_h * geom.kernel_w * cdiv(geom.c_per_g, bn)
+    tiles = geom.groups * cdiv(geom.k_per_g, bm) * cols
+    rate = SM_TFLOPS["16bit" if dtype != torch.float32 else precision] * 1e12
+    work_s = geom.flops / rate  # seconds on one SM
+    partial_bytes = 2 * 4 * (geom.out_chan * geom.c_per_g * geom.kernel_h * geom.kernel_w + geom.out_chan)
+    max_splits = max(1, min(MAX_SPLITS, geom.n_out_pix // MIN_PIX_PER_SPLIT))
+
+    def model(s):
+        waves = cdiv(tiles * s, n_sms)
+        return waves * work_s / (tiles * s) + (s > 1) * (s * partial_bytes / HBM_BYTES_PER_S + SPLIT_OVERHEAD_S)
+
+    return min(range(1, max_splits + 1), key=model)

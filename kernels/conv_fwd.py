@@ -1,0 +1,153 @@
+"""Convolution forward as an implicit GEMM, with fused bias and ReLU.
+
+    y[n, oh, ow, g*K_PER_G + k] = act(bias[k'] + sum_{kh, kw, c} x[n, oh*SH-PH+kh, ow*SW-PW+kw, g*C_PER_G + c]
+                                                                * w[g*K_PER_G + k, c, kh, kw])
+
+GEMM per group g: M = N*OH*OW output pixels, N = K_PER_G output channels, reduction over
+(kh, kw, c). Nothing is materialised: each program owns a BLOCK_M x BLOCK_N tile of y and
+gathers its A tile (BLOCK_M pixels x BLOCK_K reduction elements) straight from x, zero
+outside the image (the padding). Program order is grouped (GROUP_M pixel blocks walk every
+channel block) so an A tile is reused from L2.
+
+Layouts: x and y through their strides; x is fast as channels_last (c contiguous, so an A
+tile row is one contiguous run of BLOCK_K channels). The weight is read in OHWI order,
+(K, KH, KW, C_PER_G) contiguous, so its (kh, kw, c) reduction index is contiguous too.
+
+Two reduction loops, both one flat `for` that Triton software-pipelines (num_stages):
+- taps (C_PER_G >= 16): step = (tap, channel chunk), kh/kw/chunk from scalar div/mod once
+  per step; per element only adds and the row mask (no mask on c when BLOCK_K divides C_PER_G).
+- FLAT (few channels: conv1 has 3): the reduction index r runs over all KH*KW*C_PER_G
+  (kh, kw, c) with the tail of the last BLOCK_K chunk masked (363 -> 368 for conv1 at
+  BLOCK_K=16). r -> (kh, kw, c) is decoded once per step for the BLOCK_K vector, never per
+  element; in channels_last with groups=1 each kh row (kw, c) is one contiguous span of
+  KW*C elements (33 for conv1), so the gathers are contiguous runs.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import cdiv, empty_4d
+from ._conv_common import ConvGeometry, dot_precision, grouped_tile, in_range, launch, pix_bucket, split_pixels
+from .conv_configs import FWD, use_flat_reduction
+
+__all__ = ["conv2d_forward"]
+
+
+@triton.jit
+def _fwd_tap_loop(acc, x_ptr, w_ptr, x_img, w_col, ih0, iw0, pix_ok, k_ok, height, width, sx_c, sx_h, sx_w,
+                  C_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                  PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += A @ B over steps (tap, channel chunk); A rows are BLOCK_K contiguous channels."""
+    C_CHUNKS: tl.constexpr = (C_PER_G + BLOCK_K - 1) // BLOCK_K
+    EVEN_C: tl.constexpr = C_PER_G % BLOCK_K == 0
+    offs_k = tl.arange(0, BLOCK_K)
+    for step in tl.range(0, KH * KW * C_CHUNKS):
+        tap = step // C_CHUNKS
+        chan = (step - tap * C_CHUNKS) * BLOCK_K + offs_k
+        kh = tap // KW
+        kw = tap - kh * KW
+        ih = ih0 + kh
+        iw = iw0 + kw
+        row_ok = pix_ok & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
+        chan_ok = in_range(chan, C_PER_G, EVEN_C)
+        x_off = x_img + ih.to(tl.int64) * sx_h + iw.to(tl.int64) * sx_w
+        a = tl.load(x_ptr + x_off[:, None] + (chan * sx_c)[None, :], mask=row_ok[:, None] & chan_ok[None, :],
+                    other=0.0)
+        b = tl.load(w_ptr + w_col[None, :] + (tap * C_PER_G + chan)[:, None],
+                    mask=chan_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _fwd_flat_loop(acc, x_ptr, w_ptr, x_img, w_col, ih0, iw0, pix_ok, k_ok, height, width, sx_c, sx_h, sx_w,
+                   C_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                   PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += A @ B over BLOCK_K-wide chunks of the flattened (kh, kw, c) reduction index."""
+    RED: tl.constexpr = KH * KW * C_PER_G
+    EVEN_R: tl.constexpr = RED % BLOCK_K == 0
+    x_pix = x_img + ih0.to(tl.int64) * sx_h + iw0.to(tl.int64) * sx_w  # the window's top-left corner
+    for r0 in tl.range(0, RED, BLOCK_K):
+        r = r0 + tl.arange(0, BLOCK_K)
+        kh = r // (KW * C_PER_G)
+        kw = (r // C_PER_G) % KW
+        c = r % C_PER_G
+        r_ok = in_range(r, RED, EVEN_R)
+        ih = ih0[:, None] + kh[None, :]
+        iw = iw0[:, None] + kw[None, :]
+        a_mask = pix_ok[:, None] & r_ok[None, :] & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
+        a = tl.load(x_ptr + x_pix[:, None] + (kh * sx_h + kw * sx_w + c * sx_c)[None, :], mask=a_mask, other=0.0)
+        b = tl.load(w_ptr + w_col[None, :] + r[:, None], mask=r_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit(do_not_specialize=["n_out_pix", "height", "width", "out_h", "out_w", "pix_bucket"])
+def _conv_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    n_out_pix, height, width, out_h, out_w,
+    sx_n, sx_c, sx_h, sx_w,
+    sy_n, sy_c, sy_h, sy_w,
+    pix_bucket,  # autotuning key only
+    C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, FLAT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """x (N, C, H, W) via sx_*; w OHWI (K, KH, KW, C_PER_G) contiguous; b (K,); y (N, K, OH, OW) via sy_*.
+    Grid: (tiles of (N*OH*OW) x K_PER_G, groups)."""
+    group = tl.program_id(1)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), n_out_pix, K_PER_G, BLOCK_M, BLOCK_N, GROUP_M)
+    EVEN_N: tl.constexpr = K_PER_G % BLOCK_N == 0
+    pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    k_out = group * K_PER_G + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # global output channel
+    pix_ok = pix < n_out_pix
+    k_ok = in_range(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), K_PER_G, EVEN_N)
+    n_img, oh, ow = split_pixels(pix, out_h, out_w)
+    ih0 = oh * SH - PH
+    iw0 = ow * SW - PW
+    x_img = n_img.to(tl.int64) * sx_n + (group * C_PER_G).to(tl.int64) * sx_c
+    w_col = k_out.to(tl.int64) * (KH * KW * C_PER_G)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if FLAT:
+        acc = _fwd_flat_loop(acc, x_ptr, w_ptr, x_img, w_col, ih0, iw0, pix_ok, k_ok, height, width,
+                             sx_c, sx_h, sx_w, C_PER_G, KH, KW, PRECISION, BLOCK_K)
+    else:
+        acc = _fwd_tap_loop(acc, x_ptr, w_ptr, x_img, w_col, ih0, iw0, pix_ok, k_ok, height, width,
+                            sx_c, sx_h, sx_w, C_PER_G, KH, KW, PRECISION, BLOCK_K)
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + k_out, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    y_off = n_img.to(tl.int64) * sy_n + oh.to(tl.int64) * sy_h + ow.to(tl.int64) * sy_w
+    tl.store(y_ptr + y_off[:, None] + k_out.to(tl.int64)[None, :] * sy_c, acc.to(y_ptr.dtype.element_ty),
+             mask=pix_ok[:, None] & k_ok[None, :])
+
+
+_conv_fwd_tuned = FWD.autotune(_conv_fwd_kernel)
+
+
+def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeometry, *, relu: bool = False,
+                   out_format=torch.channels_last, config=None) -> torch.Tensor:
+    """y = conv2d(x, weight) + bias, ReLU'd if `relu`, in `out_format`; inputs already checked
+    (`conv_geometry`). x may have any strides (channels_last is the fast layout); `config`
+    forces a tile config (a triton.Config, see conv_configs.py) instead of the autotuner."""
+    y = empty_4d(geom.output_shape, x, out_format)
+    if y.numel() == 0:
+        return y
+    w_ohwi = weight.permute(0, 2, 3, 1).contiguous()  # (K, KH, KW, C/g): no copy if channels_last
+    meta = dict(geom.constexprs(), HAS_BIAS=bias is not None, RELU=relu, FLAT=use_flat_reduction(geom.c_per_g),
+                PRECISION=dot_precision(x.dtype))
+    n_out_pix, k_per_g = geom.n_out_pix, geom.k_per_g
+
+    def grid(m):
+        return cdiv(n_out_pix, m["BLOCK_M"]) * cdiv(k_per_g, m["BLOCK_N"]), geom.groups
+
+    args = (x, w_ohwi, bias if bias is not None else w_ohwi, y, n_out_pix, geom.height, geom.width,
+            geom.out_h, geom.out_w, *x.stride(), *y.stride(), pix_bucket(n_out_pix))
+    launch(_conv_fwd_kernel, _conv_fwd_tuned, FWD, grid, args, meta, flops=geom.flops, config=config)
+    return y

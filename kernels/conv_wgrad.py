@@ -1,0 +1,206 @@
+"""Convolution weight and bias gradients (wgrad) as an implicit GEMM with a deterministic split.
+
+    dw[g*K_PER_G + k, c, kh, kw] = sum_{n, oh, ow} dy'[n, oh, ow, g*K_PER_G + k] * x[n, oh*SH-PH+kh, ow*SW-PW+kw, g*C_PER_G + c]
+    db[k] = sum_{n, oh, ow} dy'[n, oh, ow, k]          dy' = dy * (y > 0) if RELU_MASK else dy
+
+GEMM per group g: M = K_PER_G output channels, N = KH*KW*C_PER_G (the (kh, kw, c) columns,
+OHWI order), reduction over the N*OH*OW output pixels: long (387k for conv1 at batch 128)
+while M x N is small, so the pixels are split into `splits` ranges of whole BLOCK_K chunks.
+Each (tile, split) program writes an fp32 partial to a (splits, ...) buffer and
+`_sum_splits_kernel` adds the partials in split order: deterministic, no atomics. With one
+split the programs write dw / db directly in the output dtype.
+
+Columns, like the forward's reduction: tap blocks (one tap, BLOCK_N channels: contiguous
+loads of x) for C_PER_G >= 16, or FLAT blocks of BLOCK_N consecutive (kh, kw, c) indices for
+few channels (conv1: 363 columns -> 3 blocks of 128 instead of 121 taps of 16), decoded once
+per program.
+
+The bias gradient rides along: with BIAS_GRAD the grid holds one extra column of programs
+that only sum dy' over their pixel range (reading the same dy tiles as the GEMM programs of
+that split, from L2), so the GEMM programs do no extra work.
+
+Layouts: dy (and y, the forward output of a fused-ReLU conv, read only with RELU_MASK)
+through one set of strides, x through its strides; channels_last is the fast layout for both.
+dw through its strides (any dense layout).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import cdiv
+from ._conv_common import ConvGeometry, dot_precision, in_range, launch, load_dy, pix_bucket, split_pixels
+from .conv_configs import SPLIT_PIX_QUANTUM, WGRAD, use_flat_reduction, wgrad_splits
+
+__all__ = ["conv2d_weight_grad"]
+
+
+@triton.jit
+def _dy_tile_t(dy_ptr, y_ptr, dy_chan, k_ok, n_img, oh, ow, p_ok, sdy_n, sdy_h, sdy_w, RELU_MASK: tl.constexpr):
+    """dy' tile transposed: [BLOCK_M channels, BLOCK_K pixels] (channels are contiguous)."""
+    off = dy_chan[:, None] + (n_img.to(tl.int64) * sdy_n + oh.to(tl.int64) * sdy_h + ow.to(tl.int64) * sdy_w)[None, :]
+    return load_dy(dy_ptr, y_ptr, off, k_ok[:, None] & p_ok[None, :], RELU_MASK)
+
+
+@triton.jit(do_not_specialize=["n_out_pix", "height", "width", "out_h", "out_w", "pix_bucket"])
+def _conv_wgrad_kernel(
+    dy_ptr, x_ptr, y_ptr, dw_ptr, db_ptr,
+    n_out_pix, height, width, out_h, out_w,
+    sdy_n, sdy_c, sdy_h, sdy_w,
+    sx_n, sx_c, sx_h, sx_w,
+    sdw_split, sdw_k, sdw_c, sdw_h, sdw_w, sdb_split,
+    pix_bucket,  # autotuning key only
+    C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, PIX_PER_SPLIT: tl.constexpr,
+    WEIGHT_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, RELU_MASK: tl.constexpr, FLAT: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dy, y (N, K, OH, OW) via sdy_*; x (N, C, H, W) via sx_*; dw (splits, K, C_PER_G, KH, KW)
+    via sdw_* (sdw_split 0 without a split); db (splits, K) via sdb_split.
+    Grid: (M blocks x (column blocks + 1 bias column if BIAS_GRAD), splits, groups)."""
+    M_BLOCKS: tl.constexpr = (K_PER_G + BLOCK_M - 1) // BLOCK_M
+    if not WEIGHT_GRAD:
+        N_BLOCKS: tl.constexpr = 0
+    elif FLAT:
+        N_BLOCKS: tl.constexpr = (KH * KW * C_PER_G + BLOCK_N - 1) // BLOCK_N
+    else:
+        N_BLOCKS: tl.constexpr = KH * KW * ((C_PER_G + BLOCK_N - 1) // BLOCK_N)
+    pid_m = tl.program_id(0) % M_BLOCKS
+    pid_n = tl.program_id(0) // M_BLOCKS
+    split = tl.program_id(1)
+    group = tl.program_id(2)
+    k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channel within the group
+    k_ok = in_range(k, K_PER_G, K_PER_G % BLOCK_M == 0)
+    dy_chan = (group * K_PER_G + k).to(tl.int64) * sdy_c
+    pix_lo = split * PIX_PER_SPLIT  # this split's pixels: [pix_lo, pix_hi)
+    pix_hi = tl.minimum(pix_lo + PIX_PER_SPLIT, n_out_pix)
+    offs_p = tl.arange(0, BLOCK_K)
+
+    if pid_n == N_BLOCKS:  # a bias-gradient program (launched only with BIAS_GRAD)
+        if BIAS_GRAD:
+            db = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            for p0 in tl.range(0, PIX_PER_SPLIT, BLOCK_K):
+                p = pix_lo + p0 + offs_p
+                n_img, oh, ow = split_pixels(p, out_h, out_w)
+                a = _dy_tile_t(dy_ptr, y_ptr, dy_chan, k_ok, n_img, oh, ow, p < pix_hi, sdy_n, sdy_h, sdy_w, RELU_MASK)
+                db += tl.sum(a.to(tl.float32), axis=1)
+            tl.store(db_ptr + split * sdb_split + group * K_PER_G + k, db.to(db_ptr.dtype.element_ty), mask=k_ok)
+    elif WEIGHT_GRAD:
+        # This program's columns: (kh, kw, c) as vectors (FLAT) or one tap's channel block.
+        if FLAT:
+            col = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            col_ok = in_range(col, KH * KW * C_PER_G, (KH * KW * C_PER_G) % BLOCK_N == 0)
+            kh = col // (KW * C_PER_G)
+            kw = (col // C_PER_G) % KW
+            c = col % C_PER_G
+        else:
+            C_BLOCKS: tl.constexpr = (C_PER_G + BLOCK_N - 1) // BLOCK_N
+            tap = pid_n // C_BLOCKS
+            c = (pid_n - tap * C_BLOCKS) * BLOCK_N + tl.arange(0, BLOCK_N)
+            col_ok = in_range(c, C_PER_G, C_PER_G % BLOCK_N == 0)
+            kh = tap // KW
+            kw = tap - kh * KW
+        x_col = kh * sx_h + kw * sx_w + (group * C_PER_G + c) * sx_c
+
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for p0 in tl.range(0, PIX_PER_SPLIT, BLOCK_K):
+            p = pix_lo + p0 + offs_p
+            p_ok = p < pix_hi
+            n_img, oh, ow = split_pixels(p, out_h, out_w)
+            a = _dy_tile_t(dy_ptr, y_ptr, dy_chan, k_ok, n_img, oh, ow, p_ok, sdy_n, sdy_h, sdy_w, RELU_MASK)
+            ih0 = oh * SH - PH
+            iw0 = ow * SW - PW
+            x_pix = n_img.to(tl.int64) * sx_n + ih0.to(tl.int64) * sx_h + iw0.to(tl.int64) * sx_w
+            if FLAT:
+                ih = ih0[:, None] + kh[None, :]
+                iw = iw0[:, None] + kw[None, :]
+                b_mask = p_ok[:, None] & col_ok[None, :] & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
+            else:
+                ih = ih0 + kh
+                iw = iw0 + kw
+                row_ok = p_ok & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
+                b_mask = row_ok[:, None] & col_ok[None, :]
+            b = tl.load(x_ptr + x_pix[:, None] + x_col[None, :], mask=b_mask, other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+
+        dw_row = split.to(tl.int64) * sdw_split + (group * K_PER_G + k).to(tl.int64) * sdw_k
+        dw_col = kh * sdw_h + kw * sdw_w + c * sdw_c
+        tl.store(dw_ptr + dw_row[:, None] + dw_col[None, :], acc.to(dw_ptr.dtype.element_ty),
+                 mask=k_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _sum_splits_kernel(part_ptr, out_ptr, numel, N_SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+    """out[i] = sum_{s = 0, 1, ...} part[s, i] in that order (deterministic)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.range(0, N_SPLITS):
+        acc += tl.load(part_ptr + s.to(tl.int64) * numel + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _sum_splits(part: torch.Tensor, out: torch.Tensor) -> None:
+    block = 1024
+    _sum_splits_kernel[(cdiv(out.numel(), block),)](part, out, out.numel(), N_SPLITS=part.shape[0], BLOCK=block)
+
+
+_conv_wgrad_tuned = WGRAD.autotune(_conv_wgrad_kernel)
+
+
+def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *, y=None, weight_grad=True,
+                       bias_grad=True, weight_format=torch.contiguous_format, config=None, splits=None):
+    """(dw, db): dw (geom.weight_shape, `weight_format`) if `weight_grad`, db (K,) if `bias_grad`,
+    else None. With `y` (forward output of a fused-ReLU conv) dy is masked by y > 0. dy and x
+    may have any strides (channels_last is fast). `config` forces a tile config and `splits`
+    the number of pixel ranges (default: `conv_configs.wgrad_splits`)."""
+    dev, dtype, kout = dy.device, dy.dtype, geom.out_chan
+    dw = torch.empty(geom.weight_shape, device=dev, dtype=dtype, memory_format=weight_format) if weight_grad else None
+    db = torch.empty(kout, device=dev, dtype=dtype) if bias_grad else None
+    if not (weight_grad or bias_grad):
+        return dw, db
+    if geom.n_out_pix == 0:  # a sum over no pixels
+        return (dw.zero_() if weight_grad else None), (db.zero_() if bias_grad else None)
+    if y is not None and y.stride() != dy.stride():
+        y = torch.empty_like(dy).copy_(y)  # the kernel reads y through dy's strides
+    flat = use_flat_reduction(geom.c_per_g)
+    if config is not None:
+        flat = config.kwargs.get("FLAT", flat)
+    precision = dot_precision(dtype)
+    n_pix = geom.n_out_pix
+    n_splits = splits or wgrad_splits(geom, dtype, precision, flat, dev)
+    pix_per_split = n_pix
+    if n_splits > 1:  # whole quanta per split, so only the last chunk of the last split is masked
+        pix_per_split = cdiv(cdiv(n_pix, n_splits), SPLIT_PIX_QUANTUM) * SPLIT_PIX_QUANTUM
+        n_splits = cdiv(n_pix, pix_per_split)
+
+    if n_splits == 1:  # write the outputs directly
+        dw_out, db_out, split_strides = dw, db, (0, 0)
+    else:
+        numel_w = kout * geom.c_per_g * geom.kernel_h * geom.kernel_w
+        dw_out = torch.empty((n_splits, numel_w), device=dev, dtype=torch.float32) if weight_grad else None
+        db_out = torch.empty((n_splits, kout), device=dev, dtype=torch.float32) if bias_grad else None
+        split_strides = (numel_w, kout)
+    dw_strides = dw.stride() if weight_grad else (0, 0, 0, 0)
+    meta = dict(geom.constexprs(), WEIGHT_GRAD=weight_grad, BIAS_GRAD=bias_grad, RELU_MASK=y is not None,
+                FLAT=flat, PRECISION=precision, PIX_PER_SPLIT=pix_per_split)
+    cg, taps = geom.c_per_g, geom.kernel_h * geom.kernel_w
+
+    def grid(m):
+        n_blocks = 0
+        if weight_grad:
+            n_blocks = cdiv(taps * cg, m["BLOCK_N"]) if m["FLAT"] else taps * cdiv(cg, m["BLOCK_N"])
+        return cdiv(geom.k_per_g, m["BLOCK_M"]) * (n_blocks + bias_grad), n_splits, geom.groups
+
+    some = dw_out if weight_grad else db_out  # stands in for the absent output pointer
+    args = (dy, x, y if y is not None else dy, some, db_out if bias_grad else some,
+            n_pix, geom.height, geom.width, geom.out_h, geom.out_w,
+            *dy.stride(), *x.stride(), split_strides[0], *dw_strides, split_strides[1], pix_bucket(n_pix))
+    launch(_conv_wgrad_kernel, _conv_wgrad_tuned, WGRAD, grid, args, meta, flops=geom.flops, config=config)
+    if n_splits > 1:
+        if weight_grad:
+            _sum_splits(dw_out, dw)
+        if bias_grad:
+            _sum_splits(db_out, db)
+    return dw, db
