@@ -11,13 +11,15 @@ A "pixel" index flattens (n, h, w) row-major; a "tap" index flattens (kh, kw).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import check_same_device, check_tensor, interpreting, pair
+from ._common import as_format, cdiv, check_same_device, check_tensor, interpreting, pair
+from .conv_configs import use_flat_reduction
 
 
 # ------------------------------------------------------------------------------ geometry
@@ -126,6 +128,29 @@ def conv_geometry(x, weight, bias=None, stride=1, padding=0, groups=1, dilation=
     return ConvGeometry(n_img, in_chan, height, width, out_chan, kh, kw, sh, sw, ph, pw, groups)
 
 
+def pad_input(x: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry):
+    """(x, weight, geom) as the forward and wgrad kernels read them: x in channels_last, and
+    for few input channels in one group (conv1's 3) x and weight zero-padded along C so one
+    pixel is a whole number of 8-byte words (bf16: 3 -> 4 channels, fp32: 3 -> 4). Then the
+    (kh, kw, c) gathers are aligned vector loads that Triton turns into asynchronous copies
+    (software-pipelined); with 3 bf16 channels (6 bytes) they are 2-byte loads it cannot.
+    The extra zero channels cost a third more MMA work in conv1, which is load-bound."""
+    x = as_format(x, torch.channels_last)
+    per_word = max(1, 8 // x.element_size())
+    chan = geom.in_chan
+    if geom.groups != 1 or not use_flat_reduction(chan) or chan % per_word == 0:
+        return x, weight, geom
+    padded = cdiv(chan, per_word) * per_word
+    x = F.pad(x.permute(0, 2, 3, 1), (0, padded - chan)).permute(0, 3, 1, 2)  # NHWC, C padded
+    weight = F.pad(weight, (0, 0, 0, 0, 0, padded - chan))
+    return x, weight, replace(geom, in_chan=padded)
+
+
+def unpad_weight_grad(dw: torch.Tensor, geom: ConvGeometry, fmt: torch.memory_format) -> torch.Tensor:
+    """The weight gradient of the unpadded weight (see `pad_input`), in memory format `fmt`."""
+    return dw if dw.shape[1] == geom.c_per_g else dw[:, :geom.c_per_g].contiguous(memory_format=fmt)
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """tl.dot input_precision: fp32 uses tf32 tensor cores when cuDNN may
     (torch.backends.cudnn.allow_tf32, True by default) and true fp32 otherwise; 16-bit
@@ -143,6 +168,33 @@ def split_pixels(pix, height, width):
     rem = pix - n * (height * width)
     h = rem // width
     return n, h, rem - h * width
+
+
+@triton.jit
+def x_pixel_offsets(n_img, ih, iw, chan0, height, width, sx_n, sx_c, sx_h, sx_w, NHWC_C: tl.constexpr):
+    """int64 offsets in x of pixels (n_img, ih, iw) at channel chan0: through the strides, or,
+    when x is dense channels_last with NHWC_C channels (NHWC_C > 0), as pixel index * NHWC_C,
+    which shows the compiler that every pixel's channel run is aligned (so the FLAT gathers of
+    conv1's 4 padded bf16 channels become 8-byte vector, asynchronous copies)."""
+    if NHWC_C > 0:
+        return ((n_img.to(tl.int64) * height + ih) * width + iw) * NHWC_C + chan0
+    else:
+        return n_img.to(tl.int64) * sx_n + ih.to(tl.int64) * sx_h + iw.to(tl.int64) * sx_w + chan0 * sx_c
+
+
+@triton.jit
+def x_tap_offsets(kh, kw, c, width, sx_c, sx_h, sx_w, NHWC_C: tl.constexpr):
+    """Offsets in x of reduction elements (kh, kw, c) from their window's corner (see
+    `x_pixel_offsets`)."""
+    if NHWC_C > 0:
+        return (kh * width + kw) * NHWC_C + c
+    else:
+        return kh * sx_h + kw * sx_w + c * sx_c
+
+
+def nhwc_channels(x: torch.Tensor) -> int:
+    """NHWC_C for the kernels: x's channel count if x is dense channels_last, else 0."""
+    return x.shape[1] if x.is_contiguous(memory_format=torch.channels_last) else 0
 
 
 @triton.jit

@@ -1,7 +1,7 @@
 """Convolution input gradient (dgrad) as an implicit GEMM, with the ReLU mask fused.
 
     dx[n, ih, iw, g*C_PER_G + c] = sum_{kh, kw, k} dy'[n, oh, ow, g*K_PER_G + k] * w[g*K_PER_G + k, c, kh, kw]
-    where oh*SH = ih + PH - kh and ow*SW = iw + PW - kw,   dy' = dy * (y > 0) if RELU_MASK else dy
+    where oh*SH = ih + PH - kh, ow*SW = iw + PW - kw;     dy' = dy * (y > 0) if RELU_MASK else dy
 
 GEMM per group g: M = N*H*W input pixels, N = C_PER_G input channels, reduction over
 (kh, kw, k). For stride 1 it is the convolution of dy (padded by K-1-P) with the flipped,

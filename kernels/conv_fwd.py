@@ -1,7 +1,8 @@
 """Convolution forward as an implicit GEMM, with fused bias and ReLU.
 
-    y[n, oh, ow, g*K_PER_G + k] = act(bias[k'] + sum_{kh, kw, c} x[n, oh*SH-PH+kh, ow*SW-PW+kw, g*C_PER_G + c]
-                                                                * w[g*K_PER_G + k, c, kh, kw])
+    y[n, oh, ow, g*K_PER_G + k] = act(bias[g*K_PER_G + k]
+                                      + sum_{kh, kw, c} x[n, oh*SH-PH+kh, ow*SW-PW+kw, g*C_PER_G + c]
+                                                        * w[g*K_PER_G + k, c, kh, kw])
 
 GEMM per group g: M = N*OH*OW output pixels, N = K_PER_G output channels, reduction over
 (kh, kw, c). Nothing is materialised: each program owns a BLOCK_M x BLOCK_N tile of y and
@@ -16,11 +17,13 @@ tile row is one contiguous run of BLOCK_K channels). The weight is read in OHWI 
 Two reduction loops, both one flat `for` that Triton software-pipelines (num_stages):
 - taps (C_PER_G >= 16): step = (tap, channel chunk), kh/kw/chunk from scalar div/mod once
   per step; per element only adds and the row mask (no mask on c when BLOCK_K divides C_PER_G).
-- FLAT (few channels: conv1 has 3): the reduction index r runs over all KH*KW*C_PER_G
-  (kh, kw, c) with the tail of the last BLOCK_K chunk masked (363 -> 368 for conv1 at
-  BLOCK_K=16). r -> (kh, kw, c) is decoded once per step for the BLOCK_K vector, never per
-  element; in channels_last with groups=1 each kh row (kw, c) is one contiguous span of
-  KW*C elements (33 for conv1), so the gathers are contiguous runs.
+- FLAT (few channels, C_PER_G < 16: conv1): the reduction index r runs over all
+  KH*KW*C_PER_G (kh, kw, c) with the tail of the last BLOCK_K chunk masked; r -> (kh, kw, c)
+  is decoded once per step for the BLOCK_K vector, never per element (per element: two adds
+  and the bounds mask). In channels_last with groups=1 each kh row (kw, c) is one contiguous
+  span of KW*C elements of x, so a chunk is a few contiguous runs; `pad_input` pads conv1's 3
+  channels to 4 so the runs are aligned 8-byte vectors (asynchronous, pipelined copies):
+  11*11*4 = 484 -> 512 at BLOCK_K=64.
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ import triton
 import triton.language as tl
 
 from ._common import cdiv, empty_4d
-from ._conv_common import ConvGeometry, dot_precision, grouped_tile, in_range, launch, pix_bucket, split_pixels
+from ._conv_common import (ConvGeometry, dot_precision, grouped_tile, in_range, launch, nhwc_channels, pix_bucket,
+                           split_pixels, x_pixel_offsets, x_tap_offsets)
 from .conv_configs import FWD, use_flat_reduction
 
 __all__ = ["conv2d_forward"]
@@ -62,13 +66,13 @@ def _fwd_tap_loop(acc, x_ptr, w_ptr, x_img, w_col, ih0, iw0, pix_ok, k_ok, heigh
 
 
 @triton.jit
-def _fwd_flat_loop(acc, x_ptr, w_ptr, x_img, w_col, ih0, iw0, pix_ok, k_ok, height, width, sx_c, sx_h, sx_w,
-                   C_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+def _fwd_flat_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, height, width, sx_c, sx_h, sx_w,
+                   C_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, NHWC_C: tl.constexpr,
                    PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc += A @ B over BLOCK_K-wide chunks of the flattened (kh, kw, c) reduction index."""
+    """acc += A @ B over BLOCK_K-wide chunks of the flattened (kh, kw, c) reduction index;
+    x_pix: offsets of the windows' top-left corners (`x_pixel_offsets`)."""
     RED: tl.constexpr = KH * KW * C_PER_G
     EVEN_R: tl.constexpr = RED % BLOCK_K == 0
-    x_pix = x_img + ih0.to(tl.int64) * sx_h + iw0.to(tl.int64) * sx_w  # the window's top-left corner
     for r0 in tl.range(0, RED, BLOCK_K):
         r = r0 + tl.arange(0, BLOCK_K)
         kh = r // (KW * C_PER_G)
@@ -78,7 +82,8 @@ def _fwd_flat_loop(acc, x_ptr, w_ptr, x_img, w_col, ih0, iw0, pix_ok, k_ok, heig
         ih = ih0[:, None] + kh[None, :]
         iw = iw0[:, None] + kw[None, :]
         a_mask = pix_ok[:, None] & r_ok[None, :] & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
-        a = tl.load(x_ptr + x_pix[:, None] + (kh * sx_h + kw * sx_w + c * sx_c)[None, :], mask=a_mask, other=0.0)
+        x_off = x_pix[:, None] + x_tap_offsets(kh, kw, c, width, sx_c, sx_h, sx_w, NHWC_C)[None, :]
+        a = tl.load(x_ptr + x_off, mask=a_mask, other=0.0)
         b = tl.load(w_ptr + w_col[None, :] + r[:, None], mask=r_ok[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     return acc
@@ -93,11 +98,11 @@ def _conv_fwd_kernel(
     pix_bucket,  # autotuning key only
     C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, FLAT: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, FLAT: tl.constexpr, NHWC_C: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """x (N, C, H, W) via sx_*; w OHWI (K, KH, KW, C_PER_G) contiguous; b (K,); y (N, K, OH, OW) via sy_*.
-    Grid: (tiles of (N*OH*OW) x K_PER_G, groups)."""
+    """x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`); w OHWI (K, KH, KW, C_PER_G)
+    contiguous; b (K,); y (N, K, OH, OW) via sy_*. Grid: (tiles of (N*OH*OW) x K_PER_G, groups)."""
     group = tl.program_id(1)
     pid_m, pid_n = grouped_tile(tl.program_id(0), n_out_pix, K_PER_G, BLOCK_M, BLOCK_N, GROUP_M)
     EVEN_N: tl.constexpr = K_PER_G % BLOCK_N == 0
@@ -108,14 +113,15 @@ def _conv_fwd_kernel(
     n_img, oh, ow = split_pixels(pix, out_h, out_w)
     ih0 = oh * SH - PH
     iw0 = ow * SW - PW
-    x_img = n_img.to(tl.int64) * sx_n + (group * C_PER_G).to(tl.int64) * sx_c
     w_col = k_out.to(tl.int64) * (KH * KW * C_PER_G)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FLAT:
-        acc = _fwd_flat_loop(acc, x_ptr, w_ptr, x_img, w_col, ih0, iw0, pix_ok, k_ok, height, width,
-                             sx_c, sx_h, sx_w, C_PER_G, KH, KW, PRECISION, BLOCK_K)
+        x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, height, width, sx_n, sx_c, sx_h, sx_w, NHWC_C)
+        acc = _fwd_flat_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, height, width,
+                             sx_c, sx_h, sx_w, C_PER_G, KH, KW, NHWC_C, PRECISION, BLOCK_K)
     else:
+        x_img = n_img.to(tl.int64) * sx_n + (group * C_PER_G).to(tl.int64) * sx_c
         acc = _fwd_tap_loop(acc, x_ptr, w_ptr, x_img, w_col, ih0, iw0, pix_ok, k_ok, height, width,
                             sx_c, sx_h, sx_w, C_PER_G, KH, KW, PRECISION, BLOCK_K)
 
@@ -141,7 +147,7 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeomet
         return y
     w_ohwi = weight.permute(0, 2, 3, 1).contiguous()  # (K, KH, KW, C/g): no copy if channels_last
     meta = dict(geom.constexprs(), HAS_BIAS=bias is not None, RELU=relu, FLAT=use_flat_reduction(geom.c_per_g),
-                PRECISION=dot_precision(x.dtype))
+                NHWC_C=nhwc_channels(x), PRECISION=dot_precision(x.dtype))
     n_out_pix, k_per_g = geom.n_out_pix, geom.k_per_g
 
     def grid(m):

@@ -1,6 +1,7 @@
 """Convolution weight and bias gradients (wgrad) as an implicit GEMM with a deterministic split.
 
-    dw[g*K_PER_G + k, c, kh, kw] = sum_{n, oh, ow} dy'[n, oh, ow, g*K_PER_G + k] * x[n, oh*SH-PH+kh, ow*SW-PW+kw, g*C_PER_G + c]
+    dw[g*K_PER_G + k, c, kh, kw] = sum_{n, oh, ow} dy'[n, oh, ow, g*K_PER_G + k]
+                                                   * x[n, oh*SH-PH+kh, ow*SW-PW+kw, g*C_PER_G + c]
     db[k] = sum_{n, oh, ow} dy'[n, oh, ow, k]          dy' = dy * (y > 0) if RELU_MASK else dy
 
 GEMM per group g: M = K_PER_G output channels, N = KH*KW*C_PER_G (the (kh, kw, c) columns,
@@ -12,8 +13,8 @@ split the programs write dw / db directly in the output dtype.
 
 Columns, like the forward's reduction: tap blocks (one tap, BLOCK_N channels: contiguous
 loads of x) for C_PER_G >= 16, or FLAT blocks of BLOCK_N consecutive (kh, kw, c) indices for
-few channels (conv1: 363 columns -> 3 blocks of 128 instead of 121 taps of 16), decoded once
-per program.
+few channels (conv1, padded to 4 channels by `pad_input`: 484 columns -> 4 blocks of 128
+instead of 121 taps of 16), decoded once per program.
 
 The bias gradient rides along: with BIAS_GRAD the grid holds one extra column of programs
 that only sum dy' over their pixel range (reading the same dy tiles as the GEMM programs of
@@ -30,7 +31,8 @@ import triton
 import triton.language as tl
 
 from ._common import cdiv
-from ._conv_common import ConvGeometry, dot_precision, in_range, launch, load_dy, pix_bucket, split_pixels
+from ._conv_common import (ConvGeometry, dot_precision, in_range, launch, load_dy, nhwc_channels, pix_bucket,
+                           split_pixels, x_pixel_offsets, x_tap_offsets)
 from .conv_configs import SPLIT_PIX_QUANTUM, WGRAD, use_flat_reduction, wgrad_splits
 
 __all__ = ["conv2d_weight_grad"]
@@ -54,9 +56,9 @@ def _conv_wgrad_kernel(
     C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, PIX_PER_SPLIT: tl.constexpr,
     WEIGHT_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, RELU_MASK: tl.constexpr, FLAT: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    NHWC_C: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """dy, y (N, K, OH, OW) via sdy_*; x (N, C, H, W) via sx_*; dw (splits, K, C_PER_G, KH, KW)
+    """dy, y (N, K, OH, OW) via sdy_*; x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`); dw (splits, K, C_PER_G, KH, KW)
     via sdw_* (sdw_split 0 without a split); db (splits, K) via sdb_split.
     Grid: (M blocks x (column blocks + 1 bias column if BIAS_GRAD), splits, groups)."""
     M_BLOCKS: tl.constexpr = (K_PER_G + BLOCK_M - 1) // BLOCK_M
@@ -101,7 +103,7 @@ def _conv_wgrad_kernel(
             col_ok = in_range(c, C_PER_G, C_PER_G % BLOCK_N == 0)
             kh = tap // KW
             kw = tap - kh * KW
-        x_col = kh * sx_h + kw * sx_w + (group * C_PER_G + c) * sx_c
+        x_col = x_tap_offsets(kh, kw, c, width, sx_c, sx_h, sx_w, NHWC_C)
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for p0 in tl.range(0, PIX_PER_SPLIT, BLOCK_K):
@@ -111,7 +113,7 @@ def _conv_wgrad_kernel(
             a = _dy_tile_t(dy_ptr, y_ptr, dy_chan, k_ok, n_img, oh, ow, p_ok, sdy_n, sdy_h, sdy_w, RELU_MASK)
             ih0 = oh * SH - PH
             iw0 = ow * SW - PW
-            x_pix = n_img.to(tl.int64) * sx_n + ih0.to(tl.int64) * sx_h + iw0.to(tl.int64) * sx_w
+            x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, height, width, sx_n, sx_c, sx_h, sx_w, NHWC_C)
             if FLAT:
                 ih = ih0[:, None] + kh[None, :]
                 iw = iw0[:, None] + kw[None, :]
@@ -136,8 +138,10 @@ def _sum_splits_kernel(part_ptr, out_ptr, numel, N_SPLITS: tl.constexpr, BLOCK: 
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in tl.range(0, N_SPLITS):
-        acc += tl.load(part_ptr + s.to(tl.int64) * numel + offs, mask=mask, other=0.0)
+    part = part_ptr + offs  # pointer arithmetic is 64-bit
+    for _ in tl.range(0, N_SPLITS):
+        acc += tl.load(part, mask=mask, other=0.0)
+        part += numel
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -152,9 +156,10 @@ _conv_wgrad_tuned = WGRAD.autotune(_conv_wgrad_kernel)
 def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *, y=None, weight_grad=True,
                        bias_grad=True, weight_format=torch.contiguous_format, config=None, splits=None):
     """(dw, db): dw (geom.weight_shape, `weight_format`) if `weight_grad`, db (K,) if `bias_grad`,
-    else None. With `y` (forward output of a fused-ReLU conv) dy is masked by y > 0. dy and x
-    may have any strides (channels_last is fast). `config` forces a tile config and `splits`
-    the number of pixel ranges (default: `conv_configs.wgrad_splits`)."""
+    else None (x may be None without `weight_grad`). With `y` (forward output of a fused-ReLU
+    conv) dy is masked by y > 0. dy and x may have any strides (channels_last is fast).
+    `config` forces a tile config and `splits` the number of pixel ranges (default:
+    `conv_configs.wgrad_splits`)."""
     dev, dtype, kout = dy.device, dy.dtype, geom.out_chan
     dw = torch.empty(geom.weight_shape, device=dev, dtype=dtype, memory_format=weight_format) if weight_grad else None
     db = torch.empty(kout, device=dev, dtype=dtype) if bias_grad else None
@@ -184,7 +189,8 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
         split_strides = (numel_w, kout)
     dw_strides = dw.stride() if weight_grad else (0, 0, 0, 0)
     meta = dict(geom.constexprs(), WEIGHT_GRAD=weight_grad, BIAS_GRAD=bias_grad, RELU_MASK=y is not None,
-                FLAT=flat, PRECISION=precision, PIX_PER_SPLIT=pix_per_split)
+                FLAT=flat, NHWC_C=nhwc_channels(x) if x is not None else 0, PRECISION=precision,
+                PIX_PER_SPLIT=pix_per_split)
     cg, taps = geom.c_per_g, geom.kernel_h * geom.kernel_w
 
     def grid(m):
@@ -194,6 +200,8 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
         return cdiv(geom.k_per_g, m["BLOCK_M"]) * (n_blocks + bias_grad), n_splits, geom.groups
 
     some = dw_out if weight_grad else db_out  # stands in for the absent output pointer
+    if x is None:  # only the bias gradient: x is never read
+        x = dy
     args = (dy, x, y if y is not None else dy, some, db_out if bias_grad else some,
             n_pix, geom.height, geom.width, geom.out_h, geom.out_w,
             *dy.stride(), *x.stride(), split_strides[0], *dw_strides, split_strides[1], pix_bucket(n_pix))

@@ -1,0 +1,294 @@
+"""kernels.conv2d (kernels/conv*.py) against F.conv2d and its autograd in float64.
+
+On the CPU interpreter every test runs in fp32 with one small tile config; on a GPU the same
+tests add tf32, fp16 and bf16, and `test_every_gpu_config` runs each autotuning candidate.
+"""
+from contextlib import contextmanager
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from triton import Config
+
+import kernels
+import kernels.conv as conv_module
+from kernels import conv_configs, reference
+from kernels._conv_common import conv_geometry, pad_input, unpad_weight_grad
+from kernels.conv_dgrad import conv2d_input_grad
+from kernels.conv_fwd import conv2d_forward
+from kernels.conv_wgrad import conv2d_weight_grad
+from conftest import DEVICE, MEMORY_FORMATS, TOLERANCES, requires_gpu
+
+# precision name -> (dtype, torch.backends.cudnn.allow_tf32, (atol relative to the tensor's max, rtol))
+PRECISIONS = {
+    "fp32": (torch.float32, False, TOLERANCES[torch.float32]),
+    "tf32": (torch.float32, True, (2e-3, 2e-3)),
+    "fp16": (torch.float16, False, TOLERANCES[torch.float16]),
+    "bf16": (torch.bfloat16, False, TOLERANCES[torch.bfloat16]),
+}
+
+
+@contextmanager
+def allow_tf32(enabled: bool):
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+
+
+def _close(actual, expected, tol):
+    atol, rtol = tol
+    scale = float(expected.abs().max()) if expected.numel() else 1.0
+    torch.testing.assert_close(actual.double().cpu(), expected, atol=atol * max(scale, 1e-30), rtol=rtol)
+
+
+@st.composite
+def conv_problems(draw):
+    """(n, C, H, W, K, KH, KW, stride, padding, groups): few channels per group with kernels
+    up to 11 (the FLAT loops, like conv1), or >= 16 with kernels up to 5 (the tap loops)."""
+    groups = draw(st.sampled_from([1, 2, 4]))
+    if draw(st.booleans()):
+        c_per_g, k_max = draw(st.sampled_from([16, 24, 32, 40])), 5
+    else:
+        c_per_g, k_max = draw(st.integers(1, 5)), 11
+    k_per_g = draw(st.one_of(st.integers(1, 6), st.sampled_from([16, 20, 33])))
+    kh, kw = draw(st.integers(1, k_max)), draw(st.integers(1, k_max))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    stride = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    height = draw(st.integers(max(1, kh - 2 * ph), kh - 2 * ph + 7))
+    width = draw(st.integers(max(1, kw - 2 * pw), kw - 2 * pw + 7))
+    return (draw(st.integers(1, 3)), c_per_g * groups, height, width, k_per_g * groups, kh, kw, stride, (ph, pw),
+            groups)
+
+
+def _inputs(problem, dtype, fmt, seed, bias=True):
+    n, c, h, w, k, kh, kw, _, _, groups = problem
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g).to(dtype).to(DEVICE).contiguous(memory_format=fmt)
+    weight = (torch.randn(k, c // groups, kh, kw, generator=g) / (c // groups * kh * kw) ** 0.5).to(dtype).to(DEVICE)
+    b = torch.randn(k, generator=g).to(dtype).to(DEVICE) if bias else None
+    return x, weight, b
+
+
+def check_against_reference(problem, precision, fmt, seed, *, bias=True, relu=False, x_grad=True):
+    """Run kernels.conv2d forward and backward and compare y and every gradient with float64."""
+    dtype, tf32, tol = PRECISIONS[precision]
+    stride, padding, groups = problem[7:]
+    x, weight, b = _inputs(problem, dtype, fmt, seed, bias)
+    leaves = [t.requires_grad_() for t in (x if x_grad else None, weight, b) if t is not None]
+    with allow_tf32(tf32):
+        y = kernels.conv2d(x, weight, b, stride, padding, groups, relu)
+        dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype).to(DEVICE)
+        y.backward(dy)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=fmt)
+
+    x64, w64 = x.detach().double().cpu(), weight.detach().double().cpu()
+    b64 = b.detach().double().cpu() if bias else None
+    ref_leaves = [t.requires_grad_() for t in (x64 if x_grad else None, w64, b64) if t is not None]
+    y64 = reference.conv2d(x64, w64, b64, stride, padding, groups, relu)
+    _close(y, y64.detach(), tol)
+    # The ReLU mask comes from our y: where y64 is within rounding of 0 the two could disagree.
+    pre64 = reference.conv2d(x64, w64, b64, stride, padding, groups)
+    pre64.backward(dy.double().cpu() * (y.detach().cpu() > 0) if relu else dy.double().cpu())
+    for ours, ref in zip(leaves, ref_leaves):
+        _close(ours.grad, ref.grad, tol)
+    if x_grad:
+        assert x.grad.is_contiguous(memory_format=fmt)
+    else:
+        assert x.grad is None
+
+
+@pytest.mark.parametrize("fmt", MEMORY_FORMATS)
+@settings(max_examples=25)
+@given(problem=conv_problems(), seed=st.integers(0, 2**31 - 1), bias=st.booleans(), relu=st.booleans(),
+       x_grad=st.booleans())
+def test_matches_reference_fp32(fmt, problem, seed, bias, relu, x_grad):
+    """fp32 with tf32 off: on a GPU this is the true-fp32 ("ieee") path, accurate to ~1e-5."""
+    check_against_reference(problem, "fp32", fmt, seed, bias=bias, relu=relu, x_grad=x_grad)
+
+
+@requires_gpu
+@pytest.mark.parametrize("precision", ["tf32", "fp16", "bf16"])
+@settings(max_examples=10)
+@given(problem=conv_problems(), seed=st.integers(0, 2**31 - 1), nhwc=st.booleans(), relu=st.booleans())
+def test_matches_reference_reduced_precision(precision, problem, seed, nhwc, relu):
+    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    check_against_reference(problem, precision, fmt, seed, relu=relu)
+
+
+@pytest.mark.parametrize("fmt", MEMORY_FORMATS)
+@pytest.mark.parametrize("problem", [
+    (2, 3, 11, 11, 4, 11, 11, 4, 0, 1),       # the whole image is one window, like conv1's kernel
+    (1, 32, 3, 5, 16, 5, 5, 1, (1, 0), 2),    # 1x1 output from padding, grouped, tap loops
+], ids=["flat", "taps"])
+def test_output_1x1(fmt, problem):
+    check_against_reference(problem, "fp32", fmt, seed=3, relu=True)
+
+
+ALEXNET_LIKE = {  # small-batch versions of the paper's layer geometry (section 3.5)
+    "conv1": (2, 3, 59, 59, 96, 11, 11, 4, 2, 1),
+    "conv2": (2, 96, 13, 13, 256, 5, 5, 1, 2, 2),
+    "conv4": (2, 384, 9, 9, 384, 3, 3, 1, 1, 2),
+}
+
+
+@requires_gpu
+@pytest.mark.parametrize("layer", ALEXNET_LIKE)
+def test_fp32_without_tf32_is_accurate(layer):
+    check_against_reference(ALEXNET_LIKE[layer], "fp32", torch.channels_last, seed=5, relu=True)
+
+
+def _forced(configs, **extra):
+    return [Config({**c.kwargs, **extra}, num_warps=c.num_warps, num_stages=c.num_stages) for c in configs]
+
+
+@requires_gpu
+@pytest.mark.parametrize("precision", ["bf16", "tf32"])
+@pytest.mark.parametrize("layer", ["conv1", "conv2"])
+@pytest.mark.parametrize("kind", ["fwd", "dgrad", "wgrad"])
+def test_every_gpu_config(kind, layer, precision):
+    """Each autotuning candidate forced in turn (a config that miscompiles fails here)."""
+    dtype, tf32, tol = PRECISIONS[precision]
+    x, weight, b = _inputs(ALEXNET_LIKE[layer], dtype, torch.channels_last, seed=7)
+    geom = conv_geometry(x, weight, b, *ALEXNET_LIKE[layer][7:])
+    x_k, w_k, geom_k = pad_input(x, weight, geom)  # as the autograd Function runs fwd and wgrad
+    dy = torch.randn(geom.output_shape, device=DEVICE, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x64, w64, dy64 = x.double().cpu(), weight.double().cpu(), dy.double().cpu()
+    tuning = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}[kind]
+    red_chan = geom.k_per_g if kind == "dgrad" else geom_k.c_per_g
+    meta = dict((geom if kind == "dgrad" else geom_k).constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan))
+    configs = [c for c in tuning.configs if tuning.fits(c, meta, x.element_size())]
+    assert configs
+    with allow_tf32(tf32):
+        for config in configs:
+            if kind == "fwd":
+                ref = reference.conv2d(x64, w64, b.double().cpu(), geom.stride_h, geom.pad_h, geom.groups)
+                _close(conv2d_forward(x_k, w_k, b, geom_k, config=config), ref, tol)
+            elif kind == "dgrad":
+                ref = torch.nn.grad.conv2d_input(x64.shape, w64, dy64, geom.stride_h, geom.pad_h, 1, geom.groups)
+                _close(conv2d_input_grad(dy, weight, geom, config=config), ref, tol)
+            else:
+                ref = torch.nn.grad.conv2d_weight(x64, w64.shape, dy64, geom.stride_h, geom.pad_h, 1, geom.groups)
+                dw, db = conv2d_weight_grad(dy, x_k, geom_k, config=config)
+                _close(unpad_weight_grad(dw, geom, torch.contiguous_format), ref, tol)
+                _close(db, dy64.sum((0, 2, 3)), tol)
+
+
+# ------------------------------------------------------------------- forced paths and splits
+MIXED = (2, 32, 7, 6, 32, 3, 2, 1, 1, 2)  # 16 channels per group in and out: every loop is valid
+
+
+@pytest.mark.parametrize("fmt", MEMORY_FORMATS)
+@pytest.mark.parametrize("flat", [False, True], ids=["taps", "flat"])
+def test_forced_reduction_loops(flat, fmt):
+    """Both reduction loops of each kernel, forced through a config (as bench/conv_sweep.py does);
+    the launchers read x through its strides when it is not channels_last."""
+    x, weight, b = _inputs(MIXED, torch.float32, fmt, seed=11)
+    geom = conv_geometry(x, weight, b, *MIXED[7:])
+    dy = torch.randn(geom.output_shape, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    y = conv2d_forward(x, weight, b, geom, relu=True, config=_forced([conv_configs.FWD.interpreter], FLAT=flat)[0])
+    dx = conv2d_input_grad(dy, weight, geom, y=y, config=_forced([conv_configs.DGRAD.interpreter], FLAT=flat)[0])
+    dw, db = conv2d_weight_grad(dy, x, geom, y=y, config=_forced([conv_configs.WGRAD.interpreter], FLAT=flat)[0])
+
+    x64, w64, b64 = (t.double().cpu().requires_grad_() for t in (x, weight, b))
+    y64 = reference.conv2d(x64, w64, b64, *MIXED[7:], relu=True)
+    y64.backward(dy.double().cpu())
+    tol = TOLERANCES[torch.float32]
+    for ours, ref in [(y, y64.detach()), (dx, x64.grad), (dw, w64.grad), (db, b64.grad)]:
+        _close(ours, ref, tol)
+
+
+def test_weight_grad_split_is_deterministic():
+    """Split reductions match the reference and repeat bit for bit."""
+    problem = (2, 6, 13, 12, 20, 3, 3, 1, 1, 2)  # 2 * 13 * 12 = 312 output pixels
+    x, weight, _ = _inputs(problem, torch.float32, torch.channels_last, seed=13)
+    geom = conv_geometry(x, weight, None, *problem[7:])
+    dy = torch.randn(geom.output_shape, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    ref = torch.nn.grad.conv2d_weight(x.double().cpu(), weight.shape, dy.double().cpu(), 1, 1, 1, 2)
+    for splits in (1, 3):
+        dw, db = conv2d_weight_grad(dy, x, geom, splits=splits)
+        _close(dw, ref, TOLERANCES[torch.float32])
+        _close(db, dy.double().cpu().sum((0, 2, 3)), TOLERANCES[torch.float32])
+        dw2, db2 = conv2d_weight_grad(dy, x, geom, splits=splits)
+        assert torch.equal(dw, dw2) and torch.equal(db, db2)
+
+
+# ---------------------------------------------------------------------- autograd plumbing
+def test_no_input_grad_skips_dgrad(monkeypatch):
+    def no_dgrad(*args, **kwargs):
+        raise AssertionError("dgrad ran although x needs no gradient")
+
+    monkeypatch.setattr(conv_module, "conv2d_input_grad", no_dgrad)
+    x, weight, b = _inputs((2, 3, 9, 9, 4, 3, 3, 2, 1, 1), torch.float32, torch.channels_last, seed=17)
+    weight.requires_grad_()
+    kernels.conv2d(x, weight, b, 2, 1).sum().backward()
+    assert x.grad is None and weight.grad is not None
+
+
+def test_frozen_weight_gets_only_the_bias_grad(monkeypatch):
+    calls = []
+    real = conv_module.conv2d_weight_grad
+    monkeypatch.setattr(conv_module, "conv2d_weight_grad", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    x, weight, b = _inputs((2, 4, 8, 7, 6, 3, 3, 1, 1, 2), torch.float32, torch.contiguous_format, seed=19)
+    b.requires_grad_()
+    y = kernels.conv2d(x, weight, b, 1, 1, 2, relu=True)
+    y.backward(torch.ones_like(y))
+    assert calls[0]["weight_grad"] is False and weight.grad is None
+    _close(b.grad, (y.detach() > 0).double().sum((0, 2, 3)).cpu(), TOLERANCES[torch.float32])
+
+
+def test_empty_batch():
+    x = torch.randn(0, 4, 9, 9, device=DEVICE, requires_grad=True)
+    weight = torch.randn(6, 2, 3, 3, device=DEVICE, requires_grad=True)
+    b = torch.randn(6, device=DEVICE, requires_grad=True)
+    y = kernels.conv2d(x, weight, b, 2, 1, 2)
+    assert y.shape == (0, 6, 5, 5)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(weight.grad, torch.zeros_like(weight)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+def test_any_strides():
+    """A non-contiguous view is accepted (copied to channels_last internally)."""
+    x = torch.randn(2, 3, 10, 18, device=DEVICE)[..., ::2]
+    weight = torch.randn(5, 3, 3, 3, device=DEVICE)
+    _close(kernels.conv2d(x, weight, padding=1), reference.conv2d(x.double().cpu(), weight.double().cpu(), padding=1),
+           TOLERANCES[torch.float32])
+
+
+def _conv(x_shape=(1, 4, 8, 8), w_shape=(6, 4, 3, 3), bias=None, **kwargs):
+    x = torch.randn(x_shape, device=DEVICE) if isinstance(x_shape, tuple) else x_shape
+    weight = torch.randn(w_shape, device=DEVICE) if isinstance(w_shape, tuple) else w_shape
+    return lambda: kernels.conv2d(x, weight, bias, **kwargs)
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (_conv(dilation=2), ValueError, "dilation"),
+    (_conv(w_shape=(6, 2, 3, 3), groups=3), ValueError, "divisible by groups"),
+    (_conv(w_shape=(6, 4, 3, 3), groups=2), ValueError, "per group"),
+    (_conv(w_shape=(6, 4, 7, 3), padding=0, x_shape=(1, 4, 5, 9)), ValueError, "larger than the padded input"),
+    (_conv(w_shape=(6, 4, 3, 3), bias=torch.randn(5, device=DEVICE)), ValueError, "bias has 5 elements"),
+    (_conv(bias=torch.randn(6, 1, device=DEVICE)), ValueError, "bias must be 1-D"),
+    (_conv(x_shape=(4, 8, 8)), ValueError, "x must be 4-D"),
+    (_conv(w_shape=(6, 4, 3)), ValueError, "weight must be 4-D"),
+    (_conv(x_shape=torch.ones(1, 4, 8, 8, dtype=torch.int64, device=DEVICE)), TypeError, "dtype"),
+    (_conv(x_shape=torch.ones(1, 4, 8, 8, dtype=torch.float64, device=DEVICE)), TypeError, "dtype"),
+    (_conv(w_shape=torch.randn(6, 4, 3, 3, device=DEVICE).half()), TypeError, "must match"),
+    (_conv(bias=torch.randn(6, device=DEVICE).half()), TypeError, "must match"),
+    (_conv(x_shape=torch.empty(1, 4, 8, 8, device="meta")), ValueError, "is on meta"),
+    (_conv(w_shape=torch.empty(6, 4, 3, 3, device="meta")), ValueError, "is on meta"),
+    (_conv(padding=-1), ValueError, "padding"),
+    (_conv(stride=0), ValueError, "stride"),
+    (_conv(groups=0), ValueError, "groups"),
+])
+def test_bad_input_raises_clear_error(bad, error, match):
+    with pytest.raises(error, match=match):
+        bad()
+
+
+@requires_gpu
+def test_mixed_devices_raise():
+    with pytest.raises(ValueError, match="CUDA tensor|is on"):
+        kernels.conv2d(torch.randn(1, 4, 8, 8, device="cuda"), torch.randn(6, 4, 3, 3))
