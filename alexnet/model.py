@@ -48,7 +48,8 @@ class AlexNet(nn.Module):
     `column=None` builds the whole network on one device. `column=r` (with `replica`)
     builds only column r's share, for `parallel.ShardedAlexNet`: each conv layer gets half
     the kernels, grouped layers become plain ones over the column's own maps, fc6/fc7 get
-    half the outputs and fc8 the rows of W8 for this column's fc7 features.
+    half the outputs, and fc8 the columns of W8 (1000, 4096) that read this column's fc7
+    features.
     """
 
     def __init__(self, config: AlexNetConfig = AlexNetConfig(), *, column: int | None = None, replica: int = 0):
@@ -126,7 +127,7 @@ class AlexNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of images x (B, 3, H, W); softmax is left to the loss."""
         x = self._hidden(x)
-        # fc8 = sum over columns of (column's fc7 features) @ (its rows of W8^T), plus the bias.
+        # fc8 = sum over columns of (column's fc7 features) @ (its columns of W8)^T, plus the bias.
         return self.sum_columns(self.fc8(x, add_bias=False)) + self.fc8.bias  # (B, 1000)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.distributed as dist
 
+from kernels._common import memory_format
+
 from .config import AlexNetConfig, layer_shapes
 from .distributed import ParallelLayout, guard
 from .model import AlexNet
@@ -65,8 +67,7 @@ def _all_gather_dim1(x, layout: ParallelLayout, point: str, traffic: Counter) ->
     """(B, C, ...) on each rank -> (B, ranks * C, ...), rank r's share at [r*C, (r+1)*C),
     in x's memory format."""
     ranks = dist.get_world_size(layout.pair_group)
-    fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-        and not x.is_contiguous() else torch.contiguous_format
+    fmt = memory_format(x)
     local = x.contiguous().to(_comm_device(layout, x))
     stacked = local.new_empty((ranks * local.shape[0], *local.shape[1:]))  # rank-major
     with guard(f"all-gather before {point}", layout.timeout):

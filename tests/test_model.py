@@ -10,12 +10,12 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CUDA, DEVICE, requires_gpu
+from conftest import CUDA, DEVICE, MEMORY_FORMATS, assert_close, requires_gpu
 
 import kernels
 import kernels.reference as reference
 from alexnet.config import BIAS_ONE_LAYERS, AlexNetConfig, layer_shapes
-from alexnet.layers import ColumnDropout, LocalResponseNorm
+from alexnet.layers import ColumnDropout, LocalResponseNorm, column_seed
 from alexnet.model import AlexNet
 
 PAPER = AlexNetConfig(ops="reference", channels_last=False, dropout_seed=7)
@@ -159,6 +159,23 @@ def test_training_mode_dropout_is_seeded_per_model():
     assert ((fa == 0) != (a.eval().features(x) == 0)).any()  # dropout did something
 
 
+@pytest.mark.parametrize("fmt", MEMORY_FORMATS)
+@pytest.mark.parametrize("ops", ["reference", "triton"])
+def test_grouped_lrn_normalises_each_column_alone(ops, fmt):
+    """LRN windows stop at the column boundary, forward and backward, in both layouts."""
+    lrn = {"reference": reference.relu_lrn, "triton": kernels.relu_lrn}[ops]
+    x = (30 * torch.randn(2, 16, 5, 7, device=DEVICE)).contiguous(memory_format=fmt).requires_grad_()
+    y = LocalResponseNorm(lrn, 5, 1e-4, 0.75, 2.0, groups=2)(x)
+    x64 = x.detach().double().requires_grad_()
+    expected = torch.cat([reference.relu_lrn(column) for column in x64.chunk(2, dim=1)], dim=1)
+    assert_close(y, expected, torch.float32)
+    grad = torch.randn_like(expected)
+    y.backward(grad.float())
+    expected.backward(grad)
+    assert_close(x.grad, x64.grad, torch.float32)
+    assert not torch.allclose(expected, reference.relu_lrn(x64))  # one window across the boundary differs
+
+
 @pytest.mark.parametrize("ops", ["reference", "triton"])
 def test_column_dropout_equals_per_column_streams(ops):
     """The single-device dropout over (B, 2F) == each column's own dropout on its (B, F) half:
@@ -169,6 +186,11 @@ def test_column_dropout_equals_per_column_streams(ops):
     halves = [ColumnDropout(dropout, 0.5, seed=11, columns=(c,))(x.chunk(2, dim=1)[c].contiguous()) for c in (0, 1)]
     torch.testing.assert_close(both, torch.cat(halves, dim=1), rtol=0, atol=0)
     assert not torch.equal(halves[0] == 0, halves[1] == 0)  # independent streams per column
+
+
+def test_column_seeds_are_distinct_streams():
+    seeds = {column_seed(5, column, replica) for column in (0, 1) for replica in range(4)}
+    assert len(seeds) == 8 and column_seed(5, 1, 2) == column_seed(5, 1, 2) != column_seed(6, 1, 2)
 
 
 def test_dropout_rng_state_round_trip():
