@@ -68,24 +68,13 @@ class LocalResponseNorm(nn.Module):
 
     def __init__(self, lrn, size: int, alpha: float, beta: float, k: float, groups: int = 1):
         super().__init__()
-        self.lrn, self.groups, self.params = lrn, groups, dict(size=size, alpha=alpha, beta=beta, k=k)
+        self.lrn, self.params = lrn, dict(size=size, alpha=alpha, beta=beta, k=k, groups=groups)
 
     def forward(self, x):
-        if self.groups == 1:
-            return self.lrn(x, **self.params)
-        n, c, h, w = x.shape
-        if x.is_contiguous():  # NCHW: the groups are a batch of images with c / groups channels
-            return self.lrn(x.view(n * self.groups, c // self.groups, h, w), **self.params).view(n, c, h, w)
-        # Other layouts (channels_last): per-group views, written back into x's layout. A
-        # `groups` argument in the LRN kernel would save this copy.
-        out = torch.empty_like(x)
-        per_group = c // self.groups
-        for g, part in enumerate(x.split(per_group, dim=1)):
-            out[:, g * per_group:(g + 1) * per_group] = self.lrn(part, **self.params)
-        return out
+        return self.lrn(x, **self.params)
 
     def extra_repr(self):
-        return f"{self.lrn.__name__}, groups={self.groups}, " + ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.lrn.__name__}, " + ", ".join(f"{k}={v}" for k, v in self.params.items())
 
 
 class MaxPool2d(nn.Module):
