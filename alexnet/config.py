@@ -1,0 +1,159 @@
+"""The network's hyper-parameters as a dataclass, with the paper's values as defaults.
+
+Every constant traces to Krizhevsky, Sutskever & Hinton (NIPS 2012); section numbers below
+refer to that paper (see ../shared/PAPER.md in the project notes for the full list).
+
+Two facts the paper gets slightly wrong, kept as the paper intends:
+- Input 224x224 with an 11x11 stride-4 conv1 gives the stated 55x55 maps only with zero
+  padding 2 (Caffe instead crops 227x227). We keep 224 + padding 2.
+- The text's neuron count for conv1 is 253,440, but 55 * 55 * 96 = 290,400; the other counts
+  (186,624-64,896-64,896-43,264-4096-4096-1000) match the network. `layer_shapes` gives the
+  real sizes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+
+__all__ = ["ConvSpec", "PAPER_CONVS", "ONE_COLUMN_CONVS", "BIAS_ONE_LAYERS", "AlexNetConfig", "layer_shapes"]
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One row of the paper's layer table (section 3.5, Figure 2).
+
+    groups=2 means each column's kernels see only their own column's input maps (the
+    paper's "kernels ... connected only to those kernel maps ... on the same GPU"); on one
+    device that is exactly a grouped convolution.
+    """
+    out_channels: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+
+
+# Section 3.5: 96 11x11x3 /4, 256 5x5x48, 384 3x3x256 (cross-connected), 384 3x3x192, 256 3x3x192.
+PAPER_CONVS = (
+    ConvSpec(96, 11, stride=4, padding=2),          # conv1; padding 2 makes 224 -> 55 (see above)
+    ConvSpec(256, 5, padding=2, groups=2),          # conv2
+    ConvSpec(384, 3, padding=1),                    # conv3: takes all 256 maps of both columns
+    ConvSpec(384, 3, padding=1, groups=2),          # conv4
+    ConvSpec(256, 3, padding=1, groups=2),          # conv5
+)
+
+# The paper's "net with half as many kernels in each convolutional layer trained on one GPU"
+# (section 3.2), one column and no groups. Its footnote 2: conv5 (and the FC layers) keep
+# their full size, so that both nets have about the same number of parameters.
+ONE_COLUMN_CONVS = (
+    ConvSpec(48, 11, stride=4, padding=2),
+    ConvSpec(128, 5, padding=2),
+    ConvSpec(192, 3, padding=1),
+    ConvSpec(192, 3, padding=1),
+    ConvSpec(256, 3, padding=1),
+)
+
+# Section 5: "We initialized the neuron biases in the second, fourth, and fifth
+# convolutional layers, as well as in the fully-connected hidden layers, with the constant 1".
+BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
+
+
+@dataclass(frozen=True)
+class AlexNetConfig:
+    """AlexNet's architecture; defaults are the paper's network.
+
+    Ablation switches (paper's value first): `lrn` (section 3.3), `overlap_pool` (3x3/2 vs
+    2x2/2, section 3.4), `activation` ("relu" vs "tanh", section 3.1), `columns` (2: the
+    two-GPU net; 1: the one-GPU net with half the kernels, section 3.2).
+
+    Execution (no effect on the function computed): `ops` picks the kernels ("triton", the
+    plain-PyTorch "reference", or "auto": triton when CUDA is available); `channels_last`
+    (None: on when CUDA is available); `dropout_seed` seeds the per-column dropout streams
+    (None: drawn from torch's generator when the model is built).
+    """
+    num_classes: int = 1000
+    in_channels: int = 3
+    image_size: int = 224
+    columns: Literal[1, 2] = 2
+    fc_features: int = 4096               # fc6 and fc7 (section 3.5)
+    activation: Literal["relu", "tanh"] = "relu"
+    lrn: bool = True                      # after the ReLU of conv1 and conv2 (section 3.3)
+    lrn_size: int = 5                     # n
+    lrn_alpha: float = 1e-4               # not divided by n (PyTorch and Caffe divide it)
+    lrn_beta: float = 0.75
+    lrn_k: float = 2.0
+    overlap_pool: bool = True             # z = 3, s = 2 (section 3.4); False: z = s = 2
+    dropout: float = 0.5                  # fc6 and fc7 (section 4.2)
+    init_std: float = 0.01                # weights ~ N(0, 0.01) (section 5)
+    init_bias_one: float = 1.0            # value of the BIAS_ONE_LAYERS biases; others are 0
+    ops: Literal["triton", "reference", "auto"] = "auto"
+    channels_last: bool | None = None
+    dropout_seed: int | None = None
+
+    def __post_init__(self):
+        if self.activation not in ("relu", "tanh"):
+            raise ValueError(f"activation must be 'relu' or 'tanh', got {self.activation!r}")
+        if self.ops not in ("triton", "reference", "auto"):
+            raise ValueError(f"ops must be 'triton', 'reference' or 'auto', got {self.ops!r}")
+        if self.columns not in (1, 2):
+            raise ValueError(f"columns must be 1 or 2, got {self.columns!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.fc_features % self.columns:
+            raise ValueError(f"fc_features={self.fc_features} must split evenly into {self.columns} columns")
+        layer_shapes(self)  # raises if the image is too small for the network
+
+    @property
+    def convs(self) -> tuple[ConvSpec, ...]:
+        return PAPER_CONVS if self.columns == 2 else ONE_COLUMN_CONVS
+
+    @property
+    def pool(self) -> tuple[int, int]:
+        """(window, stride) of the max-pooling after conv1, conv2 and conv5."""
+        return (3, 2) if self.overlap_pool else (2, 2)
+
+    @property
+    def lrn_params(self) -> dict:
+        return dict(size=self.lrn_size, alpha=self.lrn_alpha, beta=self.lrn_beta, k=self.lrn_k)
+
+    @property
+    def fc6_in(self) -> int:
+        """Inputs of fc6: conv5's maps after pooling, flattened (256 * 6 * 6 = 9216)."""
+        return math.prod(layer_shapes(self)["pool5"])
+
+    def resolved(self) -> "AlexNetConfig":
+        """This config with `ops` and `channels_last` made concrete for this machine."""
+        cuda = torch.cuda.is_available()
+        ops = self.ops if self.ops != "auto" else ("triton" if cuda else "reference")
+        channels_last = cuda if self.channels_last is None else self.channels_last
+        return replace(self, ops=ops, channels_last=channels_last)
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def layer_shapes(config: AlexNetConfig) -> dict[str, tuple[int, ...]]:
+    """Each layer's output shape per image, e.g. {"conv1": (96, 55, 55), ..., "fc8": (1000,)}.
+
+    Derived from the config, so the fc6 input follows from the pooled size (it is 256*6*6
+    for both 3/2 and 2/2 pooling at 224: 55 -> 27 -> 13 -> 6 either way)."""
+    window, stride = config.pool
+    shapes, size = {}, config.image_size
+    for i, spec in enumerate(config.convs, start=1):
+        size = _out_size(size, spec.kernel_size, spec.stride, spec.padding)
+        if size < 1:
+            raise ValueError(f"image_size={config.image_size} is too small: conv{i} has no output pixel")
+        shapes[f"conv{i}"] = (spec.out_channels, size, size)
+        if i in (1, 2, 5):  # max-pooling follows conv1, conv2 and conv5 (section 3.5)
+            size = _out_size(size, window, stride)
+            if size < 1:
+                raise ValueError(f"image_size={config.image_size} is too small: pool{i} has no output pixel")
+            shapes[f"pool{i}"] = (spec.out_channels, size, size)
+    shapes["fc6"] = (config.fc_features,)
+    shapes["fc7"] = (config.fc_features,)
+    shapes["fc8"] = (config.num_classes,)
+    return shapes

@@ -1,0 +1,175 @@
+"""Thin modules over the project's ops: they hold parameters and call the op they are given.
+
+Which implementation runs (Triton kernels or the plain-PyTorch references) is chosen once,
+when the model is built (`load_ops`); the modules only store the functions. Parameter
+names and layouts are those of torch (conv weight (out, in / groups, kh, kw), linear
+weight (out, in)), the same for every choice of ops, so a checkpoint loads into either.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["load_ops", "Conv2d", "LocalResponseNorm", "MaxPool2d", "Linear", "ColumnDropout", "column_seed"]
+
+OPS_NEEDED = ("conv2d", "relu_lrn", "local_response_norm", "max_pool2d", "dropout")
+
+
+def load_ops(name: str) -> ModuleType:
+    """The module providing the ops: `kernels` (Triton) or `kernels.reference` (PyTorch).
+
+    Raises if a Triton op the model needs is not in this tree: the model never mixes in a
+    PyTorch op behind a "triton" name."""
+    if name not in ("triton", "reference"):
+        raise ValueError(f"ops must be 'triton' or 'reference' (resolve 'auto' first), got {name!r}")
+    ops = importlib.import_module("kernels" if name == "triton" else "kernels.reference")
+    missing = [op for op in OPS_NEEDED if not hasattr(ops, op)]
+    if missing:
+        raise RuntimeError(f"ops='{name}' needs {', '.join(f'{ops.__name__}.{m}' for m in missing)}, "
+                           "which this tree does not have yet; build the model with ops='reference'")
+    return ops
+
+
+class Conv2d(nn.Module):
+    """Convolution, with the ReLU fused into its epilogue when `relu` (conv3-5, and conv1-2
+    when no LRN follows). weight (out, in / groups, k, k) ~ N(0, std), bias (out,)."""
+
+    def __init__(self, conv2d, in_channels: int, out_channels: int, kernel_size: int,
+                 stride: int = 1, padding: int = 0, groups: int = 1, relu: bool = False):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        self.conv2d, self.stride, self.padding, self.groups, self.relu = conv2d, stride, padding, groups, relu
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+
+    def forward(self, x):
+        return self.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups, self.relu)
+
+    def extra_repr(self):
+        out, per_group, k, _ = self.weight.shape
+        return (f"{per_group * self.groups}, {out}, kernel_size={k}, stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}, relu={self.relu}")
+
+
+class LocalResponseNorm(nn.Module):
+    """Local response normalisation across channels (section 3.3); `relu_lrn` fuses the
+    ReLU before it, `local_response_norm` is the plain one (tanh ablation).
+
+    groups=2 normalises each column's maps separately: in the two-GPU net a map's
+    "adjacent kernel maps" are those on its own GPU (nothing crosses before conv3), so the
+    window stops at the column boundary (maps 47 | 48 of conv1) and the grouped model
+    computes the same function as the sharded one."""
+
+    def __init__(self, lrn, size: int, alpha: float, beta: float, k: float, groups: int = 1):
+        super().__init__()
+        self.lrn, self.params = lrn, dict(size=size, alpha=alpha, beta=beta, k=k, groups=groups)
+
+    def forward(self, x):
+        return self.lrn(x, **self.params)
+
+    def extra_repr(self):
+        return f"{self.lrn.__name__}, " + ", ".join(f"{k}={v}" for k, v in self.params.items())
+
+
+class MaxPool2d(nn.Module):
+    """Max-pooling without padding; the paper's overlapping 3x3 stride 2 (section 3.4)."""
+
+    def __init__(self, max_pool2d, kernel_size: int, stride: int):
+        super().__init__()
+        self.max_pool2d, self.kernel_size, self.stride = max_pool2d, kernel_size, stride
+
+    def forward(self, x):
+        return self.max_pool2d(x, self.kernel_size, self.stride)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class Linear(nn.Module):
+    """y = act(x W^T + b), W (out, in).
+
+    Runs on cuBLAS through F.linear for now, with the activation as a separate op: a Triton
+    GEMM with the bias and ReLU fused into its epilogue is measured in a later issue."""
+
+    def __init__(self, in_features: int, out_features: int, activation: str | None = None):
+        super().__init__()
+        if activation not in (None, "relu", "tanh"):
+            raise ValueError(f"activation must be None, 'relu' or 'tanh', got {activation!r}")
+        self.activation = activation
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+
+    def forward(self, x, add_bias: bool = True):
+        y = F.linear(x, self.weight, self.bias if add_bias else None)
+        if self.activation == "relu":
+            return torch.relu(y)
+        return torch.tanh(y) if self.activation == "tanh" else y
+
+    def extra_repr(self):
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, activation={self.activation}"
+
+
+def column_seed(seed: int, column: int, replica: int = 0) -> int:
+    """The seed of one column's dropout stream: independent streams for every (replica,
+    column) pair of one base seed (numpy's SeedSequence does the mixing)."""
+    state = np.random.SeedSequence(seed, spawn_key=(replica, column)).generate_state(1, np.uint64)
+    return int(state[0]) >> 1  # 63 bits: a valid torch seed
+
+
+class ColumnDropout(nn.Module):
+    """Inverted dropout (section 4.2) applied to each column's share of the features with
+    that column's own random stream.
+
+    The features (B, F) split into len(columns) equal chunks along F, chunk i belonging to
+    column columns[i]; each chunk's mask comes from a torch.Generator seeded with
+    column_seed(seed, column, replica). The single-device model holds columns (0, 1); rank r
+    of the two-rank model holds (r,) and sees its (B, F/2) share as one contiguous tensor,
+    the same shape as the single-device chunk, so with the same seed both draw exactly the
+    same masks. fc6 and fc7 share the module (and the streams), in that order on every layout.
+
+    Generators are created per device on first use; `get_rng_state`/`set_rng_state` save
+    and restore them (for exact resumption).
+    """
+
+    def __init__(self, dropout, p: float, seed: int, columns: tuple[int, ...], replica: int = 0):
+        super().__init__()
+        self.dropout, self.p, self.columns, self.replica = dropout, p, tuple(columns), replica
+        self.manual_seed(seed)
+
+    def manual_seed(self, seed: int) -> None:
+        """Restart every column's stream from `seed`."""
+        self.seed = int(seed)
+        self._generators: dict[torch.device, list[torch.Generator]] = {}
+
+    def generators(self, device) -> list[torch.Generator]:
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device not in self._generators:
+            self._generators[device] = [torch.Generator(device).manual_seed(column_seed(self.seed, c, self.replica))
+                                        for c in self.columns]
+        return self._generators[device]
+
+    def get_rng_state(self, device) -> list[torch.Tensor]:
+        return [g.get_state() for g in self.generators(device)]
+
+    def set_rng_state(self, states, device) -> None:
+        for g, state in zip(self.generators(device), states, strict=True):
+            g.set_state(state)
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        gens = self.generators(x.device)
+        if len(gens) == 1:
+            return self.dropout(x, self.p, True, gens[0])
+        return torch.cat([self.dropout(part, self.p, True, g) for part, g in zip(x.chunk(len(gens), dim=1), gens)], dim=1)
+
+    def extra_repr(self):
+        return f"p={self.p}, columns={self.columns}, replica={self.replica}, seed={self.seed}"

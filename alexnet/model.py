@@ -1,0 +1,151 @@
+"""AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012), as the paper's Figure 2 draws it.
+
+    image (B, 3, 224, 224)
+    conv1  96 11x11/4 pad 2   -> ReLU+LRN -> max-pool 3/2     (B, 96, 27, 27)
+    conv2 256  5x5 pad 2, 2 groups -> ReLU+LRN -> max-pool   (B, 256, 13, 13)
+    ---- the two columns (GPUs) exchange their maps ----
+    conv3 384  3x3 pad 1 -> ReLU                              (B, 384, 13, 13)
+    conv4 384  3x3 pad 1, 2 groups -> ReLU                    (B, 384, 13, 13)
+    conv5 256  3x3 pad 1, 2 groups -> ReLU -> max-pool        (B, 256, 6, 6)
+    ---- exchange ----  fc6 4096 -> ReLU -> dropout 0.5
+    ---- exchange ----  fc7 4096 -> ReLU -> dropout 0.5
+    fc8 1000 (a sum over the columns' halves of fc7)          (B, 1000) logits
+
+60,965,224 parameters. On one device the paper's two columns are grouped convolutions
+(groups=2 is exactly "kernels connected only to the maps on their own GPU"); the same class,
+given `column=r`, holds only column r's kernels and is completed by `parallel.ShardedAlexNet`,
+which turns the `exchange`/`sum_columns` hooks below into collectives. Shapes in the
+comments are the single-device ones; a column holds half the channels/features of each.
+
+LRN normalises each column's maps on their own (a window never crosses from map 47 to 48
+of conv1): in the two-GPU net the maps adjacent to a map are those on its own GPU, and
+nothing crosses before conv3. So on one device LRN is grouped too, like conv2/4/5.
+
+The ReLU runs wherever it is cheapest: inside the LRN kernel where LRN follows (conv1-2),
+in the conv epilogue otherwise (conv3-5, and conv1-2 with LRN switched off).
+
+Dropout: each column's half of the fc6/fc7 features gets its own random stream
+(`layers.ColumnDropout`), so the single-device and two-rank models drop the same units
+given the same `dropout_seed`. Inverted dropout (x2 at train time) stands for the paper's
+x0.5 at test time.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .config import BIAS_ONE_LAYERS, AlexNetConfig, ConvSpec, layer_shapes
+from .layers import ColumnDropout, Conv2d, Linear, LocalResponseNorm, MaxPool2d, load_ops
+
+__all__ = ["AlexNet", "paper_init_"]
+
+
+class AlexNet(nn.Module):
+    """The paper's network; `config` holds the architecture, ablations and ops choice.
+
+    `column=None` builds the whole network on one device. `column=r` (with `replica`)
+    builds only column r's share, for `parallel.ShardedAlexNet`: each conv layer gets half
+    the kernels, grouped layers become plain ones over the column's own maps, fc6/fc7 get
+    half the outputs, and fc8 the columns of W8 (1000, 4096) that read this column's fc7
+    features.
+    """
+
+    def __init__(self, config: AlexNetConfig = AlexNetConfig(), *, column: int | None = None, replica: int = 0):
+        super().__init__()
+        config = config.resolved()
+        if column is not None and config.columns != 2:
+            raise ValueError("only the two-column network (columns=2) can be split by column")
+        self.config, self.column = config, column
+        ops = load_ops(config.ops)
+        split = 1 if column is None else config.columns  # how many ways each layer is divided here
+        relu = config.activation == "relu"
+        lrn_groups = config.columns // split  # LRN normalises each column's maps on their own
+
+        def conv_layer(spec: ConvSpec, in_channels: int, lrn_follows: bool):
+            """A conv layer and the nonlinearity (+LRN) that follows it."""
+            with_lrn = lrn_follows and config.lrn
+            groups = spec.groups if split == 1 else 1  # a column's own maps need no grouping
+            conv = Conv2d(ops.conv2d, in_channels, spec.out_channels // split, spec.kernel_size, spec.stride,
+                          spec.padding, groups, relu=relu and not with_lrn)
+            if with_lrn and relu:
+                after = LocalResponseNorm(ops.relu_lrn, **config.lrn_params, groups=lrn_groups)
+            elif with_lrn:
+                after = nn.Sequential(nn.Tanh(), LocalResponseNorm(ops.local_response_norm, **config.lrn_params,
+                                                                   groups=lrn_groups))
+            else:
+                after = nn.Identity() if relu else nn.Tanh()
+            return conv, after
+
+        c1, c2, c3, c4, c5 = config.convs
+        # Input maps per kernel: conv3 sees both columns (after the exchange), the others their own.
+        self.conv1, self.act1 = conv_layer(c1, config.in_channels, lrn_follows=True)
+        self.conv2, self.act2 = conv_layer(c2, c1.out_channels // split, lrn_follows=True)
+        self.conv3, self.act3 = conv_layer(c3, c2.out_channels, lrn_follows=False)
+        self.conv4, self.act4 = conv_layer(c4, c3.out_channels // split, lrn_follows=False)
+        self.conv5, self.act5 = conv_layer(c5, c4.out_channels // split, lrn_follows=False)
+        self.pool = MaxPool2d(ops.max_pool2d, *config.pool)  # after conv1, conv2 and conv5
+        features = config.fc_features
+        self.fc6 = Linear(config.fc6_in, features // split, config.activation)
+        self.fc7 = Linear(features, features // split, config.activation)
+        self.fc8 = Linear(features // split, config.num_classes)
+        self.reset_parameters()
+        seed = config.dropout_seed if config.dropout_seed is not None else int(torch.randint(0, 2**62, ()))
+        columns = tuple(range(config.columns)) if column is None else (column,)
+        self.dropout = ColumnDropout(ops.dropout, config.dropout, seed, columns, replica)
+
+    def reset_parameters(self) -> None:
+        paper_init_(self, self.config)
+
+    # ------------------------------------------------------------------ where columns meet
+    def exchange(self, x: torch.Tensor, point: str) -> torch.Tensor:
+        """Where the columns meet, before `point` (conv3, fc6, fc7): x is this device's share
+        of the maps/features along dim 1; returns all of them. One device holds them all."""
+        return x
+
+    def sum_columns(self, x: torch.Tensor) -> torch.Tensor:
+        """fc8's partial products summed over the columns. One device: already summed."""
+        return x
+
+    # ------------------------------------------------------------------ forward
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """fc7's activations (after ReLU and dropout) of this device's column(s)."""
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.pool(self.act1(self.conv1(x)))           # conv1 (B, 96, 55, 55) -> (B, 96, 27, 27)
+        x = self.pool(self.act2(self.conv2(x)))           # conv2 (B, 256, 27, 27) -> (B, 256, 13, 13)
+        x = self.exchange(x, "conv3")                     # the columns cross-connect (section 3.2)
+        x = self.act3(self.conv3(x))                      # (B, 384, 13, 13)
+        x = self.act4(self.conv4(x))                      # (B, 384, 13, 13)
+        x = self.pool(self.act5(self.conv5(x)))           # conv5 (B, 256, 13, 13) -> (B, 256, 6, 6)
+        x = self.exchange(x.flatten(1), "fc6")            # (B, 9216), channel-major (C, H, W) order
+        x = self.dropout(self.fc6(x))                     # (B, 4096)
+        x = self.exchange(x, "fc7")                       # (B, 4096)
+        return self.dropout(self.fc7(x))                  # (B, 4096)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) of images x (B, 3, H, W); softmax is left to the loss."""
+        x = self._hidden(x)
+        # fc8 = sum over columns of (column's fc7 features) @ (its columns of W8)^T, plus the bias.
+        return self.sum_columns(self.fc8(x, add_bias=False)) + self.fc8.bias  # (B, 1000)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's activations (B, 4096): fc7 after ReLU (and dropout in
+        training mode; call in eval mode for the paper's Figure 4 features)."""
+        return self._hidden(x)
+
+    def neurons(self) -> dict[str, int]:
+        """Neurons per layer (section 3.5's 253,440-186,624-...-1000; see config.py)."""
+        return {name: math.prod(shape) for name, shape in layer_shapes(self.config).items()
+                if not name.startswith("pool")}
+
+
+@torch.no_grad()
+def paper_init_(model: nn.Module, config: AlexNetConfig) -> None:
+    """Section 5: every weight ~ N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7 and
+    0 in conv1, conv3, fc8 (the value 1 is `config.init_bias_one`)."""
+    for name, module in model.named_children():
+        if isinstance(module, (Conv2d, Linear)):
+            module.weight.normal_(0.0, config.init_std)
+            module.bias.fill_(config.init_bias_one if name in BIAS_ONE_LAYERS else 0.0)
