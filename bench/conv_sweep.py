@@ -61,6 +61,17 @@ def time_config(fn, ref, rep_ms):
         return None, f"{type(e).__name__}: {str(e).splitlines()[0][:70] if str(e) else ''}"
 
 
+def compile_pass(p: ConvProblem, pass_: str, flat_mode: str):
+    """Run every candidate once, untimed: fills Triton's on-disk cache, so several of these
+    can run in parallel processes before one timing sweep (timings must not overlap)."""
+    for cfg in candidates(p, pass_, flat_mode):
+        try:
+            p.ours(pass_, cfg)()
+        except Exception as e:  # reported by the timing sweep
+            print(f"    {label(cfg):26} FAILED  {type(e).__name__}")
+    torch.cuda.synchronize()
+
+
 def sweep_pass(p: ConvProblem, pass_: str, dtype: str, flat_mode: str, rep_ms: float):
     ref = p.cudnn(pass_)()
     cudnn_ms = median_ms(p.cudnn(pass_), warmup_ms=5, rep_ms=rep_ms)
@@ -114,6 +125,8 @@ def main(argv=None):
     ap.add_argument("--flat", choices=["auto", "both"], default="auto")
     ap.add_argument("--batch", type=int, default=BATCH)
     ap.add_argument("--rep-ms", type=float, default=20, help="timing window per config")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="only compile every candidate (warm the cache for a later timing run)")
     args = ap.parse_args(argv)
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = True
@@ -124,6 +137,9 @@ def main(argv=None):
             p = ConvProblem(LAYERS[shapes][name], DTYPES[args.dtype], args.batch)
             for pass_ in [q for q in passes_for(name) if q in args.passes.split(",")]:
                 print(f"{shapes} {name} {pass_}  ({p.flops / 1e9:.1f} GFLOP)")
+                if args.compile_only:
+                    compile_pass(p, pass_, args.flat)
+                    continue
                 found = sweep_pass(p, pass_, args.dtype, args.flat, args.rep_ms)
                 if found:
                     summary.append((shapes, name, pass_, *found))

@@ -20,12 +20,15 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 
-# Hypothesis: few examples on the interpreter (every kernel launch is Python-speed), more on a GPU.
-settings.register_profile(
-    "default", max_examples=25 if CUDA else 12, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+# Hypothesis: few examples; each is slow on the interpreter (Python-speed kernels) and on a GPU
+# (a new shape compiles new kernels). HYPOTHESIS_PROFILE=quick for a fast GPU pass, =thorough
+# for a long one. Tests that need more examples ask for a multiple of EXAMPLES.
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("default", max_examples=12, **_common)
+settings.register_profile("quick", max_examples=4, **_common)
+settings.register_profile("thorough", max_examples=100, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+EXAMPLES = settings.default.max_examples
 
 requires_gpu = pytest.mark.skipif(
     not CUDA, reason="needs a CUDA device: the Triton interpreter computes bf16 wrongly and has no tf32")

@@ -17,7 +17,7 @@ from kernels._conv_common import conv_geometry, pad_input, unpad_weight_grad
 from kernels.conv_dgrad import conv2d_input_grad
 from kernels.conv_fwd import conv2d_forward
 from kernels.conv_wgrad import conv2d_weight_grad
-from conftest import DEVICE, MEMORY_FORMATS, TOLERANCES, requires_gpu
+from conftest import DEVICE, EXAMPLES, MEMORY_FORMATS, TOLERANCES, requires_gpu
 
 # precision name -> (dtype, torch.backends.cudnn.allow_tf32, (atol relative to the tensor's max, rtol))
 PRECISIONS = {
@@ -101,7 +101,7 @@ def check_against_reference(problem, precision, fmt, seed, *, bias=True, relu=Fa
 
 
 @pytest.mark.parametrize("fmt", MEMORY_FORMATS)
-@settings(max_examples=25)
+@settings(max_examples=2 * EXAMPLES)
 @given(problem=conv_problems(), seed=st.integers(0, 2**31 - 1), bias=st.booleans(), relu=st.booleans(),
        x_grad=st.booleans())
 def test_matches_reference_fp32(fmt, problem, seed, bias, relu, x_grad):
@@ -111,7 +111,7 @@ def test_matches_reference_fp32(fmt, problem, seed, bias, relu, x_grad):
 
 @requires_gpu
 @pytest.mark.parametrize("precision", ["tf32", "fp16", "bf16"])
-@settings(max_examples=10)
+@settings(max_examples=EXAMPLES)
 @given(problem=conv_problems(), seed=st.integers(0, 2**31 - 1), nhwc=st.booleans(), relu=st.booleans())
 def test_matches_reference_reduced_precision(precision, problem, seed, nhwc, relu):
     fmt = torch.channels_last if nhwc else torch.contiguous_format
