@@ -1,7 +1,7 @@
 """Dropout with a counter-based RNG: the mask is a pure function of (seed, element index).
 
 One Philox call (`tl.randint4x`, 10 rounds) gives four 32-bit numbers, i.e. eight 16-bit
-draws; each program uses them for eight contiguous slices of its BLOCK elements. An element
+draws, used for eight contiguous elements. An element
 is kept when its 16-bit draw is at least round(p * 2**16), so p is applied with a
 resolution of 2**-16 (exact for p = 0.5) at half the Philox work of one 32-bit draw per
 element. Kept elements are scaled by 1 / (1 - p) (inverted dropout, equivalent to the
@@ -25,33 +25,27 @@ __all__ = ["dropout", "DropoutFunction"]
 
 
 @triton.jit
-def _apply_mask(x_ptr, y_ptr, offs, draw16, n_elem, keep_threshold, scale):
-    mask = offs < n_elem
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    keep = draw16 >= keep_threshold
-    tl.store(y_ptr + offs, tl.where(keep, x * scale, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
+def _halves(word):
+    """(low 16 bits, high 16 bits) of a uint32 tensor, as int32, joined on a new last dim."""
+    return tl.join((word & 0xFFFF).to(tl.int32), (word >> 16).to(tl.int32))
 
 
 @triton.jit
-def _apply_mask_pair(x_ptr, y_ptr, offs, rand, SLICE: tl.constexpr, n_elem, keep_threshold, scale):
-    """Use the low and high 16 bits of `rand` for two consecutive slices."""
-    _apply_mask(x_ptr, y_ptr, offs, (rand & 0xFFFF).to(tl.int32), n_elem, keep_threshold, scale)
-    _apply_mask(x_ptr, y_ptr, offs + SLICE, (rand >> 16).to(tl.int32), n_elem, keep_threshold, scale)
-
-
-@triton.jit(do_not_specialize=["n_elem", "keep_threshold"])
 def _dropout_kernel(x_ptr, y_ptr, seed_ptr, n_elem, keep_threshold, scale, BLOCK: tl.constexpr):
     """y = x * keep * scale over n_elem elements of flat storage; keep = (draw >= threshold).
-    The same kernel applies the mask forward (x = input) and backward (x = dy)."""
-    SLICE: tl.constexpr = BLOCK // 8
+    The same kernel applies the mask forward (x = input) and backward (x = dy).
+    Philox counter c gives the eight 16-bit draws of elements 8c .. 8c+7: joined into a
+    (BLOCK/8, 8) tile and flattened, each thread's draws line up with 8 contiguous elements
+    (one 16-byte load in bf16)."""
     pid = tl.program_id(0).to(tl.int64)
-    counter = pid * SLICE + tl.arange(0, SLICE)  # one Philox counter -> eight 16-bit draws
+    counter = pid * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
     r0, r1, r2, r3 = tl.randint4x(tl.load(seed_ptr), counter)
-    offs = pid * BLOCK + tl.arange(0, SLICE)
-    _apply_mask_pair(x_ptr, y_ptr, offs, r0, SLICE, n_elem, keep_threshold, scale)
-    _apply_mask_pair(x_ptr, y_ptr, offs + 2 * SLICE, r1, SLICE, n_elem, keep_threshold, scale)
-    _apply_mask_pair(x_ptr, y_ptr, offs + 4 * SLICE, r2, SLICE, n_elem, keep_threshold, scale)
-    _apply_mask_pair(x_ptr, y_ptr, offs + 6 * SLICE, r3, SLICE, n_elem, keep_threshold, scale)
+    draws = tl.join(tl.join(_halves(r0), _halves(r1)), tl.join(_halves(r2), _halves(r3)))  # (BLOCK/8, 2, 2, 2)
+    draws = tl.reshape(draws, (BLOCK,))
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_elem
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs, tl.where(draws >= keep_threshold, x * scale, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 # ------------------------------------------------------------------------------ launchers
@@ -75,7 +69,7 @@ def apply_dropout_mask(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.T
     n_elem = x.numel()
     if n_elem == 0:
         return y
-    # Big blocks amortise the Philox setup; small tensors (an fc layer) need more programs.
+    # Small tensors (an fc layer's 128 x 4096) need small blocks to fill the GPU.
     block = 2048 if interpreting() or n_elem < (1 << 23) else 8192
     keep_threshold = int(round(p * 2**16))
     _dropout_kernel[(cdiv(n_elem, block),)](x, y, seed, n_elem, keep_threshold, 1.0 / (1.0 - p), BLOCK=block,

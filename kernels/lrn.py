@@ -121,7 +121,7 @@ def _tile(n_pix, n_chan, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     return pix, chan, group * n_chan
 
 
-@triton.jit(do_not_specialize=["n_pix", "height", "width"])
+@triton.jit
 def _relu_lrn_fwd_kernel(
     x_ptr, y_ptr, u_ptr,
     n_pix, n_chan, height, width,
@@ -152,7 +152,7 @@ def _relu_lrn_fwd_kernel(
         tl.store(u_ptr + y_off, u.to(u_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["n_pix", "height", "width"])
+@triton.jit
 def _relu_lrn_bwd_kernel(
     x_ptr, u_ptr, dy_ptr, dx_ptr,
     n_pix, n_chan, height, width,

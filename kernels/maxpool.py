@@ -23,7 +23,7 @@ from ._common import cdiv, check_tensor, empty_4d, interpreting, memory_format, 
 __all__ = ["max_pool2d", "MaxPool2dFunction"]
 
 
-@triton.jit(do_not_specialize=["n_out_pix", "height", "width", "out_h", "out_w"])
+@triton.jit
 def _max_pool_fwd_kernel(
     x_ptr, y_ptr, idx_ptr,
     n_out_pix, n_chan, height, width, out_h, out_w,
@@ -58,7 +58,7 @@ def _max_pool_fwd_kernel(
     tl.store(idx_ptr + y_off, best_idx.to(idx_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["n_pix", "height", "width", "out_h", "out_w"])
+@triton.jit
 def _max_pool_bwd_kernel(
     dy_ptr, idx_ptr, dx_ptr,
     n_pix, n_chan, height, width, out_h, out_w,
