@@ -49,7 +49,9 @@ class Conv2d(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_channels))
 
     def forward(self, x):
-        return self.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups, self.relu)
+        # Mixed precision: fp32 master parameters, computed in the activations' dtype.
+        return self.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding,
+                           self.groups, self.relu)
 
     def extra_repr(self):
         out, per_group, k, _ = self.weight.shape
@@ -106,7 +108,7 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features))
 
     def forward(self, x, add_bias: bool = True):
-        y = F.linear(x, self.weight, self.bias if add_bias else None)
+        y = F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype) if add_bias else None)
         if self.activation == "relu":
             return torch.relu(y)
         return torch.tanh(y) if self.activation == "tanh" else y

@@ -1,11 +1,156 @@
-"""Training entry point: `python -m alexnet.train` (not built yet)."""
+"""Train AlexNet with the paper's recipe: `python -m alexnet.train`.
+
+    python -m alexnet.train                                   # the demo dataset, minutes on a CPU
+    python -m alexnet.train --data /data/imagenet             # one GPU (an ImageNet-style folder
+                                                              #   is prepared first, into OUT/store)
+    torchrun --nproc-per-node 2 -m alexnet.train --data ...   # two GPUs: one column each (the paper)
+    torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+        -m alexnet.train --data ...                           # 32 ranks: 16 data-parallel replicas
+    python -m alexnet.train --resume runs/alexnet/checkpoint_last.pt   # continue exactly
+
+Every default is the paper's (section 5; `TrainConfig`), except that with no --data the
+run uses the embedded demo dataset and the small-scale settings in DEMO (images, batch,
+epochs) so that it ends in minutes on a 2-core CPU; any flag given overrides them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
 import sys
+from dataclasses import dataclass, fields
+from typing import Literal
+
+__all__ = ["TrainConfig", "DEMO", "parse_args", "main"]
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; each default is the paper's (section 5) unless marked otherwise."""
+    data: str | None = None            # a prepared store or an ImageNet-style folder; None: the demo dataset
+    out: str = "runs/alexnet"          # checkpoints, metrics.jsonl, curves.png (written by rank 0 only)
+    resume: str | None = None          # a checkpoint to continue from, or "auto": OUT/checkpoint_last.pt if any
+    epochs: int = 90                   # "roughly 90 cycles through the training set"
+    batch_size: int = 128              # per replica
+    lr: float = 0.01                   # the initial learning rate, "equal for all layers"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4         # on weights, not biases (see alexnet/optim.py)
+    patience: int = 5                  # epochs without a new best validation error before lr /= 10 (not in the paper)
+    lr_reductions: int = 3             # "reduced three times prior to termination"
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"  # bf16: bf16 compute, fp32 master weights
+    ops: Literal["auto", "triton", "reference"] = "auto"  # auto: Triton on CUDA, plain PyTorch on the CPU
+    eval_views: Literal["centre", "ten"] = "centre"      # per-epoch validation; the paper's test uses "ten"
+    seed: int = 0
+    image_size: int = 224              # the network's input crop (of the store's 256 px images)
+    lrn: bool = True                   # ablation switches of the model (section 3)
+    overlap_pool: bool = True
+    activation: Literal["relu", "tanh"] = "relu"
+    columns: Literal[1, 2] = 2
+    max_steps: int | None = None       # stop after this many optimizer steps in all (smoke tests)
+    checkpoint_every: int = 0          # also checkpoint every N steps inside an epoch (0: per epoch only)
+    log_every: int = 50                # steps between log lines (loss, error, per-layer gradient norms)
+    threads: int | None = None         # reader threads of the data loader (default: min(8, cores))
+    timeout_s: float = 600.0           # a rank that waits longer than this on another fails (distributed)
+
+
+# The no-argument demo: the paper's network on 128 px images of the synthetic demo dataset
+# (112 px crops; fc6 then reads 256*2*2 inputs), so a 2-core CPU trains it in minutes.
+DEMO = dict(image_size=112, batch_size=32, epochs=8, patience=3, log_every=10)
+DEMO_STORE_SIZE = 128
+
+HELP = {
+    "data": "prepared store (from `python -m alexnet.prepare`) or ImageNet-style folder (train/<class>/*, "
+            "val/<class>/*); omit for the embedded demo dataset",
+    "out": "output directory: checkpoints, metrics.jsonl, curves.png",
+    "resume": "checkpoint to continue from exactly ('auto': OUT/checkpoint_last.pt if it exists)",
+    "epochs": "most epochs to train (the paper: about 90)",
+    "batch_size": "images per step per data-parallel replica (the paper: 128)",
+    "lr": "initial learning rate (the paper: 0.01)",
+    "momentum": "momentum of the paper's update v <- m v - wd lr w - lr g (the paper: 0.9)",
+    "weight_decay": "weight decay on weights, not biases (the paper: 0.0005)",
+    "patience": "epochs without a new best validation top-1 error before lr is divided by 10",
+    "lr_reductions": "lr divisions before training stops at the next plateau (the paper: 3)",
+    "precision": "fp32 (true fp32), tf32 (tensor cores, fp32 storage) or bf16 (bf16 compute, fp32 master weights)",
+    "ops": "triton (the project's kernels), reference (plain PyTorch) or auto (triton on CUDA)",
+    "eval_views": "validation views: centre crop, or ten (4 corners + centre and their flips, softmax averaged)",
+    "seed": "seed of the initialisation, data order, augmentation and dropout",
+    "image_size": "network input size (the paper: 224 crops of 256 px images)",
+    "lrn": "local response normalisation after conv1/conv2 (--no-lrn: the ablation)",
+    "overlap_pool": "overlapping 3x3/2 max-pooling (--no-overlap-pool: 2x2/2)",
+    "activation": "relu (the paper) or tanh (the ablation)",
+    "columns": "2: the paper's two-column net; 1: one column with half the kernels (the ablation)",
+    "max_steps": "stop after this many steps in all (smoke tests)",
+    "checkpoint_every": "also checkpoint every N steps inside an epoch (0: at epoch ends only)",
+    "log_every": "steps between log lines with loss, error and per-layer gradient norms",
+    "threads": "data loader reader threads",
+    "timeout_s": "seconds a rank waits on another before failing with a clear error",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m alexnet.train", description=__doc__.split("\n\n")[0],
+                                 epilog="Defaults are the paper's; without --data the demo settings apply: "
+                                        + ", ".join(f"{k}={v}" for k, v in DEMO.items()),
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.type if isinstance(f.type, str) else str(f.type)
+        if f.default is True:  # booleans that default on get a --no- form
+            ap.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                            help=HELP[f.name] + " (default: on)")
+            continue
+        choices = None
+        if "Literal" in kind:
+            choices = [c.strip().strip("'\"") for c in kind.split("[", 1)[1].rstrip("]").split(",")]
+        convert = str
+        if kind.startswith("int") or (choices and all(c.isdigit() for c in choices)):
+            convert = int
+        elif kind.startswith("float"):
+            convert = float
+        elif "int | None" in kind:
+            convert = int
+        if choices and convert is int:
+            choices = [int(c) for c in choices]
+        ap.add_argument(flag, dest=f.name, type=convert, choices=choices, default=argparse.SUPPRESS,
+                        help=f"{HELP[f.name]} (default: {f.default})")
+    return ap
+
+
+def parse_args(argv=None) -> TrainConfig:
+    """The config for a command line: the paper's defaults, or the demo's without --data,
+    overridden by whatever flags are given."""
+    given = vars(_parser().parse_args(argv))
+    base = {} if given.get("data") else dict(DEMO)
+    config = TrainConfig(**{**base, **given})
+    _validate(config)
+    return config
+
+
+def _validate(c: TrainConfig) -> None:
+    problems = []
+    for name in ("epochs", "batch_size", "patience", "log_every", "image_size"):
+        if getattr(c, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be >= 1")
+    if c.lr <= 0:
+        problems.append("--lr must be > 0")
+    if not 0 <= c.momentum < 1:
+        problems.append("--momentum must be in [0, 1)")
+    if c.weight_decay < 0:
+        problems.append("--weight-decay must be >= 0")
+    if c.max_steps is not None and c.max_steps < 1:
+        problems.append("--max-steps must be >= 1")
+    if c.checkpoint_every < 0 or c.lr_reductions < 0:
+        problems.append("--checkpoint-every and --lr-reductions must be >= 0")
+    if c.data is not None and not os.path.exists(c.data):
+        problems.append(f"--data {c.data}: no such file or directory")
+    if problems:
+        raise SystemExit("alexnet.train: " + "; ".join(problems))
 
 
 def main(argv=None) -> int:
-    print("alexnet.train: training is not built yet (the model, data and training issues are open);\n"
-          "the Triton kernels are usable now: see README.md and `python -m pytest`.")
-    return 1
+    config = parse_args(argv)
+    from .trainer import run  # heavy imports (torch, triton) only after the arguments are valid
+
+    return run(config)
 
 
 if __name__ == "__main__":

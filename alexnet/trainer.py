@@ -1,0 +1,381 @@
+"""The training loop behind `python -m alexnet.train` (settings: alexnet/train.py).
+
+One process trains the single-device model; under torchrun each pair of ranks trains the
+two-column model (alexnet/parallel.py) and pairs are data-parallel replicas. Only rank 0
+prints and writes. Checkpoints always hold the single-device (grouped) layout, so any
+checkpoint resumes or evaluates in any layout.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint
+from .augment import AugmentConfig
+from .config import AlexNetConfig
+from .data import EvalLoader, TrainLoader
+from .evaluate import error_rates, evaluate
+from .metrics import MetricsLog
+from .model import AlexNet
+from .optim import PaperSGD, PlateauSchedule, param_groups, set_lr
+from .store import Store
+from .train import DEMO_STORE_SIZE, TrainConfig
+
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Session:
+    """Process-level facts: rank, device, distributed layout (None for one process)."""
+
+    def __init__(self, config: TrainConfig):
+        import os
+
+        self.layout = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from .distributed import init_distributed
+
+            self.layout = init_distributed(timeout_s=config.timeout_s)
+            self.device = self.layout.device
+        else:
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.is_main = self.layout is None or self.layout.is_main
+        self.data_rank = 0 if self.layout is None else self.layout.data_rank
+        self.data_world = 1 if self.layout is None else self.layout.data_world
+
+    def print(self, *args):
+        if self.is_main:
+            print(*args, flush=True)
+
+    def barrier(self):
+        if self.layout is not None:
+            torch.distributed.barrier()
+
+    def close(self):
+        if self.layout is not None and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def resolve_store(config: TrainConfig, session: Session) -> Store:
+    """The prepared store: the demo's (generated once into the cache), the one at --data,
+    or one prepared from the ImageNet-style folder at --data into OUT/store. Rank 0 builds."""
+    from .store import is_store
+
+    if config.data is None:
+        from .demo import ensure_demo_store
+
+        if session.is_main:
+            path = ensure_demo_store(image_size=DEMO_STORE_SIZE)
+        session.barrier()
+        path = ensure_demo_store(image_size=DEMO_STORE_SIZE)
+    elif is_store(config.data):
+        path = config.data
+    else:
+        from .prepare import prepare
+
+        path = Path(config.out) / "store"
+        if session.is_main and not is_store(path):
+            session.print(f"preparing {config.data} into {path} (once)")
+            prepare(config.data, path)
+        session.barrier()
+    return Store(path)
+
+
+def build_model(config: TrainConfig, store: Store, session: Session):
+    model_config = AlexNetConfig(num_classes=store.num_classes, image_size=config.image_size, lrn=config.lrn,
+                                 overlap_pool=config.overlap_pool, activation=config.activation,
+                                 columns=config.columns, ops=config.ops, dropout_seed=config.seed).resolved()
+    torch.manual_seed(config.seed)  # the initial weights (the same on every rank)
+    if session.layout is None:
+        return AlexNet(model_config).to(session.device), model_config
+    from .parallel import ShardedAlexNet
+
+    if config.columns != 2:
+        raise SystemExit("alexnet.train: several ranks run the two-column model; --columns 1 needs one process")
+    return ShardedAlexNet(model_config, session.layout), model_config
+
+
+# ------------------------------------------------------------------ full-layout state
+def full_state(model, tensors_by_name: dict, session: Session) -> dict:
+    """`tensors_by_name` (this rank's shard) in the single-device layout, on the CPU."""
+    local = {k: v.detach().cpu() for k, v in tensors_by_name.items()}
+    if session.layout is None:
+        return local
+    from .parallel import merge_state_dicts
+
+    shards = [None, None]
+    torch.distributed.all_gather_object(shards, local, group=session.layout.pair_group)
+    return merge_state_dicts(shards)
+
+
+def local_state(full: dict, session: Session) -> dict:
+    if session.layout is None:
+        return full
+    from .parallel import shard_state_dict
+
+    return shard_state_dict(full, session.layout.column)
+
+
+def velocity_by_name(model, optimizer) -> dict:
+    return {name: optimizer.state[p]["velocity"] if "velocity" in optimizer.state[p] else torch.zeros_like(p)
+            for name, p in model.named_parameters()}
+
+
+def rng_state(model, session: Session) -> dict:
+    state = {"torch": torch.get_rng_state(), "dropout": model.dropout.get_rng_state(session.device)}
+    if session.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(session.device)
+    return state
+
+
+def set_rng_state(model, state: dict, session: Session) -> None:
+    torch.set_rng_state(state["torch"])
+    model.dropout.set_rng_state(state["dropout"], session.device)
+    if "cuda" in state and session.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], session.device)
+
+
+# ------------------------------------------------------------------ the loop
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.session = session = Session(config)
+        self.out = Path(config.out)
+        self.store = resolve_store(config, session)
+        self.dtype = DTYPES[config.precision]
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.precision == "tf32"
+        self.model, self.model_config = build_model(config, self.store, session)
+        channels_last = bool(self.model_config.channels_last)
+        self.train_loader = TrainLoader(self.store, config.batch_size, session.device, rank=session.data_rank,
+                                        world=session.data_world, seed=config.seed, dtype=self.dtype,
+                                        channels_last=channels_last, augment=AugmentConfig(crop_size=config.image_size),
+                                        threads=config.threads)
+        self.val_loader = EvalLoader(self.store, config.batch_size, session.device, rank=session.data_rank,
+                                     world=session.data_world, dtype=self.dtype, channels_last=channels_last,
+                                     crop_size=config.image_size, threads=config.threads)
+        self.optimizer = PaperSGD(param_groups(self.model, config.weight_decay), lr=config.lr,
+                                  momentum=config.momentum, weight_decay=config.weight_decay)
+        self.schedule = PlateauSchedule(lr=config.lr, patience=config.patience, max_reductions=config.lr_reductions)
+        self.metrics = MetricsLog(self.out)
+        self.step = 0
+        self.best_top1 = math.inf
+        self.finite = torch.ones((), dtype=torch.bool, device=session.device)
+        self.resumed_from = self._maybe_resume()
+
+    # -------------------------------------------------------------- checkpoints
+    def _maybe_resume(self) -> str | None:
+        path = self.config.resume
+        if path == "auto":
+            path = self.out / "checkpoint_last.pt"
+            if not path.exists():
+                return None
+        if path is None:
+            return None
+        ckpt = checkpoint.load(path)
+        saved = ckpt["config"]
+        for key in ("batch_size", "seed", "image_size", "lrn", "overlap_pool", "activation", "columns"):
+            if saved[key] != getattr(self.config, key):
+                raise SystemExit(f"alexnet.train: cannot resume {path}: it was trained with {key}={saved[key]!r}, "
+                                 f"this run has {getattr(self.config, key)!r}")
+        self.model.load_state_dict(local_state(ckpt["model"], self.session))
+        velocity = local_state(ckpt["velocity"], self.session)
+        for name, p in self.model.named_parameters():
+            self.optimizer.state[p]["velocity"] = velocity[name].to(p.device, p.dtype).clone()
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.train_loader.load_state_dict(ckpt["loader"])
+        self.step, self.best_top1 = ckpt["step"], ckpt["best_top1"]
+        rank = self.session.layout.rank if self.session.layout else 0
+        try:
+            set_rng_state(self.model, ckpt["rng"][rank], self.session)
+        except (IndexError, ValueError, RuntimeError):
+            self.session.print("  note: the checkpoint comes from another layout; random streams start afresh "
+                               "(the run continues, but not bit-identically)")
+        if self.session.is_main:
+            self.metrics.truncate_after(self.train_loader.epoch)  # records are 1-based: epochs done
+        return str(path)
+
+    def save(self, best: bool = False) -> None:
+        """Write checkpoint_last.pt (and checkpoint_best.pt) atomically; every rank takes part.
+        Never after a non-finite loss: the last good checkpoint stays."""
+        self.check_finite()
+        model = full_state(self.model, self.model.state_dict(), self.session)
+        velocity = full_state(self.model, velocity_by_name(self.model, self.optimizer), self.session)
+        rng = [rng_state(self.model, self.session)]
+        if self.session.layout is not None:
+            rng = [None] * self.session.layout.world_size
+            torch.distributed.all_gather_object(rng, rng_state(self.model, self.session))
+        if not self.session.is_main:
+            return
+        ckpt = {"format": 1, "model": model, "velocity": velocity, "schedule": self.schedule.state_dict(),
+                "loader": self.train_loader.state_dict(), "step": self.step, "best_top1": self.best_top1,
+                "rng": rng, "config": asdict(self.config), "model_config": asdict(self.model_config),
+                "classes": self.store.classes}
+        checkpoint.save(ckpt, self.out / "checkpoint_last.pt")
+        if best:
+            checkpoint.save(ckpt, self.out / "checkpoint_best.pt")
+
+    # -------------------------------------------------------------- one step
+    def train_step(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step; returns the loss and the number of wrong top-1 guesses as device
+        tensors (no host sync: finiteness is checked at log steps and before checkpoints)."""
+        logits = self.model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        self.finite &= torch.isfinite(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.session.layout is not None:
+            self.model.sync_gradients()
+        self.optimizer.step()
+        self.step += 1
+        wrong = (logits.argmax(1) != labels).sum()
+        return loss.detach(), wrong
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteLoss if any step since the last check had a NaN/inf loss (a host sync)."""
+        if not bool(self.finite):
+            raise NonFiniteLoss(f"the loss became non-finite before step {self.step}")
+
+    def grad_norms(self) -> dict:
+        """Per-layer weight-gradient norms: a stalled start shows as tiny, flat norms."""
+        return {name.rsplit(".", 1)[0]: round(p.grad.norm().item(), 6) for name, p in self.model.named_parameters()
+                if name.endswith("weight") and p.grad is not None}
+
+    # -------------------------------------------------------------- epochs
+    def train_epoch(self, epoch: int) -> dict:
+        config, session = self.config, self.session
+        self.model.train()
+        set_lr(self.optimizer, self.schedule.lr)
+        steps_left = len(self.train_loader) - self.train_loader.position
+        bar = tqdm(total=steps_left, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not session.is_main,
+                   unit="step", dynamic_ncols=True, leave=True)
+        loss_sum = torch.zeros((), device=session.device)
+        wrong_sum = torch.zeros((), device=session.device, dtype=torch.int64)
+        seen, start, norms = 0, time.perf_counter(), {}
+        for images, labels in self.train_loader:
+            loss, wrong = self.train_step(images, labels)
+            loss_sum += loss * len(labels)
+            wrong_sum += wrong
+            seen += len(labels)
+            bar.update(1)
+            if self.step % config.log_every == 0 or seen == len(labels):
+                self.check_finite()
+                norms = self.grad_norms()
+                rate = seen * session.data_world / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.schedule.lr:.0e}", img_s=f"{rate:.0f}")
+                if session.is_main:
+                    bar.write(f"step {self.step}: loss {loss.item():.4f} (chance "
+                              f"{math.log(self.store.num_classes):.3f}), weight-gradient norms "
+                              + " ".join(f"{k} {v:.2e}" for k, v in norms.items()))
+            if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                self.save()
+            if config.max_steps is not None and self.step >= config.max_steps:
+                break
+        bar.close()
+        totals = torch.stack([loss_sum, wrong_sum.to(loss_sum.dtype), torch.tensor(float(seen), device=session.device)])
+        if session.layout is not None and session.layout.replicas > 1:
+            torch.distributed.all_reduce(totals)  # sums over both ranks of every replica
+            totals /= 2  # the two ranks of a pair saw the same images
+        loss_total, wrong_total, n = totals.tolist()
+        elapsed = time.perf_counter() - start
+        return {"train_loss": loss_total / max(n, 1), "train_top1": wrong_total / max(n, 1), "images": int(n),
+                "train_time_s": elapsed, "images_per_s": n / elapsed if elapsed else 0.0, "grad_norms": norms}
+
+    def validate(self) -> tuple[float, float]:
+        counts = evaluate(self.model, self.val_loader, self.config.eval_views)
+        if self.session.layout is not None and self.session.layout.replicas > 1:
+            torch.distributed.all_reduce(counts)
+            counts /= 2
+        return error_rates(counts)
+
+    def run(self) -> dict:
+        config, session = self.config, self.session
+        self._banner()
+        start, epoch, last = time.perf_counter(), self.train_loader.epoch, None
+        while epoch < config.epochs and not self.schedule.finished:
+            record = self.train_epoch(epoch)
+            partial = 0 < self.train_loader.position < len(self.train_loader)  # max_steps stopped it mid-epoch
+            if partial:
+                self.save()
+                break
+            top1, top5 = self.validate()
+            event = self.schedule.step(top1)
+            best = top1 < self.best_top1
+            self.best_top1 = min(self.best_top1, top1)
+            record.update(epoch=epoch + 1, step=self.step, lr=self.optimizer.param_groups[0]["lr"], val_top1=top1,
+                          val_top5=top5, chance_top1=1 - 1 / self.store.num_classes, schedule=event)
+            self.save(best=best)
+            if session.is_main:
+                self.metrics.append(record)
+                stalled = record["train_loss"] > 0.98 * math.log(self.store.num_classes)
+                session.print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, train top-1 "
+                              f"{record['train_top1']:.1%}, val top-1 {top1:.1%}, top-5 {top5:.1%} "
+                              f"(chance {record['chance_top1']:.1%}); lr {record['lr']:.0e} -> {event}"
+                              + ("; STALLED at chance: the paper's init is known to sit here for a while - "
+                                 "watch the gradient norms above" if stalled else ""))
+            last = record
+            epoch += 1
+            if config.max_steps is not None and self.step >= config.max_steps:
+                break
+        return self._summary(last, time.perf_counter() - start)
+
+    def _banner(self) -> None:
+        c, s, m = self.config, self.session, self.model_config
+        n_params = sum(p.numel() for p in self.model.parameters())
+        where = "1 process" if s.layout is None else (f"{s.layout.world_size} ranks ({s.layout.backend}): "
+                                                       f"{s.layout.replicas} replica(s) x 2 columns")
+        s.print(f"alexnet.train: {where} on {s.device}, ops={m.ops}, precision={c.precision}, "
+                f"channels_last={m.channels_last}")
+        s.print(f"  data: {self.store.path} ({self.store.num_classes} classes, {len(self.store.split('train'))} train"
+                f" / {len(self.store.split('val'))} val images{', the demo dataset' if c.data is None else ''})")
+        s.print(f"  model: {n_params:,} parameters{' on this rank' if s.layout else ''}, input {c.image_size} px; "
+                f"lrn={c.lrn} overlap_pool={c.overlap_pool} activation={c.activation} columns={c.columns}")
+        s.print(f"  recipe: batch {c.batch_size}, lr {c.lr} (/10 after {c.patience} epochs without a new best, "
+                f"{c.lr_reductions} times), momentum {c.momentum}, weight decay {c.weight_decay}, "
+                f"up to {c.epochs} epochs of {len(self.train_loader)} steps; outputs in {self.out}")
+        if s.layout is not None:
+            from .parallel import exchange_plan, format_plan
+
+            s.print(format_plan(exchange_plan(self.model_config, c.batch_size, self.dtype.itemsize,
+                                              s.layout.replicas), c.batch_size))
+        if self.resumed_from:
+            s.print(f"  resumed from {self.resumed_from} at epoch {self.train_loader.epoch + 1}, "
+                    f"step {self.step}")
+
+    def _summary(self, last: dict | None, elapsed: float) -> dict:
+        summary = {"steps": self.step, "time_s": elapsed, "best_val_top1": self.best_top1, "out": str(self.out)}
+        if last:
+            summary.update(val_top1=last["val_top1"], val_top5=last["val_top5"], images_per_s=last["images_per_s"])
+            self.session.print(
+                f"done: {self.step} steps in {elapsed / 60:.1f} min ({last['images_per_s']:.0f} images/s); "
+                f"final val top-1 {last['val_top1']:.1%}, top-5 {last['val_top5']:.1%}, best top-1 "
+                f"{self.best_top1:.1%} (chance {1 - 1 / self.store.num_classes:.1%}); checkpoints, "
+                f"metrics.jsonl and curves.png in {self.out}")
+        else:
+            self.session.print(f"stopped after {self.step} steps; checkpoint in {self.out}")
+        return summary
+
+
+def run(config: TrainConfig) -> int:
+    trainer = None
+    try:
+        trainer = Trainer(config)
+        trainer.run()
+        return 0
+    except NonFiniteLoss as err:
+        print(f"alexnet.train: {err}. Stopped; the last good checkpoint in {config.out} is intact "
+              "(try a lower --lr, or --precision fp32).", flush=True)
+        return 2
+    finally:
+        if trainer is not None:
+            trainer.train_loader.close()
+            trainer.val_loader.close()
+            trainer.session.close()
