@@ -47,3 +47,23 @@ def load(path: str | os.PathLike, map_location="cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def model_from_checkpoint(path, ops: str = "auto", device=None):
+    """(model, checkpoint): the single-device model of a checkpoint written by alexnet.train
+    (whatever layout trained it: checkpoints hold the single-device layout), in eval mode."""
+    from dataclasses import fields
+
+    from .config import AlexNetConfig
+    from .model import AlexNet
+
+    ckpt = load(path)
+    if "model_config" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path} is not a checkpoint written by alexnet.train")
+    known = {f.name for f in fields(AlexNetConfig)}
+    saved = {k: v for k, v in ckpt["model_config"].items() if k in known}
+    config = AlexNetConfig(**{**saved, "ops": ops, "channels_last": None, "dropout_seed": 0})
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = AlexNet(config).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
