@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "conv2d", "sgd_step_"]
+__all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "conv2d", "sgd_step_", "augment"]
 
 
 def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
@@ -80,3 +80,29 @@ def sgd_step_(weights, velocity, grads, lr, momentum: float = 0.9, weight_decay:
     weights.add_(velocity)
     if low_precision_out is not None:
         low_precision_out.copy_(weights)
+
+
+def augment(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, shift: torch.Tensor,
+            mean: torch.Tensor, size: int = 224, dtype: torch.dtype = torch.float32,
+            channels_last: bool = False) -> torch.Tensor:
+    """Crop, flip, subtract the mean image, add the lighting shift (kernels/augment.py):
+
+        y[n, c, h, w] = x[n, top + h, col, c] - mean[top + h, col, c] + shift[n, c]
+        col = left + (size - 1 - w if flip[n] else w),   (top, left) = offsets[n]
+
+    images uint8 (B, H, W, 3); offsets (B, 2); flips (B,); shift (B, 3); mean (H, W, 3).
+    Returns (B, 3, size, size) in `dtype` (float64 computes in float64, else float32),
+    channels_last if asked. Offsets outside the image raise (on any device: this syncs)."""
+    from .augment import check_augment_args  # the checks the kernel makes, minus the device
+
+    check_augment_args(images, offsets, flips, shift, mean, size, check_values=True)
+    batch = images.shape[0]
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    steps = torch.arange(size, device=images.device)
+    rows = offsets[:, 0, None].long() + steps                                         # (B, size)
+    cols = offsets[:, 1, None].long() + torch.where(flips.bool()[:, None], size - 1 - steps, steps)
+    r, c = rows[:, :, None], cols[:, None, :]                                         # (B, size, size)
+    crop = images[torch.arange(batch, device=images.device)[:, None, None], r, c].to(compute)
+    y = crop - mean.to(compute)[r, c] + shift.to(compute)[:, None, None, :]          # (B, size, size, 3)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return y.permute(0, 3, 1, 2).to(dtype).contiguous(memory_format=fmt)

@@ -1,0 +1,187 @@
+"""Reading an ImageNet-style source tree: which files, which labels, and one image as pixels.
+
+Accepted layouts of SRC (the torchvision ImageFolder convention, and ILSVRC's flat val):
+
+    SRC/train/<class>/**/<image>     required; the sorted class folder names are the classes
+    SRC/val/<class>/**/<image>       class folders named like train's, or
+    SRC/val/<image>                  a flat folder plus a labels file (see `read_labels_file`)
+
+Images are files with an image extension (`IMAGE_EXTENSIONS`, any case); other files are
+listed as ignored, hidden files are not looked at. `load_image` turns any Pillow-readable
+image (JPEG, PNG, ...; greyscale, 16-bit, palette, CMYK, with alpha) into the paper's
+input (section 2): RGB, shorter side resized to `size`, the central size x size patch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class SourceError(ValueError):
+    """SRC (or a labels file) is not laid out as described in this module's docstring."""
+
+
+@dataclass
+class SplitSource:
+    name: str
+    files: list[str] = field(default_factory=list)  # relative to SRC, sorted
+    labels: list[int] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # non-image files
+
+
+def _walk(folder: Path):
+    """Non-hidden files under folder, recursively, as sorted paths relative to it."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [os.path.relpath(os.path.join(root, f), folder) for f in files if not f.startswith(".")]
+    return sorted(found)
+
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _subdirs(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def scan_class_folders(src: Path, split: str, classes: list[str]) -> SplitSource:
+    out = SplitSource(split)
+    index = {c: i for i, c in enumerate(classes)}
+    for name in _subdirs(src / split):
+        if name not in index:
+            raise SourceError(f"{src / split / name}: class {name!r} is not among train's {len(classes)} classes")
+        for rel in _walk(src / split / name):
+            path = f"{split}/{name}/{rel}"
+            if _is_image(rel):
+                out.files.append(path)
+                out.labels.append(index[name])
+            else:
+                out.ignored.append(path)
+    return out
+
+
+def read_labels_file(path, files: list[str], classes: list[str], class_index: list[str] | None = None) -> list[int]:
+    """Labels of `files` (names in a flat folder, sorted) from a labels file in either form:
+
+    - one integer per line: the 1-based class index of the i-th file in sorted file-name
+      order (ILSVRC's `ILSVRC2012_validation_ground_truth.txt`). Index k names the class on
+      line k of `class_index` (one class name per line); without it, classes[k-1]. ILSVRC's
+      indices are its ILSVRC2012_IDs, which are NOT the sorted order of the class folder
+      names: pass the class names in ID order as class_index.
+    - "<file> <class>" per line, separated by whitespace or a comma, the file named with or
+      without its extension, the class by name (a first line that is neither, like a CSV
+      header "ImageId,PredictionString", is skipped; tokens after the class are ignored).
+    Blank lines and lines starting with '#' are ignored.
+    """
+    lines = [ln.strip() for ln in Path(path).read_text().splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    index = {c: i for i, c in enumerate(classes)}
+    if lines and all(re.fullmatch(r"\d+", ln) for ln in lines):
+        names = class_index if class_index is not None else classes
+        if len(lines) != len(files):
+            raise SourceError(f"{path}: {len(lines)} class indices for {len(files)} images")
+        labels = []
+        for ln_no, ln in enumerate(lines, 1):
+            k = int(ln)
+            if not 1 <= k <= len(names):
+                raise SourceError(f"{path}:{ln_no}: class index {k} outside 1..{len(names)}")
+            if names[k - 1] not in index:
+                raise SourceError(f"{path}:{ln_no}: class {names[k - 1]!r} (index {k}) is not a train class")
+            labels.append(index[names[k - 1]])
+        return labels
+
+    by_name = {}
+    for i, f in enumerate(files):
+        base = os.path.basename(f)
+        by_name[base] = by_name[os.path.splitext(base)[0]] = i
+    labels = [None] * len(files)
+    for ln_no, ln in enumerate(lines, 1):
+        tokens = re.split(r"[\s,]+", ln)
+        if len(tokens) < 2 or tokens[1] not in index:
+            if ln_no == 1 and (len(tokens) < 2 or tokens[0] not in by_name):
+                continue  # a header line
+            raise SourceError(f"{path}:{ln_no}: expected '<file> <class>' with a train class, got {ln!r}")
+        if tokens[0] in by_name:  # labels of files that are not there are not an error
+            labels[by_name[tokens[0]]] = index[tokens[1]]
+    missing = [files[i] for i, lab in enumerate(labels) if lab is None]
+    if missing:
+        raise SourceError(f"{path}: no label for {len(missing)} images, e.g. {missing[:3]}")
+    return labels
+
+
+def scan_source(src, val_labels=None, class_index=None) -> tuple[list[str], list[SplitSource]]:
+    """(classes, [train, val]) found in SRC (val only when SRC/val exists)."""
+    src = Path(src)
+    if not (src / "train").is_dir():
+        raise SourceError(f"{src} has no train/ folder (expected SRC/train/<class>/<images>)")
+    classes = _subdirs(src / "train")
+    if not classes:
+        raise SourceError(f"{src / 'train'} has no class folders")
+    splits = [scan_class_folders(src, "train", classes)]
+    val = src / "val"
+    if val.is_dir():
+        if _subdirs(val):
+            if val_labels is not None:
+                raise SourceError(f"{val} has class folders: a labels file is only for a flat val folder")
+            splits.append(scan_class_folders(src, "val", classes))
+        else:
+            names = [f for f in _walk(val)]
+            flat = SplitSource("val", files=[f"val/{f}" for f in names if _is_image(f)],
+                               ignored=[f"val/{f}" for f in names if not _is_image(f)])
+            if flat.files:
+                if val_labels is None:
+                    raise SourceError(f"{val} holds images but no class folders: pass the labels file (--val-labels)")
+                index_names = Path(class_index).read_text().split() if class_index is not None else None
+                flat.labels = read_labels_file(val_labels, flat.files, classes, index_names)
+            splits.append(flat)
+    elif val_labels is not None:
+        raise SourceError(f"a labels file was given but {val} does not exist")
+    return classes, splits
+
+
+# ------------------------------------------------------------------------------- decoding
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit RGB: 16-bit/int/float greyscale scaled to 0..255,
+    transparency composited over white, CMYK/palette/greyscale converted."""
+    if img.mode.startswith("I") or img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode != "F" and (img.mode.startswith("I;16") or a.max() > 255):
+            a = a / 257.0  # 16-bit range to 8-bit
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img.convert("RGB")
+
+
+def load_image(path, size: int = 256) -> np.ndarray:
+    """uint8 (size, size, 3): the image's shorter side resized to `size` (Lanczos), then its
+    central size x size patch. Raises on unreadable or truncated files."""
+    with Image.open(path) as img:
+        w, h = img.size
+        side = min(w, h)
+        # Central square in source pixels (exact, fractional for odd differences); resizing
+        # just this box to size x size equals resizing the whole image and cropping.
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        if img.format == "JPEG":
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while that keeps >= 2x the target
+            # resolution (what Pillow's thumbnail does): big JPEGs decode several times faster.
+            goal = 2 * size / side
+            drafted = img.draft(None, (max(1, math.ceil(w * goal)), max(1, math.ceil(h * goal))))
+            if drafted is not None:
+                scale = drafted[1][2] / w
+                box = tuple(v * scale for v in box)
+        img.load()  # decode now: errors (truncation, corrupt data) surface here
+        rgb = _to_rgb(img)
+        out = rgb.resize((size, size), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+        return np.asarray(out, dtype=np.uint8)

@@ -1,0 +1,123 @@
+"""Training-time augmentation in one pass: crop, flip, mean subtraction and PCA lighting
+(paper sections 2 and 4.1), from uint8 images to the model's input.
+
+    y[n, c, h, w] = x[n, top + h, col, c] - mean[top + h, col, c] + shift[n, c]
+    col = left + (size - 1 - w if flip[n] else w),   (top, left) = offsets[n]
+
+x is a uint8 batch (B, H, W, 3), NHWC as the store holds it (256x256 images in the paper);
+mean is the float32 (H, W, 3) mean image, subtracted at the pixels the crop reads (the
+paper subtracts it from the whole image, then crops); shift is the per-image RGB offset of
+PCA lighting (B, 3), zero for evaluation. y is (B, 3, size, size) in the requested dtype,
+contiguous NCHW or channels_last. The random draws are made elsewhere
+(`alexnet.augment.draw`), so the kernel and its reference `kernels.reference.augment` can
+be fed the same ones.
+
+Each program writes BLOCK consecutive elements of one image's output in storage order
+(coalesced stores, either layout) and reads the matching input bytes, which are contiguous
+runs of the input row (reversed runs when flipped). Offsets outside [0, H - size] x
+[0, W - size] raise when they are on the CPU; on the GPU checking them would cost a host
+sync, so the kernel clamps them instead and can never read outside the image.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import FLOAT_DTYPES, cdiv, check_same_device, check_tensor, interpreting
+
+__all__ = ["augment"]
+
+
+@triton.jit
+def _augment_kernel(
+    x_ptr, mean_ptr, offsets_ptr, flips_ptr, shift_ptr, y_ptr,
+    height, width, max_top, max_left,
+    SIZE: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """x (B, height, width, 3) uint8 and mean (height, width, 3) fp32, contiguous;
+    offsets (B, 2) int32; flips (B,) uint8; shift (B, 3) fp32; y (B, 3, SIZE, SIZE) dense
+    in NCHW or (CHANNELS_LAST) NHWC storage order. Grid: (cdiv(3 * SIZE * SIZE, BLOCK), B)."""
+    n = tl.program_id(1)
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # element index in the image's output storage
+    mask = e < 3 * SIZE * SIZE
+    if CHANNELS_LAST:
+        c = e % 3
+        w = (e // 3) % SIZE
+        h = e // (3 * SIZE)
+    else:
+        w = e % SIZE
+        h = (e // SIZE) % SIZE
+        c = e // (SIZE * SIZE)
+
+    top = tl.minimum(tl.maximum(tl.load(offsets_ptr + 2 * n), 0), max_top)
+    left = tl.minimum(tl.maximum(tl.load(offsets_ptr + 2 * n + 1), 0), max_left)
+    flip = tl.load(flips_ptr + n) != 0
+    col = left + tl.where(flip, SIZE - 1 - w, w)
+    pix = ((top + h) * width + col) * 3 + c  # offset within one image (and in the mean image)
+
+    x = tl.load(x_ptr + n.to(tl.int64) * (height * width * 3) + pix, mask=mask, other=0).to(tl.float32)
+    m = tl.load(mean_ptr + pix, mask=mask, other=0.0)
+    s = tl.load(shift_ptr + 3 * n + c, mask=mask, other=0.0)
+    y = x - m + s
+    tl.store(y_ptr + n.to(tl.int64) * (3 * SIZE * SIZE) + e, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------------------ launcher
+def check_augment_args(images, offsets, flips, shift, mean, size: int, check_values: bool) -> None:
+    """The checks the kernel and the reference share: shapes, dtypes, one device, and if
+    check_values the offsets' range (a host sync for device tensors)."""
+    if images.dim() != 4 or images.shape[3] != 3:
+        raise ValueError(f"images must be (B, H, W, 3) uint8 NHWC, got shape {tuple(images.shape)}")
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8, got {images.dtype}")
+    batch, height, width, _ = images.shape
+    if not isinstance(size, int) or not 0 < size <= min(height, width):
+        raise ValueError(f"crop size must be an int in 1..{min(height, width)}, got {size!r}")
+    expected = {"offsets": (offsets, (batch, 2)), "flips": (flips, (batch,)), "shift": (shift, (batch, 3)),
+                "mean": (mean, (height, width, 3))}
+    for name, (t, shape) in expected.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} for images of shape {tuple(images.shape)}, "
+                             f"got {tuple(t.shape)}")
+    if offsets.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"offsets must be int32 or int64 (top, left) pairs, got {offsets.dtype}")
+    if flips.dtype not in (torch.bool, torch.uint8):
+        raise TypeError(f"flips must be bool or uint8, got {flips.dtype}")
+    if shift.dtype != torch.float32 or mean.dtype != torch.float32:
+        raise TypeError(f"shift and mean must be float32, got {shift.dtype} and {mean.dtype}")
+    check_same_device(("images", images), ("offsets", offsets), ("flips", flips), ("shift", shift), ("mean", mean))
+    if check_values and batch > 0:
+        top, left = offsets[:, 0], offsets[:, 1]
+        if top.min() < 0 or left.min() < 0 or top.max() > height - size or left.max() > width - size:
+            raise ValueError(f"crop offsets must lie in [0, {height - size}] x [0, {width - size}] for "
+                             f"{size}x{size} crops of {height}x{width} images")
+
+
+def augment(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, shift: torch.Tensor,
+            mean: torch.Tensor, size: int = 224, dtype: torch.dtype = torch.float32,
+            channels_last: bool = False) -> torch.Tensor:
+    """(B, 3, size, size) crops of uint8 NHWC `images` at per-image (top, left) `offsets`,
+    horizontally flipped where `flips`, minus `mean` at the same pixels, plus `shift[n]`
+    per image (see the module docstring). Output in `dtype`, channels_last if asked."""
+    check_tensor(images, "images", ndim=4, dtypes=(torch.uint8,))
+    check_augment_args(images, offsets, flips, shift, mean, size, check_values=offsets.device.type == "cpu")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"output dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+    batch, height, width, _ = images.shape
+    if batch > 65535:
+        raise ValueError(f"batch {batch} is larger than the 65535 images one launch handles")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    y = torch.empty((batch, 3, size, size), dtype=dtype, device=images.device, memory_format=fmt)
+    if batch == 0:
+        return y
+    images, mean, shift = images.contiguous(), mean.contiguous(), shift.contiguous()
+    offsets = offsets.to(torch.int32).contiguous()
+    flips = flips.contiguous().view(torch.uint8) if flips.dtype == torch.bool else flips.contiguous()
+    block = 1024 if interpreting() else 2048
+    grid = (cdiv(3 * size * size, block), batch)
+    _augment_kernel[grid](images, mean, offsets, flips, shift, y, height, width, height - size, width - size,
+                          SIZE=size, CHANNELS_LAST=channels_last, BLOCK=block, num_warps=4)
+    return y
