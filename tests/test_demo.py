@@ -1,0 +1,62 @@
+"""alexnet.demo: the synthetic dataset is deterministic, balanced, decodable and prepared once."""
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet import demo
+from alexnet.store import Store
+
+
+def _digest(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*.jpg"))}
+
+
+def test_generate_is_deterministic_and_balanced(tmp_path):
+    a = demo.generate(tmp_path / "a", seed=3, train_per_class=2, val_per_class=1)
+    b = demo.generate(tmp_path / "b", seed=3, train_per_class=2, val_per_class=1)
+    c = demo.generate(tmp_path / "c", seed=4, train_per_class=2, val_per_class=1)
+    da, db, dc = _digest(a), _digest(b), _digest(c)
+    assert da == db  # same bytes
+    assert da.keys() == dc.keys() and all(da[k] != dc[k] for k in da)  # another seed: other images
+    assert len(da) == 30
+    for split, n in (("train", 2), ("val", 1)):
+        assert sorted(p.name for p in (a / split).iterdir()) == sorted(demo.CLASSES)
+        for cls in demo.CLASSES:
+            assert len(list((a / split / cls).glob("*.jpg"))) == n
+    sizes = set()
+    for path in a.rglob("*.jpg"):
+        with Image.open(path) as img:
+            img.load()
+            assert img.mode == "RGB" and img.format == "JPEG"
+            assert 180 <= min(img.size) and max(img.size) <= 400
+            sizes.add(img.size)
+    assert len(sizes) > 20  # varied sizes and aspect ratios
+
+
+def test_colour_does_not_give_the_class_away():
+    """Mean colours of two classes overlap: the class is in the shape."""
+    means = {cls: [np.asarray(demo.draw_image(cls, np.random.default_rng([0, i])), float).mean()
+                   for i in range(12)] for cls in ("circle", "stripes")}
+    lo, hi = sorted(means.values(), key=np.mean)
+    assert max(lo) > min(hi)
+
+
+def test_ensure_demo_store_builds_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    path = demo.ensure_demo_store(train_per_class=2, val_per_class=1, workers=1, log=lambda *a: None)
+    assert path.is_relative_to(tmp_path / "cache")
+    store = Store(path)
+    assert store.classes == sorted(demo.CLASSES) and store.image_size == 256
+    assert np.bincount(store.split("train").labels).tolist() == [2] * 10
+    assert len(store.split("val")) == 10
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the demo was built again")
+
+    monkeypatch.setattr(demo, "generate", fail)
+    assert demo.ensure_demo_store(train_per_class=2, val_per_class=1) == path
+    with pytest.raises(AssertionError, match="built again"):  # other counts: another dataset
+        demo.ensure_demo_store(tmp_path / "cache", train_per_class=3, val_per_class=1, workers=1)
