@@ -43,7 +43,7 @@ def _colour(rng) -> np.ndarray:
 
 def _background(rng, w: int, h: int) -> Image.Image:
     """A flat colour, a linear gradient at a random angle, or smooth colour noise."""
-    kind = rng.integers(3)
+    kind = rng.choice(3, p=[0.4, 0.4, 0.2])
     if kind == 0:
         return Image.new("RGB", (w, h), tuple(int(v) for v in _colour(rng)))
     if kind == 1:  # a linear gradient: exact at 16x16, and bilinear resizing keeps it linear
@@ -81,9 +81,9 @@ def _mask(cls: str, rng, w: int, h: int) -> Image.Image:
     """Greyscale (L) coverage of the class's object, 255 inside."""
     s = SUPERSAMPLE
     side = min(w, h)
-    r = rng.uniform(0.22, 0.38) * side * s  # object radius; the prepared 256x256 crop keeps it
-    cx = (w / 2 + rng.uniform(-0.12, 0.12) * side) * s
-    cy = (h / 2 + rng.uniform(-0.12, 0.12) * side) * s
+    r = rng.uniform(0.28, 0.4) * side * s  # object radius; the prepared 256x256 crop keeps it
+    cx = (w / 2 + rng.uniform(-0.08, 0.08) * side) * s
+    cy = (h / 2 + rng.uniform(-0.08, 0.08) * side) * s
     a = rng.uniform(0, 2 * math.pi)
     img = Image.new("L", (w * s, h * s), 0)
     d = ImageDraw.Draw(img)
@@ -127,7 +127,7 @@ def draw_image(cls: str, rng) -> Image.Image:
     while np.linalg.norm(fg - bg_mean) < 120:  # visible against the background
         fg = _colour(rng)
     img = Image.composite(Image.new("RGB", (w, h), tuple(int(v) for v in fg)), bg, _mask(cls, rng, w, h))
-    noise = rng.normal(0.0, rng.uniform(2, 10), (h, w, 1)).astype(np.float32)
+    noise = rng.normal(0.0, rng.uniform(2, 6), (h, w, 1)).astype(np.float32)
     return Image.fromarray(np.clip(np.asarray(img, np.float32) + noise, 0, 255).round().astype(np.uint8), "RGB")
 
 

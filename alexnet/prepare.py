@@ -52,20 +52,20 @@ def default_workers() -> int:
 class _Worker:
     """Decodes chunks of files into the split memmaps; keeps training-set sums."""
 
-    def __init__(self, image_paths: dict[str, str], size: int):
-        self.image_paths, self.size = image_paths, size
+    def __init__(self, src: str, image_paths: dict[str, str], size: int):
+        self.src, self.image_paths, self.size = Path(src), image_paths, size
         self.images: dict[str, np.memmap] = {}
         self.stats = PixelStats(size)
 
     def run(self, task) -> tuple[str, int, list]:
-        """task = (split, first row, [(file, path)]); returns (split, n, [(row, file, reason)])."""
+        """task = (split, first row, [file relative to SRC]); returns (split, n, [(row, file, reason)])."""
         split, start, files = task
         if split not in self.images:
             self.images[split] = np.load(self.image_paths[split], mmap_mode="r+")
         out, failed = self.images[split], []
-        for row, (rel, path) in enumerate(files, start):
+        for row, rel in enumerate(files, start):
             try:
-                image = load_image(path, self.size)
+                image = load_image(self.src / rel, self.size)
             except Exception as e:  # any unreadable file is skipped, never fatal
                 failed.append((row, rel, f"{type(e).__name__}: {e}"))
                 continue
@@ -81,8 +81,8 @@ class _Worker:
         return self.stats
 
 
-def _worker_main(tasks, results, image_paths, size):
-    worker = _Worker(image_paths, size)
+def _worker_main(tasks, results, src, image_paths, size):
+    worker = _Worker(src, image_paths, size)
     try:
         for task in iter(tasks.get, None):
             results.put(("chunk", worker.run(task)))
@@ -91,7 +91,7 @@ def _worker_main(tasks, results, image_paths, size):
         results.put(("error", traceback.format_exc()))
 
 
-def _run_tasks(tasks: list, image_paths: dict, size: int, workers: int, bar) -> tuple[list, PixelStats]:
+def _run_tasks(tasks: list, src, image_paths: dict, size: int, workers: int, bar) -> tuple[dict, PixelStats]:
     """Run every task; returns ([(row, file, reason)] per split, training-set sums)."""
     failed: dict[str, list] = {}
     stats = PixelStats(size)
@@ -104,7 +104,7 @@ def _run_tasks(tasks: list, image_paths: dict, size: int, workers: int, bar) -> 
             bar.set_postfix(skipped=sum(len(v) for v in failed.values()))
 
     if workers <= 1:
-        worker = _Worker(image_paths, size)
+        worker = _Worker(src, image_paths, size)
         for task in tasks:
             done(worker.run(task))
         stats += worker.close()
@@ -113,7 +113,7 @@ def _run_tasks(tasks: list, image_paths: dict, size: int, workers: int, bar) -> 
     import multiprocessing as mp
     ctx = mp.get_context("spawn")  # no fork of a (possibly multi-threaded) parent
     task_q, result_q = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=_worker_main, args=(task_q, result_q, image_paths, size), daemon=True)
+    procs = [ctx.Process(target=_worker_main, args=(task_q, result_q, str(src), image_paths, size), daemon=True)
              for _ in range(workers)]
     for p in procs:
         p.start()
@@ -166,11 +166,11 @@ def prepare(src, out, *, workers: int | None = None, force: bool = False, val_la
             writer.create_images(s.name, len(s.files))
             image_paths[s.name] = str(writer.images_path(s.name))
             for start in range(0, len(s.files), CHUNK):
-                tasks.append((s.name, start, [(f, str(src / f)) for f in s.files[start:start + CHUNK]]))
+                tasks.append((s.name, start, s.files[start:start + CHUNK]))
         workers = max(1, min(workers or default_workers(), len(tasks)))
         total = sum(len(s.files) for s in splits)
         with tqdm(total=total, unit="img", desc=f"preparing {src}", disable=not progress, smoothing=0.05) as bar:
-            failed, stats = _run_tasks(tasks, image_paths, image_size, workers, bar)
+            failed, stats = _run_tasks(tasks, src, image_paths, image_size, workers, bar)
 
         report = {"source": str(src.resolve()), "image_size": image_size, "num_classes": len(classes),
                   "workers": workers, "splits": {}}
@@ -183,12 +183,18 @@ def prepare(src, out, *, workers: int | None = None, force: bool = False, val_la
                 "per_class": np.bincount(labels, minlength=len(classes)).tolist(),
                 "skipped_files": [{"file": f, "reason": r} for _, f, r in skipped], "ignored_files": s.ignored}
         if stats.count == 0:
-            raise PrepareError(f"no readable image in {src / 'train'}: see the reasons above")
+            first = report["splits"]["train"]["skipped_files"][0]
+            raise PrepareError(f"no readable image in {src / 'train'}; e.g. {first['file']}: {first['reason']}")
         report["seconds"] = round(time.time() - t0, 1)
         writer.finish(classes, stats.mean_image(), stats.pca(), report)
     except BaseException:
         writer.abort()
         raise
+    for name, v in report["splits"].items():
+        for s in v["skipped_files"][:5]:
+            log(f"skipped {s['file']}: {s['reason']}")
+        if v["skipped"] > 5:
+            log(f"... and {v['skipped'] - 5} more in {name}")
     summary = ", ".join(f"{k} {v['images']:,} images ({v['skipped']} skipped)" for k, v in report["splits"].items())
     log(f"wrote {out}: {len(classes)} classes, {summary} in {report['seconds']:.0f} s; report: {out / 'report.json'}")
     return out
@@ -212,8 +218,8 @@ def _compact(images: np.memmap, split, skipped: list) -> tuple[np.ndarray, list[
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m alexnet.prepare", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Turn an ImageNet-style folder tree into the store AlexNet trains from: every image's "
-                    "shorter side resized to 256 and its central 256x256 patch kept (paper section 2), as "
+        description="Turn an ImageNet-style folder tree into the store AlexNet trains from: every image's\n"
+                    "shorter side resized to 256 and its central 256x256 patch kept (paper section 2), as\n"
                     "memory-mappable uint8 arrays, with the training set's mean image and RGB PCA.",
         epilog="SRC layouts:\n"
                "  SRC/train/<class>/<images>   required; class names = sorted folder names\n"

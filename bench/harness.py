@@ -45,6 +45,29 @@ def compare(benchmark, name: str, ours, baseline, *, nbytes: float | None = None
     return row
 
 
+def throughput(benchmark, name: str, run, items: int, *, rounds: int = 5, target: float | None = None) -> dict:
+    """Time `run()`, which processes `items` items and returns when they are done on the
+    device, `rounds` times (wall clock, after one warm-up run); record the median as a row
+    with items/s (and its ratio to `target` items/s) and hand `run` to pytest-benchmark."""
+    import statistics
+    import time
+
+    run()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    row = {"name": name, "ours_ms": seconds * 1e3, "items_per_s": items / seconds}
+    if target:
+        row["x_target"] = items / seconds / target
+    ROWS.append(row)
+    benchmark.extra_info.update(row)
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    return row
+
+
 def format_table(rows: list[dict]) -> str:
     cols = []
     for r in rows:
