@@ -9,13 +9,15 @@ Ten classes of procedurally drawn objects and textures, each image a JPEG of ran
 drawn at a random scale, position and rotation on a random background (flat, a gradient or
 smooth colour noise), in random colours chosen independently of the class: the class is in
 the shape, never in the colour, so the mean colour says nothing and learning has to find
-edges and corners (the shapes are large and high-contrast, so AlexNet learns them in minutes).
+edges and corners. The shapes are large and high-contrast: a small CNN gets from 88% to under
+50% validation error in a minute on a 2-core CPU.
 
 `generate(root)` writes root/train/<class>/*.jpg and root/val/<class>/*.jpg; every image
 comes from its own seed (seed, split, class, index), so the same arguments give the same
 bytes. `ensure_demo_store()` generates the tree once into a cache directory
-(ALEXNET_CACHE or ~/.cache/alexnet-triton), prepares it with the same code as ImageNet
-(`alexnet.prepare`) and returns the store's path; later calls reuse it.
+(ALEXNET_CACHE or ~/.cache/alexnet-triton, under demo/v<VERSION>-seed<S>-<train>x<val>/
+images), prepares it with the same code as ImageNet (`alexnet.prepare`) into store-<size>
+beside it and returns the store's path; later calls reuse both.
 
     python -m alexnet.demo            # build (or find) the demo store and print its path
 """
@@ -166,14 +168,15 @@ def _lock(path: Path):
 
 
 def ensure_demo_store(cache_dir=None, *, seed: int = 0, train_per_class: int = 80, val_per_class: int = 20,
-                      workers: int | None = None, progress: bool = False, log=print) -> Path:
-    """Path of the prepared demo store, generating and preparing it on first use."""
+                      image_size: int = 256, workers: int | None = None, progress: bool = False, log=print) -> Path:
+    """Path of the prepared demo store (images prepared at image_size, the paper's 256 by
+    default), generating the images and preparing them on first use."""
     from .prepare import prepare
     from .store import is_store
 
     base = Path(cache_dir) if cache_dir is not None else default_cache()
     folder = base / "demo" / f"v{VERSION}-seed{seed}-{train_per_class}x{val_per_class}"
-    store = folder / "store"
+    store = folder / f"store-{image_size}"
     if is_store(store):
         return store
     with _lock(base / "demo" / ".lock"):
@@ -183,7 +186,7 @@ def ensure_demo_store(cache_dir=None, *, seed: int = 0, train_per_class: int = 8
         if not (images / "val").is_dir():
             log(f"generating the demo dataset in {images}")
             generate(images, seed=seed, train_per_class=train_per_class, val_per_class=val_per_class)
-        return prepare(images, store, workers=workers, progress=progress, log=log)
+        return prepare(images, store, workers=workers, image_size=image_size, progress=progress, log=log)
 
 
 def main(argv=None) -> int:
@@ -192,9 +195,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train", type=int, default=80, help="training images per class")
     p.add_argument("--val", type=int, default=20, help="validation images per class")
+    p.add_argument("--image-size", type=int, default=256, help="side of the prepared images")
     args = p.parse_args(argv)
     print(ensure_demo_store(args.cache, seed=args.seed, train_per_class=args.train, val_per_class=args.val,
-                            progress=True))
+                            image_size=args.image_size, progress=True))
     return 0
 
 

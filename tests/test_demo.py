@@ -60,3 +60,6 @@ def test_ensure_demo_store_builds_once(tmp_path, monkeypatch):
     assert demo.ensure_demo_store(train_per_class=2, val_per_class=1) == path
     with pytest.raises(AssertionError, match="built again"):  # other counts: another dataset
         demo.ensure_demo_store(tmp_path / "cache", train_per_class=3, val_per_class=1, workers=1)
+    small = demo.ensure_demo_store(image_size=64, train_per_class=2, val_per_class=1, workers=1, log=print)
+    assert small != path and Store(small).image_size == 64  # the same images, prepared at another size
+    assert Store(small).split("val").files() == store.split("val").files()
