@@ -8,8 +8,13 @@ Views: "centre" is the central 224x224 patch of each 256x256 image; "ten" is the
 test-time scheme, the four corner patches and the centre patch and their horizontal
 reflections, with the network's softmax outputs averaged over the ten. Each view goes
 through the same augmentation kernel as training (mean subtracted, no lighting shift).
+
+    python -m alexnet.evaluate runs/alexnet/checkpoint_best.pt --views ten   # the paper's test
 """
 from __future__ import annotations
+
+import argparse
+import sys
 
 import torch
 
@@ -88,3 +93,65 @@ def error_rates(counts: torch.Tensor) -> tuple[float, float]:
     if n == 0:
         raise ValueError("no samples were evaluated")
     return top1 / n, top5 / n
+
+
+def main(argv=None) -> int:
+    """Top-1/top-5 error of a checkpoint written by alexnet.train on a split of a store."""
+    ap = argparse.ArgumentParser(prog="python -m alexnet.evaluate", description=main.__doc__,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("checkpoint", help="checkpoint_best.pt or checkpoint_last.pt from alexnet.train")
+    ap.add_argument("--data", help="prepared store (default: the one the checkpoint was trained on; "
+                                   "the demo store for a demo run)")
+    ap.add_argument("--split", default="val", help="split of the store to evaluate")
+    ap.add_argument("--views", choices=VIEWS, default="ten",
+                    help="ten: the paper's 4 corners + centre and their flips, softmax averaged; centre: one crop")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
+    ap.add_argument("--ops", choices=("auto", "triton", "reference"), default="auto")
+    ap.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    args = ap.parse_args(argv)
+    if args.batch_size < 1:
+        ap.error("--batch-size must be >= 1")
+
+    from .checkpoint import model_from_checkpoint
+    from .data import EvalLoader
+    from .store import Store, is_store
+
+    try:
+        model, ckpt = model_from_checkpoint(args.checkpoint, ops=args.ops, device=args.device)
+    except (FileNotFoundError, ValueError) as err:
+        ap.error(str(err))
+    saved = ckpt["config"]
+    data = args.data if args.data is not None else saved.get("data")
+    if data is None:
+        from .demo import ensure_demo_store
+        from .train import DEMO_STORE_SIZE
+
+        data = ensure_demo_store(image_size=DEMO_STORE_SIZE)
+    elif not is_store(data):
+        ap.error(f"{data} is not a prepared store (make one with `python -m alexnet.prepare`)")
+    store = Store(data)
+    if args.split not in store.splits:
+        ap.error(f"{data} has no split {args.split!r} (it has {', '.join(store.splits)})")
+    if list(store.classes) != list(ckpt["classes"]):
+        ap.error(f"{data} has other classes than the checkpoint was trained on")
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
+    device = next(model.parameters()).device
+    size = saved["image_size"]
+    loader = EvalLoader(store, args.batch_size, device, split=args.split, dtype=dtype,
+                        channels_last=bool(model.config.channels_last), crop_size=size)
+    try:
+        counts = evaluate(model, loader, args.views)
+    finally:
+        loader.close()
+    top1, top5 = error_rates(counts)
+    n = int(counts[0].item())
+    print(f"{args.checkpoint}: {n} {args.split} images of {store.path}, {args.views} view(s) of {size} px, "
+          f"{args.precision}: top-1 error {top1:.2%}, top-5 error {top5:.2%} "
+          f"(chance {1 - 1 / store.num_classes:.1%}, step {ckpt['step']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -67,7 +67,7 @@ def load_small_images(data: str | None, size: int = 32) -> tuple[torch.Tensor, t
 
     store = Store(data if data is not None else ensure_demo_store(image_size=128))
     split = store.split("train")
-    images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2).float() / 255
+    images = torch.from_numpy(np.array(split.images)).permute(0, 3, 1, 2).float() / 255
     images = F.interpolate(images, size=(size, size), mode="area")
     return images, torch.from_numpy(split.labels.astype(np.int64))
 

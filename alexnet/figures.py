@@ -77,7 +77,7 @@ def filters(checkpoint_path, out) -> dict:
 def top5(model, store: Store, indices, device, views: str = "centre") -> tuple[torch.Tensor, torch.Tensor]:
     """(probabilities, classes) of the 5 best classes of validation images `indices`."""
     split = store.split("val")
-    images = torch.from_numpy(split.images[np.sort(indices)]).to(device)
+    images = torch.from_numpy(np.array(split.images[np.sort(indices)])).to(device)
     mean = torch.from_numpy(store.mean).to(device)
     size = model.config.image_size
     probs = sum(torch.softmax(model(x).float(), dim=1) for x in crop_views(images, mean, views, size))
@@ -136,7 +136,7 @@ def fc7_features(model, store: Store, split_name: str, device, batch_size: int =
     model.eval()
     out = []
     for start in range(0, len(split), batch_size):
-        images = torch.from_numpy(split.images[start:start + batch_size]).to(device)
+        images = torch.from_numpy(np.array(split.images[start:start + batch_size])).to(device)
         (x,) = crop_views(images, mean, "centre", size)
         out.append(model.features(x).float())
     return torch.cat(out)
@@ -156,7 +156,8 @@ def nearest_neighbours(queries: torch.Tensor, database: torch.Tensor, k: int = 6
         x = database[start:start + chunk].double()
         d2 = (q_sq - 2 * q @ x.T + x.square().sum(1)[None, :]).clamp_min(0)
         idx = torch.arange(start, start + x.shape[0], device=q.device).expand(q.shape[0], -1)
-        best_d, order = torch.cat([best_d, d2], 1).topk(k, dim=1, largest=False)
+        candidates = torch.cat([best_d, d2], 1)
+        best_d, order = candidates.topk(min(k, candidates.shape[1]), dim=1, largest=False)
         best_i = torch.cat([best_i, idx], 1).gather(1, order)
     return best_d.sqrt(), best_i
 

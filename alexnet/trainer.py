@@ -93,7 +93,8 @@ def resolve_store(config: TrainConfig, session: Session) -> Store:
 def build_model(config: TrainConfig, store: Store, session: Session):
     model_config = AlexNetConfig(num_classes=store.num_classes, image_size=config.image_size, lrn=config.lrn,
                                  overlap_pool=config.overlap_pool, activation=config.activation,
-                                 columns=config.columns, ops=config.ops, dropout_seed=config.seed).resolved()
+                                 columns=config.columns, ops=config.ops, dropout_seed=config.seed,
+                                 init_std=config.init_std, init_bias_one=config.init_bias).resolved()
     torch.manual_seed(config.seed)  # the initial weights (the same on every rank)
     if session.layout is None:
         return AlexNet(model_config).to(session.device), model_config
@@ -348,7 +349,7 @@ class Trainer:
                                               s.layout.replicas), c.batch_size))
         if self.resumed_from:
             s.print(f"  resumed from {self.resumed_from} at epoch {self.train_loader.epoch + 1}, "
-                    f"step {self.step}")
+                    f"step {self.step}, lr {self.schedule.lr:g} (the checkpoint's schedule, not --lr)")
 
     def _summary(self, last: dict | None, elapsed: float) -> dict:
         summary = {"steps": self.step, "time_s": elapsed, "best_val_top1": self.best_top1, "out": str(self.out)}

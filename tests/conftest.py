@@ -66,3 +66,36 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
 def _seed():
     """Every test starts from the same torch seed (hypothesis draws its own inputs)."""
     torch.manual_seed(0)
+
+
+# ------------------------------------------------------------------ a tiny learnable dataset
+TINY_SIDE, TINY_CROP = 66, 63  # 63 px is the smallest input AlexNet takes (pool5 is 1x1)
+
+
+def stripes(n: int, seed: int):
+    """uint8 images (n, 66, 66, 3) of horizontal (label 0) or vertical (label 1) stripes of
+    random period, phase and colours: flips and crops keep the label, colour says nothing."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = np.empty((n, TINY_SIDE, TINY_SIDE, 3), np.uint8)
+    coords = np.arange(TINY_SIDE)
+    for i, label in enumerate(labels):
+        period, phase = rng.integers(6, 14), rng.integers(0, 14)
+        on = ((coords + phase) // (period // 2)) % 2 == 0
+        mask = np.broadcast_to(on[:, None] if label == 0 else on[None, :], (TINY_SIDE, TINY_SIDE))
+        a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        while np.abs(a.astype(int) - b).sum() < 150:
+            b = rng.integers(0, 256, 3)
+        images[i] = np.where(mask[..., None], a, b)
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+    """A prepared store of stripes: 48 training and 20 validation images, two classes."""
+    from alexnet.store import write_arrays
+
+    out = tmp_path_factory.mktemp("stripes") / "store"
+    return write_arrays(out, {"train": stripes(48, 0), "val": stripes(20, 1)}, ["horizontal", "vertical"])

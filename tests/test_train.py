@@ -1,0 +1,154 @@
+"""The training job (alexnet/train.py, alexnet/trainer.py) and the evaluation command, end to end
+on tiny stores: the paper's network at its smallest input (63 px), the reference ops on the CPU."""
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet import checkpoint, evaluate
+from alexnet.train import DEMO, TrainConfig, parse_args
+from alexnet import trainer as trainer_module
+from alexnet.trainer import Trainer, run
+from conftest import TINY_CROP
+
+ROOT = Path(__file__).resolve().parents[1]
+CROP = TINY_CROP
+
+
+@pytest.fixture
+def store(tiny_store):
+    return tiny_store
+
+
+def config(store, out, **changes) -> TrainConfig:
+    base = TrainConfig(data=str(store), out=str(out), image_size=CROP, batch_size=8, epochs=1, log_every=1000,
+                       ops="reference", threads=1)
+    return replace(base, **changes)
+
+
+def test_cli_defaults_are_the_papers_and_the_demo_without_data(tmp_path):
+    paper = TrainConfig()
+    assert (paper.epochs, paper.batch_size, paper.lr, paper.momentum, paper.weight_decay) == (90, 128, 0.01, 0.9, 5e-4)
+    assert (paper.image_size, paper.lr_reductions, paper.columns, paper.activation) == (224, 3, 2, "relu")
+    demo = parse_args([])
+    assert all(getattr(demo, k) == v for k, v in DEMO.items()) and demo.data is None
+    given = parse_args(["--data", str(tmp_path), "--lr", "0.02", "--no-lrn", "--columns", "1", "--max-steps", "7"])
+    assert (given.lr, given.lrn, given.columns, given.max_steps, given.batch_size) == (0.02, False, 1, 7, 128)
+    assert parse_args(["--epochs", "3"]).epochs == 3 and parse_args(["--epochs", "3"]).batch_size == DEMO["batch_size"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "/no/such/dir"], "no such file"),
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--momentum", "1.5"], "--momentum"),
+])
+def test_bad_arguments_are_refused_clearly(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        parse_args(argv)
+
+
+def test_batch_larger_than_the_dataset_is_refused(store, tmp_path):
+    with pytest.raises(ValueError, match="make no batch of 64"):
+        Trainer(config(store, tmp_path, batch_size=64))
+
+
+def test_not_a_dataset_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises((SystemExit, ValueError, FileNotFoundError), match="(?i)train|class|image"):
+        Trainer(config(tmp_path / "empty", tmp_path / "out"))
+
+
+def test_training_learns_and_the_checkpoint_evaluates(store, tmp_path, capsys):
+    """The recipe (SGD with momentum and decay, dropout, augmentation) from the demo's start
+    gets well below chance on stripes; the outputs are written; alexnet.evaluate reads the
+    checkpoint."""
+    out = tmp_path / "run"
+    demo_start = {k: DEMO[k] for k in ("lr", "init_std", "init_bias")}
+    summary = Trainer(config(store, out, epochs=10, **demo_start)).run()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, 11))
+    assert summary["best_val_top1"] <= 0.2, records  # chance: 50%
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt", "curves.png"):
+        assert (out / name).stat().st_size > 0
+    capsys.readouterr()
+    assert evaluate.main([str(out / "checkpoint_best.pt"), "--views", "ten", "--batch-size", "7"]) == 0
+    line = capsys.readouterr().out
+    assert "20 val images" in line and "ten view(s)" in line
+    top1 = float(line.split("top-1 error ")[1].split("%")[0]) / 100
+    assert top1 <= 0.3, line
+
+
+def _weights(path):
+    return checkpoint.load(path)["model"]
+
+
+def test_resume_mid_epoch_continues_bit_identically(store, tmp_path):
+    """Stopping after 4 steps (mid-epoch: 6 steps per epoch) and resuming to 8 gives the
+    very weights of an uninterrupted 8-step run: data order, augmentation, dropout and
+    velocity all continue."""
+    straight = config(store, tmp_path / "straight", epochs=2, max_steps=8)
+    assert run(straight) == 0
+    split = config(store, tmp_path / "split", epochs=2, max_steps=4)
+    assert run(split) == 0
+    saved = checkpoint.load(tmp_path / "split" / "checkpoint_last.pt")
+    assert saved["step"] == 4 and saved["loader"]["position"] == 4
+    assert run(replace(split, max_steps=8, resume="auto")) == 0
+    a, b = _weights(tmp_path / "straight" / "checkpoint_last.pt"), _weights(tmp_path / "split" / "checkpoint_last.pt")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_resume_refuses_another_recipe(store, tmp_path):
+    assert run(config(store, tmp_path, max_steps=1)) == 0
+    with pytest.raises(SystemExit, match="batch_size=8"):
+        Trainer(config(store, tmp_path, batch_size=4, resume="auto"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path, capsys, monkeypatch):
+    assert run(config(store, tmp_path, max_steps=2)) == 0
+    good = _weights(tmp_path / "checkpoint_last.pt")
+    cross_entropy = trainer_module.F.cross_entropy
+    poisoned = {"steps": 0}
+
+    def nan_after_one_step(logits, labels):  # the second resumed step's loss is NaN
+        poisoned["steps"] += 1
+        return cross_entropy(logits, labels) * (float("nan") if poisoned["steps"] >= 2 else 1.0)
+
+    monkeypatch.setattr(trainer_module.F, "cross_entropy", nan_after_one_step)
+    assert run(config(store, tmp_path, max_steps=5, resume="auto")) == 2
+    assert "non-finite" in capsys.readouterr().out
+    after = _weights(tmp_path / "checkpoint_last.pt")
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def test_two_ranks_train_like_one_process(store, tmp_path):
+    """torchrun with two CPU ranks (gloo) trains the two-column model as the one-process
+    grouped model does: same init, same data, same dropout streams, so the checkpoints
+    agree up to float rounding; and the two-rank checkpoint evaluates on one device."""
+    common = ["--data", str(store), "--image-size", str(CROP), "--batch-size", "8", "--epochs", "1",
+              "--max-steps", "3", "--ops", "reference", "--threads", "1", "--lr", "0.003"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "alexnet.train", *common, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "alexnet.train", *common, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert "2 ranks (gloo): 1 replica(s) x 2 columns" in two.stdout
+    a, b = _weights(tmp_path / "one" / "checkpoint_last.pt"), _weights(tmp_path / "two" / "checkpoint_last.pt")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+    x = torch.randn(2, 3, CROP, CROP)
+    logits = [checkpoint.model_from_checkpoint(tmp_path / run / "checkpoint_last.pt", ops="reference",
+                                               device="cpu")[0](x) for run in ("one", "two")]
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-5)
