@@ -2,6 +2,7 @@
 on tiny stores: the paper's network at its smallest input (63 px), the reference ops on the CPU."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -129,6 +130,20 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_pat
     assert all(torch.equal(good[k], after[k]) for k in good)
 
 
+def run_bounded(argv, env, timeout_s: float = 300):
+    """subprocess.run in its own process group, all of which is killed if it runs too long
+    (torchrun's ranks would otherwise outlive a killed launcher)."""
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(argv[:6])}... ran over {timeout_s} s:\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+
 def test_two_ranks_train_like_one_process(store, tmp_path):
     """torchrun with two CPU ranks (gloo) trains the two-column model as the one-process
     grouped model does: same init, same data, same dropout streams, so the checkpoints
@@ -136,12 +151,10 @@ def test_two_ranks_train_like_one_process(store, tmp_path):
     common = ["--data", str(store), "--image-size", str(CROP), "--batch-size", "8", "--epochs", "1",
               "--max-steps", "3", "--ops", "reference", "--threads", "1", "--lr", "0.003"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "alexnet.train", *common, "--out", str(tmp_path / "one")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    one = run_bounded([sys.executable, "-m", "alexnet.train", *common, "--out", str(tmp_path / "one")], env)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "alexnet.train", *common, "--out", str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    two = run_bounded([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                       "-m", "alexnet.train", *common, "--out", str(tmp_path / "two")], env)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert "2 ranks (gloo): 1 replica(s) x 2 columns" in two.stdout
     a, b = _weights(tmp_path / "one" / "checkpoint_last.pt"), _weights(tmp_path / "two" / "checkpoint_last.pt")
