@@ -57,6 +57,69 @@ class PaperSGD(torch.optim.Optimizer):
         return loss
 
 
+class FlatPaperSGD(torch.optim.Optimizer):
+    """PaperSGD as one kernel launch per step (kernels.sgd.sgd_step_) over flat buffers.
+
+    At construction every parameter is moved into one flat fp32 buffer (weight-decayed groups
+    first, then the others, so decay covers a prefix) and replaced by a view of it with the
+    same shape and strides (channels_last weights stay channels_last); gradients accumulate
+    into views of a flat gradient buffer, and the velocity lives in a third one, exposed per
+    parameter as state[p]["velocity"] (views: write them with copy_). Build it after the
+    model is on its device, and do not move the model afterwards. zero_grad zeroes the flat
+    gradients in place (gradients are never set to None: they are views). All groups share
+    one lr (the paper's "equal for all layers"), momentum, and one weight decay or 0."""
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4):
+        if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
+            raise ValueError(f"bad hyper-parameters: lr={lr}, momentum={momentum}, weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        groups = sorted(self.param_groups, key=lambda g: g["weight_decay"] == 0)  # decayed groups first
+        decays = {g["weight_decay"] for g in groups if g["weight_decay"]}
+        if len(decays) > 1 or len({g["momentum"] for g in groups}) > 1:
+            raise ValueError("FlatPaperSGD needs one weight decay (or 0) and one momentum for all groups")
+        ordered = [p for g in groups for p in g["params"]]
+        if len({p.device for p in ordered}) != 1 or any(p.dtype != torch.float32 for p in ordered):
+            raise ValueError("FlatPaperSGD needs fp32 parameters on one device")
+        if any(not _dense(p) for p in ordered):
+            raise ValueError("FlatPaperSGD needs dense (contiguous or channels_last) parameters")
+        self.weight_decay = decays.pop() if decays else 0.0
+        self.momentum = groups[0]["momentum"]
+        self.n_decay = sum(p.numel() for g in groups if g["weight_decay"] for p in g["params"])
+        total = sum(p.numel() for p in ordered)
+        device = ordered[0].device
+        self.flat_params = torch.empty(total, device=device)
+        self.flat_grads = torch.zeros(total, device=device)
+        self.flat_velocity = torch.zeros(total, device=device)
+        self.lr_tensor = torch.full((1,), float(lr), device=device)
+        offset = 0
+        with torch.no_grad():
+            for p in ordered:
+                view = lambda flat, p=p, offset=offset: flat.as_strided(p.shape, p.stride(), offset)  # noqa: E731
+                new = view(self.flat_params)
+                new.copy_(p)
+                p.data = new
+                p.grad = view(self.flat_grads)
+                self.state[p]["velocity"] = view(self.flat_velocity)
+                offset += p.numel()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.flat_grads.zero_()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        from kernels.sgd import sgd_step_
+
+        loss = closure() if closure is not None else None
+        self.lr_tensor.fill_(self.param_groups[0]["lr"])
+        sgd_step_(self.flat_params, self.flat_velocity, self.flat_grads, self.lr_tensor, self.momentum,
+                  self.weight_decay, self.n_decay)
+        return loss
+
+
+def _dense(p: torch.Tensor) -> bool:
+    return p.is_contiguous() or (p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last))
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float = 5e-4) -> list[dict]:
     """Two groups: weights (decayed) and biases (not decayed), told apart by name."""
     weights, biases = [], []

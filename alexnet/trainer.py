@@ -23,7 +23,7 @@ from .data import EvalLoader, TrainLoader
 from .evaluate import error_rates, evaluate
 from .metrics import MetricsLog
 from .model import AlexNet
-from .optim import PaperSGD, PlateauSchedule, param_groups, set_lr
+from .optim import FlatPaperSGD, PaperSGD, PlateauSchedule, param_groups, set_lr
 from .store import Store
 from .train import DEMO_STORE_SIZE, TrainConfig
 
@@ -163,8 +163,10 @@ class Trainer:
         self.val_loader = EvalLoader(self.store, config.batch_size, session.device, rank=session.data_rank,
                                      world=session.data_world, dtype=self.dtype, channels_last=channels_last,
                                      crop_size=config.image_size, threads=config.threads)
-        self.optimizer = PaperSGD(param_groups(self.model, config.weight_decay), lr=config.lr,
-                                  momentum=config.momentum, weight_decay=config.weight_decay)
+        # the Triton build takes the fused one-launch update over flat buffers; the reference build torch's ops
+        sgd = FlatPaperSGD if self.model_config.ops == "triton" else PaperSGD
+        self.optimizer = sgd(param_groups(self.model, config.weight_decay), lr=config.lr, momentum=config.momentum,
+                             weight_decay=config.weight_decay)
         self.schedule = PlateauSchedule(lr=config.lr, patience=config.patience, max_reductions=config.lr_reductions)
         self.metrics = MetricsLog(self.out)
         self.step = 0
@@ -190,7 +192,11 @@ class Trainer:
         self.model.load_state_dict(local_state(ckpt["model"], self.session))
         velocity = local_state(ckpt["velocity"], self.session)
         for name, p in self.model.named_parameters():
-            self.optimizer.state[p]["velocity"] = velocity[name].to(p.device, p.dtype).clone()
+            state = self.optimizer.state[p]
+            if "velocity" in state:  # FlatPaperSGD's views into its flat buffer: fill in place
+                state["velocity"].copy_(velocity[name])
+            else:
+                state["velocity"] = velocity[name].to(p.device, p.dtype).clone()
         self.schedule.load_state_dict(ckpt["schedule"])
         self.train_loader.load_state_dict(ckpt["loader"])
         self.step, self.best_top1 = ckpt["step"], ckpt["best_top1"]

@@ -21,10 +21,6 @@ from alexnet.model import AlexNet
 PAPER = AlexNetConfig(ops="reference", channels_last=False, dropout_seed=7)
 SMALL = replace(PAPER, image_size=99)  # 99 -> 24 -> 11 -> 5 -> 2: every layer, 2x2 maps into fc6
 
-requires_triton_conv = pytest.mark.skipif(
-    not hasattr(kernels, "conv2d"), reason="kernels.conv2d (the Triton convolution, issue 3) is not in this tree yet")
-
-
 @pytest.fixture(scope="module")
 def paper_model():
     torch.manual_seed(0)
@@ -220,14 +216,7 @@ def test_auto_ops_on_cpu_is_reference():
     assert config.ops == "reference" and config.channels_last is False
 
 
-@pytest.mark.skipif(hasattr(kernels, "conv2d"), reason="kernels.conv2d exists")
-def test_triton_without_conv_says_so():
-    with pytest.raises(RuntimeError, match="kernels.conv2d"):
-        AlexNet(replace(SMALL, ops="triton"))
-
-
 @requires_gpu
-@requires_triton_conv
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 def test_triton_model_matches_reference_on_gpu(channels_last, monkeypatch):
     """One state dict in both builds; fp32 without tf32 on the GPU against float64 on the CPU."""

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from alexnet.optim import PaperSGD, PlateauSchedule, param_groups, set_lr
+from alexnet.optim import FlatPaperSGD, PaperSGD, PlateauSchedule, param_groups, set_lr
+from conftest import DEVICE
 
 
 def test_update_matches_hand_computation_across_an_lr_change():
@@ -80,3 +81,47 @@ def test_bad_hyper_parameters():
         PaperSGD([torch.nn.Parameter(torch.ones(1))], lr=-1.0)
     with pytest.raises(ValueError, match="finite"):
         PlateauSchedule().step(float("nan"))
+
+
+def _small_model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(5 * 4 * 4, 7))
+    model[0].weight.data = model[0].weight.data.contiguous(memory_format=torch.channels_last)
+    return model.to(DEVICE)
+
+
+def test_flat_sgd_matches_paper_sgd_and_keeps_parameters_as_views():
+    """The fused one-launch update (kernels.sgd over flat buffers) gives PaperSGD's weights and
+    velocities over steps with an lr change; parameters stay views of the flat buffer (in
+    their layout), and gradients accumulate into the flat gradient buffer."""
+    flat_model, ref_model = _small_model(0), _small_model(0)
+    flat = FlatPaperSGD(param_groups(flat_model), lr=0.01)
+    ref = PaperSGD(param_groups(ref_model), lr=0.01)
+    assert flat_model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 6, 6, device=DEVICE)
+    labels = torch.tensor([0, 3, 6, 1], device=DEVICE)
+    for lr in (0.01, 0.01, 0.001):
+        for model, opt in ((flat_model, flat), (ref_model, ref)):
+            set_lr(opt, lr)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), labels).backward()
+            opt.step()
+        for (name, p), q in zip(flat_model.named_parameters(), ref_model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
+            torch.testing.assert_close(flat.state[p]["velocity"], ref.state[q]["velocity"], rtol=1e-5, atol=1e-8)
+    for buffer, tensors in ((flat.flat_params, list(flat_model.parameters())),
+                            (flat.flat_grads, [p.grad for p in flat_model.parameters()])):
+        start = buffer.data_ptr()
+        assert all(start <= t.data_ptr() < start + 4 * buffer.numel() for t in tensors)
+    assert flat.n_decay == sum(p.numel() for n, p in flat_model.named_parameters() if n.endswith("weight"))
+
+
+def test_flat_sgd_refuses_what_it_cannot_flatten():
+    model = _small_model(0).double()
+    with pytest.raises(ValueError, match="fp32"):
+        FlatPaperSGD(model.parameters())
+    model = _small_model(0)
+    groups = param_groups(model)
+    groups[1]["weight_decay"] = 1e-3
+    with pytest.raises(ValueError, match="one weight decay"):
+        FlatPaperSGD(groups)

@@ -15,7 +15,7 @@ from alexnet import checkpoint, evaluate
 from alexnet.train import DEMO, TrainConfig, parse_args
 from alexnet import trainer as trainer_module
 from alexnet.trainer import Trainer, run
-from conftest import TINY_CROP
+from conftest import DEVICE, TINY_CROP
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = TINY_CROP
@@ -90,13 +90,18 @@ def _weights(path):
     return checkpoint.load(path)["model"]
 
 
-def test_resume_mid_epoch_continues_bit_identically(store, tmp_path):
+ON_GPU = pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA device: the full-width network on the Triton "
+                                                    "interpreter would take minutes per step")
+
+
+@pytest.mark.parametrize("ops", ["reference", pytest.param("triton", marks=ON_GPU)])
+def test_resume_mid_epoch_continues_bit_identically(store, tmp_path, ops):
     """Stopping after 4 steps (mid-epoch: 6 steps per epoch) and resuming to 8 gives the
     very weights of an uninterrupted 8-step run: data order, augmentation, dropout and
-    velocity all continue."""
-    straight = config(store, tmp_path / "straight", epochs=2, max_steps=8)
+    velocity all continue (with ops=triton: the Triton kernels and the flat fused SGD)."""
+    straight = config(store, tmp_path / "straight", epochs=2, max_steps=8, ops=ops)
     assert run(straight) == 0
-    split = config(store, tmp_path / "split", epochs=2, max_steps=4)
+    split = config(store, tmp_path / "split", epochs=2, max_steps=4, ops=ops)
     assert run(split) == 0
     saved = checkpoint.load(tmp_path / "split" / "checkpoint_last.pt")
     assert saved["step"] == 4 and saved["loader"]["position"] == 4
