@@ -6,7 +6,7 @@
     torchrun --nproc-per-node 2 -m alexnet.train --data ...   # two GPUs: one column each (the paper)
     torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
         -m alexnet.train --data ...                           # 32 ranks: 16 data-parallel replicas
-    python -m alexnet.train --resume runs/alexnet/checkpoint_last.pt   # continue exactly
+    python -m alexnet.train --data /data/imagenet --resume auto   # continue OUT's run exactly
 
 Every default is the paper's (section 5; `TrainConfig`), except that with no --data the
 run uses the embedded demo dataset and the small-scale settings in DEMO (images, batch,
