@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -123,6 +124,8 @@ def main(argv=None) -> int:
         ap.error(str(err))
     saved = ckpt["config"]
     data = args.data if args.data is not None else saved.get("data")
+    if args.data is None and data is not None and not is_store(data):
+        data = Path(saved["out"]) / "store"  # training prepared the folder it was given into OUT/store
     if data is None:
         from .demo import ensure_demo_store
         from .train import DEMO_STORE_SIZE

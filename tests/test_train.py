@@ -36,6 +36,7 @@ def test_cli_defaults_are_the_papers_and_the_demo_without_data(tmp_path):
     paper = TrainConfig()
     assert (paper.epochs, paper.batch_size, paper.lr, paper.momentum, paper.weight_decay) == (90, 128, 0.01, 0.9, 5e-4)
     assert (paper.image_size, paper.lr_reductions, paper.columns, paper.activation) == (224, 3, 2, "relu")
+    assert (paper.init_std, paper.init_bias) == (0.01, 1.0)
     demo = parse_args([])
     assert all(getattr(demo, k) == v for k, v in DEMO.items()) and demo.data is None
     given = parse_args(["--data", str(tmp_path), "--lr", "0.02", "--no-lrn", "--columns", "1", "--max-steps", "7"])
