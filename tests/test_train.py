@@ -171,3 +171,17 @@ def test_two_ranks_train_like_one_process(store, tmp_path):
     logits = [checkpoint.model_from_checkpoint(tmp_path / run / "checkpoint_last.pt", ops="reference",
                                                device="cpu")[0](x) for run in ("one", "two")]
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-5)
+
+
+def test_four_ranks_are_two_replicas_that_share_each_epoch(store, tmp_path):
+    """2 pairs of ranks: each replica trains on its half of every epoch, the metrics count
+    each image once, and the checkpoint evaluates on one device."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    four = run_bounded([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+                        "-m", "alexnet.train", "--data", str(store), "--image-size", str(CROP), "--batch-size", "8",
+                        "--epochs", "1", "--ops", "reference", "--threads", "1", "--out", str(tmp_path)], env)
+    assert four.returncode == 0, four.stdout[-3000:] + four.stderr[-3000:]
+    assert "4 ranks (gloo): 2 replica(s) x 2 columns" in four.stdout
+    (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert record["images"] == 48 and record["step"] == 3  # 48 images: 24 per replica, 3 steps of 8
+    assert evaluate.main([str(tmp_path / "checkpoint_last.pt"), "--views", "centre", "--ops", "reference"]) == 0
