@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .checkpoint import model_from_checkpoint
-from .evaluate import crop_views
+from .evaluate import crop_views, predict
 from .store import Store
 
 KERNEL_SCALE, GAP, BLOCK_GAP = 4, 2, 12  # the filters grid: pixels per weight, between kernels, between columns
@@ -79,9 +79,7 @@ def top5(model, store: Store, indices, device, views: str = "centre") -> tuple[t
     split = store.split("val")
     images = torch.from_numpy(np.array(split.images[np.sort(indices)])).to(device)
     mean = torch.from_numpy(store.mean).to(device)
-    size = model.config.image_size
-    probs = sum(torch.softmax(model(x).float(), dim=1) for x in crop_views(images, mean, views, size))
-    probs = probs / (10 if views == "ten" else 1)
+    probs = predict(model, images, mean, views, model.config.image_size)
     return probs.topk(min(5, probs.shape[1]), dim=1)
 
 

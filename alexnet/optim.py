@@ -57,7 +57,7 @@ class PaperSGD(torch.optim.Optimizer):
         return loss
 
 
-class FlatPaperSGD(torch.optim.Optimizer):
+class FlatPaperSGD(PaperSGD):
     """PaperSGD as one kernel launch per step (kernels.sgd.sgd_step_) over flat buffers.
 
     At construction every parameter is moved into one flat fp32 buffer (weight-decayed groups
@@ -70,9 +70,7 @@ class FlatPaperSGD(torch.optim.Optimizer):
     one lr (the paper's "equal for all layers"), momentum, and one weight decay or 0."""
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4):
-        if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
-            raise ValueError(f"bad hyper-parameters: lr={lr}, momentum={momentum}, weight_decay={weight_decay}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        super().__init__(params, lr, momentum, weight_decay)
         groups = sorted(self.param_groups, key=lambda g: g["weight_decay"] == 0)  # decayed groups first
         decays = {g["weight_decay"] for g in groups if g["weight_decay"]}
         if len(decays) > 1 or len({g["momentum"] for g in groups}) > 1:

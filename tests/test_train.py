@@ -21,11 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CROP = TINY_CROP
 
 
-@pytest.fixture
-def store(tiny_store):
-    return tiny_store
-
-
 def config(store, out, **changes) -> TrainConfig:
     base = TrainConfig(data=str(store), out=str(out), image_size=CROP, batch_size=8, epochs=1, log_every=1000,
                        ops="reference", threads=1)
@@ -55,9 +50,9 @@ def test_bad_arguments_are_refused_clearly(argv, message):
         parse_args(argv)
 
 
-def test_batch_larger_than_the_dataset_is_refused(store, tmp_path):
+def test_batch_larger_than_the_dataset_is_refused(tiny_store, tmp_path):
     with pytest.raises(ValueError, match="make no batch of 64"):
-        Trainer(config(store, tmp_path, batch_size=64))
+        Trainer(config(tiny_store, tmp_path, batch_size=64))
 
 
 def test_not_a_dataset_is_refused(tmp_path):
@@ -66,13 +61,13 @@ def test_not_a_dataset_is_refused(tmp_path):
         Trainer(config(tmp_path / "empty", tmp_path / "out"))
 
 
-def test_training_learns_and_the_checkpoint_evaluates(store, tmp_path, capsys):
+def test_training_learns_and_the_checkpoint_evaluates(tiny_store, tmp_path, capsys):
     """The recipe (SGD with momentum and decay, dropout, augmentation) from the demo's start
     gets well below chance on stripes; the outputs are written; alexnet.evaluate reads the
     checkpoint."""
     out = tmp_path / "run"
     demo_start = {k: DEMO[k] for k in ("lr", "init_std", "init_bias")}
-    summary = Trainer(config(store, out, epochs=10, **demo_start)).run()
+    summary = Trainer(config(tiny_store, out, epochs=10, **demo_start)).run()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(1, 11))
     assert summary["best_val_top1"] <= 0.2, records  # chance: 50%
@@ -96,13 +91,13 @@ ON_GPU = pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA device: the f
 
 
 @pytest.mark.parametrize("ops", ["reference", pytest.param("triton", marks=ON_GPU)])
-def test_resume_mid_epoch_continues_bit_identically(store, tmp_path, ops):
+def test_resume_mid_epoch_continues_bit_identically(tiny_store, tmp_path, ops):
     """Stopping after 4 steps (mid-epoch: 6 steps per epoch) and resuming to 8 gives the
     very weights of an uninterrupted 8-step run: data order, augmentation, dropout and
     velocity all continue (with ops=triton: the Triton kernels and the flat fused SGD)."""
-    straight = config(store, tmp_path / "straight", epochs=2, max_steps=8, ops=ops)
+    straight = config(tiny_store, tmp_path / "straight", epochs=2, max_steps=8, ops=ops)
     assert run(straight) == 0
-    split = config(store, tmp_path / "split", epochs=2, max_steps=4, ops=ops)
+    split = config(tiny_store, tmp_path / "split", epochs=2, max_steps=4, ops=ops)
     assert run(split) == 0
     saved = checkpoint.load(tmp_path / "split" / "checkpoint_last.pt")
     assert saved["step"] == 4 and saved["loader"]["position"] == 4
@@ -113,14 +108,14 @@ def test_resume_mid_epoch_continues_bit_identically(store, tmp_path, ops):
         assert torch.equal(a[name], b[name]), name
 
 
-def test_resume_refuses_another_recipe(store, tmp_path):
-    assert run(config(store, tmp_path, max_steps=1)) == 0
+def test_resume_refuses_another_recipe(tiny_store, tmp_path):
+    assert run(config(tiny_store, tmp_path, max_steps=1)) == 0
     with pytest.raises(SystemExit, match="batch_size=8"):
-        Trainer(config(store, tmp_path, batch_size=4, resume="auto"))
+        Trainer(config(tiny_store, tmp_path, batch_size=4, resume="auto"))
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path, capsys, monkeypatch):
-    assert run(config(store, tmp_path, max_steps=2)) == 0
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_store, tmp_path, capsys, monkeypatch):
+    assert run(config(tiny_store, tmp_path, max_steps=2)) == 0
     good = _weights(tmp_path / "checkpoint_last.pt")
     cross_entropy = trainer_module.F.cross_entropy
     poisoned = {"steps": 0}
@@ -130,7 +125,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_pat
         return cross_entropy(logits, labels) * (float("nan") if poisoned["steps"] >= 2 else 1.0)
 
     monkeypatch.setattr(trainer_module.F, "cross_entropy", nan_after_one_step)
-    assert run(config(store, tmp_path, max_steps=5, resume="auto")) == 2
+    assert run(config(tiny_store, tmp_path, max_steps=5, resume="auto")) == 2
     assert "non-finite" in capsys.readouterr().out
     after = _weights(tmp_path / "checkpoint_last.pt")
     assert all(torch.equal(good[k], after[k]) for k in good)
@@ -150,11 +145,11 @@ def run_bounded(argv, env, timeout_s: float = 300):
     return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
-def test_two_ranks_train_like_one_process(store, tmp_path):
+def test_two_ranks_train_like_one_process(tiny_store, tmp_path):
     """torchrun with two CPU ranks (gloo) trains the two-column model as the one-process
     grouped model does: same init, same data, same dropout streams, so the checkpoints
     agree up to float rounding; and the two-rank checkpoint evaluates on one device."""
-    common = ["--data", str(store), "--image-size", str(CROP), "--batch-size", "8", "--epochs", "1",
+    common = ["--data", str(tiny_store), "--image-size", str(CROP), "--batch-size", "8", "--epochs", "1",
               "--max-steps", "3", "--ops", "reference", "--threads", "1", "--lr", "0.003"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     one = run_bounded([sys.executable, "-m", "alexnet.train", *common, "--out", str(tmp_path / "one")], env)
@@ -173,12 +168,12 @@ def test_two_ranks_train_like_one_process(store, tmp_path):
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-5)
 
 
-def test_four_ranks_are_two_replicas_that_share_each_epoch(store, tmp_path):
+def test_four_ranks_are_two_replicas_that_share_each_epoch(tiny_store, tmp_path):
     """2 pairs of ranks: each replica trains on its half of every epoch, the metrics count
     each image once, and the checkpoint evaluates on one device."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     four = run_bounded([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
-                        "-m", "alexnet.train", "--data", str(store), "--image-size", str(CROP), "--batch-size", "8",
+                        "-m", "alexnet.train", "--data", str(tiny_store), "--image-size", str(CROP), "--batch-size", "8",
                         "--epochs", "1", "--ops", "reference", "--threads", "1", "--out", str(tmp_path)], env)
     assert four.returncode == 0, four.stdout[-3000:] + four.stderr[-3000:]
     assert "4 ranks (gloo): 2 replica(s) x 2 columns" in four.stdout
