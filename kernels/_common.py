@@ -19,8 +19,10 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def check_tensor(x, name: str, *, ndim: int | None = None, dtypes=FLOAT_DTYPES) -> None:
-    """Raise a clear TypeError/ValueError unless `x` is a tensor a kernel can take."""
+def check_tensor(x, name: str, *, ndim: int | None = None, dtypes=FLOAT_DTYPES, kernel_device: bool = True) -> None:
+    """Raise a clear TypeError/ValueError unless `x` is a tensor a kernel can take. With
+    kernel_device=False any CUDA or CPU tensor passes (the custom ops in ops.py pick the
+    implementation by device)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if ndim is not None and x.dim() != ndim:
@@ -28,7 +30,10 @@ def check_tensor(x, name: str, *, ndim: int | None = None, dtypes=FLOAT_DTYPES) 
     if dtypes is not None and x.dtype not in dtypes:
         allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name} has dtype {x.dtype}; supported: {allowed}")
-    if interpreting():
+    if not kernel_device:
+        if x.device.type not in ("cuda", "cpu"):
+            raise ValueError(f"{name} is on {x.device}: the ops run on CUDA or CPU tensors")
+    elif interpreting():
         if x.device.type != "cpu":
             raise ValueError(f"{name} is on {x.device}, but TRITON_INTERPRET=1 runs kernels on the CPU")
     elif x.device.type != "cuda":

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ._common import FLOAT_DTYPES, cdiv, check_same_device, check_tensor, interpreting
 
-__all__ = ["augment"]
+__all__ = ["augment", "launch_augment"]
 
 
 @triton.jit
@@ -101,11 +101,23 @@ def augment(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, sh
             channels_last: bool = False) -> torch.Tensor:
     """(B, 3, size, size) crops of uint8 NHWC `images` at per-image (top, left) `offsets`,
     horizontally flipped where `flips`, minus `mean` at the same pixels, plus `shift[n]`
-    per image (see the module docstring). Output in `dtype`, channels_last if asked."""
-    check_tensor(images, "images", ndim=4, dtypes=(torch.uint8,))
+    per image (see the module docstring). Output in `dtype`, channels_last if asked.
+    Op alexnet_triton::augment (kernels/ops.py: the device picks Triton or the reference)."""
+    _check(images, offsets, flips, shift, mean, size, dtype, kernel_device=False)
+    return torch.ops.alexnet_triton.augment(images, offsets, flips, shift, mean, size, dtype, channels_last)
+
+
+def _check(images, offsets, flips, shift, mean, size, dtype, kernel_device: bool) -> None:
+    check_tensor(images, "images", ndim=4, dtypes=(torch.uint8,), kernel_device=kernel_device)
     check_augment_args(images, offsets, flips, shift, mean, size, check_values=offsets.device.type == "cpu")
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"output dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+
+
+def launch_augment(images, offsets, flips, shift, mean, size: int, dtype: torch.dtype,
+                   channels_last: bool) -> torch.Tensor:
+    """The Triton implementation of `augment`."""
+    _check(images, offsets, flips, shift, mean, size, dtype, kernel_device=True)
     batch, height, width, _ = images.shape
     if batch > 65535:
         raise ValueError(f"batch {batch} is larger than the 65535 images one launch handles")

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from ._common import cdiv, check_tensor, interpreting
 
-__all__ = ["dropout", "DropoutFunction"]
+__all__ = ["dropout"]
 
 
 @triton.jit
@@ -77,23 +77,6 @@ def apply_dropout_mask(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.T
     return y
 
 
-class DropoutFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, p, generator):
-        seed = new_seed(x.device, generator)
-        ctx.save_for_backward(seed)
-        ctx.p = p
-        ctx.layout = x.stride()
-        return apply_dropout_mask(x, seed, p)
-
-    @staticmethod
-    def backward(ctx, dy):
-        (seed,) = ctx.saved_tensors
-        if dy.stride() != ctx.layout:  # the mask follows storage order: match x's layout
-            dy = torch.empty_strided(dy.shape, ctx.layout, dtype=dy.dtype, device=dy.device).copy_(dy)
-        return apply_dropout_mask(dy, seed, ctx.p), None, None
-
-
 def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True,
             generator: torch.Generator | None = None) -> torch.Tensor:
     """Inverted dropout (paper section 4.2, p = 0.5): in training, zero each element with
@@ -101,11 +84,10 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True,
     The mask's seed comes from `generator` (default: torch's generator for x's device)."""
     if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability p must be in [0, 1], got {p!r}")
-    check_tensor(x, "x")
+    check_tensor(x, "x", kernel_device=False)
     if not training or p == 0.0:
         return x
     if p == 1.0:
         return x * 0.0  # every element dropped; keeps the autograd graph (gradient 0)
-    if not _dense(x):
-        x = x.contiguous()
-    return DropoutFunction.apply(x, float(p), generator)
+    # op alexnet_triton::dropout (kernels/ops.py): the seed is an input, the backward reuses it
+    return torch.ops.alexnet_triton.dropout(x, new_seed(x.device, generator), float(p))

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ._common import as_format, cdiv, check_tensor, empty_4d, interpreting, memory_format, pixel_offsets
 
-__all__ = ["relu_lrn", "local_response_norm", "ReLULRNFunction"]
+__all__ = ["relu_lrn", "local_response_norm"]
 
 
 @triton.jit
@@ -254,33 +254,25 @@ def relu_lrn_backward(dy, x, u, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True,
     return dx
 
 
-class ReLULRNFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, size, alpha, beta, k, relu, groups):
-        need_grad = ctx.needs_input_grad[0]
-        y, u = relu_lrn_forward(x, size, alpha, beta, k, relu, groups, save_u=need_grad)
-        if need_grad:
-            ctx.save_for_backward(x, u)
-        ctx.params = (size, alpha, beta, k, relu, groups)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, u = ctx.saved_tensors
-        return relu_lrn_backward(dy, x, u, *ctx.params), None, None, None, None, None, None
-
-
 def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
              groups: int = 1):
     """ReLU then local response normalisation across channels, fused (paper section 3.3;
     defaults k=2, n=5, alpha=1e-4, beta=0.75). Note alpha is not divided by size.
     groups > 1 normalises each of `groups` equal channel blocks on its own (a window stops at
-    a block boundary), as each GPU column of the paper does with its own maps."""
-    return ReLULRNFunction.apply(x, size, alpha, beta, k, True, groups)
+    a block boundary), as each GPU column of the paper does with its own maps.
+    Op alexnet_triton::relu_lrn (kernels/ops.py: the device picks Triton or the reference)."""
+    check_tensor(x, "x", ndim=4, kernel_device=False)
+    return torch.ops.alexnet_triton.relu_lrn(x, size, alpha, beta, k, groups, _needs_grad(x))[0]
 
 
 def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
                         groups: int = 1):
     """Local response normalisation without the ReLU (for the tanh ablation); alpha is
-    not divided by size."""
-    return ReLULRNFunction.apply(x, size, alpha, beta, k, False, groups)
+    not divided by size. Op alexnet_triton::local_response_norm."""
+    check_tensor(x, "x", ndim=4, kernel_device=False)
+    return torch.ops.alexnet_triton.local_response_norm(x, size, alpha, beta, k, groups, _needs_grad(x))[0]
+
+
+def _needs_grad(x: torch.Tensor) -> bool:
+    """Whether the forward keeps u for the backward (not in inference)."""
+    return torch.is_grad_enabled() and x.requires_grad

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ._common import cdiv, check_tensor, empty_4d, interpreting, memory_format, pair, pixel_offsets
 
-__all__ = ["max_pool2d", "MaxPool2dFunction"]
+__all__ = ["max_pool2d"]
 
 
 @triton.jit
@@ -155,22 +155,11 @@ def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, strid
     return dx
 
 
-class MaxPool2dFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, kernel_size, stride):
-        y, idx = max_pool2d_forward(x, kernel_size, stride)
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(idx)
-        ctx.geometry = (x.shape, memory_format(x), kernel_size, stride)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        (idx,) = ctx.saved_tensors
-        shape, fmt, kernel_size, stride = ctx.geometry
-        return max_pool2d_backward(dy, idx, shape, fmt, kernel_size, stride), None, None
-
-
 def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2):
-    """Max-pooling, no padding, floor output size; the paper's overlapping 3x3/2 by default."""
-    return MaxPool2dFunction.apply(x, kernel_size, stride)
+    """Max-pooling, no padding, floor output size; the paper's overlapping 3x3/2 by default.
+    Op alexnet_triton::max_pool2d (kernels/ops.py: the device picks Triton or the reference)."""
+    check_tensor(x, "x", ndim=4, kernel_device=False)
+    (kh, kw), stride = pair(kernel_size, "kernel_size"), pair(stride, "stride")
+    if x.shape[2] < kh or x.shape[3] < kw:
+        raise ValueError(f"input of {x.shape[2]}x{x.shape[3]} pixels is smaller than the {kh}x{kw} pooling window")
+    return torch.ops.alexnet_triton.max_pool2d(x, (kh, kw), stride)[0]

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from ._common import cdiv, check_same_device, check_tensor, interpreting
 
-__all__ = ["sgd_step_"]
+__all__ = ["sgd_step_", "launch_sgd_step"]
 
 
 @triton.jit
@@ -46,15 +46,18 @@ def sgd_step_(weights: torch.Tensor, velocity: torch.Tensor, grads: torch.Tensor
     """In-place paper SGD step on 1-D fp32 `weights` and `velocity` with `grads` (same length);
     elements [0, n_decay) get weight decay (default: all). `lr` is a 1-element fp32 tensor on
     the same device. If given, `low_precision_out` (bf16/fp16, same length) receives the
-    updated weights."""
-    check_tensor(weights, "weights", ndim=1, dtypes=(torch.float32,))
-    check_tensor(velocity, "velocity", ndim=1, dtypes=(torch.float32,))
-    check_tensor(grads, "grads", ndim=1)
-    check_tensor(lr, "lr", ndim=1, dtypes=(torch.float32,))
+    updated weights. Op alexnet_triton::sgd_step_ (kernels/ops.py: the device picks Triton or
+    the reference)."""
     named = [("weights", weights), ("velocity", velocity), ("grads", grads), ("lr", lr)]
+    dtypes = [(torch.float32,), (torch.float32,), None, (torch.float32,)]
     if low_precision_out is not None:
-        check_tensor(low_precision_out, "low_precision_out", ndim=1, dtypes=(torch.bfloat16, torch.float16))
         named.append(("low_precision_out", low_precision_out))
+        dtypes.append((torch.bfloat16, torch.float16))
+    for (name, t), allowed in zip(named, dtypes):
+        if allowed is None:
+            check_tensor(t, name, ndim=1, kernel_device=False)
+        else:
+            check_tensor(t, name, ndim=1, dtypes=allowed, kernel_device=False)
     check_same_device(*named)
     n_elem = weights.numel()
     for name, t in named:
@@ -67,6 +70,14 @@ def sgd_step_(weights: torch.Tensor, velocity: torch.Tensor, grads: torch.Tensor
     n_decay = n_elem if n_decay is None else n_decay
     if not 0 <= n_decay <= n_elem:
         raise ValueError(f"n_decay must be in [0, {n_elem}], got {n_decay}")
+    torch.ops.alexnet_triton.sgd_step_(weights, velocity, grads, lr, float(momentum), float(weight_decay), n_decay,
+                                       low_precision_out)
+
+
+def launch_sgd_step(weights, velocity, grads, lr, momentum: float, weight_decay: float, n_decay: int,
+                    low_precision_out) -> None:
+    """The Triton implementation of `sgd_step_` (arguments checked there)."""
+    n_elem = weights.numel()
     if n_elem == 0:
         return
     block = 1024 if interpreting() else 4096
