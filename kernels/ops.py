@@ -241,11 +241,23 @@ def _lrn_backward_triton(dy, x, u, size, alpha, beta, k, relu, groups):
     return relu_lrn_backward(dy, x, u, size, alpha, beta, k, relu, groups)
 
 
+def _channel_window_sum(v, lo: int, hi: int, groups: int):
+    """sum_{d=-lo..hi} v[:, c + d], zero outside each group's channels."""
+    def one(part):
+        padded = torch.nn.functional.pad(part, (0, 0, 0, 0, lo, hi))
+        return sum(padded[:, d:d + part.shape[1]] for d in range(lo + hi + 1))
+    return torch.cat([one(part) for part in v.chunk(groups, dim=1)], dim=1) if groups > 1 else one(v)
+
+
 def _lrn_backward_reference(dy, x, u, size, alpha, beta, k, relu, groups):
-    with torch.enable_grad():
-        x = x.detach().requires_grad_()
-        y = reference.local_response_norm(torch.relu(x) if relu else x, size, alpha, beta, k, groups)
-        (dx,) = torch.autograd.grad(y, x, dy)
+    """kernels/lrn.py's formula in torch ops (autograd does not run inside an op's kernel):
+    dx = [x > 0] (dy s^-beta - 2 alpha beta a * sum_{i: j in window(i)} dy[i] u[i])."""
+    lo, hi = size // 2, (size - 1) // 2
+    a = torch.relu(x) if relu else x
+    s = k + alpha * _channel_window_sum(a.square(), lo, hi, groups)
+    dx = dy * s.pow(-beta) - (2 * alpha * beta) * a * _channel_window_sum(dy * u, hi, lo, groups)  # mirrored window
+    if relu:
+        dx = torch.where(x > 0, dx, 0)
     return _in_format(dx, memory_format(u))
 
 
