@@ -1,9 +1,9 @@
 """Thin modules over the project's ops: they hold parameters and call the op they are given.
 
-Which implementation runs (Triton kernels or the plain-PyTorch references) is chosen once,
-when the model is built (`load_ops`); the modules only store the functions. Parameter
-names and layouts are those of torch (conv weight (out, in / groups, kh, kw), linear
-weight (out, in)), the same for every choice of ops, so a checkpoint loads into either.
+Which ops the model calls is chosen once, when it is built (`load_ops(config.ops)`); the
+modules only store the functions. Parameter names and layouts are those of torch (conv weight
+(out, in / groups, kh, kw), linear weight (out, in)), the same for every choice of ops, so a
+checkpoint loads into either.
 """
 from __future__ import annotations
 
@@ -17,22 +17,22 @@ import torch.nn.functional as F
 
 __all__ = ["load_ops", "Conv2d", "LocalResponseNorm", "MaxPool2d", "Linear", "ColumnDropout", "column_seed"]
 
-OPS_NEEDED = ("conv2d", "relu_lrn", "local_response_norm", "max_pool2d", "dropout")
+OPS_MODULES = {"triton": "kernels", "reference": "kernels.reference"}
 
 
 def load_ops(name: str) -> ModuleType:
-    """The module providing the ops: `kernels` (Triton) or `kernels.reference` (PyTorch).
+    """The functions the model calls for config.ops = `name` (conv2d, relu_lrn, ...):
 
-    Raises if a Triton op the model needs is not in this tree: the model never mixes in a
-    PyTorch op behind a "triton" name."""
-    if name not in ("triton", "reference"):
+    - "triton": `kernels`, the alexnet_triton custom ops (kernels/ops.py). Each picks its
+      implementation by the tensors' device: the Triton kernel on CUDA, the plain-PyTorch
+      reference on the CPU (the Triton kernel there under TRITON_INTERPRET=1). They show up
+      as single nodes under torch.compile and torch.export.
+    - "reference": `kernels.reference`, torch's own ops called directly: the baseline the
+      kernels are tested and measured against, with no custom op in the graph.
+    ("auto" is resolved by AlexNetConfig.resolved: triton on CUDA, else reference.)"""
+    if name not in OPS_MODULES:
         raise ValueError(f"ops must be 'triton' or 'reference' (resolve 'auto' first), got {name!r}")
-    ops = importlib.import_module("kernels" if name == "triton" else "kernels.reference")
-    missing = [op for op in OPS_NEEDED if not hasattr(ops, op)]
-    if missing:
-        raise RuntimeError(f"ops='{name}' needs {', '.join(f'{ops.__name__}.{m}' for m in missing)}, "
-                           "which this tree does not have yet; build the model with ops='reference'")
-    return ops
+    return importlib.import_module(OPS_MODULES[name])
 
 
 class Conv2d(nn.Module):
