@@ -1,0 +1,220 @@
+"""The alexnet_triton custom ops (kernels/ops.py): PyTorch's own op checks, the dispatch rule,
+the CPU reference implementations' gradients, and the model under torch.compile and torch.export.
+
+Two implementations run on this machine's tensors: "kernel" (the Triton kernel: CUDA, or the
+CPU through the interpreter) and "reference" (CPU tensors with TRITON_INTERPRET unset: the
+plain-PyTorch implementation registered for the CPU).
+"""
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import kernels
+from alexnet.config import AlexNetConfig
+from alexnet.model import AlexNet
+from conftest import DEVICE, MEMORY_FORMATS
+from kernels import reference
+
+ops = torch.ops.alexnet_triton
+
+
+@pytest.fixture(params=["kernel", "reference"])
+def device(request, monkeypatch):
+    """The device whose implementation a test exercises (see the module docstring)."""
+    if request.param == "reference":
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        return "cpu"
+    return DEVICE
+
+
+def _x(shape, device, fmt=torch.contiguous_format, dtype=torch.float32, grad=True):
+    """Random inputs away from zero (ReLU kinks) and without ties (pooling)."""
+    x = torch.randn(shape, dtype=dtype)
+    x = (x + x.sign() * 0.1).to(device).contiguous(memory_format=fmt)
+    return x.requires_grad_(grad)
+
+
+def _t(*a, device, grad=False):
+    return tuple(_x(s, device, grad=grad) for s in a)
+
+
+# conv: (x shape, weight shape, stride, padding, groups, relu): odd sizes, batch 1, grouped, strided
+CONVS = [((2, 4, 5, 7), (6, 2, 3, 3), (1, 1), (1, 1), 2, True), ((1, 3, 9, 8), (4, 3, 3, 5), (2, 3), (0, 2), 1, False)]
+
+
+@pytest.mark.parametrize("fmt", MEMORY_FORMATS)
+@pytest.mark.parametrize("xs, ws, stride, padding, groups, relu", CONVS)
+def test_opcheck_conv2d_and_its_backward_ops(device, fmt, xs, ws, stride, padding, groups, relu):
+    """Forward with bias and fused ReLU / without either; the backward ops with and without the
+    ReLU mask (y) they take from a fused-ReLU forward."""
+    x, w = _x(xs, device, fmt), _x(ws, device, fmt)
+    b = _x(ws[:1], device) if relu else None
+    opcheck(ops.conv2d.default, (x, w, b, stride, padding, groups, relu))
+    y = ops.conv2d(x, w, b, stride, padding, groups, relu).detach()
+    dy, mask = _x(y.shape, device, fmt, grad=False), (y if relu else None)
+    opcheck(ops.conv2d_input_grad.default,
+            (dy, w.detach(), mask, list(xs), stride, padding, groups, fmt == torch.channels_last))
+    opcheck(ops.conv2d_weight_grad.default, (dy, x.detach(), w.detach(), mask, stride, padding, groups))
+
+
+@pytest.mark.parametrize("fmt", MEMORY_FORMATS)
+@pytest.mark.parametrize("shape, groups, relu_saves_u", [((2, 8, 3, 5), 2, True), ((1, 5, 4, 1), 1, False)])
+def test_opcheck_lrn(device, fmt, shape, groups, relu_saves_u):
+    """Both ops, each with and without u (training / inference forward), and the backward op."""
+    x = _x(shape, device, fmt)
+    opcheck(ops.relu_lrn.default, (x, 5, 1e-2, 0.75, 2.0, groups, relu_saves_u))
+    opcheck(ops.local_response_norm.default, (x, 3, 1e-2, 0.75, 2.0, groups, not relu_saves_u))
+    u = ops.relu_lrn(x, 5, 1e-2, 0.75, 2.0, groups, True)[1].detach()
+    opcheck(ops.lrn_backward.default, (_x(shape, device, fmt, grad=False), x.detach(), u, 5, 1e-2, 0.75, 2.0,
+                                       True, groups))
+
+
+@pytest.mark.parametrize("fmt", MEMORY_FORMATS)
+@pytest.mark.parametrize("shape, kernel, stride", [((2, 3, 7, 6), (3, 3), (2, 2)), ((1, 5, 4, 5), (2, 3), (2, 1))])
+def test_opcheck_max_pool2d(device, fmt, shape, kernel, stride):
+    x = _x(shape, device, fmt)
+    opcheck(ops.max_pool2d.default, (x, kernel, stride))
+    y, idx = ops.max_pool2d(x, kernel, stride)
+    opcheck(ops.max_pool2d_backward.default, (_x(y.shape, device, fmt, grad=False), idx, list(shape),
+                                              fmt == torch.channels_last, kernel, stride))
+
+
+@pytest.mark.parametrize("fmt", MEMORY_FORMATS)
+def test_opcheck_dropout(device, fmt):
+    for shape in ((2, 3, 4, 5), (7, 33)):
+        x = _x(shape, device, fmt if len(shape) == 4 else torch.contiguous_format)
+        opcheck(ops.dropout.default, (x, torch.tensor([12345], device=device), 0.5))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_opcheck_augment(device, channels_last):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 9, 11, 3), dtype=torch.uint8, generator=g).to(device)
+    offsets = torch.tensor([[0, 3], [2, 1]], dtype=torch.int32, device=device)
+    flips = torch.tensor([True, False], device=device)
+    shift, mean = _t((2, 3), (9, 11, 3), device=device)
+    opcheck(ops.augment.default, (images, offsets, flips, shift, mean, 7, torch.float32, channels_last))
+
+
+def test_opcheck_sgd_step(device):
+    n = 37
+    w, v, g = _t((n,), (n,), (n,), device=device)
+    lr = torch.tensor([0.01], device=device)
+    opcheck(ops.sgd_step_.default, (w, v, g, lr, 0.9, 5e-4, 20, None))
+    opcheck(ops.sgd_step_.default, (w, v, g, lr, 0.9, 5e-4, n, torch.empty(n, dtype=torch.float16, device=device)))
+
+
+# ---------------------------------------------------------------------- dispatch by device
+def test_cpu_tensors_run_the_reference_without_the_interpreter(monkeypatch):
+    """The op-selection rule: CPU tensors take the PyTorch reference unless TRITON_INTERPRET=1
+    (with it, the public functions reach the Triton launchers: their CPU-only error shows)."""
+    x = _x((2, 8, 5, 5), "cpu", grad=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    torch.testing.assert_close(kernels.relu_lrn(x), reference.relu_lrn(x))
+    torch.testing.assert_close(kernels.max_pool2d(x), reference.max_pool2d(x))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(ValueError, match="size must be an int in 1..17"):  # the Triton launcher's own check
+        kernels.relu_lrn(x, size=19)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert kernels.relu_lrn(x, size=19).shape == x.shape  # the reference takes any window
+
+
+def test_public_functions_refuse_devices_without_an_implementation():
+    with pytest.raises(ValueError, match="is on meta"):
+        kernels.conv2d(torch.empty(1, 3, 5, 5, device="meta"), torch.empty(2, 3, 3, 3, device="meta"))
+
+
+# ------------------------------------------------ CPU reference implementations: gradients
+@pytest.mark.parametrize("fmt", MEMORY_FORMATS)
+def test_reference_backward_ops_are_the_gradients(monkeypatch, fmt):
+    """gradcheck (float64, finite differences) of every op's registered backward on the CPU
+    reference path; the Triton backward kernels are checked against the references in their
+    own test files."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = _x((2, 4, 5, 4), "cpu", fmt, torch.float64)
+    w, b = _x((6, 2, 3, 3), "cpu", fmt, torch.float64), _x((6,), "cpu", dtype=torch.float64)
+    checks = {
+        "conv2d": (lambda x, w, b: ops.conv2d(x, w, b, (1, 2), (1, 1), 2, True), (x, w, b)),
+        "relu_lrn": (lambda x: ops.relu_lrn(x, 3, 0.5, 0.75, 2.0, 2, True)[0], (x,)),
+        "local_response_norm": (lambda x: ops.local_response_norm(x, 5, 0.5, 0.75, 2.0, 1, False)[0], (x,)),
+        "max_pool2d": (lambda x: ops.max_pool2d(x, (3, 2), (2, 1))[0], (x,)),
+        "dropout": (lambda x: ops.dropout(x, torch.tensor([5]), 0.5), (x,)),
+    }
+    for name, (fn, inputs) in checks.items():
+        assert torch.autograd.gradcheck(fn, inputs, fast_mode=True), name
+
+
+# ---------------------------------------------------------------- torch.compile, export
+SMALL = AlexNetConfig(ops="triton", channels_last=False, dropout_seed=7, image_size=63)
+
+
+def _models(config):
+    torch.manual_seed(0)
+    model = AlexNet(config)
+    return model, torch.randn(2, 3, config.image_size, config.image_size)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_compiled_model_has_one_graph_and_equals_eager(monkeypatch, channels_last):
+    """torch.compile(fullgraph=True) of the paper's network (63 px, CPU reference
+    implementations: the interpreter would take minutes), eval and training mode, with the
+    custom ops inside the graph; outputs and gradients equal the eager model's. Training
+    runs with dropout off: ColumnDropout draws its seeds from a torch.Generator, which
+    Dynamo cannot trace (test_compiled_dropout covers the op itself)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    model, x = _models(replace(SMALL, channels_last=channels_last, dropout=0.0))
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
+        return gm
+
+    compiled = torch.compile(model.eval(), fullgraph=True, backend=backend)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+    assert any("alexnet_triton.conv2d" in t for t in seen[0]) and any("alexnet_triton.relu_lrn" in t for t in seen[0])
+    model.train()
+    model(x).logsumexp(1).sum().backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    aot = torch.compile(model, fullgraph=True, backend="aot_eager")
+    aot(x).logsumexp(1).sum().backward()
+    for e, p in zip(expected, model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, e, rtol=0, atol=0)
+
+
+def test_compiled_dropout_op_equals_eager(device):
+    x = _x((4, 64), device)
+    seed = torch.tensor([99], device=device)
+    eager = ops.dropout(x, seed, 0.5)
+    compiled = torch.compile(lambda x, s: ops.dropout(x, s, 0.5), fullgraph=True, backend="aot_eager")
+    y = compiled(x, seed)
+    torch.testing.assert_close(y, eager, rtol=0, atol=0)
+    (dx,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(dx != 0, eager != 0)  # the backward regenerates the mask from the seed
+
+
+def test_export_of_the_model_in_eval_mode(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    model, x = _models(SMALL)
+    model.eval()
+    program = torch.export.export(model, (x,))
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert targets.count("alexnet_triton.conv2d.default") == 5
+    assert targets.count("alexnet_triton.max_pool2d.default") == 3
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_inductor_compiles_the_model(monkeypatch):
+    """The default backend (Inductor generates C++ for the CPU around the custom ops):
+    about a minute of compilation on a small CPU."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    model, x = _models(replace(SMALL, dropout=0.0))
+    model.eval()
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
