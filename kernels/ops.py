@@ -161,7 +161,7 @@ _define("conv2d_weight_grad", "(Tensor dy, Tensor x, Tensor weight, Tensor? y, i
 
 
 def _conv2d_setup(ctx, inputs, output):
-    x, weight, bias, stride, padding, groups, relu = inputs
+    x, weight, _bias, stride, padding, groups, relu = inputs
     ctx.save_for_backward(x, weight, output if relu else None)
     ctx.params = (stride, padding, groups)
 
@@ -281,7 +281,7 @@ def _pool_triton(x, kernel_size, stride):
 
 
 def _pool_reference(x, kernel_size, stride):
-    (kh, kw), (sh, sw) = kernel_size, stride
+    (_, kw), (sh, sw) = kernel_size, stride
     y, flat = torch.nn.functional.max_pool2d(x, kernel_size, stride, return_indices=True)
     width = x.shape[3]
     oh = torch.arange(y.shape[2], device=x.device)[:, None] * sh
@@ -308,7 +308,7 @@ def _pool_backward_triton(dy, idx, input_size, channels_last, kernel_size, strid
 
 
 def _pool_backward_reference(dy, idx, input_size, channels_last, kernel_size, stride):
-    (kh, kw), (sh, sw) = kernel_size, stride
+    (_, kw), (sh, sw) = kernel_size, stride
     n, c, height, width = input_size
     idx = idx.long()
     rows = torch.arange(idx.shape[2], device=dy.device)[:, None] * sh + idx // kw
@@ -362,7 +362,7 @@ _define("dropout", "(Tensor x, Tensor seed, float p) -> Tensor", _dropout_triton
 
 
 def _dropout_setup(ctx, inputs, output):
-    x, seed, p = inputs
+    _x, seed, p = inputs
     ctx.save_for_backward(seed)  # the mask is regenerated from it: nothing mask-sized is kept
     ctx.p, ctx.layout = p, output.stride()
 

@@ -9,12 +9,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import DEVICE, MEMORY_FORMATS
 from torch.library import opcheck
 
 import kernels
 from alexnet.config import AlexNetConfig
 from alexnet.model import AlexNet
-from conftest import DEVICE, MEMORY_FORMATS
 from kernels import reference
 
 ops = torch.ops.alexnet_triton
