@@ -3,7 +3,8 @@
     torch.ops.alexnet_triton.conv2d(x, weight, bias, stride, padding, groups, relu) -> y
     torch.ops.alexnet_triton.conv2d_input_grad(dy, weight, y, input_size, stride, padding, groups,
                                                channels_last) -> dx
-    torch.ops.alexnet_triton.conv2d_weight_grad(dy, x, weight, y, stride, padding, groups) -> (dw, db)
+    torch.ops.alexnet_triton.conv2d_weight_grad(dy, x, weight, y, stride, padding, groups, weight_grad,
+                                                bias_grad) -> (dw, db)    (an empty one where not asked)
     torch.ops.alexnet_triton.relu_lrn / local_response_norm(x, size, alpha, beta, k, groups, save_u) -> (y, u)
     torch.ops.alexnet_triton.lrn_backward(dy, x, u, size, alpha, beta, k, relu, groups) -> dx
     torch.ops.alexnet_triton.max_pool2d(x, kernel_size, stride) -> (y, argmax)
@@ -42,11 +43,10 @@ from .lrn import relu_lrn_backward, relu_lrn_forward
 from .maxpool import max_pool2d_backward, max_pool2d_forward
 from .sgd import launch_sgd_step
 
-# The convolution's launchers: the one import to update when the conv files move.
-from ._conv_common import ConvGeometry, conv_geometry, pad_input, unpad_weight_grad  # isort: skip
-from .conv_dgrad import conv2d_input_grad as _conv_dgrad_launch  # isort: skip
-from .conv_fwd import conv2d_forward as _conv_fwd_launch  # isort: skip
-from .conv_wgrad import conv2d_weight_grad as _conv_wgrad_launch  # isort: skip
+# The convolution: its launchers are looked up on the conv module at call time (tests patch
+# them there). These two lines are the ones to update when the conv files move.
+from . import conv as _conv  # isort: skip
+from ._conv_common import ConvGeometry  # isort: skip
 
 __all__ = ["NAMESPACE", "conv2d", "use_triton"]
 
@@ -91,9 +91,9 @@ def _conv_out_shape(x, weight, stride, padding):
 
 
 def _conv2d_triton(x, weight, bias, stride, padding, groups, relu):
-    geom = conv_geometry(x, weight, bias, tuple(stride), tuple(padding), groups)
-    x_k, w_k, geom_k = pad_input(x, weight, geom)  # channels_last; conv1: 3 -> 4 channels
-    return _conv_fwd_launch(x_k, w_k, bias, geom_k, relu=relu, out_format=memory_format(x))
+    geom = _conv.conv_geometry(x, weight, bias, tuple(stride), tuple(padding), groups)
+    x_k, w_k, geom_k = _conv.pad_input(x, weight, geom)  # channels_last; conv1: 3 -> 4 channels
+    return _conv.conv2d_forward(x_k, w_k, bias, geom_k, relu=relu, out_format=memory_format(x))
 
 
 def _conv2d_reference(x, weight, bias, stride, padding, groups, relu):
@@ -115,7 +115,7 @@ def _dgrad_triton(dy, weight, y, input_size, stride, padding, groups, channels_l
     dy = dy.contiguous(memory_format=torch.channels_last)
     y = y.contiguous(memory_format=torch.channels_last) if y is not None else None
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return _conv_dgrad_launch(dy, weight, geom, y=y, out_format=fmt)
+    return _conv.conv2d_input_grad(dy, weight, geom, y=y, out_format=fmt)
 
 
 def _dgrad_reference(dy, weight, y, input_size, stride, padding, groups, channels_last):
@@ -134,30 +134,37 @@ _define("conv2d_input_grad", "(Tensor dy, Tensor weight, Tensor? y, SymInt[4] in
         "int[2] padding, int groups, bool channels_last) -> Tensor", _dgrad_triton, _dgrad_reference, _dgrad_fake)
 
 
-def _wgrad_triton(dy, x, weight, y, stride, padding, groups):
-    geom = conv_geometry(x, weight, None, tuple(stride), tuple(padding), groups)
-    x_k, _, geom_k = pad_input(x, weight, geom)  # as the forward read it
+def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad):
+    geom = _conv.conv_geometry(x, weight, None, tuple(stride), tuple(padding), groups)
+    x_k, geom_k = None, geom  # only the bias gradient: x is never read
+    if weight_grad:
+        x_k, _, geom_k = _conv.pad_input(x, weight, geom)  # as the forward read it
     dy = dy.contiguous(memory_format=torch.channels_last)
     y = y.contiguous(memory_format=torch.channels_last) if y is not None else None
     fmt = memory_format(weight)
-    dw, db = _conv_wgrad_launch(dy, x_k, geom_k, y=y, weight_format=fmt)
-    return unpad_weight_grad(dw, geom, fmt), db
+    dw, db = _conv.conv2d_weight_grad(dy, x_k, geom_k, y=y, weight_grad=weight_grad, bias_grad=bias_grad,
+                                      weight_format=fmt)
+    return (_conv.unpad_weight_grad(dw, geom, fmt) if weight_grad else dy.new_empty(0),
+            db if bias_grad else dy.new_empty(0))
 
 
-def _wgrad_reference(dy, x, weight, y, stride, padding, groups):
+def _wgrad_reference(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad):
     if y is not None:
         dy = torch.where(y > 0, dy, 0)
     _, dw, db = torch.ops.aten.convolution_backward(dy, x, weight, [weight.shape[0]], stride, padding, [1, 1],
-                                                    False, [0, 0], groups, [False, True, True])
-    return _in_format(dw, memory_format(weight)), db
+                                                    False, [0, 0], groups, [False, weight_grad, bias_grad])
+    return (_in_format(dw, memory_format(weight)) if weight_grad else dy.new_empty(0),
+            db if bias_grad else dy.new_empty(0))
 
 
-def _wgrad_fake(dy, x, weight, y, stride, padding, groups):
-    return _empty(weight.shape, dy, memory_format(weight)), _empty(weight.shape[:1], dy)
+def _wgrad_fake(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad):
+    return (_empty(weight.shape, dy, memory_format(weight)) if weight_grad else dy.new_empty(0),
+            _empty(weight.shape[:1], dy) if bias_grad else dy.new_empty(0))
 
 
 _define("conv2d_weight_grad", "(Tensor dy, Tensor x, Tensor weight, Tensor? y, int[2] stride, int[2] padding, "
-        "int groups) -> (Tensor, Tensor)", _wgrad_triton, _wgrad_reference, _wgrad_fake)
+        "int groups, bool weight_grad, bool bias_grad) -> (Tensor, Tensor)", _wgrad_triton, _wgrad_reference,
+        _wgrad_fake)
 
 
 def _conv2d_setup(ctx, inputs, output):
@@ -175,7 +182,7 @@ def _conv2d_backward(ctx, dy):
         dx = ops.conv2d_input_grad(dy, weight, y, x.shape, stride, padding, groups,
                                    memory_format(x) == torch.channels_last)
     if need_w or need_b:
-        dw, db = ops.conv2d_weight_grad(dy, x, weight, y, stride, padding, groups)
+        dw, db = ops.conv2d_weight_grad(dy, x, weight, y, stride, padding, groups, need_w, need_b)
     return dx, dw if need_w else None, db if need_b else None, None, None, None, None
 
 

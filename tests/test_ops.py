@@ -56,7 +56,8 @@ def test_opcheck_conv2d_and_its_backward_ops(device, fmt, xs, ws, stride, paddin
     dy, mask = _x(y.shape, device, fmt, grad=False), (y if relu else None)
     opcheck(ops.conv2d_input_grad.default,
             (dy, w.detach(), mask, list(xs), stride, padding, groups, fmt == torch.channels_last))
-    opcheck(ops.conv2d_weight_grad.default, (dy, x.detach(), w.detach(), mask, stride, padding, groups))
+    for wanted in ((True, True), (not relu, relu)):  # both gradients; one of them
+        opcheck(ops.conv2d_weight_grad.default, (dy, x.detach(), w.detach(), mask, stride, padding, groups, *wanted))
 
 
 @pytest.mark.parametrize("fmt", MEMORY_FORMATS)
