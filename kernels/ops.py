@@ -48,19 +48,16 @@ from .sgd import launch_sgd_step
 from . import conv as _conv  # isort: skip
 from ._conv_common import ConvGeometry  # isort: skip
 
-__all__ = ["NAMESPACE", "conv2d", "use_triton"]
+__all__ = ["NAMESPACE", "conv2d"]
 
 NAMESPACE = "alexnet_triton"
 ops = torch.ops.alexnet_triton
 
 
-def use_triton(t: torch.Tensor) -> bool:
-    """The op-selection rule: Triton on CUDA, and on the CPU only under the interpreter."""
-    return t.device.type == "cuda" or interpreting()
-
-
 def _define(name: str, schema: str, triton_impl, reference_impl, fake, mutates_args=()):
-    """Register op `alexnet_triton::name`: Triton for CUDA, reference-or-interpreter for CPU."""
+    """Register op `alexnet_triton::name` with the op-selection rule: the Triton implementation
+    for CUDA tensors; for CPU tensors the reference, or Triton when the interpreter is on
+    (checked per call, so tests can switch it)."""
     op = torch.library.custom_op(f"{NAMESPACE}::{name}", triton_impl, mutates_args=mutates_args,
                                  device_types="cuda", schema=schema)
 
