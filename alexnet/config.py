@@ -69,8 +69,10 @@ class AlexNetConfig:
     2x2/2, section 3.4), `activation` ("relu" vs "tanh", section 3.1), `columns` (2: the
     two-GPU net; 1: the one-GPU net with half the kernels, section 3.2).
 
-    Execution (no effect on the function computed): `ops` picks the kernels ("triton", the
-    plain-PyTorch "reference", or "auto": triton when CUDA is available); `channels_last`
+    Execution (no effect on the function computed): `ops` picks the functions the layers call
+    ("triton": the alexnet_triton custom ops, whose tensors' device picks Triton or the
+    reference inside, see kernels/ops.py; "reference": torch's own ops; "auto": triton when
+    CUDA is available, else reference); `channels_last`
     (None: on when CUDA is available); `dropout_seed` seeds the per-column dropout streams
     (None: drawn from torch's generator when the model is built).
     """
