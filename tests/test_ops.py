@@ -219,3 +219,24 @@ def test_inductor_compiles_the_model(monkeypatch):
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_training_with_the_ops_on_the_cpu_resumes_bit_identically(tiny_store, tmp_path, monkeypatch):
+    """ops="triton" on the CPU: the model's custom ops and the flat SGD step's op run their
+    reference implementations; stopping after 2 steps and resuming to 4 gives the very
+    weights of a straight 4-step run, as with the plain reference ops (tests/test_train.py)."""
+    from alexnet import checkpoint
+    from alexnet.train import TrainConfig
+    from alexnet.trainer import run
+    from conftest import TINY_CROP
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    base = TrainConfig(data=str(tiny_store), image_size=TINY_CROP, batch_size=8, epochs=1, log_every=1000,
+                       ops="triton", threads=1)
+    assert run(replace(base, out=str(tmp_path / "straight"), max_steps=4)) == 0
+    split = replace(base, out=str(tmp_path / "split"), max_steps=2)
+    assert run(split) == 0
+    assert run(replace(split, max_steps=4, resume="auto")) == 0
+    a, b = (checkpoint.load(tmp_path / run_ / "checkpoint_last.pt")["model"] for run_ in ("straight", "split"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
