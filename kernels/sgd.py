@@ -48,16 +48,15 @@ def sgd_step_(weights: torch.Tensor, velocity: torch.Tensor, grads: torch.Tensor
     the same device. If given, `low_precision_out` (bf16/fp16, same length) receives the
     updated weights. Op alexnet_triton::sgd_step_ (kernels/ops.py: the device picks Triton or
     the reference)."""
+    check_tensor(weights, "weights", ndim=1, dtypes=(torch.float32,), kernel_device=False)
+    check_tensor(velocity, "velocity", ndim=1, dtypes=(torch.float32,), kernel_device=False)
+    check_tensor(grads, "grads", ndim=1, kernel_device=False)
+    check_tensor(lr, "lr", ndim=1, dtypes=(torch.float32,), kernel_device=False)
     named = [("weights", weights), ("velocity", velocity), ("grads", grads), ("lr", lr)]
-    dtypes = [(torch.float32,), (torch.float32,), None, (torch.float32,)]
     if low_precision_out is not None:
+        check_tensor(low_precision_out, "low_precision_out", ndim=1, dtypes=(torch.bfloat16, torch.float16),
+                     kernel_device=False)
         named.append(("low_precision_out", low_precision_out))
-        dtypes.append((torch.bfloat16, torch.float16))
-    for (name, t), allowed in zip(named, dtypes):
-        if allowed is None:
-            check_tensor(t, name, ndim=1, kernel_device=False)
-        else:
-            check_tensor(t, name, ndim=1, dtypes=allowed, kernel_device=False)
     check_same_device(*named)
     n_elem = weights.numel()
     for name, t in named:
