@@ -19,7 +19,7 @@ import triton.language as tl
 
 from ._common import cdiv, check_same_device, check_tensor, interpreting
 
-__all__ = ["sgd_step_", "launch_sgd_step"]
+__all__ = ["launch_sgd_step", "sgd_step_"]
 
 
 @triton.jit
