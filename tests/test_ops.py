@@ -189,6 +189,18 @@ def test_compiled_model_has_one_graph_and_equals_eager(monkeypatch, channels_las
         torch.testing.assert_close(p.grad, e, rtol=0, atol=0)
 
 
+@pytest.mark.slow
+def test_compiled_training_model_with_dropout_equals_eager(monkeypatch):
+    """With dropout on, Dynamo breaks the graph where ColumnDropout draws a seed from its
+    torch.Generator; the pieces still compute exactly the eager model's masks and outputs."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    model, x = _models(SMALL)
+    state = model.train().dropout.get_rng_state("cpu")
+    expected = model(x)
+    model.dropout.set_rng_state(state, "cpu")
+    torch.testing.assert_close(torch.compile(model, backend="aot_eager")(x), expected, rtol=0, atol=0)
+
+
 def test_compiled_dropout_op_equals_eager(device):
     x = _x((4, 64), device)
     seed = torch.tensor([99], device=device)
