@@ -145,6 +145,23 @@ def set_rng_state(model, state: dict, session: Session) -> None:
         torch.cuda.set_rng_state(state["cuda"], session.device)
 
 
+# ------------------------------------------------------------------ one step
+def training_step(model, optimizer, images, labels, finite: torch.Tensor, sync_gradients=None):
+    """Forward, loss, backward, (gradient sync,) update: the step as trained and as measured
+    (bench/host_step.py). Returns the loss and the count of wrong top-1 guesses as device
+    tensors; `finite` is and-ed in place with the loss's finiteness. No host-device sync."""
+    logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels)
+    finite &= torch.isfinite(loss)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if sync_gradients is not None:
+        sync_gradients()
+    optimizer.step()
+    wrong = (logits.argmax(1) != labels).sum()
+    return loss.detach(), wrong
+
+
 # ------------------------------------------------------------------ the loop
 class Trainer:
     def __init__(self, config: TrainConfig):
@@ -234,17 +251,10 @@ class Trainer:
     def train_step(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """One step; returns the loss and the number of wrong top-1 guesses as device
         tensors (no host sync: finiteness is checked at log steps and before checkpoints)."""
-        logits = self.model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        self.finite &= torch.isfinite(loss)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.session.layout is not None:
-            self.model.sync_gradients()
-        self.optimizer.step()
+        sync = self.model.sync_gradients if self.session.layout is not None else None
+        loss, wrong = training_step(self.model, self.optimizer, images, labels, self.finite, sync)
         self.step += 1
-        wrong = (logits.argmax(1) != labels).sum()
-        return loss.detach(), wrong
+        return loss, wrong
 
     def check_finite(self) -> None:
         """Raise NonFiniteLoss if any step since the last check had a NaN/inf loss (a host sync)."""

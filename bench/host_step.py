@@ -1,0 +1,450 @@
+"""The training step's host side, on the CPU: launches per step by kind and host microseconds
+per step, ours against eager PyTorch + cuDNN-style ops timed the same way in the same run (issue 13).
+
+    python bench/host_step.py                  # table: single device and one column, bf16, batch 128
+    python bench/host_step.py --json           # one JSON object (fields below)
+    python bench/host_step.py --precision fp32 --steps 50 --ops   # also the per-op histogram
+
+Method. Every tensor of the step (weights, activations, gradients, optimizer buffers) lives on
+torch's 'meta' device: aten ops run their real dispatch path (argument parsing, autograd,
+dispatcher, shape/stride inference, the caching allocator's bookkeeping is replaced by meta
+storage) but no kernel. Triton runs its real launch path too: a stand-in driver reports an
+sm_90 CUDA target, and `JITFunction._do_compile` is replaced so that the first call of each
+specialisation stores a stub kernel in Triton's own cache; every later call goes through
+Triton's binder (argument specialisation, alignment checks), cache-key computation, cache
+lookup and grid evaluation, and ends in the stub's `run`, which counts the launch. The
+autotuner's benchmark returns a constant (it then keeps its first candidate) and the
+instrument points TRITON_CACHE_DIR at a temporary folder so nothing it "tunes" is stored.
+
+Counting: one step runs under a TorchDispatchMode that classifies each aten op touching a
+meta tensor: `alloc` (empty*, not a device launch on a warm caching allocator), `copy`
+(copy_/clone/_to_copy without a dtype change), `cast` (a dtype change), `collective` (c10d),
+`view` (no launch, not counted), `sync` (_local_scalar_dense: a host-device sync; on meta it
+raises, so a step that syncs cannot finish here) and `torch_op` (every other op = one device
+kernel). `launches_per_step` = triton + torch_op + copy + cast (+ collective for the column).
+
+Timing: the same step without the counting mode, `--steps` times after warm-up; the median
+wall time per step is `host_us_per_step`. The yardstick `eager_host_us_per_step` is the same
+network built from plain PyTorch ops (kernels.reference: F.conv2d, F.local_response_norm,
+F.max_pool2d, F.dropout, F.linear) with torch's foreach SGD (PaperSGD), timed in the same
+process by the same means.
+
+Limits (what a real GPU step adds that this does not see):
+- the CUDA driver's launch call (cuLaunchKernel, ~2-5 us per launch) for every launch of
+  both stacks, and Triton's C launcher (packing the arguments, ~1-3 us);
+- cuDNN's own host work in the eager step (descriptor setup, algorithm-cache lookup: about
+  10-20 us per convolution call), so the eager yardstick here is a lower bound and the
+  ratio ours/eager an upper bound;
+- the caching allocator (meta storage allocation is cheaper than a cudaCaching lookup);
+- on 'meta' the conv weight-gradient split search (`wgrad_splits`) returns 1 at once (it
+  runs only for CUDA tensors): its per-call cost is timed separately, on a stand-in CUDA
+  device, and reported as `conv_side.wgrad_splits_us_per_call`;
+- first-call costs (compilation, autotuning) are excluded by design (warm-up).
+The 2-core CPU this runs on is shared and slower than a GPU host's; compare ratios measured
+in one run, not absolute microseconds across machines.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if "triton" in sys.modules:
+        raise RuntimeError("bench/host_step.py needs Triton's compiled-launch path: run it in a process without "
+                           "TRITON_INTERPRET=1 (the tests start it as a subprocess)")
+    os.environ.pop("TRITON_INTERPRET")
+os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="host_step_triton_"))
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+BATCH = 128
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
+DEVICE_KINDS = ("triton", "torch_op", "copy", "cast", "collective")
+ALL_KINDS = (*DEVICE_KINDS, "alloc", "sync")
+
+
+# =========================================================================== launch stubs
+class _StubKernel:
+    """What `_do_compile` leaves in Triton's kernel cache: `run` counts instead of launching."""
+    function = None
+    packed_metadata = None
+    launches: Counter = Counter()
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def launch_metadata(self, grid, stream, *args):
+        return None
+
+    def run(self, *args):
+        _StubKernel.launches[self.name] += 1
+
+
+class _StandInDriver:
+    """Triton's view of a device: an sm_90 CUDA target with device 0 and stream 0."""
+
+    def __init__(self):
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", 90, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+    def get_active_torch_device(self):
+        return torch.device("meta")
+
+    def get_benchmarker(self):
+        return lambda kernel_call, quantiles=None: [1.0, 1.0, 1.0]  # the autotuner keeps its first candidate
+
+    def get_device_interface(self):
+        return None
+
+
+_installed = False
+
+
+def install_stubs() -> None:
+    """Make every Triton launch and every kernel-side device check work on meta tensors."""
+    global _installed
+    if _installed:
+        return
+    import triton
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+
+    from kernels.sgd import _sgd_step_kernel
+
+    if not isinstance(_sgd_step_kernel, JITFunction):
+        raise RuntimeError("Triton is in interpreter mode here; run without TRITON_INTERPRET=1")
+    driver.set_active(_StandInDriver())
+
+    def _do_compile(self, key, signature, device, constexprs, options, attrs, warmup):
+        kernel = _StubKernel(self.__name__)
+        self.device_caches[device][0][key] = kernel
+        return kernel
+
+    JITFunction._do_compile = _do_compile
+
+    # The launchers refuse non-CUDA tensors outside the interpreter; accept 'meta' here
+    # (the same checks otherwise, including the interpreter test they make).
+    import kernels
+    from kernels import _common
+
+    original = _common.check_tensor
+
+    def check_tensor(x, name, *, ndim=None, dtypes=_common.FLOAT_DTYPES):
+        if not (isinstance(x, torch.Tensor) and x.device.type == "meta"):
+            return original(x, name, ndim=ndim, dtypes=dtypes)
+        if ndim is not None and x.dim() != ndim:  # the original's checks, device aside
+            raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
+        if dtypes is not None and x.dtype not in dtypes:
+            raise TypeError(f"{name} has dtype {x.dtype}")
+        _common.interpreting()  # the environment lookup the original makes
+
+    for mod in list(sys.modules.values()):
+        if mod is not None and getattr(mod, "__name__", "").startswith("kernels") and \
+                getattr(mod, "check_tensor", None) is original:
+            mod.check_tensor = check_tensor
+    _common.check_tensor = check_tensor
+    del kernels
+    _patch_old_dropout_generators()
+    _native_meta_kernels()
+    _installed = True
+
+
+def _native_meta_kernels() -> None:
+    """Use torch's C++ meta kernels wherever they exist. torch registers Python meta
+    functions (torch._meta_registrations, for FakeTensor tracing) over them; those cost
+    0.1-0.6 ms per elementwise op, 100x a CUDA op's host path, and would swamp the timing.
+    The Python functions stay for the ops that have no C++ meta kernel."""
+    import torch._meta_registrations as registrations
+    from torch._decomp import global_decomposition_table
+
+    lib = registrations._meta_lib_dont_use_me_use_register_meta
+    table = {}
+    for kind in ("meta", "post_autograd", "pre_autograd"):
+        for op, fn in global_decomposition_table[kind].items():
+            if isinstance(op, torch._ops.OpOverload):
+                table.setdefault(op.name(), (op, fn))
+    registered = list(lib._op_impls)  # "aten/add.Tensor/Meta"
+    lib._destroy()
+    global _python_metas
+    _python_metas = torch.library.Library("aten", "IMPL", "Meta")
+    for key in registered:
+        namespace, rest = key.split("/", 1)
+        name = f"{namespace}::{rest.rsplit('/', 1)[0]}"
+        keep_python = name in ("aten::convolution", "aten::convolution_backward")  # no C++ meta path
+        native = not keep_python and any(torch._C._dispatch_has_kernel_for_dispatch_key(name, key) for key in
+                     ("Meta", "CompositeExplicitAutograd", "CompositeExplicitAutogradNonFunctional"))
+        if name == "aten::relu":  # CPU/CUDA kernels only; its Python meta goes through torch.where (~0.5 ms)
+            _python_metas.impl("relu", lambda x: torch.empty_like(x))
+        elif name in table and not native:
+            _python_metas.impl(*table[name])
+
+
+_python_metas = None
+
+
+def _patch_old_dropout_generators() -> None:
+    """Before issue 13, ColumnDropout drew each call's seed from per-column torch.Generators,
+    which do not exist on 'meta'; give that code CPU generators (a CPU draw + a copy to the
+    device, as on CUDA a draw launch + no copy). The current ColumnDropout needs none."""
+    from alexnet import layers
+
+    if not hasattr(layers.ColumnDropout, "generators"):
+        return
+    original = layers.ColumnDropout.generators
+
+    def generators(self, device):
+        return original(self, "cpu" if torch.device(device).type == "meta" else device)
+
+    layers.ColumnDropout.generators = generators
+
+
+# =========================================================================== counting
+_ALLOC = {"empty", "empty_strided", "new_empty", "new_empty_strided", "empty_like"}
+_COPY = {"copy_", "clone", "_to_copy", "contiguous"}
+
+
+def _touches_meta(args, kwargs, out) -> bool:
+    def meta(v):
+        if isinstance(v, torch.Tensor):
+            return v.device.type == "meta"
+        if isinstance(v, (list, tuple)):
+            return any(meta(i) for i in v)
+        return False
+
+    return meta(args) or meta(list((kwargs or {}).values())) or meta(out)
+
+
+def classify(func, args, kwargs, out) -> str:
+    ns, name = func.namespace, func._schema.name.split("::")[-1]
+    if ns == "c10d":
+        return "collective"
+    if name == "_local_scalar_dense":
+        return "sync"
+    if func.is_view or name in ("detach", "lift_fresh", "alias"):
+        return "view"
+    if not _touches_meta(args, kwargs, out):
+        return "host"
+    if name in _ALLOC:
+        return "alloc"
+    if name in _COPY:
+        src = args[1] if name == "copy_" else args[0]
+        dst = args[0] if name == "copy_" else out
+        if isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor) and src.dtype != dst.dtype:
+            return "cast"
+        return "copy"
+    return "torch_op"
+
+
+class Census(TorchDispatchMode):
+    """Counts the aten ops of everything run under it, by kind and by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.kinds: Counter = Counter()
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        kind = classify(func, args, kwargs, out)
+        self.kinds[kind] += 1
+        if kind not in ("view", "host"):
+            self.ops[f"{kind}:{func.__name__}"] += 1
+        return out
+
+
+def count_step(step) -> dict:
+    """Launches of one call of `step()`, by kind, with the per-op histogram."""
+    _StubKernel.launches.clear()
+    with Census() as census:
+        step()
+    kinds = {k: census.kinds.get(k, 0) for k in ALL_KINDS}
+    kinds["triton"] = sum(_StubKernel.launches.values())
+    ops = dict(census.ops)
+    ops.update({f"triton:{k}": v for k, v in _StubKernel.launches.items()})
+    return {"launches_per_step": sum(kinds[k] for k in DEVICE_KINDS), "launches_by_kind": kinds,
+            "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))}
+
+
+def time_steps(steps: dict, repeats: int, warmup: int = 3) -> dict:
+    """Median host microseconds of one call of each step in `steps` (name -> callable),
+    interleaved call by call so that both see the same load on a shared machine."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) * 1e6 for name, t in times.items()}
+
+
+# =========================================================================== the step
+def _config(ops: str):
+    from alexnet.config import AlexNetConfig
+
+    return AlexNetConfig(ops=ops, channels_last=True, dropout_seed=0)
+
+
+def _fake_column_layout():
+    """Rank 0 of a two-rank pair on torch's in-process 'fake' backend (collectives are no-ops)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from alexnet.distributed import ParallelLayout
+
+    if not dist.is_initialized():
+        dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    return ParallelLayout(0, 2, torch.device("meta"), "fake", timedelta(seconds=60), dist.group.WORLD, None)
+
+
+def build_step(stack: str, dtype: torch.dtype, layout: str = "single", batch: int = BATCH):
+    """A closure running one training step, as alexnet.trainer does, on meta tensors.
+    stack: "ours" (Triton ops, FlatPaperSGD) or "eager" (reference ops, PaperSGD)."""
+    from alexnet.model import AlexNet
+    from alexnet.optim import FlatPaperSGD, PaperSGD, param_groups
+    from alexnet import trainer
+
+    install_stubs()
+    config = _config("triton" if stack == "ours" else "reference")
+    if layout == "single":
+        with torch.device("meta"):
+            model = AlexNet(config)
+    else:
+        from alexnet.parallel import ShardedAlexNet
+
+        model = ShardedAlexNet(config, _fake_column_layout())
+    model.train()
+    sgd = FlatPaperSGD if stack == "ours" else PaperSGD
+    optimizer = sgd(param_groups(model), lr=0.01)
+    prepare = getattr(model, "prepare_for_training", None)
+    if prepare is not None:
+        prepare(dtype)
+    images = torch.empty(batch, 3, 224, 224, device="meta", dtype=dtype, memory_format=torch.channels_last)
+    labels = torch.empty(batch, device="meta", dtype=torch.int64)
+    finite = torch.ones((), dtype=torch.bool, device="meta")
+    sync = getattr(model, "sync_gradients", None)
+
+    def step():
+        trainer.training_step(model, optimizer, images, labels, finite, sync)
+
+    return step
+
+
+def conv_side(dtype: torch.dtype, calls: int = 200) -> dict:
+    """Host costs inside the convolution that the meta step cannot show (see Limits)."""
+    from kernels import conv_configs
+    from kernels._conv_common import ConvGeometry
+
+    conv_configs._sm_count = lambda index: 132  # an H100's SMs; no CUDA call
+    geoms = [ConvGeometry(BATCH, 3, 224, 224, 96, 11, 11, 4, 4, 2, 2, 1),
+             ConvGeometry(BATCH, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2),
+             ConvGeometry(BATCH, 256, 13, 13, 384, 3, 3, 1, 1, 1, 1, 1),
+             ConvGeometry(BATCH, 384, 13, 13, 384, 3, 3, 1, 1, 1, 1, 2),
+             ConvGeometry(BATCH, 384, 13, 13, 256, 3, 3, 1, 1, 1, 1, 2)]
+    device = torch.device("cuda", 0)
+    per_call = []
+    for geom in geoms:
+        flat = conv_configs.use_flat_reduction(geom.c_per_g)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            conv_configs.wgrad_splits(geom, dtype, "tf32", flat, device)
+        per_call.append((time.perf_counter() - t0) / calls * 1e6)
+    return {"wgrad_splits_us_per_call": [round(t, 1) for t in per_call],
+            "wgrad_splits_us_per_step": round(sum(per_call), 1)}
+
+
+def measure(precision: str = "bf16", steps: int = 20, layouts=("single", "column"), with_ops: bool = False) -> dict:
+    dtype = PRECISIONS[precision]
+    result = {"precision": precision, "batch": BATCH, "steps_timed": steps}
+    for layout in layouts:
+        row, built = {}, {}
+        for stack in ("ours", "eager"):
+            built[stack] = build_step(stack, dtype, layout)
+            row[stack] = count_step(built[stack])
+            if not with_ops:
+                row[stack].pop("ops")
+        for stack, us in time_steps(built, steps).items():
+            row[stack]["host_us_per_step"] = round(us, 1)
+        row["host_ratio"] = round(row["ours"]["host_us_per_step"] / row["eager"]["host_us_per_step"], 2)
+        result[layout] = row
+    if "single" in result:  # the headline fields (issue 13): bf16 or fp32, batch 128, single device
+        single = result["single"]
+        result.update(launches_per_step=single["ours"]["launches_per_step"],
+                      launches_by_kind=single["ours"]["launches_by_kind"],
+                      host_us_per_step=single["ours"]["host_us_per_step"],
+                      eager_launches_per_step=single["eager"]["launches_per_step"],
+                      eager_host_us_per_step=single["eager"]["host_us_per_step"],
+                      host_ratio=single["host_ratio"])
+    result["conv_side"] = conv_side(dtype)
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = [f"host side of one training step, {result['precision']}, batch {result['batch']} "
+             f"(launches stubbed; median of {result['steps_timed']} steps)",
+             f"{'layout':<8}{'stack':<7}{'launches':>9}  " + "".join(f"{k:>11}" for k in ALL_KINDS) + f"{'host us':>10}"]
+    for layout in ("single", "column"):
+        if layout not in result:
+            continue
+        for stack in ("ours", "eager"):
+            r = result[layout][stack]
+            lines.append(f"{layout:<8}{stack:<7}{r['launches_per_step']:>9}  "
+                         + "".join(f"{r['launches_by_kind'][k]:>11}" for k in ALL_KINDS)
+                         + f"{r['host_us_per_step']:>10.0f}")
+        lines.append(f"{layout:<8}ours / eager host time: {result[layout]['host_ratio']:.2f}x")
+    cs = result["conv_side"]
+    lines.append(f"conv side, not in the figures above: wgrad_splits {cs['wgrad_splits_us_per_call']} us per call "
+                 f"(conv1..5), {cs['wgrad_splits_us_per_step']} us per step")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--precision", choices=tuple(PRECISIONS), default="bf16")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per stack (median)")
+    ap.add_argument("--layout", choices=("single", "column", "both"), default="both")
+    ap.add_argument("--ops", action="store_true", help="include the per-op histogram")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    layouts = ("single", "column") if args.layout == "both" else (args.layout,)
+    result = measure(args.precision, args.steps, layouts, args.ops)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(format_table(result))
+        if args.ops:
+            for layout in layouts:
+                for stack in ("ours", "eager"):
+                    print(f"\n{layout} {stack}:")
+                    for op, n in result[layout][stack]["ops"].items():
+                        print(f"  {n:4d}  {op}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
