@@ -146,6 +146,23 @@ def set_rng_state(model, state: dict, session: Session) -> None:
 
 
 # ------------------------------------------------------------------ one step
+def build_optimizer(model, ops: str, dtype: torch.dtype, lr: float, momentum: float, weight_decay: float,
+                    replicas: int = 1):
+    """The Triton build takes the fused one-launch update over flat buffers (in 16-bit
+    compute it also keeps the layers' 16-bit weight copies: no per-step casts); the
+    reference build torch's ops. The 16-bit copies need the gradients in the optimizer's
+    own buffer, so with several data-parallel replicas (whose averaging reads p.grad) the
+    layers cast per step instead."""
+    groups = param_groups(model, weight_decay)
+    if ops != "triton":
+        return PaperSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    low = dtype if dtype != torch.float32 and replicas == 1 else None
+    optimizer = FlatPaperSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, low_precision=low)
+    if low is not None:
+        optimizer.attach(model)
+    return optimizer
+
+
 def training_step(model, optimizer, images, labels, finite: torch.Tensor, sync_gradients=None):
     """Forward, loss, backward, (gradient sync,) update: the step as trained and as measured
     (bench/host_step.py). Returns the loss and the count of wrong top-1 guesses as device
@@ -180,10 +197,9 @@ class Trainer:
         self.val_loader = EvalLoader(self.store, config.batch_size, session.device, rank=session.data_rank,
                                      world=session.data_world, dtype=self.dtype, channels_last=channels_last,
                                      crop_size=config.image_size, threads=config.threads)
-        # the Triton build takes the fused one-launch update over flat buffers; the reference build torch's ops
-        sgd = FlatPaperSGD if self.model_config.ops == "triton" else PaperSGD
-        self.optimizer = sgd(param_groups(self.model, config.weight_decay), lr=config.lr, momentum=config.momentum,
-                             weight_decay=config.weight_decay)
+        replicas = 1 if session.layout is None else session.layout.replicas
+        self.optimizer = build_optimizer(self.model, self.model_config.ops, self.dtype, config.lr, config.momentum,
+                                         config.weight_decay, replicas)
         self.schedule = PlateauSchedule(lr=config.lr, patience=config.patience, max_reductions=config.lr_reductions)
         self.metrics = MetricsLog(self.out)
         self.step = 0
@@ -207,6 +223,8 @@ class Trainer:
                 raise SystemExit(f"alexnet.train: cannot resume {path}: it was trained with {key}={saved[key]!r}, "
                                  f"this run has {getattr(self.config, key)!r}")
         self.model.load_state_dict(local_state(ckpt["model"], self.session))
+        if hasattr(self.optimizer, "refresh_low_precision"):
+            self.optimizer.refresh_low_precision()  # the layers' 16-bit copies of the loaded weights
         velocity = local_state(ckpt["velocity"], self.session)
         for name, p in self.model.named_parameters():
             state = self.optimizer.state[p]
@@ -263,8 +281,9 @@ class Trainer:
 
     def grad_norms(self) -> dict:
         """Per-layer weight-gradient norms: a stalled start shows as tiny, flat norms."""
-        return {name.rsplit(".", 1)[0]: round(p.grad.norm().item(), 6) for name, p in self.model.named_parameters()
-                if name.endswith("weight") and p.grad is not None}
+        gradient = getattr(self.optimizer, "gradient", lambda p: p.grad)
+        return {name.rsplit(".", 1)[0]: round(gradient(p).float().norm().item(), 6)
+                for name, p in self.model.named_parameters() if name.endswith("weight") and gradient(p) is not None}
 
     # -------------------------------------------------------------- epochs
     def train_epoch(self, epoch: int) -> dict:

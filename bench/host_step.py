@@ -24,7 +24,8 @@ raises, so a step that syncs cannot finish here) and `torch_op` (every other op 
 kernel). `launches_per_step` = triton + torch_op + copy + cast (+ collective for the column).
 
 Timing: the same step without the counting mode, `--steps` times after warm-up; the median
-wall time per step is `host_us_per_step`. The yardstick `eager_host_us_per_step` is the same
+wall time per step is `host_us_per_step` (and the fastest step's, `host_us_per_step_min`, the
+figure least disturbed by other jobs on a shared machine). The yardstick `eager_host_us_per_step` is the same
 network built from plain PyTorch ops (kernels.reference: F.conv2d, F.local_response_norm,
 F.max_pool2d, F.dropout, F.linear) with torch's foreach SGD (PaperSGD), timed in the same
 process by the same means.
@@ -165,7 +166,7 @@ def install_stubs() -> None:
             mod.check_tensor = check_tensor
     _common.check_tensor = check_tensor
     del kernels
-    _patch_old_dropout_generators()
+    _patch_dropout_generators()
     _native_meta_kernels()
     _installed = True
 
@@ -174,7 +175,9 @@ def _native_meta_kernels() -> None:
     """Use torch's C++ meta kernels wherever they exist. torch registers Python meta
     functions (torch._meta_registrations, for FakeTensor tracing) over them; those cost
     0.1-0.6 ms per elementwise op, 100x a CUDA op's host path, and would swamp the timing.
-    The Python functions stay for the ops that have no C++ meta kernel."""
+    The Python functions stay for the ops that have no C++ meta kernel (`PYTHON_META_CALLS`
+    counts their calls: in the step only the eager stack's F.conv2d and its backward, whose
+    Python meta, ~40 us a call, stands in for cuDNN's host path)."""
     import torch._meta_registrations as registrations
     from torch._decomp import global_decomposition_table
 
@@ -196,27 +199,42 @@ def _native_meta_kernels() -> None:
                      ("Meta", "CompositeExplicitAutograd", "CompositeExplicitAutogradNonFunctional"))
         if name == "aten::relu":  # CPU/CUDA kernels only; its Python meta goes through torch.where (~0.5 ms)
             _python_metas.impl("relu", lambda x: torch.empty_like(x))
+        elif name == "aten::abs.out":  # torch.isfinite's; the Python one goes through torch._refs
+            _python_metas.impl("abs.out", lambda x, *, out: out.resize_(x.shape))
         elif name in table and not native:
-            _python_metas.impl(*table[name])
+            op, fn = table[name]
+            _python_metas.impl(op, _counted(name, fn))
 
 
 _python_metas = None
+PYTHON_META_CALLS: Counter = Counter()  # ops whose meta ran in Python (slower than their CUDA host path)
 
 
-def _patch_old_dropout_generators() -> None:
-    """Before issue 13, ColumnDropout drew each call's seed from per-column torch.Generators,
-    which do not exist on 'meta'; give that code CPU generators (a CPU draw + a copy to the
-    device, as on CUDA a draw launch + no copy). The current ColumnDropout needs none."""
+def _counted(name, fn):
+    def meta(*args, **kwargs):
+        PYTHON_META_CALLS[name] += 1
+        return fn(*args, **kwargs)
+
+    return meta
+
+
+def _patch_dropout_generators() -> None:
+    """torch.Generators do not exist on 'meta'. The reference ColumnDropout (and, before
+    issue 13, the Triton one) draws from per-column generators: give it CPU ones there (a CPU
+    draw, then a copy to the device where the CUDA code draws on the device). The Triton
+    ColumnDropout of issue 13 keeps its streams on the device and needs none."""
     from alexnet import layers
 
-    if not hasattr(layers.ColumnDropout, "generators"):
-        return
-    original = layers.ColumnDropout.generators
+    for name in ("generators", "streams"):  # before / after issue 13
+        original = getattr(layers.ColumnDropout, name, None)
+        if original is None:
+            continue
 
-    def generators(self, device):
-        return original(self, "cpu" if torch.device(device).type == "meta" else device)
+        def patched(self, device, original=original):
+            on_meta = torch.device(device).type == "meta" and not getattr(self, "fused", False)
+            return original(self, "cpu" if on_meta else device)
 
-    layers.ColumnDropout.generators = generators
+        setattr(layers.ColumnDropout, name, patched)
 
 
 # =========================================================================== counting
@@ -287,7 +305,7 @@ def count_step(step) -> dict:
 
 
 def time_steps(steps: dict, repeats: int, warmup: int = 3) -> dict:
-    """Median host microseconds of one call of each step in `steps` (name -> callable),
+    """(median, min) host microseconds of one call of each step in `steps` (name -> callable),
     interleaved call by call so that both see the same load on a shared machine."""
     for _ in range(warmup):
         for step in steps.values():
@@ -298,7 +316,7 @@ def time_steps(steps: dict, repeats: int, warmup: int = 3) -> dict:
             t0 = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) * 1e6 for name, t in times.items()}
+    return {name: (statistics.median(t) * 1e6, min(t) * 1e6) for name, t in times.items()}
 
 
 # =========================================================================== the step
@@ -339,11 +357,10 @@ def build_step(stack: str, dtype: torch.dtype, layout: str = "single", batch: in
 
         model = ShardedAlexNet(config, _fake_column_layout())
     model.train()
-    sgd = FlatPaperSGD if stack == "ours" else PaperSGD
-    optimizer = sgd(param_groups(model), lr=0.01)
-    prepare = getattr(model, "prepare_for_training", None)
-    if prepare is not None:
-        prepare(dtype)
+    if hasattr(trainer, "build_optimizer"):  # as alexnet.train builds it
+        optimizer = trainer.build_optimizer(model, config.ops, dtype, 0.01, 0.9, 5e-4)
+    else:  # before issue 13
+        optimizer = (FlatPaperSGD if stack == "ours" else PaperSGD)(param_groups(model), lr=0.01)
     images = torch.empty(batch, 3, 224, 224, device="meta", dtype=dtype, memory_format=torch.channels_last)
     labels = torch.empty(batch, device="meta", dtype=torch.int64)
     finite = torch.ones((), dtype=torch.bool, device="meta")
@@ -388,9 +405,14 @@ def measure(precision: str = "bf16", steps: int = 20, layouts=("single", "column
             row[stack] = count_step(built[stack])
             if not with_ops:
                 row[stack].pop("ops")
-        for stack, us in time_steps(built, steps).items():
-            row[stack]["host_us_per_step"] = round(us, 1)
+            PYTHON_META_CALLS.clear()
+            built[stack]()
+            row[stack]["python_meta_calls"] = dict(PYTHON_META_CALLS)
+        for stack, (median, least) in time_steps(built, steps).items():
+            row[stack]["host_us_per_step"] = round(median, 1)
+            row[stack]["host_us_per_step_min"] = round(least, 1)
         row["host_ratio"] = round(row["ours"]["host_us_per_step"] / row["eager"]["host_us_per_step"], 2)
+        row["host_ratio_min"] = round(row["ours"]["host_us_per_step_min"] / row["eager"]["host_us_per_step_min"], 2)
         result[layout] = row
     if "single" in result:  # the headline fields (issue 13): bf16 or fp32, batch 128, single device
         single = result["single"]
@@ -399,7 +421,7 @@ def measure(precision: str = "bf16", steps: int = 20, layouts=("single", "column
                       host_us_per_step=single["ours"]["host_us_per_step"],
                       eager_launches_per_step=single["eager"]["launches_per_step"],
                       eager_host_us_per_step=single["eager"]["host_us_per_step"],
-                      host_ratio=single["host_ratio"])
+                      host_ratio=single["host_ratio"], host_ratio_min=single["host_ratio_min"])
     result["conv_side"] = conv_side(dtype)
     return result
 
@@ -416,7 +438,8 @@ def format_table(result: dict) -> str:
             lines.append(f"{layout:<8}{stack:<7}{r['launches_per_step']:>9}  "
                          + "".join(f"{r['launches_by_kind'][k]:>11}" for k in ALL_KINDS)
                          + f"{r['host_us_per_step']:>10.0f}")
-        lines.append(f"{layout:<8}ours / eager host time: {result[layout]['host_ratio']:.2f}x")
+        lines.append(f"{layout:<8}ours / eager host time: {result[layout]['host_ratio']:.2f}x (medians), "
+                     f"{result[layout]['host_ratio_min']:.2f}x (fastest steps)")
     cs = result["conv_side"]
     lines.append(f"conv side, not in the figures above: wgrad_splits {cs['wgrad_splits_us_per_call']} us per call "
                  f"(conv1..5), {cs['wgrad_splits_us_per_step']} us per step")

@@ -45,9 +45,123 @@ def test_fields_and_kinds_add_up(single):
     assert ops["triton:_conv_fwd_kernel"] == 5 and ops["triton:_conv_dgrad_kernel"] == 4
 
 
+def test_lean_step(single):
+    """Issue 13's step: one dropout launch per layer per direction, no per-step weight casts
+    (the only casts left are the logits to fp32 for the loss and its gradient back), one
+    update launch, no seed draws or concatenations."""
+    ours = single["single"]["ours"]
+    ops = ours["ops"]
+    assert ops["triton:_column_dropout_kernel"] == 4  # fc6, fc7 x forward, backward
+    assert ops["triton:_sgd_step_kernel"] == 1
+    assert ours["launches_by_kind"]["cast"] == 2
+    assert not any(op.startswith(("torch_op:cat", "torch_op:randint")) for op in ops)
+    assert ours["launches_per_step"] < single["single"]["eager"]["launches_per_step"]
+
+
 def test_column_of_the_sharded_model():
     result = run_instrument("--layout", "column", "--steps", "1")
     row = result["column"]["ours"]
     # three all-gathers forward, three reduce-scatters backward, one all-reduce of the logits
     assert row["launches_by_kind"]["collective"] == 7
     assert "single" not in result and "launches_per_step" not in result
+
+
+# ------------------------------------------------------------------ the lean step's parts (interpreter)
+def test_column_dropout_is_the_plain_kernel_per_column_and_advances():
+    """One launch for all columns: column c's block gets exactly the mask the plain kernel
+    draws for that block with seed c at call 0; the call count advances on the device and
+    the backward applies the forward's mask."""
+    import torch
+
+    from kernels.dropout import ColumnDropoutState, apply_dropout_mask, column_dropout
+
+    from conftest import DEVICE
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(5, 3 * 40, generator=g) + 0.5).to(DEVICE).requires_grad_()  # never zero
+    seeds = [123456789, 987654321, 5]
+    state = ColumnDropoutState(seeds, DEVICE)
+    y = column_dropout(x, 0.5, state)
+    for c, seed in enumerate(seeds):
+        block = x.detach()[:, 40 * c:40 * (c + 1)].contiguous()
+        expected = apply_dropout_mask(block, torch.tensor([seed], device=DEVICE), 0.5)
+        assert torch.equal(y[:, 40 * c:40 * (c + 1)], expected)
+    assert int(state.calls) == 1 and int(state.tickets) == 0
+    dy = torch.rand(y.shape, generator=g).to(DEVICE) + 0.5
+    second = column_dropout(x.detach(), 0.5, state)  # a later call before the backward
+    y.backward(dy)
+    assert torch.equal(x.grad, torch.where(y != 0, 2 * dy, torch.zeros_like(dy)))
+    assert int(state.calls) == 2 and not torch.equal(second != 0, y != 0)
+
+
+def test_column_dropout_state_round_trip_and_checks():
+    import torch
+
+    import kernels
+    from alexnet.layers import ColumnDropout
+    from conftest import DEVICE
+
+    drop = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1))
+    assert drop.fused
+    x = torch.rand(4, 64, device=DEVICE) + 3.0
+    state = drop.get_rng_state(DEVICE)
+    first = drop(x)
+    assert not torch.equal(first, drop(x))
+    drop.set_rng_state(state, DEVICE)
+    assert torch.equal(first, drop(x))
+    with pytest.raises(ValueError, match="columns"):
+        drop.set_rng_state(state[:1], DEVICE)
+    from kernels.dropout import ColumnDropoutState, column_dropout
+
+    with pytest.raises(ValueError, match="equal columns"):
+        column_dropout(torch.rand(2, 7, device=DEVICE), 0.5, ColumnDropoutState([1, 2], DEVICE))
+
+
+def _linear_model(seed):
+    import torch
+
+    from alexnet.layers import Linear
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(Linear(12, 8, "relu"), Linear(8, 5))
+    for layer in model:
+        torch.nn.init.normal_(layer.weight, 0, 0.3)
+        torch.nn.init.normal_(layer.bias, 0, 0.3)
+    return model
+
+
+def test_low_precision_copies_train_exactly_like_casting_every_step():
+    """FlatPaperSGD(low_precision=...): the layers read the 16-bit copies the update kernel
+    writes (no cast per step) and the fp32 weights follow exactly the cast-per-step run.
+    fp16 here: the interpreter computes bf16 wrongly."""
+    import torch
+    import torch.nn.functional as F
+
+    from alexnet.optim import FlatPaperSGD, param_groups
+    from conftest import DEVICE
+
+    dtype = torch.float16
+    cast, kept = _linear_model(0).to(DEVICE), _linear_model(0).to(DEVICE)
+    opt_cast = FlatPaperSGD(param_groups(cast), lr=0.05)
+    opt_kept = FlatPaperSGD(param_groups(kept), lr=0.05, low_precision=dtype)
+    opt_kept.attach(kept)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 12, generator=g).to(DEVICE, dtype)
+    labels = torch.randint(0, 5, (6,), generator=g).to(DEVICE)
+    for _ in range(3):
+        for model, opt in ((cast, opt_cast), (kept, opt_kept)):
+            opt.zero_grad()
+            F.cross_entropy(model(x).float(), labels).backward()
+            opt.step()
+        for p, q in zip(cast.parameters(), kept.parameters()):
+            assert torch.equal(p, q)
+            assert torch.equal(p.grad.to(dtype), opt_kept.gradient(q))
+    for layer in kept:
+        weight, bias = layer.compute_params
+        assert weight.dtype == dtype and torch.equal(weight, layer.weight.to(dtype))
+        assert weight.data_ptr() >= opt_kept.flat_low.data_ptr() and layer.weight.grad is None
+    kept[0].weight.data.add_(1.0)  # writing the fp32 weights directly: refresh the copies
+    opt_kept.refresh_low_precision()
+    assert torch.equal(kept[0].compute_params[0], kept[0].weight.to(dtype))
+    with pytest.raises(ValueError, match="low_precision"):
+        FlatPaperSGD(param_groups(_linear_model(0)), low_precision=torch.float64)
