@@ -103,6 +103,7 @@ class FlatPaperSGD(PaperSGD):
         self.flat_params = torch.zeros(total, device=device)
         self.flat_velocity = torch.zeros(total, device=device)
         self.lr_tensor = torch.full((1,), float(lr), device=device)
+        self.lr_filled = float(lr)  # the value lr_tensor holds (or will hold once queued work runs)
         self.low_precision = low_precision
         grad_dtype = low_precision or torch.float32
         self.flat_grads = torch.zeros(total, device=device, dtype=grad_dtype)
@@ -153,7 +154,10 @@ class FlatPaperSGD(PaperSGD):
         from kernels.sgd import sgd_step_
 
         loss = closure() if closure is not None else None
-        self.lr_tensor.fill_(self.param_groups[0]["lr"])
+        lr = self.param_groups[0]["lr"]
+        if lr != self.lr_filled:  # a launch only when lr changes (set lr_filled = None to force one)
+            self.lr_tensor.fill_(lr)
+            self.lr_filled = lr
         sgd_step_(self.flat_params, self.flat_velocity, self.flat_grads, self.lr_tensor, self.momentum,
                   self.weight_decay, self.n_decay, low_precision_out=self.flat_low)
         return loss

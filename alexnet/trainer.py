@@ -205,6 +205,11 @@ class Trainer:
         self.step = 0
         self.best_top1 = math.inf
         self.finite = torch.ones((), dtype=torch.bool, device=session.device)
+        from .step_graph import StepRunner
+
+        self.runner = StepRunner(training_step, self.model, self.optimizer, self.finite,
+                                 self.model.sync_gradients if session.layout is not None else None,
+                                 capture=config.cuda_graph, distributed=session.layout is not None, log=session.print)
         self.resumed_from = self._maybe_resume()
 
     # -------------------------------------------------------------- checkpoints
@@ -269,8 +274,7 @@ class Trainer:
     def train_step(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """One step; returns the loss and the number of wrong top-1 guesses as device
         tensors (no host sync: finiteness is checked at log steps and before checkpoints)."""
-        sync = self.model.sync_gradients if self.session.layout is not None else None
-        loss, wrong = training_step(self.model, self.optimizer, images, labels, self.finite, sync)
+        loss, wrong = self.runner(images, labels)  # captured in a CUDA graph with --cuda-graph
         self.step += 1
         return loss, wrong
 

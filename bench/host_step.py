@@ -22,6 +22,11 @@ meta tensor: `alloc` (empty*, not a device launch on a warm caching allocator), 
 `view` (no launch, not counted), `sync` (_local_scalar_dense: a host-device sync; on meta it
 raises, so a step that syncs cannot finish here) and `torch_op` (every other op = one device
 kernel). `launches_per_step` = triton + torch_op + copy + cast (+ collective for the column).
+`launches_by_origin` attributes each launch to the project file whose code made it (the ops
+autograd runs in C++ during backward, e.g. F.linear's gradients and the accumulation into
+.grad, fall to the caller of backward(), alexnet/trainer.py). `conv_side` gathers what the
+convolution (kernels/conv*, kernels/_conv*) costs: its launches, the host time spent inside
+its autograd Functions (timed in separate steps), and the wgrad split search (below).
 
 Timing: the same step without the counting mode, `--steps` times after warm-up; the median
 wall time per step is `host_us_per_step` (and the fastest step's, `host_us_per_step_min`, the
@@ -65,9 +70,8 @@ os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="host_step_tri
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 BATCH = 128
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -80,7 +84,8 @@ class _StubKernel:
     """What `_do_compile` leaves in Triton's kernel cache: `run` counts instead of launching."""
     function = None
     packed_metadata = None
-    launches: Counter = Counter()
+    launches: Counter = Counter()  # noqa: RUF012 (class-wide tallies)
+    origins: Counter | None = None  # set while counting
 
     def __init__(self, name: str):
         self.name = name
@@ -90,6 +95,8 @@ class _StubKernel:
 
     def run(self, *args):
         _StubKernel.launches[self.name] += 1
+        if _StubKernel.origins is not None:
+            _StubKernel.origins[origin()] += 1
 
 
 class _StandInDriver:
@@ -127,7 +134,6 @@ def install_stubs() -> None:
     global _installed
     if _installed:
         return
-    import triton
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
@@ -274,13 +280,28 @@ def classify(func, args, kwargs, out) -> str:
     return "torch_op"
 
 
+_ROOT = str(Path(__file__).resolve().parent.parent) + os.sep
+
+
+def origin() -> str:
+    """The project file (kernels/..., alexnet/...) whose code made the current call."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(_ROOT) and not name.endswith("host_step.py"):
+            return name[len(_ROOT):]
+        frame = frame.f_back
+    return "torch (autograd, loss)"
+
+
 class Census(TorchDispatchMode):
-    """Counts the aten ops of everything run under it, by kind and by name."""
+    """Counts the aten ops of everything run under it: by kind, by name and by origin."""
 
     def __init__(self):
         super().__init__()
         self.kinds: Counter = Counter()
         self.ops: Counter = Counter()
+        self.origins: Counter = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -288,19 +309,27 @@ class Census(TorchDispatchMode):
         self.kinds[kind] += 1
         if kind not in ("view", "host"):
             self.ops[f"{kind}:{func.__name__}"] += 1
+            if kind != "alloc":
+                self.origins[origin()] += 1
         return out
 
 
 def count_step(step) -> dict:
     """Launches of one call of `step()`, by kind, with the per-op histogram."""
     _StubKernel.launches.clear()
-    with Census() as census:
-        step()
+    census = Census()
+    _StubKernel.origins = census.origins
+    try:
+        with census:
+            step()
+    finally:
+        _StubKernel.origins = None
     kinds = {k: census.kinds.get(k, 0) for k in ALL_KINDS}
     kinds["triton"] = sum(_StubKernel.launches.values())
     ops = dict(census.ops)
     ops.update({f"triton:{k}": v for k, v in _StubKernel.launches.items()})
     return {"launches_per_step": sum(kinds[k] for k in DEVICE_KINDS), "launches_by_kind": kinds,
+            "launches_by_origin": dict(census.origins.most_common()),
             "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))}
 
 
@@ -343,9 +372,9 @@ def _fake_column_layout():
 def build_step(stack: str, dtype: torch.dtype, layout: str = "single", batch: int = BATCH):
     """A closure running one training step, as alexnet.trainer does, on meta tensors.
     stack: "ours" (Triton ops, FlatPaperSGD) or "eager" (reference ops, PaperSGD)."""
+    from alexnet import trainer
     from alexnet.model import AlexNet
     from alexnet.optim import FlatPaperSGD, PaperSGD, param_groups
-    from alexnet import trainer
 
     install_stubs()
     config = _config("triton" if stack == "ours" else "reference")
@@ -395,6 +424,40 @@ def conv_side(dtype: torch.dtype, calls: int = 200) -> dict:
             "wgrad_splits_us_per_step": round(sum(per_call), 1)}
 
 
+def conv_host_us(step, steps: int = 10) -> float | None:
+    """Host microseconds per step spent inside the convolution's autograd Functions
+    (forward and backward, Triton launches included), or None if none is found."""
+    functions = {cls for name, mod in list(sys.modules.items()) if name.startswith("kernels.conv") and mod
+                 for cls in vars(mod).values()
+                 if isinstance(cls, type) and issubclass(cls, torch.autograd.Function) and cls.__module__ == name}
+    if not functions:
+        return None
+    spent = [0.0]
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t0
+
+        return staticmethod(wrapper)
+
+    saved = {cls: (cls.__dict__["forward"], cls.__dict__["backward"]) for cls in functions}
+    try:
+        for cls, (fwd, bwd) in saved.items():
+            cls.forward, cls.backward = timed(fwd.__func__), timed(bwd.__func__)
+        step()
+        spent[0] = 0.0
+        for _ in range(steps):
+            step()
+    finally:
+        for cls, (fwd, bwd) in saved.items():
+            cls.forward, cls.backward = fwd, bwd
+    return spent[0] / steps * 1e6
+
+
 def measure(precision: str = "bf16", steps: int = 20, layouts=("single", "column"), with_ops: bool = False) -> dict:
     dtype = PRECISIONS[precision]
     result = {"precision": precision, "batch": BATCH, "steps_timed": steps}
@@ -423,12 +486,18 @@ def measure(precision: str = "bf16", steps: int = 20, layouts=("single", "column
                       eager_host_us_per_step=single["eager"]["host_us_per_step"],
                       host_ratio=single["host_ratio"], host_ratio_min=single["host_ratio_min"])
     result["conv_side"] = conv_side(dtype)
+    if "single" in result:
+        step = build_step("ours", dtype, "single")
+        origins = result["single"]["ours"]["launches_by_origin"]
+        result["conv_side"].update(
+            launches_per_step=sum(n for where, n in origins.items() if where.startswith(("kernels/conv", "kernels/_conv"))),
+            host_us_per_step=round(conv_host_us(step, max(steps // 2, 1)) or 0.0, 1))
     return result
 
 
 def format_table(result: dict) -> str:
-    lines = [f"host side of one training step, {result['precision']}, batch {result['batch']} "
-             f"(launches stubbed; median of {result['steps_timed']} steps)",
+    lines = [(f"host side of one training step, {result['precision']}, batch {result['batch']} "
+              f"(launches stubbed; median of {result['steps_timed']} steps)"),
              f"{'layout':<8}{'stack':<7}{'launches':>9}  " + "".join(f"{k:>11}" for k in ALL_KINDS) + f"{'host us':>10}"]
     for layout in ("single", "column"):
         if layout not in result:
@@ -441,6 +510,9 @@ def format_table(result: dict) -> str:
         lines.append(f"{layout:<8}ours / eager host time: {result[layout]['host_ratio']:.2f}x (medians), "
                      f"{result[layout]['host_ratio_min']:.2f}x (fastest steps)")
     cs = result["conv_side"]
+    if "launches_per_step" in cs:
+        lines.append(f"conv side (kernels/conv*): {cs['launches_per_step']} of ours' single-device launches, "
+                     f"{cs['host_us_per_step']:.0f} us of host time per step (timed separately)")
     lines.append(f"conv side, not in the figures above: wgrad_splits {cs['wgrad_splits_us_per_call']} us per call "
                  f"(conv1..5), {cs['wgrad_splits_us_per_step']} us per step")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ def run_instrument(*args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "host_step.py"), "--json", *args], env=env,
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+                         capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
 
@@ -72,10 +72,9 @@ def test_column_dropout_is_the_plain_kernel_per_column_and_advances():
     draws for that block with seed c at call 0; the call count advances on the device and
     the backward applies the forward's mask."""
     import torch
+    from conftest import DEVICE
 
     from kernels.dropout import ColumnDropoutState, apply_dropout_mask, column_dropout
-
-    from conftest import DEVICE
 
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(5, 3 * 40, generator=g) + 0.5).to(DEVICE).requires_grad_()  # never zero
@@ -96,10 +95,10 @@ def test_column_dropout_is_the_plain_kernel_per_column_and_advances():
 
 def test_column_dropout_state_round_trip_and_checks():
     import torch
+    from conftest import DEVICE
 
     import kernels
     from alexnet.layers import ColumnDropout
-    from conftest import DEVICE
 
     drop = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1))
     assert drop.fused
@@ -136,9 +135,9 @@ def test_low_precision_copies_train_exactly_like_casting_every_step():
     fp16 here: the interpreter computes bf16 wrongly."""
     import torch
     import torch.nn.functional as F
+    from conftest import DEVICE
 
     from alexnet.optim import FlatPaperSGD, param_groups
-    from conftest import DEVICE
 
     dtype = torch.float16
     cast, kept = _linear_model(0).to(DEVICE), _linear_model(0).to(DEVICE)
@@ -157,7 +156,7 @@ def test_low_precision_copies_train_exactly_like_casting_every_step():
             assert torch.equal(p, q)
             assert torch.equal(p.grad.to(dtype), opt_kept.gradient(q))
     for layer in kept:
-        weight, bias = layer.compute_params
+        weight, _ = layer.compute_params
         assert weight.dtype == dtype and torch.equal(weight, layer.weight.to(dtype))
         assert weight.data_ptr() >= opt_kept.flat_low.data_ptr() and layer.weight.grad is None
     kept[0].weight.data.add_(1.0)  # writing the fp32 weights directly: refresh the copies
@@ -165,3 +164,108 @@ def test_low_precision_copies_train_exactly_like_casting_every_step():
     assert torch.equal(kept[0].compute_params[0], kept[0].weight.to(dtype))
     with pytest.raises(ValueError, match="low_precision"):
         FlatPaperSGD(param_groups(_linear_model(0)), low_precision=torch.float64)
+
+
+# ------------------------------------------------------------------ --cuda-graph
+def _runner_setup(device, capture, low_precision=None):
+    import torch
+
+    from alexnet.optim import FlatPaperSGD, param_groups
+    from alexnet.step_graph import StepRunner
+    from alexnet.trainer import training_step
+
+    model = _linear_model(0).to(device)
+    optimizer = FlatPaperSGD(param_groups(model), lr=0.05, low_precision=low_precision)
+    if low_precision is not None:
+        optimizer.attach(model)
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    messages = []
+    runner = StepRunner(training_step, model, optimizer, finite, capture=capture, warmup=2, log=messages.append)
+    return model, optimizer, runner, messages
+
+
+def _batches(device, n, dtype):
+    import torch
+
+    g = torch.Generator().manual_seed(2)
+    return [(torch.randn(6, 12, generator=g).to(device, dtype), torch.randint(0, 5, (6,), generator=g).to(device))
+            for _ in range(n)]
+
+
+def test_cuda_graph_flag_runs_the_plain_step_on_the_cpu():
+    """--cuda-graph on the CPU: a clear message, then exactly the plain step."""
+    import torch
+
+    from alexnet.optim import set_lr
+    from alexnet.train import parse_args
+
+    assert parse_args(["--cuda-graph"]).cuda_graph and not parse_args([]).cuda_graph
+    plain_model, plain_opt, plain, _ = _runner_setup("cpu", capture=False)
+    model, opt, runner, messages = _runner_setup("cpu", capture=True)
+    assert not runner.capture and "CUDA device" in messages[0]
+    for i, (x, y) in enumerate(_batches("cpu", 5, torch.float32)):
+        if i == 3:
+            set_lr(plain_opt, 0.01)
+            set_lr(opt, 0.01)
+        expected, got = plain(x, y), runner(x, y)
+        assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+    for p, q in zip(plain_model.parameters(), model.parameters()):
+        assert torch.equal(p, q)
+    assert runner.graph is None and runner.calls == 5
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_replays_the_step_exactly():
+    """On a GPU: captured after warm-up, replayed, re-captured after an lr change, a short
+    batch run plainly; the weights equal the plain run's bit for bit."""
+    import torch
+
+    from alexnet.optim import set_lr
+
+    plain_model, plain_opt, plain, _ = _runner_setup("cuda", capture=False, low_precision=torch.bfloat16)
+    model, opt, runner, messages = _runner_setup("cuda", capture=True, low_precision=torch.bfloat16)
+    batches = _batches("cuda", 8, torch.bfloat16)
+    batches.append((batches[0][0][:4], batches[0][1][:4]))  # a short last batch
+    for i, (x, y) in enumerate(batches):
+        if i == 5:
+            set_lr(plain_opt, 0.01)
+            set_lr(opt, 0.01)
+        expected, got = plain(x, y), runner(x, y)
+        assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+    torch.cuda.synchronize()
+    for p, q in zip(plain_model.parameters(), model.parameters()):
+        assert torch.equal(p, q)
+    assert runner.graph is not None and runner.captured_lr == 0.01
+    assert sum("captured" in m for m in messages) == 2
+
+
+# ------------------------------------------------------------------ bench/gpu_report.py (its CPU half)
+def test_gpu_report_dry_run_lists_every_stage_within_budget():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-m", "bench.gpu_report", "--dry-run"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    names = [line.split()[0] for line in out.stdout.splitlines() if line and not line.startswith((" ", "at most"))]
+    assert names == ["env", "warm", "tests", "conv", "memory", "step", "loader", "host"]
+    total = int(out.stdout.strip().splitlines()[-1].split()[2])
+    assert total <= 20 * 60
+
+
+def test_gpu_report_stages_are_time_boxed_and_failures_recorded(tmp_path):
+    from bench.gpu_report import Stage, run_stage, write_markdown
+
+    py = sys.executable
+    writer = ("import json, os; json.dump({'rows': [{'name': 'a|b', 'ms': 1.23456, 'nested': {}}]}, "
+              "open(os.environ['BENCH_JSON'], 'w'))")
+    good = Stage("good", "writes rows", 60, (py, "-c", writer), "good.json")
+    slow = Stage("slow", "hangs", 1, (py, "-c", "import time; time.sleep(60)"))
+    bad = Stage("bad", "fails", 60, (py, "-c", "raise SystemExit('broken on purpose')"))
+    records = [run_stage(s, tmp_path) for s in (good, slow, bad)]
+    assert [r["status"] for r in records] == ["ok", "timeout", "failed (exit 1)"]
+    assert records[1]["seconds"] < 30
+    assert "broken on purpose" in records[2]["log_tail"]
+    assert records[0]["result"]["rows"][0]["ms"] == 1.23456
+    md = write_markdown({"started": "now", "device": "none", "stages": records})
+    assert "| good | writes rows | ok |" in md and "| slow | hangs | timeout |" in md
+    assert "| name | ms |" in md and "| a/b | 1.235 |" in md  # nested values left out, pipes escaped
