@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-STACKS = ("ours", "ours+graph", "eager", "eager+graph", "compile", "compile-max")
+STACKS = ("eager", "ours", "ours+graph", "eager+graph", "compile", "compile-max")  # eager first: the yardstick
 PRECISIONS = {"bf16": torch.bfloat16, "tf32": torch.float32}
 
 
@@ -75,23 +75,26 @@ def step_rows(batch: int = 128, steps: int = 20):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     state = AlexNet(AlexNetConfig(ops="reference")).state_dict()
-    for precision, dtype in PRECISIONS.items():
-        eager_ms = None
-        for stack in STACKS:
-            row = {"name": f"step {precision} {stack}", "precision": precision, "stack": stack, "batch": batch}
-            try:
-                step, runner = make_step(stack, dtype, state, batch)
-                row.update(time_step(step, steps))
-                if stack.endswith("+graph"):
-                    row["captured"] = runner.graph is not None
-                if stack == "eager":
-                    eager_ms = row["ms"]
-                if eager_ms:
-                    row["vs_eager"] = eager_ms / row["ms"]
-            except Exception as err:  # noqa: BLE001 (a failing configuration is a row, not the end)
-                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
-            torch.cuda.empty_cache()
-            yield row
+    eager_ms = {}
+    # max-autotune last: its tuning can take minutes, and a time box cut there loses least
+    order = [(p, s) for s in STACKS if s != "compile-max" for p in PRECISIONS] + \
+        [(p, "compile-max") for p in PRECISIONS]
+    for precision, stack in order:
+        dtype = PRECISIONS[precision]
+        row = {"name": f"step {precision} {stack}", "precision": precision, "stack": stack, "batch": batch}
+        try:
+            step, runner = make_step(stack, dtype, state, batch)
+            row.update(time_step(step, steps))
+            if stack.endswith("+graph"):
+                row["captured"] = runner.graph is not None
+            if stack == "eager":
+                eager_ms[precision] = row["ms"]
+            if precision in eager_ms:
+                row["vs_eager"] = eager_ms[precision] / row["ms"]
+        except Exception as err:  # noqa: BLE001 (a failing configuration is a row, not the end)
+            row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+        torch.cuda.empty_cache()
+        yield row
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ The seed is an int64 drawn from torch's generator on the tensor's device, so
 to capture in a CUDA graph). The backward regenerates the same mask from the saved seed:
 nothing mask-sized is stored. Elements are indexed in storage order, so x may be any dense
 layout (contiguous, channels_last, ...).
+
+`column_dropout(x, p, state)` is the model's dropout (alexnet.layers.ColumnDropout): x (B,
+columns * F), column c's (B, F) block drawn from its own stream, all columns in one launch
+forward and one backward. Its Philox key is the column's seed and its counter (element
+group, call index); the call index lives on the device in `ColumnDropoutState` and the
+launch itself advances it, so a call needs no seed draw, no host work and replays correctly
+inside a CUDA graph. At call index 0 a column's mask is exactly `dropout`'s with that seed.
 """
 from __future__ import annotations
 
