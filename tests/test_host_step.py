@@ -152,7 +152,7 @@ def test_low_precision_copies_train_exactly_like_casting_every_step():
             opt.zero_grad()
             F.cross_entropy(model(x).float(), labels).backward()
             opt.step()
-        for p, q in zip(cast.parameters(), kept.parameters()):
+        for p, q in zip(cast.parameters(), kept.parameters(), strict=True):
             assert torch.equal(p, q)
             assert torch.equal(p.grad.to(dtype), opt_kept.gradient(q))
     for layer in kept:
@@ -209,7 +209,7 @@ def test_cuda_graph_flag_runs_the_plain_step_on_the_cpu():
             set_lr(opt, 0.01)
         expected, got = plain(x, y), runner(x, y)
         assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
-    for p, q in zip(plain_model.parameters(), model.parameters()):
+    for p, q in zip(plain_model.parameters(), model.parameters(), strict=True):
         assert torch.equal(p, q)
     assert runner.graph is None and runner.calls == 5
 
@@ -233,7 +233,7 @@ def test_cuda_graph_replays_the_step_exactly():
         expected, got = plain(x, y), runner(x, y)
         assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
     torch.cuda.synchronize()
-    for p, q in zip(plain_model.parameters(), model.parameters()):
+    for p, q in zip(plain_model.parameters(), model.parameters(), strict=True):
         assert torch.equal(p, q)
     assert runner.graph is not None and runner.captured_lr == 0.01
     assert sum("captured" in m for m in messages) == 2
@@ -269,3 +269,26 @@ def test_gpu_report_stages_are_time_boxed_and_failures_recorded(tmp_path):
     md = write_markdown({"started": "now", "device": "none", "stages": records})
     assert "| good | writes rows | ok |" in md and "| slow | hangs | timeout |" in md
     assert "| name | ms |" in md and "| a/b | 1.235 |" in md  # nested values left out, pipes escaped
+
+
+def test_channels_last_weights_load_any_checkpoint():
+    """Conv weights are stored channels_last when the model is (no re-layout per step); the
+    state dict keeps torch's shapes, so weights move between the layouts unchanged."""
+    from dataclasses import replace
+
+    import torch
+
+    from alexnet.config import AlexNetConfig
+    from alexnet.model import AlexNet
+
+    config = AlexNetConfig(ops="reference", channels_last=False, dropout_seed=7, image_size=99)
+    plain = AlexNet(config).eval()
+    nhwc = AlexNet(replace(config, channels_last=True)).eval()
+    assert all(getattr(nhwc, f"conv{i}").weight.is_contiguous(memory_format=torch.channels_last) for i in range(1, 6))
+    nhwc.load_state_dict(plain.state_dict())
+    assert nhwc.conv2.weight.is_contiguous(memory_format=torch.channels_last)  # loading keeps the layout
+    x = torch.randn(2, 3, 99, 99)
+    torch.testing.assert_close(nhwc(x), plain(x), rtol=1e-5, atol=1e-6)
+    back = AlexNet(config)
+    back.load_state_dict(nhwc.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), plain.state_dict().values(), strict=True))
