@@ -181,8 +181,13 @@ def _training_step_before_issue_13(model, optimizer, images, labels, finite, syn
 
 def conv_side(dtype: torch.dtype, calls: int = 200) -> dict:
     """Host costs inside the convolution that the meta step cannot show (see Limits)."""
-    from kernels import conv_configs
-    from kernels._conv_common import ConvGeometry
+    try:
+        from kernels import conv_configs
+        from kernels._conv_common import ConvGeometry
+
+        conv_configs.wgrad_splits  # noqa: B018 (present?)
+    except (ImportError, AttributeError) as err:  # the convolution's files moved: nothing to time here
+        return {"wgrad_splits_unavailable": str(err)}
 
     conv_configs._sm_count = lambda index: 132  # an H100's SMs; no CUDA call
     geoms = [ConvGeometry(BATCH, 3, 224, 224, 96, 11, 11, 4, 4, 2, 2, 1),
@@ -294,8 +299,9 @@ def format_table(result: dict) -> str:
     if "launches_per_step" in cs:
         lines.append(f"conv side (kernels/conv*): {cs['launches_per_step']} of ours' single-device launches, "
                      f"{cs['host_us_per_step']:.0f} us of host time per step (timed separately)")
-    lines.append(f"conv side, not in the figures above: wgrad_splits {cs['wgrad_splits_us_per_call']} us per call "
-                 f"(conv1..5), {cs['wgrad_splits_us_per_step']} us per step")
+    if "wgrad_splits_us_per_call" in cs:
+        lines.append(f"conv side, not in the figures above: wgrad_splits {cs['wgrad_splits_us_per_call']} us per "
+                     f"call (conv1..5), {cs['wgrad_splits_us_per_step']} us per step")
     return "\n".join(lines)
 
 
