@@ -35,6 +35,16 @@ def load_ops(name: str) -> ModuleType:
     return importlib.import_module(OPS_MODULES[name])
 
 
+def compute_params(layer: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) in the activations' dtype (mixed precision: fp32 master parameters).
+    With the optimizer's persistent low-precision copies attached (FlatPaperSGD.attach),
+    those, with no cast; otherwise a cast per call (none in fp32)."""
+    copies = layer.compute_params
+    if copies is not None and copies[0].dtype == dtype:
+        return copies
+    return layer.weight.to(dtype), layer.bias.to(dtype)
+
+
 class Conv2d(nn.Module):
     """Convolution, with the ReLU fused into its epilogue when `relu` (conv3-5, and conv1-2
     when no LRN follows). weight (out, in / groups, k, k) ~ N(0, std), bias (out,)."""
@@ -47,11 +57,11 @@ class Conv2d(nn.Module):
         self.conv2d, self.stride, self.padding, self.groups, self.relu = conv2d, stride, padding, groups, relu
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
+        self.compute_params = None  # persistent low-precision copies (FlatPaperSGD.attach)
 
     def forward(self, x):
-        # Mixed precision: fp32 master parameters, computed in the activations' dtype.
-        return self.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding,
-                           self.groups, self.relu)
+        weight, bias = compute_params(self, x.dtype)
+        return self.conv2d(x, weight, bias, self.stride, self.padding, self.groups, self.relu)
 
     def extra_repr(self):
         out, per_group, k, _ = self.weight.shape
@@ -106,9 +116,11 @@ class Linear(nn.Module):
         self.activation = activation
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features))
+        self.compute_params = None  # persistent low-precision copies (FlatPaperSGD.attach)
 
     def forward(self, x, add_bias: bool = True):
-        y = F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype) if add_bias else None)
+        weight, bias = compute_params(self, x.dtype)
+        y = F.linear(x, weight, bias if add_bias else None)
         if self.activation == "relu":
             return torch.relu(y)
         return torch.tanh(y) if self.activation == "tanh" else y
@@ -129,49 +141,89 @@ class ColumnDropout(nn.Module):
     that column's own random stream.
 
     The features (B, F) split into len(columns) equal chunks along F, chunk i belonging to
-    column columns[i]; each chunk's mask comes from a torch.Generator seeded with
-    column_seed(seed, column, replica). The single-device model holds columns (0, 1); rank r
-    of the two-rank model holds (r,) and sees its (B, F/2) share as one contiguous tensor,
-    the same shape as the single-device chunk, so with the same seed both draw exactly the
-    same masks. fc6 and fc7 share the module (and the streams), in that order on every layout.
+    column columns[i], whose stream is seeded with column_seed(seed, column, replica). The
+    single-device model holds columns (0, 1); rank r of the two-rank model holds (r,) and
+    sees its (B, F/2) share as one tensor, the same shape as the single-device chunk, so
+    with the same seed both draw exactly the same masks. fc6 and fc7 share the module (and
+    the streams), in that order on every layout.
 
-    Generators are created per device on first use; `get_rng_state`/`set_rng_state` save
-    and restore them (for exact resumption).
+    With the Triton op (`kernels.dropout`) the whole layer is one launch forward and one
+    backward (`kernels.dropout.column_dropout`): each column's mask is Philox keyed by its
+    seed at the layer's call count, which lives on the device and advances inside the
+    launch (no host work, CUDA-graph safe). With another op (the PyTorch reference) each
+    chunk is dropped separately with a torch.Generator per column.
+
+    State is created per device on first use; `get_rng_state`/`set_rng_state` save and
+    restore it (for exact resumption).
     """
 
     def __init__(self, dropout, p: float, seed: int, columns: tuple[int, ...], replica: int = 0):
         super().__init__()
         self.dropout, self.p, self.columns, self.replica = dropout, p, tuple(columns), replica
+        triton_dropout = importlib.import_module("kernels.dropout")  # (kernels.dropout is also the function)
+        self.fused = dropout is triton_dropout.dropout  # one launch per call for all columns
+        self._fused_ops = triton_dropout if self.fused else None
         self.manual_seed(seed)
 
     def manual_seed(self, seed: int) -> None:
         """Restart every column's stream from `seed`."""
         self.seed = int(seed)
-        self._generators: dict[torch.device, list[torch.Generator]] = {}
+        self._streams: dict[torch.device, object] = {}
 
-    def generators(self, device) -> list[torch.Generator]:
+    def _device(self, device) -> torch.device:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-        if device not in self._generators:
-            self._generators[device] = [torch.Generator(device).manual_seed(column_seed(self.seed, c, self.replica))
-                                        for c in self.columns]
-        return self._generators[device]
+        return device
+
+    def _fused_on(self, device: torch.device) -> bool:
+        """Whether the one-launch Triton path runs on `device`: the Triton op on CUDA (or on
+        the CPU under TRITON_INTERPRET=1); on a plain CPU the custom ops run their plain-PyTorch
+        implementation, and so does this layer (a torch.Generator per column)."""
+        return self.fused and (device.type == "cuda" or self._fused_ops.interpreting())
+
+    def streams(self, device):
+        """The fused op's ColumnDropoutState, or one torch.Generator per column, on `device`."""
+        device = self._device(device)
+        if device not in self._streams:
+            seeds = [column_seed(self.seed, c, self.replica) for c in self.columns]
+            if self._fused_on(device):
+                self._streams[device] = self._fused_ops.ColumnDropoutState(seeds, device)
+            else:
+                self._streams[device] = [torch.Generator(device).manual_seed(s) for s in seeds]
+        return self._streams[device]
 
     def get_rng_state(self, device) -> list[torch.Tensor]:
-        return [g.get_state() for g in self.generators(device)]
+        """One state tensor per column (the fused op: the call count, the same for all)."""
+        streams = self.streams(device)
+        if self._fused_on(self._device(device)):
+            return [streams.calls.detach().cpu().clone() for _ in self.columns]
+        return [g.get_state() for g in streams]
 
     def set_rng_state(self, states, device) -> None:
-        for g, state in zip(self.generators(device), states, strict=True):
+        streams = self.streams(device)
+        if len(states) != len(self.columns):
+            raise ValueError(f"{len(states)} dropout states for {len(self.columns)} columns")
+        if self._fused_on(self._device(device)):
+            if any(s.dtype != torch.int64 or s.numel() != 1 for s in states) or len({int(s) for s in states}) != 1:
+                raise ValueError("not the fused dropout's state (one call count per column, all equal)")
+            streams.calls.copy_(states[0].to(streams.calls.device))
+            return
+        for g, state in zip(streams, states, strict=True):
             g.set_state(state)
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
             return x
-        gens = self.generators(x.device)
-        if len(gens) == 1:
-            return self.dropout(x, self.p, True, gens[0])
-        return torch.cat([self.dropout(part, self.p, True, g) for part, g in zip(x.chunk(len(gens), dim=1), gens)], dim=1)
+        if self.p == 1.0:  # everything dropped, no stream needed
+            return self.dropout(x, self.p, True)
+        streams = self.streams(x.device)
+        if self._fused_on(self._device(x.device)):
+            return self._fused_ops.column_dropout(x, self.p, streams)
+        if len(streams) == 1:
+            return self.dropout(x, self.p, True, streams[0])
+        return torch.cat([self.dropout(part, self.p, True, g)
+                          for part, g in zip(x.chunk(len(streams), dim=1), streams)], dim=1)
 
     def extra_repr(self):
         return f"p={self.p}, columns={self.columns}, replica={self.replica}, seed={self.seed}"

@@ -24,6 +24,10 @@ nothing crosses before conv3. So on one device LRN is grouped too, like conv2/4/
 The ReLU runs wherever it is cheapest: inside the LRN kernel where LRN follows (conv1-2),
 in the conv epilogue otherwise (conv3-5, and conv1-2 with LRN switched off).
 
+Weights: with `channels_last` (the default on CUDA) the conv weights are stored channels_last
+too, (out, in, kh, kw) with `in` fastest, the OHWI order the conv kernels read; shapes and
+state-dict names are torch's, so checkpoints load into either layout.
+
 Dropout: each column's half of the fc6/fc7 features gets its own random stream
 (`layers.ColumnDropout`), so the single-device and two-rank models drop the same units
 given the same `dropout_seed`. Inverted dropout (x2 at train time) stands for the paper's
@@ -37,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from .config import BIAS_ONE_LAYERS, AlexNetConfig, ConvSpec, layer_shapes
-from .layers import ColumnDropout, Conv2d, Linear, LocalResponseNorm, MaxPool2d, load_ops
+from .layers import ColumnDropout, Conv2d, Linear, LocalResponseNorm, MaxPool2d, compute_params, load_ops
 
 __all__ = ["AlexNet", "paper_init_"]
 
@@ -91,6 +95,9 @@ class AlexNet(nn.Module):
         self.fc7 = Linear(features, features // split, config.activation)
         self.fc8 = Linear(features // split, config.num_classes)
         self.reset_parameters()
+        if config.channels_last:  # the conv kernels read weights (K, KH, KW, C): no re-layout per step
+            for conv in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5):
+                conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
         seed = config.dropout_seed if config.dropout_seed is not None else int(torch.randint(0, 2**62, ()))
         columns = tuple(range(config.columns)) if column is None else (column,)
         self.dropout = ColumnDropout(ops.dropout, config.dropout, seed, columns, replica)
@@ -128,7 +135,9 @@ class AlexNet(nn.Module):
         """Logits (B, num_classes) of images x (B, 3, H, W); softmax is left to the loss."""
         x = self._hidden(x)
         # fc8 = sum over columns of (column's fc7 features) @ (its columns of W8)^T, plus the bias.
-        return self.sum_columns(self.fc8(x, add_bias=False)) + self.fc8.bias  # (B, 1000)
+        # The bias in the compute dtype, as every layer's (the optimizer's 16-bit copy when attached).
+        _, bias = compute_params(self.fc8, x.dtype)
+        return self.sum_columns(self.fc8(x, add_bias=False)) + bias  # (B, 1000)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden layer's activations (B, 4096): fc7 after ReLU (and dropout in

@@ -67,14 +67,28 @@ class FlatPaperSGD(PaperSGD):
     parameter as state[p]["velocity"] (views: write them with copy_). Build it after the
     model is on its device, and do not move the model afterwards. zero_grad zeroes the flat
     gradients in place (gradients are never set to None: they are views). All groups share
-    one lr (the paper's "equal for all layers"), momentum, and one weight decay or 0."""
+    one lr (the paper's "equal for all layers"), momentum, and one weight decay or 0.
 
-    def __init__(self, params, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4):
+    `low_precision` (bf16 or fp16): mixed precision without per-step casts. A flat copy of
+    the weights in that dtype is kept up to date by the update kernel itself (it writes the
+    rounded new weights in the same pass); `attach(model)` hands each Conv2d/Linear its
+    copies (`compute_params`), which the layers read instead of casting their fp32 weights
+    every forward. The copies are autograd leaves whose gradients accumulate into a flat
+    buffer of that dtype, which the update reads; the fp32 parameters then have no .grad
+    (`gradient(p)` gives a parameter's). Numerically this is the cast-per-step scheme: the
+    same rounded weights, the same 16-bit gradients (each weight is used once per step, so
+    nothing is summed in 16 bits). After writing the fp32 weights directly (loading a
+    checkpoint), call `refresh_low_precision()`."""
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 low_precision: torch.dtype | None = None):
         super().__init__(params, lr, momentum, weight_decay)
         groups = sorted(self.param_groups, key=lambda g: g["weight_decay"] == 0)  # decayed groups first
         decays = {g["weight_decay"] for g in groups if g["weight_decay"]}
         if len(decays) > 1 or len({g["momentum"] for g in groups}) > 1:
             raise ValueError("FlatPaperSGD needs one weight decay (or 0) and one momentum for all groups")
+        if low_precision not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"low_precision must be None, torch.bfloat16 or torch.float16, got {low_precision}")
         ordered = [p for g in groups for p in g["params"]]
         if len({p.device for p in ordered}) != 1 or any(p.dtype != torch.float32 for p in ordered):
             raise ValueError("FlatPaperSGD needs fp32 parameters on one device")
@@ -83,12 +97,18 @@ class FlatPaperSGD(PaperSGD):
         self.weight_decay = decays.pop() if decays else 0.0
         self.momentum = groups[0]["momentum"]
         self.n_decay = sum(p.numel() for g in groups if g["weight_decay"] for p in g["params"])
-        total = sum(p.numel() for p in ordered)
+        # Padded to whole blocks of the update kernel (zeros that stay zero): one launch, no tail.
+        total = -(-sum(p.numel() for p in ordered) // _SGD_PAD) * _SGD_PAD
         device = ordered[0].device
-        self.flat_params = torch.empty(total, device=device)
-        self.flat_grads = torch.zeros(total, device=device)
+        self.flat_params = torch.zeros(total, device=device)
         self.flat_velocity = torch.zeros(total, device=device)
         self.lr_tensor = torch.full((1,), float(lr), device=device)
+        self.lr_filled = float(lr)  # the value lr_tensor holds (or will hold once queued work runs)
+        self.low_precision = low_precision
+        grad_dtype = low_precision or torch.float32
+        self.flat_grads = torch.zeros(total, device=device, dtype=grad_dtype)
+        self.flat_low = torch.empty(total, device=device, dtype=low_precision) if low_precision else None
+        self.low: dict[torch.Tensor, torch.Tensor] = {}  # fp32 parameter -> its low-precision leaf
         offset = 0
         with torch.no_grad():
             for p in ordered:
@@ -96,9 +116,35 @@ class FlatPaperSGD(PaperSGD):
                 new = view(self.flat_params)
                 new.copy_(p)
                 p.data = new
-                p.grad = view(self.flat_grads)
+                if low_precision:
+                    low = view(self.flat_low).requires_grad_(True)
+                    low.grad = view(self.flat_grads)
+                    self.low[p] = low
+                    p.grad = None
+                else:
+                    p.grad = view(self.flat_grads)
                 self.state[p]["velocity"] = view(self.flat_velocity)
                 offset += p.numel()
+        self.refresh_low_precision()
+
+    def refresh_low_precision(self) -> None:
+        """Rewrite the low-precision copy from the fp32 weights (after loading them)."""
+        if self.flat_low is not None:
+            with torch.no_grad():
+                self.flat_low.copy_(self.flat_params)
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Give every module with `compute_params` (alexnet.layers.Conv2d/Linear) the
+        low-precision copies of its weight and bias."""
+        if self.flat_low is None:
+            raise ValueError("attach needs FlatPaperSGD(low_precision=...)")
+        for module in model.modules():
+            if hasattr(module, "compute_params"):
+                module.compute_params = (self.low[module.weight], self.low[module.bias])
+
+    def gradient(self, p: torch.Tensor) -> torch.Tensor | None:
+        """p's gradient of the last backward (in the low-precision dtype when that is on)."""
+        return self.low[p].grad if p in self.low else p.grad
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.flat_grads.zero_()
@@ -108,10 +154,16 @@ class FlatPaperSGD(PaperSGD):
         from kernels.sgd import sgd_step_
 
         loss = closure() if closure is not None else None
-        self.lr_tensor.fill_(self.param_groups[0]["lr"])
+        lr = self.param_groups[0]["lr"]
+        if lr != self.lr_filled:  # a launch only when lr changes (set lr_filled = None to force one)
+            self.lr_tensor.fill_(lr)
+            self.lr_filled = lr
         sgd_step_(self.flat_params, self.flat_velocity, self.flat_grads, self.lr_tensor, self.momentum,
-                  self.weight_decay, self.n_decay)
+                  self.weight_decay, self.n_decay, low_precision_out=self.flat_low)
         return loss
+
+
+_SGD_PAD = 4096  # kernels.sgd's block on a GPU (1024 on the interpreter divides it)
 
 
 def _dense(p: torch.Tensor) -> bool:

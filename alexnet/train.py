@@ -52,6 +52,7 @@ class TrainConfig:
     log_every: int = 50                # steps between log lines (loss, error, per-layer gradient norms)
     threads: int | None = None         # reader threads of the data loader (default: min(8, cores))
     timeout_s: float = 600.0           # a rank that waits longer than this on another fails (distributed)
+    cuda_graph: bool = False           # replay the whole step as one CUDA graph after warm-up (not in the paper)
 
 
 # The no-argument demo: the paper's network on 128 px images of the synthetic demo dataset
@@ -93,6 +94,9 @@ HELP = {
     "log_every": "steps between log lines with loss, error and per-layer gradient norms",
     "threads": "data loader reader threads",
     "timeout_s": "seconds a rank waits on another before failing with a clear error",
+    "cuda_graph": "capture the whole training step (forward, backward, update) in a CUDA graph after 3 warm-up "
+                  "steps and replay it (one launch per step); falls back to the plain step, saying why, where "
+                  "capture is impossible (CPU, two-column model)",
 }
 
 
@@ -107,6 +111,10 @@ def _parser() -> argparse.ArgumentParser:
         if f.default is True:  # booleans that default on get a --no- form
             ap.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                             help=HELP[f.name] + " (default: on)")
+            continue
+        if f.default is False:  # switches that default off: a plain flag
+            ap.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS,
+                            help=HELP[f.name] + " (default: off)")
             continue
         choices = None
         if "Literal" in kind:

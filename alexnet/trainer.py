@@ -145,6 +145,40 @@ def set_rng_state(model, state: dict, session: Session) -> None:
         torch.cuda.set_rng_state(state["cuda"], session.device)
 
 
+# ------------------------------------------------------------------ one step
+def build_optimizer(model, ops: str, dtype: torch.dtype, lr: float, momentum: float, weight_decay: float,
+                    replicas: int = 1):
+    """The Triton build takes the fused one-launch update over flat buffers (in 16-bit
+    compute it also keeps the layers' 16-bit weight copies: no per-step casts); the
+    reference build torch's ops. The 16-bit copies need the gradients in the optimizer's
+    own buffer, so with several data-parallel replicas (whose averaging reads p.grad) the
+    layers cast per step instead."""
+    groups = param_groups(model, weight_decay)
+    if ops != "triton":
+        return PaperSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    low = dtype if dtype != torch.float32 and replicas == 1 else None
+    optimizer = FlatPaperSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, low_precision=low)
+    if low is not None:
+        optimizer.attach(model)
+    return optimizer
+
+
+def training_step(model, optimizer, images, labels, finite: torch.Tensor, sync_gradients=None):
+    """Forward, loss, backward, (gradient sync,) update: the step as trained and as measured
+    (bench/host_step.py). Returns the loss and the count of wrong top-1 guesses as device
+    tensors; `finite` is and-ed in place with the loss's finiteness. No host-device sync."""
+    logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels)
+    finite &= loss.abs() < math.inf  # isfinite (NaN < inf is False) in 3 launches where torch.isfinite takes 5
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if sync_gradients is not None:
+        sync_gradients()
+    optimizer.step()
+    wrong = (logits.argmax(1) != labels).sum()
+    return loss.detach(), wrong
+
+
 # ------------------------------------------------------------------ the loop
 class Trainer:
     def __init__(self, config: TrainConfig):
@@ -163,15 +197,19 @@ class Trainer:
         self.val_loader = EvalLoader(self.store, config.batch_size, session.device, rank=session.data_rank,
                                      world=session.data_world, dtype=self.dtype, channels_last=channels_last,
                                      crop_size=config.image_size, threads=config.threads)
-        # the Triton build takes the fused one-launch update over flat buffers; the reference build torch's ops
-        sgd = FlatPaperSGD if self.model_config.ops == "triton" else PaperSGD
-        self.optimizer = sgd(param_groups(self.model, config.weight_decay), lr=config.lr, momentum=config.momentum,
-                             weight_decay=config.weight_decay)
+        replicas = 1 if session.layout is None else session.layout.replicas
+        self.optimizer = build_optimizer(self.model, self.model_config.ops, self.dtype, config.lr, config.momentum,
+                                         config.weight_decay, replicas)
         self.schedule = PlateauSchedule(lr=config.lr, patience=config.patience, max_reductions=config.lr_reductions)
         self.metrics = MetricsLog(self.out)
         self.step = 0
         self.best_top1 = math.inf
         self.finite = torch.ones((), dtype=torch.bool, device=session.device)
+        from .step_graph import StepRunner
+
+        self.runner = StepRunner(training_step, self.model, self.optimizer, self.finite,
+                                 self.model.sync_gradients if session.layout is not None else None,
+                                 capture=config.cuda_graph, distributed=session.layout is not None, log=session.print)
         self.resumed_from = self._maybe_resume()
 
     # -------------------------------------------------------------- checkpoints
@@ -190,6 +228,8 @@ class Trainer:
                 raise SystemExit(f"alexnet.train: cannot resume {path}: it was trained with {key}={saved[key]!r}, "
                                  f"this run has {getattr(self.config, key)!r}")
         self.model.load_state_dict(local_state(ckpt["model"], self.session))
+        if hasattr(self.optimizer, "refresh_low_precision"):
+            self.optimizer.refresh_low_precision()  # the layers' 16-bit copies of the loaded weights
         velocity = local_state(ckpt["velocity"], self.session)
         for name, p in self.model.named_parameters():
             state = self.optimizer.state[p]
@@ -234,17 +274,9 @@ class Trainer:
     def train_step(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """One step; returns the loss and the number of wrong top-1 guesses as device
         tensors (no host sync: finiteness is checked at log steps and before checkpoints)."""
-        logits = self.model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        self.finite &= torch.isfinite(loss)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.session.layout is not None:
-            self.model.sync_gradients()
-        self.optimizer.step()
+        loss, wrong = self.runner(images, labels)  # captured in a CUDA graph with --cuda-graph
         self.step += 1
-        wrong = (logits.argmax(1) != labels).sum()
-        return loss.detach(), wrong
+        return loss, wrong
 
     def check_finite(self) -> None:
         """Raise NonFiniteLoss if any step since the last check had a NaN/inf loss (a host sync)."""
@@ -253,8 +285,9 @@ class Trainer:
 
     def grad_norms(self) -> dict:
         """Per-layer weight-gradient norms: a stalled start shows as tiny, flat norms."""
-        return {name.rsplit(".", 1)[0]: round(p.grad.norm().item(), 6) for name, p in self.model.named_parameters()
-                if name.endswith("weight") and p.grad is not None}
+        gradient = getattr(self.optimizer, "gradient", lambda p: p.grad)
+        return {name.rsplit(".", 1)[0]: round(gradient(p).float().norm().item(), 6)
+                for name, p in self.model.named_parameters() if name.endswith("weight") and gradient(p) is not None}
 
     # -------------------------------------------------------------- epochs
     def train_epoch(self, epoch: int) -> dict:
