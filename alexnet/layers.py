@@ -180,7 +180,7 @@ class ColumnDropout(nn.Module):
         """Whether the one-launch Triton path runs on `device`: the Triton op on CUDA (or on
         the CPU under TRITON_INTERPRET=1); on a plain CPU the custom ops run their plain-PyTorch
         implementation, and so does this layer (a torch.Generator per column)."""
-        return self.fused and (device.type == "cuda" or self._fused_ops.interpreting())
+        return self.fused and (device.type != "cpu" or self._fused_ops.interpreting())
 
     def streams(self, device):
         """The fused op's ColumnDropoutState, or one torch.Generator per column, on `device`."""

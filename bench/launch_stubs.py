@@ -99,9 +99,9 @@ def install_stubs() -> None:
 
     original = _common.check_tensor
 
-    def check_tensor(x, name, *, ndim=None, dtypes=_common.FLOAT_DTYPES):
+    def check_tensor(x, name, *, ndim=None, dtypes=_common.FLOAT_DTYPES, kernel_device=True):
         if not (isinstance(x, torch.Tensor) and x.device.type == "meta"):
-            return original(x, name, ndim=ndim, dtypes=dtypes)
+            return original(x, name, ndim=ndim, dtypes=dtypes, kernel_device=kernel_device)
         if ndim is not None and x.dim() != ndim:  # the original's checks, device aside
             raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
         if dtypes is not None and x.dtype not in dtypes:
@@ -114,6 +114,7 @@ def install_stubs() -> None:
             mod.check_tensor = check_tensor
     _common.check_tensor = check_tensor
     del kernels
+    _triton_impls_on_meta()
     _patch_dropout_generators()
     _native_meta_kernels()
     _installed = True
@@ -164,6 +165,16 @@ def _counted(name, fn):
         return fn(*args, **kwargs)
 
     return meta
+
+
+def _triton_impls_on_meta() -> None:
+    """The alexnet_triton custom ops run their CUDA (Triton) implementation on meta tensors,
+    as on a GPU: the dispatch through torch.library is paid and every launch is counted (a
+    meta tensor would otherwise get the op's fake implementation, which launches nothing)."""
+    from kernels import ops
+
+    for op, triton_impl in ops.TRITON_IMPLS.values():
+        op.register_kernel("meta", triton_impl)
 
 
 def _patch_dropout_generators() -> None:

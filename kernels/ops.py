@@ -52,6 +52,7 @@ __all__ = ["NAMESPACE", "conv2d"]
 
 NAMESPACE = "alexnet_triton"
 ops = torch.ops.alexnet_triton
+TRITON_IMPLS = {}  # name -> (op, its Triton implementation); bench/launch_stubs.py runs them on meta tensors
 
 
 def _define(name: str, schema: str, triton_impl, reference_impl, fake, mutates_args=()):
@@ -66,6 +67,7 @@ def _define(name: str, schema: str, triton_impl, reference_impl, fake, mutates_a
 
     op.register_kernel("cpu", cpu_impl)
     op.register_fake(fake)
+    TRITON_IMPLS[name] = (op, triton_impl)
     return op
 
 
