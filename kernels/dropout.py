@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from ._common import cdiv, check_tensor, interpreting
 
@@ -45,7 +46,9 @@ def _dropout_kernel(x_ptr, y_ptr, seed_ptr, n_elem, keep_threshold, scale, BLOCK
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_elem
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, tl.where(draws >= keep_threshold, x * scale, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
+    # x * 0, not 0, where dropped: NaN and inf become NaN there, as in torch's x * mask / (1 - p)
+    y = x * tl.where(draws >= keep_threshold, scale, 0.0)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 # ------------------------------------------------------------------------------ launchers
@@ -87,6 +90,7 @@ class DropoutFunction(torch.autograd.Function):
         return apply_dropout_mask(x, seed, p)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         (seed,) = ctx.saved_tensors
         if dy.stride() != ctx.layout:  # the mask follows storage order: match x's layout
@@ -94,13 +98,24 @@ class DropoutFunction(torch.autograd.Function):
         return apply_dropout_mask(dy, seed, ctx.p), None, None
 
 
+def _probability(p) -> float:
+    """p as a float in [0, 1]: a Python or NumPy number, or a one-element tensor (read on
+    the host: a sync for a CUDA tensor); anything else, NaN included, is refused."""
+    import numbers
+
+    if isinstance(p, torch.Tensor) and p.numel() == 1 and not p.is_complex():
+        p = p.item()
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p must be in [0, 1] (a number or a one-element tensor), got {p!r}")
+    return float(p)
+
+
 def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True,
             generator: torch.Generator | None = None) -> torch.Tensor:
     """Inverted dropout (paper section 4.2, p = 0.5): in training, zero each element with
     probability p and scale the rest by 1/(1-p); identity when not training or p = 0.
     The mask's seed comes from `generator` (default: torch's generator for x's device)."""
-    if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability p must be in [0, 1], got {p!r}")
+    p = _probability(p)
     check_tensor(x, "x")
     if not training or p == 0.0:
         return x
