@@ -127,3 +127,25 @@ def model_from_checkpoint(path, ops: str = "auto", device=None):
     model = AlexNet(config).to(device)
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
+
+
+def matching_store(ckpt: dict, data):
+    """Open the store at `data`, refusing one whose classes differ from the checkpoint's (its
+    labels would name the wrong classes) with a clear ValueError."""
+    from .store import Store
+
+    store = Store(data)
+    if list(store.classes) != list(ckpt["classes"]):
+        raise ValueError(f"{data} has other classes than the checkpoint was trained on ({store.num_classes} vs "
+                         f"{len(ckpt['classes'])}; e.g. {store.classes[:2]} vs {ckpt['classes'][:2]}): pass the "
+                         "store it was trained on")
+    return store
+
+
+def recorded_store(ckpt: dict) -> str | None:
+    """The store a checkpoint was trained on, as recorded: the absolute path (checkpoints
+    written since it was kept), else --data as given (relative to wherever training ran)."""
+    path = ckpt.get("store_path")
+    if path is not None and os.path.isdir(path):
+        return path
+    return None
