@@ -68,7 +68,10 @@ def claim_output_dir(out, *, resume: bool, overwrite: bool, prog: str = "alexnet
 
 def acquire_lock(path, busy_message: str):
     """An exclusive, non-blocking flock on `path` (created if needed); UsageError if held."""
-    f = open(path, "a+")
+    try:
+        f = open(path, "a+")
+    except OSError as err:  # a read-only folder or filesystem: say so before any work is done
+        raise UsageError(f"cannot write {path}: {err.strerror}") from None
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:

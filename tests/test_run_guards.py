@@ -150,3 +150,32 @@ def test_a_torn_last_metrics_line_is_skipped_with_a_warning(tmp_path):
         log.truncate_after(1)
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
     assert np.isclose(log.read()[0]["train_loss"], 0.5)
+
+
+def test_store_arrays_that_disagree_with_store_json_are_refused(tmp_path):
+    from alexnet.store import Store, StoreError
+
+    store = write_arrays(tmp_path / "s", {"train": stripes(8, 0), "val": stripes(4, 1)}, ["h", "v"])
+    np.save(store / "train_labels.npy", np.zeros(6, np.int64))  # two rows fewer than store.json says
+    with pytest.raises(StoreError, match="train_labels.npy .* store.json says 8"):
+        Store(store).split("train")
+    np.save(store / "val_labels.npy", np.full(4, 7, np.int64))
+    with pytest.raises(StoreError, match="labels outside 0..1"):
+        Store(store).split("val")
+
+
+def test_evaluate_and_figures_find_the_store_and_refuse_other_classes(tiny_store, tmp_path, monkeypatch, capsys):
+    """The checkpoint records the store's absolute path: evaluate works from any directory
+    although --data was relative; figures refuses a store with other classes."""
+    from alexnet import evaluate, figures
+
+    monkeypatch.chdir(tiny_store.parent)
+    assert run(config(tiny_store.name, tmp_path / "run", max_steps=1)) == 0  # --data relative to the cwd
+    monkeypatch.chdir(tmp_path)
+    ckpt = str(tmp_path / "run" / "checkpoint_last.pt")
+    assert evaluate.main([ckpt, "--views", "centre", "--ops", "reference"]) == 0
+    assert f"20 val images of {tiny_store}" in capsys.readouterr().out
+    other = write_arrays(tmp_path / "other", {"train": stripes(8, 0), "val": stripes(4, 1)}, ["x", "y"])
+    with pytest.raises(SystemExit) as exit_info:
+        figures.main(["predictions", ckpt, "--data", str(other), "--out", str(tmp_path / "p.png")])
+    assert exit_info.value.code == 2 and "other classes" in capsys.readouterr().err
