@@ -62,7 +62,8 @@ class MetricsLog:
         self.plot()
 
     def plot(self) -> None:
-        rows = self.read()
+        keys = ("train_loss", "train_top1", "val_top1", "val_top5", "lr")
+        rows = [r for r in self.read() if all(isinstance(r.get(k), (int, float)) for k in keys)]
         if not rows:
             return
         epochs = [r["epoch"] for r in rows]

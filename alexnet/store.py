@@ -83,16 +83,25 @@ class Store:
         if not is_store(self.path):
             what = "does not exist" if not self.path.exists() else f"has no {MARKER} (not a complete store)"
             raise FileNotFoundError(f"{self.path} {what}; build one with `python -m alexnet.prepare SRC {self.path}`")
-        self.meta = json.loads((self.path / MARKER).read_text())
-        if self.meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{self.path}: store format {self.meta.get('format')!r}, this code reads {FORMAT_VERSION}")
-        self.classes: list[str] = json.loads((self.path / "classes.json").read_text())
-        if self.meta.get("num_classes", len(self.classes)) != len(self.classes):
-            raise StoreError(f"{self.path}: classes.json names {len(self.classes)} classes, store.json says "
-                             f"{self.meta['num_classes']}{REBUILD}")
-        self.mean: np.ndarray = np.load(self.path / "mean.npy")
-        with np.load(self.path / "pca.npz") as z:
-            self.pca = PCA(*(z[k] for k in ("mean_rgb", "covariance", "eigenvalues", "eigenvectors")))
+        try:
+            self.meta = json.loads((self.path / MARKER).read_text())
+            if self.meta.get("format") != FORMAT_VERSION:
+                raise StoreError(f"{self.path}: store format {self.meta.get('format')!r}, this code reads "
+                                 f"{FORMAT_VERSION}")
+            self.classes: list[str] = json.loads((self.path / "classes.json").read_text())
+            if self.meta.get("num_classes", len(self.classes)) != len(self.classes):
+                raise StoreError(f"{self.path}: classes.json names {len(self.classes)} classes, store.json says "
+                                 f"{self.meta['num_classes']}{REBUILD}")
+            self.mean: np.ndarray = np.load(self.path / "mean.npy")
+            with np.load(self.path / "pca.npz") as z:
+                self.pca = PCA(*(z[k] for k in ("mean_rgb", "covariance", "eigenvalues", "eigenvectors")))
+            missing = [k for k in ("splits", "image_size") if k not in self.meta]
+            if missing:
+                raise StoreError(f"{self.path}: store.json has no {', '.join(missing)}{REBUILD}")
+        except StoreError:
+            raise
+        except (OSError, ValueError, KeyError, AttributeError) as err:  # a missing or garbled file of the store
+            raise StoreError(f"{self.path}: cannot read the store ({type(err).__name__}: {err}){REBUILD}") from None
         self._splits: dict[str, Split] = {}
 
     @property

@@ -179,3 +179,14 @@ def test_evaluate_and_figures_find_the_store_and_refuse_other_classes(tiny_store
     with pytest.raises(SystemExit) as exit_info:
         figures.main(["predictions", ckpt, "--data", str(other), "--out", str(tmp_path / "p.png")])
     assert exit_info.value.code == 2 and "other classes" in capsys.readouterr().err
+
+
+def test_a_damaged_store_is_one_line_not_a_traceback(tiny_store, tmp_path, capsys):
+    import shutil
+
+    damaged = tmp_path / "store"
+    shutil.copytree(tiny_store, damaged)
+    (damaged / "classes.json").write_text("[not json")
+    assert run(config(damaged, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the store" in err and "Traceback" not in err
