@@ -252,6 +252,11 @@ def _check_free_space(out: Path, n_images: int, image_size: int) -> None:
 
 
 def _prepare_locked(src, out, workers, val_labels, class_index, image_size, progress, log) -> Path:
+    from PIL import ImageFile
+
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # set by other code in this process: truncated files would be stored
+        raise PrepareError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images would "
+                           "be stored as valid; leave it False")
     t0 = time.time()
     classes, splits = scan_source(src, val_labels, class_index)
     if not splits[0].files:

@@ -216,3 +216,11 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_pillow_told_to_accept_truncated_files_is_refused(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(PrepareError, match="LOAD_TRUNCATED_IMAGES"):
+        prepare(small_tree(tmp_path / "src"), tmp_path / "out", **quiet())
