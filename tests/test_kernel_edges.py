@@ -101,6 +101,19 @@ def test_dropout_takes_a_one_element_tensor_p():
         kernels.dropout(x, torch.tensor([0.5, 0.5]))
 
 
+@given(shape=st.tuples(st.integers(1, 2), st.integers(1, 5), st.integers(3, 8), st.integers(3, 8)),
+       n_special=st.integers(1, 6), seed=st.integers(0, 2**31 - 1))
+def test_max_pool_propagates_nan_and_inf_and_routes_their_gradient_as_torch(shape, n_special, seed):
+    x64 = _poisoned(seed, shape, n_special, SPECIALS).requires_grad_()
+    x = x64.detach().float().to(DEVICE).requires_grad_()
+    y, y64 = kernels.max_pool2d(x), F.max_pool2d(x64, 3, 2)
+    _assert_same_nonfinite_and_close(y, y64)
+    dy = torch.randn(y64.shape, dtype=torch.float64)
+    y.backward(dy.float().to(DEVICE))
+    y64.backward(dy)
+    _assert_same_nonfinite_and_close(x.grad, x64.grad)
+
+
 def test_max_pool_argmax_is_wide_enough_for_any_window():
     """Window positions past 32767 need int32 (int16 wrapped: global pooling over a 182x182
     map lost its gradient). The backward with such an argmax puts the gradient at the right
