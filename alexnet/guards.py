@@ -55,15 +55,25 @@ def claim_output_dir(out, *, resume: bool, overwrite: bool, prog: str = "alexnet
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(out / LOCK_NAME, f"{prog}: another process is training into {out} (it holds {out / LOCK_NAME})")
-    used = used_run_files(out)
-    if used and not resume and not overwrite:
+    try:
+        used = refuse_used_output_dir(out, resume=resume, overwrite=overwrite, prog=prog)
+    except UsageError:
         lock.close()
-        raise UsageError(f"{prog}: {out} already holds a run ({', '.join(used)}): continue it with --resume auto, "
-                         "start afresh with --overwrite (deletes those files), or choose another --out")
+        raise
     if used and overwrite and not resume:
         for name in used:
             (out / name).unlink(missing_ok=True)
     return lock
+
+
+def refuse_used_output_dir(out, *, resume: bool, overwrite: bool, prog: str = "alexnet.train") -> list[str]:
+    """UsageError if OUT holds a run and neither resume nor overwrite is asked for; returns
+    the run's files. (Every rank of a distributed run checks: all stop, none waits.)"""
+    used = used_run_files(out)
+    if used and not resume and not overwrite:
+        raise UsageError(f"{prog}: {out} already holds a run ({', '.join(used)}): continue it with --resume auto, "
+                         "start afresh with --overwrite (deletes those files), or choose another --out")
+    return used
 
 
 def acquire_lock(path, busy_message: str):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .augment import AugmentConfig
-from .guards import UsageError, claim_output_dir
+from .guards import UsageError, claim_output_dir, refuse_used_output_dir
 from .config import AlexNetConfig
 from .data import EvalLoader, TrainLoader
 from .evaluate import error_rates, evaluate
@@ -178,6 +178,8 @@ class Trainer:
         if session.is_main:  # before anything is written: a used OUT is refused, a second run locked out
             self.lock = claim_output_dir(self.out, resume=config.resume is not None, overwrite=config.overwrite)
             checkpoint.remove_stale_temps(self.out)
+        else:
+            refuse_used_output_dir(self.out, resume=config.resume is not None, overwrite=config.overwrite)
         self.store = resolve_store(config, session)
         if "val" not in self.store.splits or len(self.store.split("val")) == 0:
             raise UsageError(f"alexnet.train: {self.store.path} has no validation images; every epoch ends with a "
@@ -209,7 +211,9 @@ class Trainer:
         path = self.config.resume
         if path == "auto":
             path = self.out / "checkpoint_last.pt"
-            if not path.exists():
+            if not path.exists():  # nothing to continue; a row of an epoch killed before its checkpoint goes
+                if self.session.is_main and self.metrics.path.exists():
+                    self.metrics.truncate_after(0)
                 return None
         if path is None:
             return None

@@ -190,3 +190,12 @@ def test_a_damaged_store_is_one_line_not_a_traceback(tiny_store, tmp_path, capsy
     assert run(config(damaged, tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert "cannot read the store" in err and "Traceback" not in err
+
+
+def test_resume_auto_without_a_checkpoint_drops_rows_of_unsaved_epochs(tiny_store, tmp_path):
+    """Killed after the first epoch's row but before its checkpoint: the restart must not
+    add a second 'epoch 1'."""
+    MetricsLog(tmp_path).append({"epoch": 1, "train_loss": 0.7, "train_top1": 0.5, "val_top1": 0.5,
+                                 "val_top5": 0.0, "lr": 0.01})
+    Trainer(config(tiny_store, tmp_path, resume="auto")).lock.close()
+    assert MetricsLog(tmp_path).read() == []
