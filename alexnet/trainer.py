@@ -124,7 +124,7 @@ def build_model(config: TrainConfig, store: Store, session: Session):
     from .parallel import ShardedAlexNet
 
     if config.columns != 2:
-        raise SystemExit("alexnet.train: several ranks run the two-column model; --columns 1 needs one process")
+        raise UsageError("alexnet.train: several ranks run the two-column model; --columns 1 needs one process")
     return ShardedAlexNet(model_config, session.layout), model_config
 
 
@@ -222,7 +222,7 @@ class Trainer:
         saved = ckpt["config"]
         for key in ("batch_size", "seed", "image_size", "lrn", "overlap_pool", "activation", "columns"):
             if saved[key] != getattr(self.config, key):
-                raise SystemExit(f"alexnet.train: cannot resume {path}: it was trained with {key}={saved[key]!r}, "
+                raise UsageError(f"alexnet.train: cannot resume {path}: it was trained with {key}={saved[key]!r}, "
                                  f"this run has {getattr(self.config, key)!r}")
         self.model.load_state_dict(local_state(ckpt["model"], self.session))
         velocity = local_state(ckpt["velocity"], self.session)
@@ -443,7 +443,10 @@ def run(config: TrainConfig) -> int:
 
     trainer = None
     try:
-        trainer = Trainer(config)
+        try:
+            trainer = Trainer(config)
+        except ValueError as err:  # set-up refusals (a batch larger than the data, a loader that does not fit)
+            raise UsageError(f"alexnet.train: {err}") from None
         trainer.run()
         return 0
     except NonFiniteLoss as err:

@@ -199,3 +199,9 @@ def test_resume_auto_without_a_checkpoint_drops_rows_of_unsaved_epochs(tiny_stor
                                  "val_top5": 0.0, "lr": 0.01})
     Trainer(config(tiny_store, tmp_path, resume="auto")).lock.close()
     assert MetricsLog(tmp_path).read() == []
+
+
+def test_set_up_refusals_through_run_are_one_line_exit_2(tiny_store, tmp_path, capsys):
+    assert run(config(tiny_store, tmp_path, batch_size=64)) == 2  # larger than the 48 training images
+    err = capsys.readouterr().err
+    assert "make no batch of 64" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
