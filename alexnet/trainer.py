@@ -7,6 +7,7 @@ checkpoint resumes or evaluates in any layout.
 """
 from __future__ import annotations
 
+import errno
 import math
 import sys
 import time
@@ -443,9 +444,11 @@ def run(config: TrainConfig) -> int:
 
     trainer = None
     try:
+        from .prepare import PrepareError
+
         try:
             trainer = Trainer(config)
-        except ValueError as err:  # set-up refusals (a batch larger than the data, a loader that does not fit)
+        except (ValueError, PrepareError) as err:  # set-up refusals (a batch larger than the data, a bad folder)
             raise UsageError(f"alexnet.train: {err}") from None
         trainer.run()
         return 0
@@ -461,6 +464,12 @@ def run(config: TrainConfig) -> int:
     except (checkpoint.CheckpointError, StoreError, FileNotFoundError) as err:
         print(f"alexnet.train: {err}", file=sys.stderr, flush=True)
         return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        print(f"alexnet.train: disk full ({err}); stopped. Checkpoints are written atomically: the last complete "
+              f"one in {config.out} is intact. Free space and continue with --resume auto.", file=sys.stderr, flush=True)
+        return 1
     finally:
         if trainer is not None:
             trainer.train_loader.close()

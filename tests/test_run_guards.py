@@ -205,3 +205,15 @@ def test_set_up_refusals_through_run_are_one_line_exit_2(tiny_store, tmp_path, c
     assert run(config(tiny_store, tmp_path, batch_size=64)) == 2  # larger than the 48 training images
     err = capsys.readouterr().err
     assert "make no batch of 64" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_full_disk_while_checkpointing_is_a_clear_message(tiny_store, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer_module.checkpoint, "save", no_space)
+    assert run(config(tiny_store, tmp_path, max_steps=1)) == 1
+    err = capsys.readouterr().err
+    assert "disk full" in err and "Traceback" not in err
