@@ -12,6 +12,11 @@ The seed is an int64 drawn from torch's generator on the tensor's device, so
 to capture in a CUDA graph). The backward regenerates the same mask from the saved seed:
 nothing mask-sized is stored. Elements are indexed in storage order, so x may be any dense
 layout (contiguous, channels_last, ...).
+
+As torch's dropout (x * mask / (1 - p)), the kernel multiplies: a dropped NaN or inf gives
+NaN, not 0, so a non-finite activation is never hidden from the loss. p may be a Python or
+NumPy number or a one-element tensor (read on the host). The Function is
+once_differentiable: a double backward raises.
 """
 from __future__ import annotations
 
