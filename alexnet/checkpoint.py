@@ -81,11 +81,23 @@ def load(path: str | os.PathLike, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refused an object: never build it
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path} holds objects a checkpoint never has; refused without running them "
-                              f"({first})") from None
+                              f"({_unpickler_reason(err)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:  # truncated, not a zip, ...
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The weights-only unpickler's own reason, without torch's advice to load the file
+    with weights_only=False (which would run whatever the file holds)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+            return rest or "an object outside the allow-list"
+        if "unsupported GLOBAL" in line or "Unsupported global" in line:
+            return line
+    return "an object outside the allow-list"
 
 
 def check_structure(ckpt, path, keys=TRAINING_KEYS) -> dict:

@@ -26,8 +26,9 @@ def test_a_crafted_checkpoint_is_refused_without_running_code(tmp_path, writer):
         torch.save(payload, path)
     else:
         path.write_bytes(pickle.dumps(payload))
-    with pytest.raises(checkpoint.CheckpointError, match="refused without running"):
+    with pytest.raises(checkpoint.CheckpointError, match="refused without running") as refused:
         checkpoint.load(path)
+    assert "weights_only` set to `False`" not in str(refused.value)  # no advice to run the file after all
     with pytest.raises(checkpoint.CheckpointError):
         checkpoint.model_from_checkpoint(path, ops="reference", device="cpu")
     assert not marker.exists()
