@@ -2,15 +2,31 @@
 
 Writes go to a temporary file in the same directory, are flushed and fsync'ed, then renamed
 over the destination (rename is atomic on POSIX), and the directory entry is fsync'ed too.
+A kill between the two leaves a hidden `.NAME.*.tmp` file: `remove_stale_temps` deletes
+those (the trainer calls it while it holds the output directory's lock).
+
+Loading never runs code from the file: `torch.load(weights_only=True)` unpickles only
+tensors, dicts, lists, tuples, strings, numbers and None (what `alexnet.train` writes), and
+refuses any other object, so a crafted .pt cannot execute anything; the structure is
+checked after loading (`check_structure`).
 """
 from __future__ import annotations
 
 import io
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
 import torch
+
+# What a checkpoint written by alexnet.train holds, by key, as (type, what it is).
+TRAINING_KEYS = {"format": int, "model": dict, "velocity": dict, "schedule": dict, "loader": dict, "step": int,
+                 "best_top1": float, "rng": list, "config": dict, "model_config": dict, "classes": list}
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable checkpoint of this project (corrupt, foreign, unsafe)."""
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -41,12 +57,69 @@ def save(obj, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of writes that a kill interrupted (`.NAME.*.tmp`); call
+    only while no other process writes into `directory`. Returns what was removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for tmp in directory.glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def load(path: str | os.PathLike, map_location="cpu"):
-    """Load a checkpoint written by `save` (tensors to `map_location`, CPU by default)."""
+    """Load a checkpoint written by `save` (tensors to `map_location`, CPU by default).
+    Only plain data is unpickled (weights_only=True); anything else raises CheckpointError
+    before any of it is built."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refused an object: never build it
+        raise CheckpointError(f"{path} holds objects a checkpoint never has; refused without running them "
+                              f"({_unpickler_reason(err)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:  # truncated, not a zip, ...
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The weights-only unpickler's own reason, without torch's advice to load the file
+    with weights_only=False (which would run whatever the file holds)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+            return rest or "an object outside the allow-list"
+        if "unsupported GLOBAL" in line or "Unsupported global" in line:
+            return line
+    return "an object outside the allow-list"
+
+
+def check_structure(ckpt, path, keys=TRAINING_KEYS) -> dict:
+    """Raise CheckpointError unless `ckpt` is a dict with `keys` of the expected types and
+    its weights are tensors by name; returns ckpt."""
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a checkpoint written by alexnet.train (a {type(ckpt).__name__})")
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint written by alexnet.train (no {', '.join(missing)})")
+    for key, kind in keys.items():
+        value = ckpt[key]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else \
+            isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            raise CheckpointError(f"{path}: {key!r} is a {type(value).__name__}, expected {kind.__name__}")
+    for key in ("model", "velocity"):
+        if key in keys and not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt[key].items()):
+            raise CheckpointError(f"{path}: {key!r} must map parameter names to tensors")
+    if "classes" in keys and not all(isinstance(c, str) for c in ckpt["classes"]):
+        raise CheckpointError(f"{path}: 'classes' must be a list of class names")
+    return ckpt
 
 
 def model_from_checkpoint(path, ops: str = "auto", device=None):
@@ -57,9 +130,8 @@ def model_from_checkpoint(path, ops: str = "auto", device=None):
     from .config import AlexNetConfig
     from .model import AlexNet
 
-    ckpt = load(path)
-    if "model_config" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path} is not a checkpoint written by alexnet.train")
+    ckpt = check_structure(load(path), path, {k: TRAINING_KEYS[k] for k in ("model", "model_config", "config",
+                                                                           "classes", "step")})
     known = {f.name for f in fields(AlexNetConfig)}
     saved = {k: v for k, v in ckpt["model_config"].items() if k in known}
     config = AlexNetConfig(**{**saved, "ops": ops, "channels_last": None, "dropout_seed": 0})
@@ -67,3 +139,25 @@ def model_from_checkpoint(path, ops: str = "auto", device=None):
     model = AlexNet(config).to(device)
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
+
+
+def matching_store(ckpt: dict, data):
+    """Open the store at `data`, refusing one whose classes differ from the checkpoint's (its
+    labels would name the wrong classes) with a clear ValueError."""
+    from .store import Store
+
+    store = Store(data)
+    if list(store.classes) != list(ckpt["classes"]):
+        raise ValueError(f"{data} has other classes than the checkpoint was trained on ({store.num_classes} vs "
+                         f"{len(ckpt['classes'])}; e.g. {store.classes[:2]} vs {ckpt['classes'][:2]}): pass the "
+                         "store it was trained on")
+    return store
+
+
+def recorded_store(ckpt: dict) -> str | None:
+    """The store a checkpoint was trained on, as recorded: the absolute path (checkpoints
+    written since it was kept), else --data as given (relative to wherever training ran)."""
+    path = ckpt.get("store_path")
+    if path is not None and os.path.isdir(path):
+        return path
+    return None

@@ -114,18 +114,21 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         ap.error("--batch-size must be >= 1")
 
-    from .checkpoint import model_from_checkpoint
+    from .checkpoint import matching_store, model_from_checkpoint, recorded_store
     from .data import EvalLoader
-    from .store import Store, is_store
+    from .store import is_store
 
     try:
         model, ckpt = model_from_checkpoint(args.checkpoint, ops=args.ops, device=args.device)
     except (FileNotFoundError, ValueError) as err:
         ap.error(str(err))
     saved = ckpt["config"]
-    data = args.data if args.data is not None else saved.get("data")
+    data = args.data if args.data is not None else recorded_store(ckpt) or saved.get("data")
     if args.data is None and data is not None and not is_store(data):
         data = Path(saved["out"]) / "store"  # training prepared the folder it was given into OUT/store
+        if not is_store(data):  # recorded relative to where training ran: say so, not just "not a store"
+            ap.error(f"cannot find the store {args.checkpoint} was trained on (--data {saved.get('data')!r}, "
+                     f"--out {saved.get('out')!r} as given then, relative to where training ran): pass --data")
     if data is None:
         from .demo import ensure_demo_store
         from .train import DEMO_STORE_SIZE
@@ -133,11 +136,12 @@ def main(argv=None) -> int:
         data = ensure_demo_store(image_size=DEMO_STORE_SIZE)
     elif not is_store(data):
         ap.error(f"{data} is not a prepared store (make one with `python -m alexnet.prepare`)")
-    store = Store(data)
+    try:
+        store = matching_store(ckpt, data)
+    except (FileNotFoundError, ValueError) as err:
+        ap.error(str(err))
     if args.split not in store.splits:
         ap.error(f"{data} has no split {args.split!r} (it has {', '.join(store.splits)})")
-    if list(store.classes) != list(ckpt["classes"]):
-        ap.error(f"{data} has other classes than the checkpoint was trained on")
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     device = next(model.parameters()).device

@@ -141,7 +141,8 @@ def ablation(name: str, base=None, out="experiments") -> dict:
     base = base or TrainConfig(**DEMO)
     runs = {}
     for label, value in (("paper", paper_value), ("ablation", ablated_value)):
-        config = replace(base, **{flag: value}, out=str(Path(out) / name / label), resume=None)
+        config = replace(base, **{flag: value}, out=str(Path(out) / name / label), resume=None,
+                         overwrite=True)  # a rerun replaces the earlier result
         trainer = Trainer(config)
         try:
             summary = trainer.run()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .checkpoint import model_from_checkpoint
+from .checkpoint import matching_store, model_from_checkpoint
 from .evaluate import crop_views, predict
 from .store import Store
 
@@ -95,9 +95,9 @@ def predictions(checkpoint_path, data, out, count: int = 8, seed: int = 0, devic
     import matplotlib.pyplot as plt
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, _ = model_from_checkpoint(checkpoint_path, device=device)
+    model, ckpt = model_from_checkpoint(checkpoint_path, device=device)
     model.eval()
-    store = Store(data)
+    store = matching_store(ckpt, data)
     split = store.split("val")
     indices = np.sort(np.random.default_rng(seed).choice(len(split), min(count, len(split)), replace=False))
     values, classes = top5(model, store, indices, device)
@@ -162,8 +162,8 @@ def nearest_neighbours(queries: torch.Tensor, database: torch.Tensor, k: int = 6
 
 def neighbours(checkpoint_path, data, out, count: int = 5, seed: int = 0, device=None) -> dict:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, _ = model_from_checkpoint(checkpoint_path, device=device)
-    store = Store(data)
+    model, ckpt = model_from_checkpoint(checkpoint_path, device=device)
+    store = matching_store(ckpt, data)
     val, train = store.split("val"), store.split("train")
     queries = np.sort(np.random.default_rng(seed).choice(len(val), min(count, len(val)), replace=False))
     q = fc7_features(model, store, "val", device)[torch.from_numpy(queries).to(device)]
@@ -201,12 +201,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not Path(args.checkpoint).is_file():
         ap.error(f"no checkpoint at {args.checkpoint}")
-    if args.figure == "filters":
-        result = filters(args.checkpoint, args.out)
-    elif args.figure == "predictions":
-        result = predictions(args.checkpoint, args.data, args.out, args.count, args.seed)
-    else:
-        result = neighbours(args.checkpoint, args.data, args.out, args.count, args.seed)
+    try:
+        if args.figure == "filters":
+            result = filters(args.checkpoint, args.out)
+        elif args.figure == "predictions":
+            result = predictions(args.checkpoint, args.data, args.out, args.count, args.seed)
+        else:
+            result = neighbours(args.checkpoint, args.data, args.out, args.count, args.seed)
+    except (ValueError, FileNotFoundError) as err:  # a store that does not fit the checkpoint, a bad file
+        ap.error(str(err))
     for key, value in result.items():
         print(f"{key}: {value}")
     return 0

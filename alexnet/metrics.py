@@ -1,9 +1,16 @@
-"""Per-epoch metrics as JSON lines, and PNG plots of the curves redrawn after every epoch."""
+"""Per-epoch metrics as JSON lines, and PNG plots of the curves redrawn after every epoch.
+
+Every change rewrites metrics.jsonl atomically (a temporary file renamed over it), so a
+kill leaves the old or the new file, never half a row. A file torn some other way (copied
+mid-write, a full disk under an older version) is still read: an unparseable line is
+skipped with a warning, and the next write drops it.
+"""
 from __future__ import annotations
 
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -25,22 +32,38 @@ class MetricsLog:
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
-        with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        rows = []
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    row = None
+                if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                    warnings.warn(f"{self.path}:{number}: skipped a line that is not a metrics record "
+                                  f"(torn write?): {line[:60]!r}", stacklevel=2)
+                    continue
+                rows.append(row)
+        return rows
+
+    def _write(self, rows: list[dict]) -> None:
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
     def truncate_after(self, epoch: int) -> None:
         """Drop records of epochs after `epoch` (a resumed run rewrites them)."""
-        rows = [r for r in self.read() if r["epoch"] <= epoch]
-        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+        self._write([r for r in self.read() if r["epoch"] <= epoch])
 
     def append(self, record: dict) -> None:
+        """Add the record (atomically: the whole file is rewritten; a few rows per epoch)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._write(self.read() + [record])
         self.plot()
 
     def plot(self) -> None:
-        rows = self.read()
+        keys = ("train_loss", "train_top1", "val_top1", "val_top5", "lr")
+        rows = [r for r in self.read() if all(isinstance(r.get(k), (int, float)) for k in keys)]
         if not rows:
             return
         epochs = [r["epoch"] for r in rows]

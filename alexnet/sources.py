@@ -6,8 +6,13 @@ Accepted layouts of SRC (the torchvision ImageFolder convention, and ILSVRC's fl
     SRC/val/<class>/**/<image>       class folders named like train's, or
     SRC/val/<image>                  a flat folder plus a labels file (see `read_labels_file`)
 
-Images are files with an image extension (`IMAGE_EXTENSIONS`, any case); other files are
-listed as ignored, hidden files are not looked at. `load_image` turns any Pillow-readable
+Images are regular files with an image extension (`IMAGE_EXTENSIONS`, any case); other
+files are listed as ignored, hidden files are not looked at. Symbolic links are followed,
+but every directory and every file is visited once (by device and inode), so a link loop
+ends and a link to `.` does not store each image again; FIFOs, sockets and devices are
+ignored (a FIFO named x.jpg would block the reader forever). A train class folder without
+images is refused (it would be a class no image teaches), as are class names that are not
+valid UTF-8. `load_image` turns any Pillow-readable
 image (JPEG, PNG, ...; greyscale, 16-bit, palette, CMYK, with alpha) into the paper's
 input (section 2): RGB, shorter side resized to `size`, the central size x size patch.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,13 +43,51 @@ class SplitSource:
     ignored: list[str] = field(default_factory=list)  # non-image files
 
 
-def _walk(folder: Path):
-    """Non-hidden files under folder, recursively, as sorted paths relative to it."""
+def _walk(folder: Path, seen: set | None = None, skipped: list | None = None):
+    """Non-hidden regular files under folder, recursively (following links), as sorted paths
+    relative to it. `seen` holds the (device, inode) of every directory and file already
+    visited (shared across calls: one image reached by two paths is taken once); `skipped`
+    collects (path, reason) of what was passed over."""
+    seen = set() if seen is None else seen
+    skipped = [] if skipped is None else skipped
     found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [os.path.relpath(os.path.join(root, f), folder) for f in files if not f.startswith(".")]
+
+    def visit(directory: str, rel: str):
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as err:
+            skipped.append((rel or ".", f"unreadable folder: {err.strerror}"))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = os.path.join(rel, entry.name) if rel else entry.name
+            try:
+                st = os.stat(entry.path)  # follows links
+            except OSError as err:
+                skipped.append((path, f"cannot stat: {err.strerror} (a dangling link?)"))
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                skipped.append((path, "already seen by another path (a link loop or duplicate link)"))
+                continue
+            seen.add(key)
+            if stat.S_ISDIR(st.st_mode):
+                visit(entry.path, path)
+            elif stat.S_ISREG(st.st_mode):
+                found.append(path)
+            else:
+                skipped.append((path, "not a regular file (FIFO, socket or device)"))
+
+    root = os.stat(folder)
+    seen.add((root.st_dev, root.st_ino))
+    visit(str(folder), "")
     return sorted(found)
+
+
+def _inode(path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _is_image(name: str) -> bool:
@@ -57,16 +101,27 @@ def _subdirs(folder: Path) -> list[str]:
 def scan_class_folders(src: Path, split: str, classes: list[str]) -> SplitSource:
     out = SplitSource(split)
     index = {c: i for i, c in enumerate(classes)}
-    for name in _subdirs(src / split):
+    # SRC, the split folder and every class folder count as seen from the start: a link back
+    # to one of them (a loop, or into another class) is not followed
+    names = _subdirs(src / split)
+    seen = {_inode(p) for p in [src, src / split] + [src / split / n for n in names]}
+    for name in names:
         if name not in index:
             raise SourceError(f"{src / split / name}: class {name!r} is not among train's {len(classes)} classes")
-        for rel in _walk(src / split / name):
+        skipped: list = []
+        images = 0
+        for rel in _walk(src / split / name, seen, skipped):
             path = f"{split}/{name}/{rel}"
             if _is_image(rel):
                 out.files.append(path)
                 out.labels.append(index[name])
+                images += 1
             else:
                 out.ignored.append(path)
+        out.ignored += [f"{split}/{name}/{rel} ({why})" for rel, why in skipped]
+        if split == "train" and images == 0:
+            raise SourceError(f"{src / split / name} holds no images: a class without training images cannot be "
+                              "learned; remove the folder or add images")
     return out
 
 
@@ -127,6 +182,7 @@ def scan_source(src, val_labels=None, class_index=None) -> tuple[list[str], list
     classes = _subdirs(src / "train")
     if not classes:
         raise SourceError(f"{src / 'train'} has no class folders")
+    check_names(classes, "class folder")
     splits = [scan_class_folders(src, "train", classes)]
     val = src / "val"
     if val.is_dir():
@@ -135,9 +191,11 @@ def scan_source(src, val_labels=None, class_index=None) -> tuple[list[str], list
                 raise SourceError(f"{val} has class folders: a labels file is only for a flat val folder")
             splits.append(scan_class_folders(src, "val", classes))
         else:
-            names = [f for f in _walk(val)]
+            skipped: list = []
+            names = _walk(val, {_inode(src), _inode(val)}, skipped)
             flat = SplitSource("val", files=[f"val/{f}" for f in names if _is_image(f)],
-                               ignored=[f"val/{f}" for f in names if not _is_image(f)])
+                               ignored=[f"val/{f}" for f in names if not _is_image(f)]
+                               + [f"val/{f} ({why})" for f, why in skipped])
             if flat.files:
                 if val_labels is None:
                     raise SourceError(f"{val} holds images but no class folders: pass the labels file (--val-labels)")
@@ -149,13 +207,47 @@ def scan_source(src, val_labels=None, class_index=None) -> tuple[list[str], list
     return classes, splits
 
 
+def check_names(names, what: str) -> None:
+    """Refuse names that are not valid UTF-8 (os.listdir hands their bytes over as surrogate
+    escapes): a class name is written to classes.json and printed in every figure."""
+    bad = [n for n in names if not _utf8(n)]
+    if bad:
+        shown = ", ".join(repr(os.fsencode(n)) for n in bad[:3])
+        raise SourceError(f"{len(bad)} {what} name(s) are not valid UTF-8 ({shown}): rename them "
+                          "(e.g. with convmv) and run again")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def display(name: str) -> str:
+    """A file name printable on any terminal (non-UTF-8 bytes as \\x escapes)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 # ------------------------------------------------------------------------------- decoding
+class CorruptImage(ValueError):
+    """A file that decodes, but not to the picture it claims to hold."""
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow image as 8-bit RGB: 16-bit/int/float greyscale scaled to 0..255,
-    transparency composited over white, CMYK/palette/greyscale converted."""
-    if img.mode.startswith("I") or img.mode == "F":
+    """Any Pillow image as 8-bit RGB: 16-bit/int greyscale scaled to 0..255, float
+    greyscale scaled (not clipped: 0..1 data times 255, any other range stretched from its
+    minimum and maximum), transparency composited over white, CMYK/palette/greyscale converted."""
+    if img.mode == "F":
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = float(a.min()), float(a.max())
+        if low < 0.0 or high > 1.0:  # not the 0..1 convention: stretch the data's own range
+            a = (a - low) / (high - low) if high > low else np.zeros_like(a)
+        img = Image.fromarray(np.rint(a * 255.0).astype(np.uint8), "L")
+    elif img.mode.startswith("I"):
         a = np.asarray(img, dtype=np.float64)
-        if img.mode != "F" and (img.mode.startswith("I;16") or a.max() > 255):
+        if img.mode.startswith("I;16") or a.max() > 255:
             a = a / 257.0  # 16-bit range to 8-bit
         img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
@@ -164,9 +256,29 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _check_not_grey_filled(img: Image.Image, full_width: int) -> None:
+    """Raise CorruptImage for a JPEG whose data ended early but with an end marker (a cut
+    download closed with FFD9, or a header declaring more pixels than the data holds):
+    libjpeg then only warns, which Pillow does not pass on, and fills every missing 8x8
+    block with zero coefficients, i.e. exactly (128, 128, 128). So a last block (bottom
+    right, in decoded pixels) that is exactly that grey marks the file. A real photo whose
+    last block is exactly 128 grey in every pixel and channel is refused too: a deliberate
+    choice (README, Reliability)."""
+    if img.mode not in ("RGB", "L"):
+        return
+    width, height = img.size
+    block = max(1, round(8 * width / full_width))  # an 8x8 block at the draft scale
+    top, left = ((height - 1) // block) * block, ((width - 1) // block) * block
+    corner = np.asarray(img.crop((left, top, width, height)))
+    if corner.size and (corner == 128).all():
+        raise CorruptImage("the JPEG data ends before the image does (its last blocks are libjpeg's grey fill): "
+                           "truncated or corrupt")
+
+
 def load_image(path, size: int = 256) -> np.ndarray:
     """uint8 (size, size, 3): the image's shorter side resized to `size` (Lanczos), then its
-    central size x size patch. Raises on unreadable or truncated files."""
+    central size x size patch. Raises on unreadable or truncated files (also on JPEGs cut
+    short and closed with an end marker: see `_check_not_grey_filled`)."""
     with Image.open(path) as img:
         w, h = img.size
         side = min(w, h)
@@ -182,6 +294,8 @@ def load_image(path, size: int = 256) -> np.ndarray:
                 scale = drafted[1][2] / w
                 box = tuple(v * scale for v in box)
         img.load()  # decode now: errors (truncation, corrupt data) surface here
+        if img.format == "JPEG":
+            _check_not_grey_filled(img, w)
         rgb = _to_rgb(img)
         out = rgb.resize((size, size), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
         return np.asarray(out, dtype=np.uint8)

@@ -2,13 +2,16 @@
 
 A store is a directory:
 
-    store.json            format version, image size, per-split counts; written LAST: a
-                          directory is a complete store iff this file exists
+    store.json            format version, image size, per-split counts, the source it was
+                          made from; written LAST: a directory is a complete store iff this
+                          file exists. `Store.fingerprint` hashes it with the classes: a
+                          checkpoint records it, so a mismatched store is refused
     classes.json          class names, in label order (label i = classes[i])
     {split}_images.npy    uint8 (N, 256, 256, 3): RGB, shorter side resized to 256, central
                           256x256 crop (paper section 2); memory-mappable (np.load mmap_mode)
     {split}_labels.npy    int64 (N,)
-    {split}_files.txt     the source file of each row, relative to SRC
+    {split}_files.txt     the source file of each row, relative to SRC, one JSON string per
+                          line (a name may hold a newline or bytes that are not UTF-8)
     mean.npy              float32 (256, 256, 3): mean image over the training split
     pca.npz               RGB statistics over every training pixel (values 0..255):
                           mean_rgb (3,), covariance (3, 3), eigenvalues (3,) descending,
@@ -20,6 +23,7 @@ the end, so an interrupted build never leaves a directory that looks complete.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +34,11 @@ import numpy as np
 
 FORMAT_VERSION = 1
 MARKER = "store.json"
+FILES_ENCODING = "json-lines"  # store.json's "files": how {split}_files.txt is written (absent: plain lines)
+
+
+class StoreError(ValueError):
+    """A store whose files disagree with each other or with store.json."""
 
 
 def is_store(path) -> bool:
@@ -53,13 +62,17 @@ class Split:
     images: np.ndarray  # uint8 (N, H, W, 3), np.memmap
     labels: np.ndarray  # int64 (N,)
     path: Path          # the directory of the store
+    files_encoding: str | None = FILES_ENCODING
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def files(self) -> list[str]:
         """Source file of each row (relative to the SRC the store was prepared from)."""
-        return (self.path / f"{self.name}_files.txt").read_text().splitlines()
+        text = (self.path / f"{self.name}_files.txt").read_text(encoding="utf-8")
+        if self.files_encoding == FILES_ENCODING:
+            return [json.loads(line) for line in text.split("\n") if line]
+        return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")  # stores written before
 
 
 class Store:
@@ -70,18 +83,48 @@ class Store:
         if not is_store(self.path):
             what = "does not exist" if not self.path.exists() else f"has no {MARKER} (not a complete store)"
             raise FileNotFoundError(f"{self.path} {what}; build one with `python -m alexnet.prepare SRC {self.path}`")
-        self.meta = json.loads((self.path / MARKER).read_text())
-        if self.meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{self.path}: store format {self.meta.get('format')!r}, this code reads {FORMAT_VERSION}")
-        self.classes: list[str] = json.loads((self.path / "classes.json").read_text())
-        self.mean: np.ndarray = np.load(self.path / "mean.npy")
-        with np.load(self.path / "pca.npz") as z:
-            self.pca = PCA(*(z[k] for k in ("mean_rgb", "covariance", "eigenvalues", "eigenvectors")))
+        try:
+            self.meta = json.loads((self.path / MARKER).read_text())
+            if self.meta.get("format") != FORMAT_VERSION:
+                raise StoreError(f"{self.path}: store format {self.meta.get('format')!r}, this code reads "
+                                 f"{FORMAT_VERSION}")
+            self.classes: list[str] = json.loads((self.path / "classes.json").read_text())
+            if self.meta.get("num_classes", len(self.classes)) != len(self.classes):
+                raise StoreError(f"{self.path}: classes.json names {len(self.classes)} classes, store.json says "
+                                 f"{self.meta['num_classes']}{REBUILD}")
+            self.mean: np.ndarray = np.load(self.path / "mean.npy")
+            with np.load(self.path / "pca.npz") as z:
+                self.pca = PCA(*(z[k] for k in ("mean_rgb", "covariance", "eigenvalues", "eigenvectors")))
+            missing = [k for k in ("splits", "image_size") if k not in self.meta]
+            if missing:
+                raise StoreError(f"{self.path}: store.json has no {', '.join(missing)}{REBUILD}")
+        except StoreError:
+            raise
+        except (OSError, ValueError, KeyError, AttributeError) as err:  # a missing or garbled file of the store
+            raise StoreError(f"{self.path}: cannot read the store ({type(err).__name__}: {err}){REBUILD}") from None
         self._splits: dict[str, Split] = {}
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def source(self) -> str | None:
+        """What the store was made from: the resolved SRC folder of `prepare`, "arrays", or
+        None for stores written before this was recorded (then report.json's, if any)."""
+        if "source" in self.meta:
+            return self.meta["source"]
+        try:
+            return json.loads((self.path / "report.json").read_text()).get("source")
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of what the store holds: source, image size, counts per split, classes."""
+        what = {"source": self.source, "image_size": self.image_size, "splits": self.meta["splits"],
+                "classes": self.classes}
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def image_size(self) -> int:
@@ -97,8 +140,21 @@ class Store:
         if name not in self._splits:
             images = np.load(self.path / f"{name}_images.npy", mmap_mode="r")
             labels = np.load(self.path / f"{name}_labels.npy")
-            self._splits[name] = Split(name, images, labels, self.path)
+            self._check_split(name, images, labels)
+            self._splits[name] = Split(name, images, labels, self.path, self.meta.get("files"))
         return self._splits[name]
+
+    def _check_split(self, name: str, images: np.ndarray, labels: np.ndarray) -> None:
+        """Raise StoreError unless the arrays agree with store.json and with each other."""
+        n, size = self.meta["splits"][name], self.image_size
+        if images.dtype != np.uint8 or images.shape != (n, size, size, 3):
+            raise StoreError(f"{self.path}: {name}_images.npy is {images.dtype} {images.shape}, store.json says "
+                             f"uint8 {(n, size, size, 3)}{REBUILD}")
+        if labels.shape != (n,) or labels.dtype.kind not in "iu":
+            raise StoreError(f"{self.path}: {name}_labels.npy is {labels.dtype} {labels.shape}, store.json says "
+                             f"{n} integer labels{REBUILD}")
+        if n and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise StoreError(f"{self.path}: {name}_labels.npy has labels outside 0..{self.num_classes - 1}{REBUILD}")
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in self.meta["splits"].items())
@@ -179,13 +235,18 @@ def shrink_npy(path, n_rows: int) -> None:
         f.truncate(data_offset + n_rows * int(np.prod(new_shape[1:], dtype=np.int64)) * dtype.itemsize)
 
 
-class StoreWriter:
-    """Builds a store in `{out}.partial` and moves it to `out` in `finish` (see module doc)."""
+REBUILD = " (the store is damaged or was changed; rebuild it with `python -m alexnet.prepare SRC OUT --force`)"
 
-    def __init__(self, out, image_size: int = 256):
+
+class StoreWriter:
+    """Builds a store in `{out}.partial` and moves it to `out` in `finish` (see module doc).
+    `source` is recorded in store.json (the resolved SRC folder, or a description)."""
+
+    def __init__(self, out, image_size: int = 256, source: str | None = None):
         self.out = Path(out)
         self.tmp = self.out.with_name(self.out.name + ".partial")
         self.image_size = image_size
+        self.source = source
         if self.tmp.exists():  # left over by an interrupted run
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
@@ -205,7 +266,9 @@ class StoreWriter:
         labels = np.asarray(labels, dtype=np.int64)
         shrink_npy(self.images_path(split), len(labels))
         np.save(self.tmp / f"{split}_labels.npy", labels)
-        (self.tmp / f"{split}_files.txt").write_text("".join(f + "\n" for f in files))
+        # JSON strings: a newline in a name cannot shift the rows; non-UTF-8 bytes (surrogate
+        # escapes from os.listdir) are written as \\udcXX escapes and read back unchanged
+        (self.tmp / f"{split}_files.txt").write_text("".join(json.dumps(f) + "\n" for f in files), encoding="ascii")
         self.counts[split] = len(labels)
 
     def finish(self, classes: list[str], mean: np.ndarray, pca: PCA, report: dict) -> Path:
@@ -220,7 +283,7 @@ class StoreWriter:
             with open(self.tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         meta = {"format": FORMAT_VERSION, "image_size": self.image_size, "num_classes": len(classes),
-                "splits": self.counts}
+                "splits": self.counts, "source": self.source, "files": FILES_ENCODING}
         (self.tmp / MARKER).write_text(json.dumps(meta, indent=1) + "\n")
         old = None
         if self.out.exists():
@@ -243,7 +306,7 @@ def write_arrays(out, splits: dict, classes: list[str]) -> Path:
     """A store from in-memory arrays: splits = {name: (uint8 (N, S, S, 3), labels (N,))},
     statistics over splits["train"]. For tests, benchmarks and synthetic data."""
     size = splits["train"][0].shape[1]
-    writer = StoreWriter(out, size)
+    writer = StoreWriter(out, size, source="arrays")
     stats = PixelStats(size)
     for name, (images, labels) in splits.items():
         writer.create_images(name, len(images))[:] = images

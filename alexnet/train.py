@@ -29,6 +29,7 @@ class TrainConfig:
     data: str | None = None            # a prepared store or an ImageNet-style folder; None: the demo dataset
     out: str = "runs/alexnet"          # checkpoints, metrics.jsonl, curves.png (written by rank 0 only)
     resume: str | None = None          # a checkpoint to continue from, or "auto": OUT/checkpoint_last.pt if any
+    overwrite: bool = False            # replace the run already in OUT (without it, or --resume, a used OUT is refused)
     epochs: int = 90                   # "roughly 90 cycles through the training set"
     batch_size: int = 128              # per replica
     lr: float = 0.01                   # the initial learning rate, "equal for all layers"
@@ -71,6 +72,7 @@ HELP = {
             "val/<class>/*); omit for the embedded demo dataset",
     "out": "output directory: checkpoints, metrics.jsonl, curves.png",
     "resume": "checkpoint to continue from exactly ('auto': OUT/checkpoint_last.pt if it exists)",
+    "overwrite": "start afresh in an OUT that holds a run, deleting its checkpoints and metrics",
     "epochs": "most epochs to train (the paper: about 90)",
     "batch_size": "images per step per data-parallel replica (the paper: 128)",
     "lr": "initial learning rate (the paper: 0.01)",
@@ -108,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = f.type if isinstance(f.type, str) else str(f.type)
+        if f.default is False:  # a switch that defaults off
+            ap.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=HELP[f.name])
+            continue
         if f.default is True:  # booleans that default on get a --no- form
             ap.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                             help=HELP[f.name] + " (default: on)")
@@ -144,7 +149,15 @@ def parse_args(argv=None) -> TrainConfig:
 
 
 def _validate(c: TrainConfig) -> None:
-    problems = []
+    import math
+
+    from .guards import UsageError, check_output_dir
+
+    problems = [f"--{name.replace('_', '-')} must be a finite number, got {getattr(c, name)}"
+                for name in ("lr", "momentum", "weight_decay", "init_std", "init_bias", "timeout_s")
+                if not math.isfinite(getattr(c, name))]
+    if problems:  # nan compares false with everything: the range checks below would pass it
+        raise UsageError("alexnet.train: " + "; ".join(problems))
     for name in ("epochs", "batch_size", "patience", "log_every", "image_size"):
         if getattr(c, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1")
@@ -160,12 +173,23 @@ def _validate(c: TrainConfig) -> None:
         problems.append("--checkpoint-every and --lr-reductions must be >= 0")
     if c.data is not None and not os.path.exists(c.data):
         problems.append(f"--data {c.data}: no such file or directory")
+    if c.resume not in (None, "auto") and not os.path.isfile(c.resume):
+        problems.append(f"--resume {c.resume}: no such file")
+    if c.resume is not None and c.overwrite:
+        problems.append("--resume and --overwrite contradict each other")
     if problems:
-        raise SystemExit("alexnet.train: " + "; ".join(problems))
+        raise UsageError("alexnet.train: " + "; ".join(problems))
+    check_output_dir(c.out)
 
 
 def main(argv=None) -> int:
-    config = parse_args(argv)
+    from .guards import UsageError
+
+    try:
+        config = parse_args(argv)
+    except UsageError as err:  # one line, exit code 2 (argparse's own errors exit 2 as well)
+        print(err.message, file=sys.stderr)
+        return 2
     from .trainer import run  # heavy imports (torch, triton) only after the arguments are valid
 
     return run(config)

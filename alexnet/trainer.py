@@ -7,7 +7,9 @@ checkpoint resumes or evaluates in any layout.
 """
 from __future__ import annotations
 
+import errno
 import math
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,6 +20,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .augment import AugmentConfig
+from .guards import UsageError, claim_output_dir, refuse_used_output_dir
 from .config import AlexNetConfig
 from .data import EvalLoader, TrainLoader
 from .evaluate import error_rates, evaluate
@@ -83,11 +86,32 @@ def resolve_store(config: TrainConfig, session: Session) -> Store:
         from .prepare import prepare
 
         path = Path(config.out) / "store"
-        if session.is_main and not is_store(path):
+        if is_store(path):
+            check_store_source(Store(path), config.data)
+        elif session.is_main:
             session.print(f"preparing {config.data} into {path} (once)")
             prepare(config.data, path)
         session.barrier()
     return Store(path)
+
+
+def check_store_source(store: Store, data) -> None:
+    """OUT/store must have been prepared from --data, not from an earlier run's folder."""
+    source, wanted = store.source, str(Path(data).resolve())
+    if source is not None and source != wanted:
+        raise UsageError(f"alexnet.train: {store.path} was prepared from {source}, not from --data {wanted}: "
+                         "choose another --out (or delete that store to prepare it again)")
+
+
+def check_checkpoint_store(ckpt: dict, store: Store, path) -> None:
+    """A checkpoint continues or evaluates only on the store (classes, images) it was trained on."""
+    if list(ckpt["classes"]) != list(store.classes):
+        raise UsageError(f"alexnet.train: cannot resume {path}: it was trained on {len(ckpt['classes'])} classes "
+                         f"({', '.join(ckpt['classes'][:3])}, ...), {store.path} has {store.num_classes} other ones")
+    saved = ckpt.get("store")
+    if saved is not None and saved != store.fingerprint:
+        raise UsageError(f"alexnet.train: cannot resume {path}: it was trained on another store (fingerprint "
+                         f"{saved}), {store.path} is {store.fingerprint} (other source, size or counts)")
 
 
 def build_model(config: TrainConfig, store: Store, session: Session):
@@ -101,7 +125,7 @@ def build_model(config: TrainConfig, store: Store, session: Session):
     from .parallel import ShardedAlexNet
 
     if config.columns != 2:
-        raise SystemExit("alexnet.train: several ranks run the two-column model; --columns 1 needs one process")
+        raise UsageError("alexnet.train: several ranks run the two-column model; --columns 1 needs one process")
     return ShardedAlexNet(model_config, session.layout), model_config
 
 
@@ -185,7 +209,16 @@ class Trainer:
         self.config = config
         self.session = session = Session(config)
         self.out = Path(config.out)
+        self.lock = None
+        if session.is_main:  # before anything is written: a used OUT is refused, a second run locked out
+            self.lock = claim_output_dir(self.out, resume=config.resume is not None, overwrite=config.overwrite)
+            checkpoint.remove_stale_temps(self.out)
+        else:
+            refuse_used_output_dir(self.out, resume=config.resume is not None, overwrite=config.overwrite)
         self.store = resolve_store(config, session)
+        if "val" not in self.store.splits or len(self.store.split("val")) == 0:
+            raise UsageError(f"alexnet.train: {self.store.path} has no validation images; every epoch ends with a "
+                             "validation (prepare SRC with a val/ folder)")
         self.dtype = DTYPES[config.precision]
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.precision == "tf32"
         self.model, self.model_config = build_model(config, self.store, session)
@@ -217,15 +250,18 @@ class Trainer:
         path = self.config.resume
         if path == "auto":
             path = self.out / "checkpoint_last.pt"
-            if not path.exists():
+            if not path.exists():  # nothing to continue; a row of an epoch killed before its checkpoint goes
+                if self.session.is_main and self.metrics.path.exists():
+                    self.metrics.truncate_after(0)
                 return None
         if path is None:
             return None
-        ckpt = checkpoint.load(path)
+        ckpt = checkpoint.check_structure(checkpoint.load(path), path)
+        check_checkpoint_store(ckpt, self.store, path)
         saved = ckpt["config"]
         for key in ("batch_size", "seed", "image_size", "lrn", "overlap_pool", "activation", "columns"):
             if saved[key] != getattr(self.config, key):
-                raise SystemExit(f"alexnet.train: cannot resume {path}: it was trained with {key}={saved[key]!r}, "
+                raise UsageError(f"alexnet.train: cannot resume {path}: it was trained with {key}={saved[key]!r}, "
                                  f"this run has {getattr(self.config, key)!r}")
         self.model.load_state_dict(local_state(ckpt["model"], self.session))
         if hasattr(self.optimizer, "refresh_low_precision"):
@@ -248,6 +284,7 @@ class Trainer:
                                "(the run continues, but not bit-identically)")
         if self.session.is_main:
             self.metrics.truncate_after(self.train_loader.epoch)  # records are 1-based: epochs done
+        self.resumed_at = (self.train_loader.position, self.step)  # a mid-epoch resume: the row says so
         return str(path)
 
     def save(self, best: bool = False) -> None:
@@ -265,7 +302,8 @@ class Trainer:
         ckpt = {"format": 1, "model": model, "velocity": velocity, "schedule": self.schedule.state_dict(),
                 "loader": self.train_loader.state_dict(), "step": self.step, "best_top1": self.best_top1,
                 "rng": rng, "config": asdict(self.config), "model_config": asdict(self.model_config),
-                "classes": self.store.classes}
+                "classes": self.store.classes, "store": self.store.fingerprint,
+                "store_path": str(self.store.path.resolve())}
         checkpoint.save(ckpt, self.out / "checkpoint_last.pt")
         if best:
             checkpoint.save(ckpt, self.out / "checkpoint_best.pt")
@@ -279,9 +317,17 @@ class Trainer:
         return loss, wrong
 
     def check_finite(self) -> None:
-        """Raise NonFiniteLoss if any step since the last check had a NaN/inf loss (a host sync)."""
-        if not bool(self.finite):
-            raise NonFiniteLoss(f"the loss became non-finite before step {self.step}")
+        """Raise NonFiniteLoss if any step since the last check had a NaN/inf loss, or if a
+        weight is NaN/inf now (one host sync, here only). Non-finite weights are sticky
+        (w += v keeps NaN and inf), and a non-finite gradient makes its weights non-finite
+        at the step (lr > 0), so checking the weights here misses no gradient either."""
+        finite = self.finite & weights_finite(self.model)
+        if self.session.layout is not None:  # every rank must stop together: AND over the shards
+            flag = finite.to(torch.int32)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            finite = flag.bool()
+        if not bool(finite):
+            raise NonFiniteLoss(f"the loss, gradients or weights became non-finite before step {self.step}")
 
     def grad_norms(self) -> dict:
         """Per-layer weight-gradient norms: a stalled start shows as tiny, flat norms."""
@@ -340,6 +386,7 @@ class Trainer:
         config, session = self.config, self.session
         self._banner()
         start, epoch, last = time.perf_counter(), self.train_loader.epoch, None
+        self.resumed_epoch = epoch
         while epoch < config.epochs and not self.schedule.finished:
             record = self.train_epoch(epoch)
             partial = 0 < self.train_loader.position < len(self.train_loader)  # max_steps stopped it mid-epoch
@@ -352,15 +399,18 @@ class Trainer:
             self.best_top1 = min(self.best_top1, top1)
             record.update(epoch=epoch + 1, step=self.step, lr=self.optimizer.param_groups[0]["lr"], val_top1=top1,
                           val_top5=top5, chance_top1=1 - 1 / self.store.num_classes, schedule=event)
+            resumed_position, resumed_step = getattr(self, "resumed_at", (0, 0))
+            if resumed_position and epoch == self.resumed_epoch:  # train_* cover only the steps since the resume
+                record.update(resumed_mid_epoch=True, resumed_at_step=resumed_step)
+            self.check_finite()
+            if session.is_main:  # the row first: a kill before the checkpoint only repeats this epoch
+                self.metrics.append(record)
             self.save(best=best)
             if session.is_main:
-                self.metrics.append(record)
-                stalled = record["train_loss"] > 0.98 * math.log(self.store.num_classes)
                 session.print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, train top-1 "
                               f"{record['train_top1']:.1%}, val top-1 {top1:.1%}, top-5 {top5:.1%} "
                               f"(chance {record['chance_top1']:.1%}); lr {record['lr']:.0e} -> {event}"
-                              + ("; STALLED at chance: the paper's init is known to sit here for a while - "
-                                 "watch the gradient norms above" if stalled else ""))
+                              + loss_remark(record["train_loss"], self.store.num_classes))
             last = record
             epoch += 1
             if config.max_steps is not None and self.step >= config.max_steps:
@@ -404,18 +454,59 @@ class Trainer:
         return summary
 
 
+def weights_finite(model) -> torch.Tensor:
+    """A device bool: every parameter is finite (the largest |w| of each, NaN propagating)."""
+    params = [p.detach() for p in model.parameters()]
+    return torch.stack(torch._foreach_norm(params, float("inf"))).isfinite().all()
+
+
+def loss_remark(loss: float, num_classes: int) -> str:
+    """What an epoch's training loss says about the run: near chance's log(C) early on is
+    the paper's init sitting there; far above it is divergence, not a stall."""
+    chance = math.log(num_classes)
+    if loss > 1.5 * chance + 1.0:
+        return (f"; DIVERGING: the loss is far above chance's {chance:.3f} (try a lower --lr, or --precision fp32)")
+    if loss > 0.98 * chance:
+        return ("; STALLED at chance: the paper's init is known to sit here for a while - "
+                "watch the gradient norms above")
+    return ""
+
+
 def run(config: TrainConfig) -> int:
+    from .store import StoreError
+
     trainer = None
     try:
-        trainer = Trainer(config)
+        from .prepare import PrepareError
+
+        try:
+            trainer = Trainer(config)
+        except (ValueError, PrepareError) as err:  # set-up refusals (a batch larger than the data, a bad folder)
+            raise UsageError(f"alexnet.train: {err}") from None
         trainer.run()
         return 0
     except NonFiniteLoss as err:
-        print(f"alexnet.train: {err}. Stopped; the last good checkpoint in {config.out} is intact "
-              "(try a lower --lr, or --precision fp32).", flush=True)
+        kept = Path(config.out) / "checkpoint_last.pt"
+        kept = (f"the last good checkpoint, {kept}, is intact" if kept.exists() else
+                "no checkpoint had been written yet")
+        print(f"alexnet.train: {err}. Stopped; {kept} (try a lower --lr, or --precision fp32).", flush=True)
         return 2
+    except UsageError as err:  # one clear line, no traceback
+        print(err.message, file=sys.stderr, flush=True)
+        return 2
+    except (checkpoint.CheckpointError, StoreError, FileNotFoundError) as err:
+        print(f"alexnet.train: {err}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        print(f"alexnet.train: disk full ({err}); stopped. Checkpoints are written atomically: the last complete "
+              f"one in {config.out} is intact. Free space and continue with --resume auto.", file=sys.stderr, flush=True)
+        return 1
     finally:
         if trainer is not None:
             trainer.train_loader.close()
             trainer.val_loader.close()
             trainer.session.close()
+            if trainer.lock is not None:
+                trainer.lock.close()

@@ -77,6 +77,18 @@ def pair(v, name: str) -> tuple[int, int]:
     return int(v[0]), int(v[1])
 
 
+MAX_PIXELS = 2**31 - 1  # the kernels index pixels (N*H*W) in int32
+
+
+def check_pixel_count(x: torch.Tensor, name: str) -> None:
+    """Refuse a 4-D (N, C, H, W) tensor of 2**31 or more pixels: int32 pixel indices would
+    wrap and address memory outside it. (Checked from the shape: nothing is allocated.)"""
+    n, _, h, w = x.shape
+    if n * h * w > MAX_PIXELS:
+        raise ValueError(f"{name} has {n} x {h} x {w} = {n * h * w:,} pixels; these kernels index pixels in int32 "
+                         f"(at most {MAX_PIXELS:,}): split the batch")
+
+
 # --------------------------------------------------------------------------- launch helpers
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)

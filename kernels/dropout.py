@@ -19,12 +19,19 @@ forward and one backward. Its Philox key is the column's seed and its counter (e
 group, call index); the call index lives on the device in `ColumnDropoutState` and the
 launch itself advances it, so a call needs no seed draw, no host work and replays correctly
 inside a CUDA graph. At call index 0 a column's mask is exactly `dropout`'s with that seed.
+
+As torch's dropout (x * mask / (1 - p)), the kernel multiplies: a dropped NaN or inf gives
+NaN, not 0, so a non-finite activation is never hidden from the loss. p may be a Python or
+NumPy number or a one-element tensor (read on the host). The dropout op's backward is the
+same op with the same seed (dropout is linear), so a double backward is exact;
+`column_dropout`'s Function is once_differentiable: a double backward raises.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from ._common import cdiv, check_tensor, interpreting
 
@@ -52,7 +59,9 @@ def _dropout_kernel(x_ptr, y_ptr, seed_ptr, n_elem, keep_threshold, scale, BLOCK
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_elem
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, tl.where(draws >= keep_threshold, x * scale, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
+    # x * 0, not 0, where dropped: NaN and inf become NaN there, as in torch's x * mask / (1 - p)
+    y = x * tl.where(draws >= keep_threshold, scale, 0.0)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -80,7 +89,8 @@ def _column_dropout_kernel(x_ptr, y_ptr, seeds_ptr, call_ptr, tickets_ptr, used_
     row = offs // width
     addr = row * row_stride + column * width + (offs - row * width)
     x = tl.load(x_ptr + addr, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + addr, tl.where(draws >= keep_threshold, x * scale, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
+    y = x * tl.where(draws >= keep_threshold, scale, 0.0)  # x * 0 where dropped: NaN/inf stay NaN, as torch
+    tl.store(y_ptr + addr, y.to(y_ptr.dtype.element_ty), mask=mask)
     if ADVANCE:
         first = (pid == 0) & (column == 0)
         tl.store(used_ptr, call, mask=first)
@@ -120,13 +130,24 @@ def apply_dropout_mask(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.T
     return y
 
 
+def _probability(p) -> float:
+    """p as a float in [0, 1]: a Python or NumPy number, or a one-element tensor (read on
+    the host: a sync for a CUDA tensor); anything else, NaN included, is refused."""
+    import numbers
+
+    if isinstance(p, torch.Tensor) and p.numel() == 1 and not p.is_complex():
+        p = p.item()
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p must be in [0, 1] (a number or a one-element tensor), got {p!r}")
+    return float(p)
+
+
 def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True,
             generator: torch.Generator | None = None) -> torch.Tensor:
     """Inverted dropout (paper section 4.2, p = 0.5): in training, zero each element with
     probability p and scale the rest by 1/(1-p); identity when not training or p = 0.
     The mask's seed comes from `generator` (default: torch's generator for x's device)."""
-    if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability p must be in [0, 1], got {p!r}")
+    p = _probability(p)
     check_tensor(x, "x", kernel_device=False)
     if not training or p == 0.0:
         return x
@@ -174,6 +195,7 @@ class ColumnDropoutFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         (used,) = ctx.saved_tensors
         dy = dy.contiguous()
@@ -186,8 +208,9 @@ def column_dropout(x: torch.Tensor, p: float, state: ColumnDropoutState) -> torc
     """Inverted dropout of x (B, columns * F) in training, column c's (B, F) block drawing
     from stream state.seeds[c] at call index state.calls (advanced by the call): one launch
     forward and one backward for all columns."""
-    if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
+    p = _probability(p)
+    if p == 1.0:
+        raise ValueError("column_dropout needs p < 1 (p = 1 drops everything: use dropout)")
     check_tensor(x, "x", ndim=2)
     if not isinstance(state, ColumnDropoutState):
         raise TypeError(f"state must be a ColumnDropoutState, got {type(state).__name__}")

@@ -21,6 +21,13 @@ Backward. With u = a * s^-(beta+1) = b / s, the gradient through LRN and ReLU is
 The forward saves x and u (u only when a gradient is needed): with u stored, the backward
 needs one power per element instead of one per element and window position, and every
 neighbour term is a load and a multiply.
+
+NaN and inf behave as in the plain composition LRN(torch.relu(x)): the ReLU keeps NaN
+(torch.relu(nan) is nan), and b is a * s^-beta, not u * s, so an activation whose square
+overflows fp32 (|a| > 1.8e19: s = inf) gives b = 0 as the reference does, where u * s would
+be 0 * inf = NaN. Pixel indices are int32: inputs of 2**31 or more pixels (N*H*W) are
+refused. A double backward raises (the backward op, alexnet_triton::lrn_backward, has no
+autograd formula) instead of silently dropping the second-order terms.
 """
 from __future__ import annotations
 
@@ -28,7 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import as_format, cdiv, check_tensor, empty_4d, interpreting, memory_format, pixel_offsets
+from ._common import (as_format, cdiv, check_pixel_count, check_tensor, empty_4d, interpreting, memory_format,
+                      pixel_offsets)
 
 __all__ = ["relu_lrn", "local_response_norm"]
 
@@ -37,7 +45,7 @@ __all__ = ["relu_lrn", "local_response_norm"]
 def _act(x, RELU: tl.constexpr):
     x = x.to(tl.float32)
     if RELU:
-        x = tl.maximum(x, 0.0)
+        x = tl.where(x < 0.0, 0.0, x)  # keeps NaN, as torch.relu does (tl.maximum(nan, 0) is 0 on GPUs)
     return x
 
 
@@ -143,13 +151,13 @@ def _relu_lrn_fwd_kernel(
     a = _act(cur, RELU)
     a_prev, a_next = _act(prev, RELU), _act(nxt, RELU)
     s = k + alpha * _channel_window_sum(a_prev * a_prev, a * a, a_next * a_next, LO, HI, BLOCK_P, BLOCK_C)
-    u = a * tl.exp2(-(beta + 1.0) * tl.log2(s))  # a * s^-(beta+1)
+    y = a * tl.exp2(-beta * tl.log2(s))  # a * s^-beta; not u * s, which is 0 * inf = NaN once s overflows
 
     y_off = pixel_offsets(pix, height, width, sy_n, sy_h, sy_w)[:, None] + chan64 * sy_c
     mask = pix_ok[:, None] & (chan < n_chan)[None, :]
-    tl.store(y_ptr + y_off, (u * s).to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + y_off, y.to(y_ptr.dtype.element_ty), mask=mask)
     if SAVE_U:
-        tl.store(u_ptr + y_off, u.to(u_ptr.dtype.element_ty), mask=mask)
+        tl.store(u_ptr + y_off, (y / s).to(u_ptr.dtype.element_ty), mask=mask)  # u = a * s^-(beta+1)
 
 
 @triton.jit
@@ -182,8 +190,8 @@ def _relu_lrn_bwd_kernel(
                                 dy_next.to(tl.float32) * u_next.to(tl.float32), HI, LO, BLOCK_P, BLOCK_C)
 
     dx = dy.to(tl.float32) * tl.exp2(-beta * tl.log2(s)) - (2.0 * alpha * beta) * a * cross
-    if RELU:
-        dx = tl.where(a > 0.0, dx, 0.0)
+    if RELU:  # torch.relu's gradient: zero where relu(x) <= 0; NaN inputs pass theirs through
+        dx = tl.where(a <= 0.0, 0.0, dx)
     tl.store(dx_ptr + y_off, dx.to(dx_ptr.dtype.element_ty), mask=pix_ok[:, None] & (chan < n_chan)[None, :])
 
 
@@ -231,6 +239,7 @@ def relu_lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, groups=
     """Launch the forward; returns (y, u) with u None unless save_u.
     blocks = (BLOCK_P, BLOCK_C, num_warps) overrides the tile choice (bench/sweep_memory.py)."""
     check_tensor(x, "x", ndim=4)
+    check_pixel_count(x, "x")
     _check_params(size, alpha, beta, k)
     per_group = _check_groups(x.shape[1], groups)
     fmt = memory_format(x)

@@ -1,8 +1,8 @@
 """Max-pooling with (possibly overlapping) windows, no padding (paper section 3.4: 3x3, stride 2).
 
 Forward: y[n, c, oh, ow] = max over the KH x KW window at (oh*SH, ow*SW) of x, and the
-window-local position of that max, kh*KW + kw, saved as int8 (int16 past 128 positions):
-one byte per output instead of an int64 index per output as PyTorch keeps. The window is
+window-local position of that max, kh*KW + kw, saved as int8 (int16 past 128 positions,
+int32 past 32768): one byte per output instead of an int64 index per output as PyTorch keeps. The window is
 scanned row by row and a value wins if it is larger than the running max or NaN, exactly
 as PyTorch's max_pool2d, so ties go to the first maximum and NaNs propagate.
 
@@ -10,7 +10,10 @@ Backward is a gather, deterministic and atomics-free: each input pixel sums the 
 of the (at most ceil(KH/SH) x ceil(KW/SW)) windows that cover it and chose it.
 
 Layout: (N, C, H, W), any strides; each program owns BLOCK_P pixels x BLOCK_C channels of
-the output (forward) or input (backward); outputs come back in x's memory format.
+the output (forward) or input (backward); outputs come back in x's memory format. Pixel
+indices are int32: inputs of 2**31 or more pixels (N*H*W) are refused. A double
+backward raises (max_pool2d_backward has no autograd formula) instead of dropping
+second-order terms.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, check_tensor, empty_4d, interpreting, memory_format, pair, pixel_offsets
+from ._common import cdiv, check_pixel_count, check_tensor, empty_4d, interpreting, memory_format, pair, pixel_offsets
 
 __all__ = ["max_pool2d"]
 
@@ -111,10 +114,16 @@ def _blocks(n_chan: int, fmt: torch.memory_format, backward: bool) -> tuple[int,
     return 128, min(8, triton.next_power_of_2(n_chan)), (4 if backward else 8)
 
 
+def argmax_dtype(positions: int) -> torch.dtype:
+    """The narrowest integer type that holds window positions 0 .. positions - 1."""
+    return torch.int8 if positions <= 128 else torch.int16 if positions <= 32768 else torch.int32
+
+
 def max_pool2d_forward(x, kernel_size=3, stride=2, blocks=None):
-    """Returns (y, idx): the pooled output and the int8/int16 window-local argmax.
+    """Returns (y, idx): the pooled output and the int8/int16/int32 window-local argmax.
     blocks = (BLOCK_P, BLOCK_C, num_warps) overrides the tile choice (bench/sweep_memory.py)."""
     check_tensor(x, "x", ndim=4)
+    check_pixel_count(x, "x")
     (kh, kw), (sh, sw) = pair(kernel_size, "kernel_size"), pair(stride, "stride")
     n_img, n_chan, height, width = x.shape
     if height < kh or width < kw:
@@ -122,7 +131,7 @@ def max_pool2d_forward(x, kernel_size=3, stride=2, blocks=None):
     out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
     fmt = memory_format(x)
     y = empty_4d((n_img, n_chan, out_h, out_w), x, fmt)
-    idx = empty_4d(y.shape, x, fmt, dtype=torch.int8 if kh * kw <= 128 else torch.int16)
+    idx = empty_4d(y.shape, x, fmt, dtype=argmax_dtype(kh * kw))
     if y.numel() == 0:
         return y, idx
     block_p, block_c, warps = blocks or _blocks(n_chan, fmt, backward=False)

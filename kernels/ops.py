@@ -40,7 +40,7 @@ from ._common import check_tensor, interpreting, memory_format, pair
 from .augment import launch_augment
 from .dropout import _dense, apply_dropout_mask
 from .lrn import relu_lrn_backward, relu_lrn_forward
-from .maxpool import max_pool2d_backward, max_pool2d_forward
+from .maxpool import argmax_dtype, max_pool2d_backward, max_pool2d_forward
 from .sgd import launch_sgd_step
 
 # The convolution: its launchers are looked up on the conv module at call time (tests patch
@@ -279,7 +279,7 @@ _lrn_ops("local_response_norm", relu=False)
 
 # ============================================================================ max-pooling
 def _argmax_dtype(kernel_size) -> torch.dtype:
-    return torch.int8 if kernel_size[0] * kernel_size[1] <= 128 else torch.int16
+    return argmax_dtype(kernel_size[0] * kernel_size[1])
 
 
 def _pool_triton(x, kernel_size, stride):

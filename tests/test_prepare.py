@@ -215,7 +215,7 @@ def test_rerun_is_safe(tree, tmp_path, capsys):
     assert main([str(root), str(out), "--workers", "1", "--image-size", "16", "--quiet"]) == 0
     assert is_store(out) and not (tmp_path / "store.partial").exists()
     stamp = (out / "store.json").stat().st_mtime_ns
-    assert main([str(root), str(out), "--quiet"]) == 0
+    assert main([str(root), str(out), "--image-size", "16", "--quiet"]) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert (out / "store.json").stat().st_mtime_ns == stamp
     assert main([str(root), str(out), "--workers", "1", "--image-size", "16", "--quiet", "--force"]) == 0

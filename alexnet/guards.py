@@ -1,0 +1,92 @@
+"""Checks made before the first step, and the output directory's lock.
+
+A run claims its output directory: it holds an exclusive `fcntl.flock` on `OUT/.lock` for
+as long as it trains (released by the kernel when the process dies, so a killed run never
+leaves a stale lock), and it refuses a directory that already holds a run (a checkpoint or
+metrics.jsonl) unless told to continue it (--resume) or to replace it (--overwrite), as git
+refuses to clone into a non-empty directory. A user error is one clear line and exit code 2
+(`UsageError`), never a traceback after an epoch.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+RUN_FILES = ("checkpoint_last.pt", "checkpoint_best.pt", "metrics.jsonl", "curves.png")
+LOCK_NAME = ".lock"
+
+
+class UsageError(SystemExit):
+    """Bad usage: the message is printed as one line and the process exits with code 2.
+    (A SystemExit, so code that lets it through still stops with the message.)"""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+def check_output_dir(out, prog: str = "alexnet.train") -> None:
+    """OUT must be a directory we can create or write into."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{prog}: --out {out} is an existing file, not a directory")
+    existing = out
+    while not existing.exists():  # the nearest ancestor that exists decides whether OUT can be made
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{prog}: --out {out}: {existing} is not writable")
+
+
+def used_run_files(out) -> list[str]:
+    out = Path(out)
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def claim_output_dir(out, *, resume: bool, overwrite: bool, prog: str = "alexnet.train"):
+    """Lock OUT for this run (returns the open lock file: keep it referenced until the run
+    ends) and refuse a used OUT unless resuming or overwriting; --overwrite deletes the
+    earlier run's checkpoints, metrics and curves (nothing else) once the lock is held."""
+    check_output_dir(out, prog)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = acquire_lock(out / LOCK_NAME, f"{prog}: another process is training into {out} (it holds {out / LOCK_NAME})")
+    try:
+        used = refuse_used_output_dir(out, resume=resume, overwrite=overwrite, prog=prog)
+    except UsageError:
+        lock.close()
+        raise
+    if used and overwrite and not resume:
+        for name in used:
+            (out / name).unlink(missing_ok=True)
+    return lock
+
+
+def refuse_used_output_dir(out, *, resume: bool, overwrite: bool, prog: str = "alexnet.train") -> list[str]:
+    """UsageError if OUT holds a run and neither resume nor overwrite is asked for; returns
+    the run's files. (Every rank of a distributed run checks: all stop, none waits.)"""
+    used = used_run_files(out)
+    if used and not resume and not overwrite:
+        raise UsageError(f"{prog}: {out} already holds a run ({', '.join(used)}): continue it with --resume auto, "
+                         "start afresh with --overwrite (deletes those files), or choose another --out")
+    return used
+
+
+def acquire_lock(path, busy_message: str):
+    """An exclusive, non-blocking flock on `path` (created if needed); UsageError if held."""
+    try:
+        f = open(path, "a+")
+    except OSError as err:  # a read-only folder or filesystem: say so before any work is done
+        raise UsageError(f"cannot write {path}: {err.strerror}") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        f.close()
+        if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise UsageError(busy_message) from None
+        raise
+    return f
