@@ -141,10 +141,22 @@ def test_past_int32_pixel_indices_is_refused_before_any_allocation(op):
         op(x)
 
 
-@pytest.mark.parametrize("op", [kernels.relu_lrn, kernels.max_pool2d, lambda x: kernels.dropout(x, 0.5)],
-                         ids=["relu_lrn", "max_pool2d", "dropout"])
+@pytest.mark.parametrize("op", [kernels.relu_lrn, kernels.max_pool2d], ids=["relu_lrn", "max_pool2d"])
 def test_double_backward_raises_instead_of_dropping_terms(op):
     x = (torch.rand(1, 8, 5, 5, device=DEVICE) + 0.5).requires_grad_()
     (grad,) = torch.autograd.grad(op(x).square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice|no autograd formula"):
         grad.sum().backward()
+
+
+def test_dropout_double_backward_is_exact():
+    """Dropout is linear and its backward is the same op with the same seed, so second-order
+    terms survive: y = D x with D = mask / (1 - p); d/dx sum((D x)^2) = 2 D D x, whose
+    gradient summed is 2 D D 1 = 2 * 4 on kept elements (p = 0.5), 0 on dropped ones."""
+    x = (torch.rand(1, 8, 5, 5, device=DEVICE) + 0.5).requires_grad_()
+    y = kernels.dropout(x, 0.5)
+    (grad,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    grad.sum().backward()
+    kept = (y != 0).to(x.dtype)
+    assert 0 < kept.sum() < kept.numel()
+    torch.testing.assert_close(x.grad, 8.0 * kept)
