@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -67,3 +68,13 @@ def model_from_checkpoint(path, ops: str = "auto", device=None):
     model = AlexNet(config).to(device)
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
+
+
+def inference_info(store, image_size: int) -> dict:
+    """What a checkpoint needs to classify an image file without its store
+    (`python -m alexnet.predict`): the class names, the network's input size, the side the
+    store's images were prepared at and their mean image. Tensors, lists, strings and numbers
+    only, so `torch.load(..., weights_only=True)` reads it."""
+    return {"classes": [str(c) for c in store.classes], "image_size": int(image_size),
+            "store_image_size": int(store.image_size),
+            "mean_image": torch.from_numpy(np.ascontiguousarray(store.mean, dtype=np.float32))}
