@@ -68,3 +68,60 @@ def test_digits_train_from_the_folder_learn(tmp_path, capsys):
     assert len(guesses) == len(files)
     right = sum(guess == f.parent.name for guess, f in zip(guesses, files))
     assert right >= len(files) - 2, printed
+
+
+# ------------------------------------------------------------------ the flags small datasets need
+@pytest.mark.parametrize("argv", [
+    [],
+    ["--seed", "3", "--no-flip", "--out", "runs/with space"],
+    ["--data", ".", "--image-size", "64", "--init", "demo", "--lr", "0.005", "--no-lighting", "--lr-step", "5"],
+    ["--data", ".", "--init-std", "0.03", "--columns", "1", "--eval-views", "ten"],
+])
+def test_command_line_gives_back_the_config(argv):
+    import shlex
+
+    config = train.parse_args(argv)
+    words = shlex.split(train.command_line(config))
+    assert words[:3] == ["python", "-m", "alexnet.train"]
+    assert train.parse_args(words[3:]) == config
+
+
+def test_a_stall_is_only_a_stall_at_chance_and_says_how_to_restart(tmp_path, monkeypatch):
+    from alexnet.trainer import at_chance, stall_message
+
+    chance = {"chance_top1": 0.9}
+    assert at_chance({"train_loss": 2.30, "val_top1": 0.90, **chance}, 10)
+    assert not at_chance({"train_loss": 2.29, "val_top1": 0.805, **chance}, 10)  # the demo's epoch 2: learning
+    assert not at_chance({"train_loss": 2.10, "val_top1": 0.90, **chance}, 10)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()
+    config = train.parse_args(["--data", "digits", "--image-size", "64", "--no-flip", "--out", "runs/d"])
+    message = stall_message(config, 2)
+    assert "STALLED at chance for 2 epochs" in message
+    assert message.endswith("python -m alexnet.train --data digits --out runs/d --lr 0.002 --image-size 64 "
+                            "--init demo --no-flip")
+    again = stall_message(train.parse_args(["--data", "digits", "--init", "demo", "--lr", "0.005"]), 3)
+    assert again.endswith("--data digits --lr 0.001 --init demo")
+
+
+def test_a_folder_is_prepared_at_the_crops_size_and_mismatches_are_refused(tmp_path):
+    from PIL import Image
+
+    from alexnet.trainer import Session, resolve_store
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / "tree" / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(
+                    tmp_path / "tree" / split / cls / f"{i}.png")
+    config = train.TrainConfig(data=str(tmp_path / "tree"), out=str(tmp_path / "run"), image_size=63, threads=1)
+    store = resolve_store(config, Session(config))
+    assert store.image_size == train.store_size_for(63) == 72 and store.path == tmp_path / "run" / "store"
+    with pytest.raises(SystemExit, match="prepared by an earlier run with another --image-size"):
+        resolve_store(train.TrainConfig(**{**vars(config), "image_size": 100}), Session(config))
+    with pytest.raises(SystemExit, match=r"--image-size 40 does not fit the 72 px images.*--image-size 46`.*"
+                                         r"between 54 and 72"):
+        resolve_store(train.TrainConfig(**{**vars(config), "data": str(store.path), "image_size": 40}),
+                      Session(config))
