@@ -84,13 +84,16 @@ INIT = {"paper": dict(init_std=0.01, init_bias=1.0), "demo": dict(init_std=0.02,
 # after epoch 15): the plateau schedule judged on its 200 validation images cut lr at epochs 6
 # and 13 on seed 0 (53% error) where seed 1 ran to 26.5%. --data runs use the paper's values.
 DEMO = dict(image_size=112, batch_size=32, epochs=20, lr_step=15, log_every=10, lr=0.002, init="demo")
-DEMO_STORE_SIZE = 128
 
 
 def store_size_for(crop: int) -> int:
-    """Side at which `--data FOLDER` prepares a folder's images for `crop` px crops: the paper's
-    256:224 ratio (256 for 224; 73 for the digits' 64), so crops see most of every image."""
+    """Side at which `--data FOLDER` (and the demo) prepares images for `crop` px crops: the
+    paper's 256:224 ratio (256 for 224; 128 for the demo's 112; 73 for 64), so crops see most
+    of every image."""
     return round(crop * 256 / 224)
+
+
+DEMO_STORE_SIZE = store_size_for(DEMO["image_size"])
 
 HELP = {
     "data": "prepared store (from `python -m alexnet.prepare`) or ImageNet-style folder (train/<class>/*, "

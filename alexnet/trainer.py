@@ -25,7 +25,7 @@ from .metrics import MetricsLog
 from .model import AlexNet
 from .optim import FlatPaperSGD, PaperSGD, PlateauSchedule, param_groups, set_lr
 from .store import Store
-from .train import DEMO_STORE_SIZE, TrainConfig, store_size_for
+from .train import TrainConfig, store_size_for
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
@@ -73,10 +73,11 @@ def resolve_store(config: TrainConfig, session: Session) -> Store:
     if config.data is None:
         from .demo import ensure_demo_store
 
+        size = store_size_for(config.image_size)  # DEMO_STORE_SIZE for the demo's own crop
         if session.is_main:
-            path = ensure_demo_store(image_size=DEMO_STORE_SIZE)
+            path = ensure_demo_store(image_size=size)
         session.barrier()
-        path = ensure_demo_store(image_size=DEMO_STORE_SIZE)
+        path = ensure_demo_store(image_size=size)
     elif is_store(config.data):
         path = config.data
     else:
