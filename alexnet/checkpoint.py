@@ -18,6 +18,7 @@ import pickle
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # What a checkpoint written by alexnet.train holds, by key, as (type, what it is).
@@ -161,3 +162,13 @@ def recorded_store(ckpt: dict) -> str | None:
     if path is not None and os.path.isdir(path):
         return path
     return None
+
+
+def inference_info(store, image_size: int) -> dict:
+    """What a checkpoint needs to classify an image file without its store
+    (`python -m alexnet.predict`): the class names, the network's input size, the side the
+    store's images were prepared at and their mean image. Tensors, lists, strings and numbers
+    only, so `torch.load(..., weights_only=True)` reads it."""
+    return {"classes": [str(c) for c in store.classes], "image_size": int(image_size),
+            "store_image_size": int(store.image_size),
+            "mean_image": torch.from_numpy(np.ascontiguousarray(store.mean, dtype=np.float32))}

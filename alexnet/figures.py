@@ -3,11 +3,16 @@
     python -m alexnet.figures filters CHECKPOINT [--out filters.png]
         Figure 3: the 96 conv1 kernels, the 48 of each column (GPU) in a block of its own,
         and per column how colour-specific its kernels are.
-    python -m alexnet.figures predictions CHECKPOINT --data STORE [--count 8]
+    python -m alexnet.figures predictions CHECKPOINT [--data STORE] [--count 8]
         Figure 4 (left): validation images with their top-5 labels as bars, the true one marked.
-    python -m alexnet.figures neighbours CHECKPOINT --data STORE [--count 5]
+    python -m alexnet.figures neighbours CHECKPOINT [--data STORE] [--count 5]
         Figure 4 (right): validation images and the six training images whose fc7 features
         (4096-d, the last hidden layer) are nearest in Euclidean distance.
+
+Without --data, predictions and neighbours use the store the run trained on (as
+`alexnet.evaluate` does: the one at --data, OUT/store for a folder, the demo's cache).
+Every figure is titled and labelled: which block is which GPU column, which image is the
+query, the class of every image.
 """
 from __future__ import annotations
 
@@ -24,6 +29,24 @@ from .evaluate import crop_views, predict
 from .store import Store
 
 KERNEL_SCALE, GAP, BLOCK_GAP = 4, 2, 12  # the filters grid: pixels per weight, between kernels, between columns
+TITLE_H, LABEL_H = 30, 14  # PIL figures: the title band on top, a text line under an image
+
+
+def _font():
+    from PIL import ImageFont
+
+    return ImageFont.load_default()
+
+
+def with_title(image: Image.Image, title: str, labels: dict[int, str] | None = None) -> Image.Image:
+    """`image` below a white band of TITLE_H px holding `title` and, at x positions, `labels`."""
+    out = Image.new("RGB", (image.width, image.height + TITLE_H), "white")
+    out.paste(image, (0, TITLE_H))
+    draw = ImageDraw.Draw(out)
+    draw.text((GAP + 2, 2), title, fill="black", font=_font())
+    for x, text in (labels or {}).items():
+        draw.text((x, TITLE_H - LABEL_H), text, fill="black", font=_font())
+    return out
 
 
 # ------------------------------------------------------------------ Figure 3
@@ -66,9 +89,14 @@ def filters(checkpoint_path, out) -> dict:
     model, _ = model_from_checkpoint(checkpoint_path, ops="reference", device="cpu")
     weight = model.conv1.weight.detach()
     columns = model.config.columns
-    filters_image(weight, columns).save(out)
     spec = colour_specificity(weight)
     per_column = {f"column {c + 1}": float(part.mean()) for c, part in enumerate(spec.chunk(columns))}
+    block_w = 8 * (weight.shape[3] * KERNEL_SCALE + GAP)
+    labels = {GAP + c * (block_w + BLOCK_GAP): f"column {c + 1} (GPU {c + 1}): colour-specificity "
+              f"{per_column[f'column {c + 1}']:.2f}" for c in range(columns)}
+    k, _, h, w = weight.shape
+    title = f"conv1: the {k} kernels ({h}x{w}x3) of {Path(checkpoint_path).name}, one block per GPU column"
+    with_title(filters_image(weight, columns), title, labels).save(out)
     return {"png": str(out), "colour_specificity": per_column}
 
 
@@ -100,6 +128,8 @@ def predictions(checkpoint_path, data, out, count: int = 8, seed: int = 0, devic
     store = matching_store(ckpt, data)
     split = store.split("val")
     indices = np.sort(np.random.default_rng(seed).choice(len(split), min(count, len(split)), replace=False))
+    if len(indices) == 0:
+        raise SystemExit(f"alexnet.figures: {store.path} has no validation images")
     values, classes = top5(model, store, indices, device)
     fig, axes = plt.subplots(2, len(indices), figsize=(2.2 * len(indices), 4.4), dpi=100,
                              gridspec_kw={"height_ratios": [1.2, 1]})
@@ -108,7 +138,7 @@ def predictions(checkpoint_path, data, out, count: int = 8, seed: int = 0, devic
     for j, i in enumerate(indices):
         label = int(split.labels[i])
         axes[0, j].imshow(_centre(split.images[i], model.config.image_size))
-        axes[0, j].set_title(store.classes[label], fontsize=8)
+        axes[0, j].set_title(f"true: {store.classes[label]}", fontsize=8)
         axes[0, j].axis("off")
         names = [store.classes[c] for c in classes[j].tolist()]
         hit = [c == label for c in classes[j].tolist()]
@@ -118,7 +148,9 @@ def predictions(checkpoint_path, data, out, count: int = 8, seed: int = 0, devic
         axes[1, j].set_yticks(range(len(names))[::-1], [n[:14] for n in names], fontsize=6)
         axes[1, j].set_xlim(0, 1)
         axes[1, j].tick_params(axis="x", labelsize=6)
-    fig.suptitle("top-5 predictions (the true class in red)", fontsize=9)
+        axes[1, j].set_xlabel("probability", fontsize=6)
+    fig.suptitle(f"top-5 predictions of {Path(checkpoint_path).name} on validation images, centre crop "
+                 f"(bar of the true class in red): {correct}/{len(indices)} right", fontsize=9)
     fig.savefig(out)
     plt.close(fig)
     return {"png": str(out), "top1_correct": f"{correct}/{len(indices)}"}
@@ -170,19 +202,47 @@ def neighbours(checkpoint_path, data, out, count: int = 5, seed: int = 0, device
     _, nearest = nearest_neighbours(q, fc7_features(model, store, "train", device), k=6)
     size, pad = 96, 4
     k = nearest.shape[1]
-    canvas = Image.new("RGB", ((k + 1) * (size + pad) + 2 * pad, len(queries) * (size + pad) + pad), "white")
+    row_h = size + LABEL_H + pad  # an image and its class name
+    canvas = Image.new("RGB", ((k + 1) * (size + pad) + 2 * pad, len(queries) * row_h + pad), "white")
     draw = ImageDraw.Draw(canvas)
     same = 0
     for row, (qi, nn_row) in enumerate(zip(queries, nearest.cpu().numpy())):
-        y = pad + row * (size + pad)
+        y = pad + row * row_h
         images = [val.images[qi]] + [train.images[j] for j in nn_row]
-        for col, image in enumerate(images):
+        labels = [int(val.labels[qi])] + [int(train.labels[j]) for j in nn_row]
+        for col, (image, label) in enumerate(zip(images, labels)):
             x = pad + col * (size + pad) + (pad if col else 0)
             canvas.paste(Image.fromarray(_centre(image, model.config.image_size)).resize((size, size)), (x, y))
+            mark = "" if col == 0 else (" =" if label == labels[0] else " x")  # same class as the query or not
+            draw.text((x, y + size + 1), (store.classes[label] + mark)[:16], fill="black", font=_font())
         same += sum(int(train.labels[j]) == int(val.labels[qi]) for j in nn_row)
         draw.line([(size + 1.5 * pad, y), (size + 1.5 * pad, y + size)], fill="black", width=1)
-    canvas.save(out)
+    title = (f"fc7 nearest neighbours ({Path(checkpoint_path).name}): {same}/{len(queries) * k} of the same class "
+             f"(= same, x other)")
+    header = {pad: "query (val)", size + 3 * pad: f"its {k} nearest training images, nearest first"}
+    with_title(canvas, title, header).save(out)
     return {"png": str(out), "neighbours_of_the_same_class": f"{same}/{len(queries) * k}"}
+
+
+def run_store(checkpoint_path, data=None) -> Path:
+    """The store to draw from: `data` if given, else the one the checkpoint's run trained on
+    (its --data store, OUT/store where it prepared a folder, or the demo's), as alexnet.evaluate."""
+    from .checkpoint import load
+    from .store import is_store
+
+    if data is None:
+        saved = load(checkpoint_path).get("config", {})
+        data = saved.get("data")
+        if data is not None and not is_store(data):
+            data = Path(saved["out"]) / "store"  # training prepared the folder it was given into OUT/store
+        if data is None:
+            from .demo import ensure_demo_store
+            from .train import DEMO_STORE_SIZE
+
+            data = ensure_demo_store(image_size=DEMO_STORE_SIZE)
+    if not is_store(data):
+        raise ValueError(f"{data} is not a prepared store (make one with `python -m alexnet.prepare`, or pass --data)")
+    return Path(data)
 
 
 def main(argv=None) -> int:
@@ -194,7 +254,8 @@ def main(argv=None) -> int:
         p.add_argument("checkpoint", help="a checkpoint written by alexnet.train (any layout)")
         p.add_argument("--out", default=f"{name}.png", help="the PNG to write")
         if needs_data:
-            p.add_argument("--data", required=True, help="the prepared store the model was trained on")
+            p.add_argument("--data", default=None, help="a prepared store with the checkpoint's classes (default: "
+                                                        "the one the run trained on)")
             p.add_argument("--count", type=int, default=8 if name == "predictions" else 5,
                            help="validation images to show")
             p.add_argument("--seed", type=int, default=0, help="which validation images (random, seeded)")
@@ -204,10 +265,10 @@ def main(argv=None) -> int:
     try:
         if args.figure == "filters":
             result = filters(args.checkpoint, args.out)
-        elif args.figure == "predictions":
-            result = predictions(args.checkpoint, args.data, args.out, args.count, args.seed)
         else:
-            result = neighbours(args.checkpoint, args.data, args.out, args.count, args.seed)
+            data = run_store(args.checkpoint, args.data)
+            draw = predictions if args.figure == "predictions" else neighbours
+            result = draw(args.checkpoint, data, args.out, args.count, args.seed)
     except (ValueError, FileNotFoundError) as err:  # a store that does not fit the checkpoint, a bad file
         ap.error(str(err))
     for key, value in result.items():

@@ -28,7 +28,7 @@ from .metrics import MetricsLog
 from .model import AlexNet
 from .optim import FlatPaperSGD, PaperSGD, PlateauSchedule, param_groups, set_lr
 from .store import Store
-from .train import DEMO_STORE_SIZE, TrainConfig
+from .train import TrainConfig, store_size_for
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
@@ -76,23 +76,43 @@ def resolve_store(config: TrainConfig, session: Session) -> Store:
     if config.data is None:
         from .demo import ensure_demo_store
 
+        size = store_size_for(config.image_size)  # DEMO_STORE_SIZE for the demo's own crop
         if session.is_main:
-            path = ensure_demo_store(image_size=DEMO_STORE_SIZE)
+            path = ensure_demo_store(image_size=size)
         session.barrier()
-        path = ensure_demo_store(image_size=DEMO_STORE_SIZE)
+        path = ensure_demo_store(image_size=size)
     elif is_store(config.data):
         path = config.data
     else:
         from .prepare import prepare
 
         path = Path(config.out) / "store"
+        size = store_size_for(config.image_size)  # 256 for the paper's 224 crops
         if is_store(path):
             check_store_source(Store(path), config.data)
         elif session.is_main:
-            session.print(f"preparing {config.data} into {path} (once)")
-            prepare(config.data, path)
+            session.print(f"preparing {config.data} into {path} at {size} px for {config.image_size} px crops (once)")
+            prepare(config.data, path, image_size=size)
         session.barrier()
-    return Store(path)
+    store = Store(path)
+    check_store_fits(store, config.image_size, config.data)
+    return store
+
+
+def check_store_fits(store: Store, crop: int, data: str | None) -> None:
+    """Refuse crops that do not fit the store's images, or that see less than 3/4 of their side
+    (a 64 px crop of a 256 px digit sees a sixteenth of it and learns nothing), saying how to fix it."""
+    size = store.image_size
+    if size * 3 / 4 <= crop <= size:
+        return
+    fix = (f"prepare the images at {store_size_for(crop)} px (`python -m alexnet.prepare SRC STORE --image-size "
+           f"{store_size_for(crop)}`), or choose --image-size between {-(-size * 3 // 4)} and {size}")
+    from .store import is_store
+
+    if data is not None and not is_store(data):
+        fix = (f"{store.path} was prepared by an earlier run with another --image-size: remove it or use another "
+               f"--out, so this run prepares its own")
+    raise SystemExit(f"alexnet.train: --image-size {crop} does not fit the {size} px images of {store.path}: {fix}")
 
 
 def check_store_source(store: Store, data) -> None:
@@ -118,7 +138,7 @@ def build_model(config: TrainConfig, store: Store, session: Session):
     model_config = AlexNetConfig(num_classes=store.num_classes, image_size=config.image_size, lrn=config.lrn,
                                  overlap_pool=config.overlap_pool, activation=config.activation,
                                  columns=config.columns, ops=config.ops, dropout_seed=config.seed,
-                                 init_std=config.init_std, init_bias_one=config.init_bias).resolved()
+                                 init_std=config.initial()[0], init_bias_one=config.initial()[1]).resolved()
     torch.manual_seed(config.seed)  # the initial weights (the same on every rank)
     if session.layout is None:
         return AlexNet(model_config).to(session.device), model_config
@@ -221,11 +241,18 @@ class Trainer:
                              "validation (prepare SRC with a val/ folder)")
         self.dtype = DTYPES[config.precision]
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.precision == "tf32"
+        n_train = len(self.store.split("train"))
+        if config.batch_size * session.data_world > n_train:
+            raise SystemExit(f"alexnet.train: --batch-size {config.batch_size} x {session.data_world} replica(s) is "
+                             f"larger than the {n_train} training images of {self.store.path}: choose --batch-size "
+                             f"<= {n_train // session.data_world}")
         self.model, self.model_config = build_model(config, self.store, session)
         channels_last = bool(self.model_config.channels_last)
+        augment = AugmentConfig(crop_size=config.image_size, flip=config.flip,
+                                lighting_std=AugmentConfig.lighting_std if config.lighting else 0.0)
         self.train_loader = TrainLoader(self.store, config.batch_size, session.device, rank=session.data_rank,
                                         world=session.data_world, seed=config.seed, dtype=self.dtype,
-                                        channels_last=channels_last, augment=AugmentConfig(crop_size=config.image_size),
+                                        channels_last=channels_last, augment=augment,
                                         threads=config.threads)
         self.val_loader = EvalLoader(self.store, config.batch_size, session.device, rank=session.data_rank,
                                      world=session.data_world, dtype=self.dtype, channels_last=channels_last,
@@ -303,7 +330,8 @@ class Trainer:
                 "loader": self.train_loader.state_dict(), "step": self.step, "best_top1": self.best_top1,
                 "rng": rng, "config": asdict(self.config), "model_config": asdict(self.model_config),
                 "classes": self.store.classes, "store": self.store.fingerprint,
-                "store_path": str(self.store.path.resolve())}
+                "store_path": str(self.store.path.resolve()),
+                **checkpoint.inference_info(self.store, self.config.image_size)}
         checkpoint.save(ckpt, self.out / "checkpoint_last.pt")
         if best:
             checkpoint.save(ckpt, self.out / "checkpoint_best.pt")
@@ -387,14 +415,16 @@ class Trainer:
         self._banner()
         start, epoch, last = time.perf_counter(), self.train_loader.epoch, None
         self.resumed_epoch = epoch
+        self.images_trained, stalled_epochs = 0, 0
         while epoch < config.epochs and not self.schedule.finished:
             record = self.train_epoch(epoch)
+            self.images_trained += record["images"]
             partial = 0 < self.train_loader.position < len(self.train_loader)  # max_steps stopped it mid-epoch
             if partial:
                 self.save()
                 break
             top1, top5 = self.validate()
-            event = self.schedule.step(top1)
+            event = self.schedule.step(top1) if not config.lr_step else self.fixed_step(epoch + 1)
             best = top1 < self.best_top1
             self.best_top1 = min(self.best_top1, top1)
             record.update(epoch=epoch + 1, step=self.step, lr=self.optimizer.param_groups[0]["lr"], val_top1=top1,
@@ -411,11 +441,22 @@ class Trainer:
                               f"{record['train_top1']:.1%}, val top-1 {top1:.1%}, top-5 {top5:.1%} "
                               f"(chance {record['chance_top1']:.1%}); lr {record['lr']:.0e} -> {event}"
                               + loss_remark(record["train_loss"], self.store.num_classes))
+            stalled_epochs = stalled_epochs + 1 if at_chance(record, self.store.num_classes) else 0
+            if stalled_epochs >= 2 and session.is_main:
+                session.print(stall_message(config, stalled_epochs))
             last = record
             epoch += 1
             if config.max_steps is not None and self.step >= config.max_steps:
                 break
         return self._summary(last, time.perf_counter() - start)
+
+    def fixed_step(self, epochs_done: int) -> str:
+        """The fixed schedule (--lr-step N): lr / 10 after every N epochs."""
+        if epochs_done % self.config.lr_step:
+            return "fixed"
+        self.schedule.lr /= self.schedule.factor
+        self.schedule.reductions += 1
+        return f"lr / 10 (fixed, every {self.config.lr_step} epochs)"
 
     def _banner(self) -> None:
         c, s, m = self.config, self.session, self.model_config
@@ -428,9 +469,13 @@ class Trainer:
                 f" / {len(self.store.split('val'))} val images{', the demo dataset' if c.data is None else ''})")
         s.print(f"  model: {n_params:,} parameters{' on this rank' if s.layout else ''}, input {c.image_size} px; "
                 f"lrn={c.lrn} overlap_pool={c.overlap_pool} activation={c.activation} columns={c.columns}")
-        s.print(f"  recipe: batch {c.batch_size}, lr {c.lr} (/10 after {c.patience} epochs without a new best, "
-                f"{c.lr_reductions} times), momentum {c.momentum}, weight decay {c.weight_decay}, "
-                f"up to {c.epochs} epochs of {len(self.train_loader)} steps; outputs in {self.out}")
+        schedule = (f"/10 every {c.lr_step} epochs" if c.lr_step else
+                    f"/10 after {c.patience} epochs without a new best, {c.lr_reductions} times")
+        s.print(f"  recipe: batch {c.batch_size}, lr {c.lr} ({schedule}), momentum {c.momentum}, weight decay "
+                f"{c.weight_decay}, init {c.init} (N(0, {c.initial()[0]}), biases {c.initial()[1]}), "
+                f"augmentation: "
+                f"flip={c.flip} lighting={c.lighting}, up to {c.epochs} epochs of {len(self.train_loader)} steps; "
+                f"outputs in {self.out}")
         if s.layout is not None:
             from .parallel import exchange_plan, format_plan
 
@@ -443,9 +488,11 @@ class Trainer:
     def _summary(self, last: dict | None, elapsed: float) -> dict:
         summary = {"steps": self.step, "time_s": elapsed, "best_val_top1": self.best_top1, "out": str(self.out)}
         if last:
-            summary.update(val_top1=last["val_top1"], val_top5=last["val_top5"], images_per_s=last["images_per_s"])
+            rate = self.images_trained / elapsed if elapsed else 0.0  # the whole run: validation, checkpoints too
+            summary.update(val_top1=last["val_top1"], val_top5=last["val_top5"], images_per_s=rate)
             self.session.print(
-                f"done: {self.step} steps in {elapsed / 60:.1f} min ({last['images_per_s']:.0f} images/s); "
+                f"done: {self.step} steps, {self.images_trained} training images in {elapsed / 60:.1f} min "
+                f"({rate:.0f} images/s over the whole run); "
                 f"final val top-1 {last['val_top1']:.1%}, top-5 {last['val_top5']:.1%}, best top-1 "
                 f"{self.best_top1:.1%} (chance {1 - 1 / self.store.num_classes:.1%}); checkpoints, "
                 f"metrics.jsonl and curves.png in {self.out}")
@@ -461,15 +508,36 @@ def weights_finite(model) -> torch.Tensor:
 
 
 def loss_remark(loss: float, num_classes: int) -> str:
-    """What an epoch's training loss says about the run: near chance's log(C) early on is
-    the paper's init sitting there; far above it is divergence, not a stall."""
+    """What an epoch's training loss says about the run: far above chance's log(C) is
+    divergence, not a stall (a stall at chance is `at_chance`'s, judged over epochs)."""
     chance = math.log(num_classes)
     if loss > 1.5 * chance + 1.0:
         return (f"; DIVERGING: the loss is far above chance's {chance:.3f} (try a lower --lr, or --precision fp32)")
-    if loss > 0.98 * chance:
-        return ("; STALLED at chance: the paper's init is known to sit here for a while - "
-                "watch the gradient norms above")
     return ""
+
+
+def at_chance(record: dict, num_classes: int) -> bool:
+    """An epoch that learnt nothing: training loss within 2% of ln(classes) and validation
+    top-1 error no better than chance by more than 2 points."""
+    return (record["train_loss"] > 0.98 * math.log(num_classes)
+            and record["val_top1"] >= record["chance_top1"] - 0.02)
+
+
+def stall_message(config: TrainConfig, epochs: int) -> str:
+    from .train import INIT, command_line
+
+    demo = INIT["demo"]
+    if config.init == "paper":
+        why = (f"the paper's init (N(0, {config.initial()[0]}) weights, biases {config.initial()[1]}) can sit here "
+               f"for many "
+               f"epochs on a small dataset; restart from the demo's init (N(0, {demo['init_std']}), biases "
+               f"{demo['init_bias']}) and a lower lr")
+        lr = min(config.lr, 0.002)
+    else:
+        why = "restart with a lower lr"
+        lr = config.lr / 5
+    return (f"STALLED at chance for {epochs} epochs (training loss at ln(classes), validation error at chance): "
+            f"{why}:\n  " + command_line(config, init="demo", init_std=None, init_bias=None, lr=lr, resume=None))
 
 
 def run(config: TrainConfig) -> int:

@@ -63,3 +63,23 @@ def test_ensure_demo_store_builds_once(tmp_path, monkeypatch):
     small = demo.ensure_demo_store(image_size=64, train_per_class=2, val_per_class=1, workers=1, log=print)
     assert small != path and Store(small).image_size == 64  # the same images, prepared at another size
     assert Store(small).split("val").files() == store.split("val").files()
+
+
+def test_the_demo_schedule_is_fixed_so_validation_noise_cannot_end_it():
+    """No arguments: a fixed lr schedule (lr / 10 once, after epoch 15 of 20), the demo's init;
+    with --data the paper's plateau schedule and init stay the defaults."""
+    from types import SimpleNamespace
+
+    from alexnet.optim import PlateauSchedule
+    from alexnet.train import parse_args
+    from alexnet.trainer import Trainer
+
+    config = parse_args([])
+    assert (config.lr_step, config.epochs, config.lr, config.init, config.initial()) == (15, 20, 0.002, "demo",
+                                                                                        (0.02, 0.1))
+    paper = parse_args(["--data", "."])
+    assert (paper.lr_step, paper.patience, paper.init, paper.initial()) == (0, 5, "paper", (0.01, 1.0))
+    fake = SimpleNamespace(config=config, schedule=PlateauSchedule(lr=config.lr))
+    events = [Trainer.fixed_step(fake, epoch) for epoch in range(1, config.epochs + 1)]
+    assert events.count("fixed") == 19 and "lr / 10" in events[14]
+    assert fake.schedule.lr == pytest.approx(0.0002) and not fake.schedule.finished

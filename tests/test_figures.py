@@ -34,8 +34,11 @@ def test_filters_grid_has_a_block_per_column(tiny_checkpoint, tmp_path, capsys):
     assert figures.main(["filters", str(tiny_checkpoint), "--out", str(out)]) == 0
     # 48 kernels per column in 6 rows of 8; each 11 px kernel drawn 4x with 2 px gaps
     cell = 11 * figures.KERNEL_SCALE + figures.GAP
-    expected = (2 * 8 * cell + figures.BLOCK_GAP + figures.GAP, 6 * cell + figures.GAP)
+    expected = (2 * 8 * cell + figures.BLOCK_GAP + figures.GAP, figures.TITLE_H + 6 * cell + figures.GAP)
     assert png_size(out) == ("PNG", expected)
+    with Image.open(out) as image:  # the title band and the column labels hold dark text
+        band = np.asarray(image.convert("L"))[:figures.TITLE_H]
+    assert (band < 128).sum() > 50 and (band[:, expected[0] // 2 + 20:] < 128).sum() > 20
     printed = capsys.readouterr().out
     assert "column 1" in printed and "column 2" in printed
 
@@ -48,10 +51,10 @@ def test_colour_specificity_tells_grey_from_colour():
     assert figures.colour_specificity(one_colour).min() > 0.6
 
 
-def test_predictions_figure(tiny_checkpoint, tiny_store, tmp_path, capsys):
+def test_predictions_figure(tiny_checkpoint, tmp_path, capsys):
+    """Without --data the figure finds the store the run trained on, as alexnet.evaluate does."""
     out = tmp_path / "predictions.png"
-    assert figures.main(["predictions", str(tiny_checkpoint), "--data", str(tiny_store), "--out", str(out),
-                         "--count", "3"]) == 0
+    assert figures.main(["predictions", str(tiny_checkpoint), "--out", str(out), "--count", "3"]) == 0
     assert png_size(out) == ("PNG", (660, 440))  # figsize (2.2 * 3, 4.4) inches at 100 dpi
     assert "top1_correct" in capsys.readouterr().out
 
@@ -60,8 +63,14 @@ def test_neighbours_figure(tiny_checkpoint, tiny_store, tmp_path):
     out = tmp_path / "neighbours.png"
     assert figures.main(["neighbours", str(tiny_checkpoint), "--data", str(tiny_store), "--out", str(out),
                          "--count", "2"]) == 0
-    size, pad = 96, 4  # a row per query: the query and its six neighbours
-    assert png_size(out) == ("PNG", (7 * (size + pad) + 2 * pad, 2 * (size + pad) + pad))
+    size, pad = 96, 4  # a row per query: the query and its six neighbours, each with its class below
+    row = size + figures.LABEL_H + pad
+    assert png_size(out) == ("PNG", (7 * (size + pad) + 2 * pad, figures.TITLE_H + 2 * row + pad))
+
+
+def test_figures_refuse_a_folder_that_is_no_store(tiny_checkpoint, tmp_path):
+    with pytest.raises(SystemExit):
+        figures.main(["neighbours", str(tiny_checkpoint), "--data", str(tmp_path), "--out", str(tmp_path / "n.png")])
 
 
 def test_missing_checkpoint_is_refused(tmp_path):

@@ -31,7 +31,7 @@ def test_cli_defaults_are_the_papers_and_the_demo_without_data(tmp_path):
     paper = TrainConfig()
     assert (paper.epochs, paper.batch_size, paper.lr, paper.momentum, paper.weight_decay) == (90, 128, 0.01, 0.9, 5e-4)
     assert (paper.image_size, paper.lr_reductions, paper.columns, paper.activation) == (224, 3, 2, "relu")
-    assert (paper.init_std, paper.init_bias) == (0.01, 1.0)
+    assert paper.initial() == (0.01, 1.0) and parse_args(["--init-std", "0.03"]).initial() == (0.03, 0.1)
     demo = parse_args([])
     assert all(getattr(demo, k) == v for k, v in DEMO.items()) and demo.data is None
     given = parse_args(["--data", str(tmp_path), "--lr", "0.02", "--no-lrn", "--columns", "1", "--max-steps", "7"])
@@ -51,7 +51,7 @@ def test_bad_arguments_are_refused_clearly(argv, message):
 
 
 def test_batch_larger_than_the_dataset_is_refused(tiny_store, tmp_path):
-    with pytest.raises(ValueError, match="make no batch of 64"):
+    with pytest.raises(SystemExit, match="--batch-size 64 .* larger than the 48 training images.*<= 48"):
         Trainer(config(tiny_store, tmp_path, batch_size=64))
 
 
@@ -66,7 +66,7 @@ def test_training_learns_and_the_checkpoint_evaluates(tiny_store, tmp_path, caps
     gets well below chance on stripes; the outputs are written; alexnet.evaluate reads the
     checkpoint."""
     out = tmp_path / "run"
-    demo_start = {k: DEMO[k] for k in ("lr", "init_std", "init_bias")}
+    demo_start = {k: DEMO[k] for k in ("lr", "init")}
     summary = Trainer(config(tiny_store, out, epochs=10, **demo_start)).run()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(1, 11))
