@@ -191,7 +191,7 @@ def _validate(c: TrainConfig) -> None:
 
     problems = [f"--{name.replace('_', '-')} must be a finite number, got {getattr(c, name)}"
                 for name in ("lr", "momentum", "weight_decay", "init_std", "init_bias", "timeout_s")
-                if not math.isfinite(getattr(c, name))]
+                if getattr(c, name) is not None and not math.isfinite(getattr(c, name))]  # None: the preset's
     if problems:  # nan compares false with everything: the range checks below would pass it
         raise UsageError("alexnet.train: " + "; ".join(problems))
     for name in ("epochs", "batch_size", "patience", "log_every", "image_size"):

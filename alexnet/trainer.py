@@ -243,7 +243,7 @@ class Trainer:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.precision == "tf32"
         n_train = len(self.store.split("train"))
         if config.batch_size * session.data_world > n_train:
-            raise SystemExit(f"alexnet.train: --batch-size {config.batch_size} x {session.data_world} replica(s) is "
+            raise UsageError(f"alexnet.train: --batch-size {config.batch_size} x {session.data_world} replica(s) is "
                              f"larger than the {n_train} training images of {self.store.path}: choose --batch-size "
                              f"<= {n_train // session.data_world}")
         self.model, self.model_config = build_model(config, self.store, session)
