@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conv_inspect import _Sm90Driver  # noqa: E402
 from conv_layers import LAYERS, passes_for  # noqa: E402
-from kernels import conv_configs, conv_dgrad, conv_fwd, conv_wgrad  # noqa: E402
-from kernels._conv_common import ConvGeometry, dot_precision, pad_input  # noqa: E402
+from kernels.conv import configs as conv_configs, dgrad as conv_dgrad, fwd as conv_fwd, wgrad as conv_wgrad  # noqa: E402,E501
+from kernels.conv.common import ConvGeometry, dot_precision, pad_input  # noqa: E402
 
 BATCH = 128
 SMEM_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one block may hold (opt-in maximum)
@@ -207,7 +207,7 @@ class ModelPass:
         if pass_ == "fwd":
             parts.append("bias+relu" if self.relu else "bias")
         elif self.relu:
-            parts.append("relu mask")
+            parts.append("relu mask outside")
         return " ".join(parts)
 
     def tuning_and_meta(self, pass_: str):
@@ -216,7 +216,7 @@ class ModelPass:
         geom = self.geom if pass_ == "dgrad" else self.geom_k
         red_chan = geom.k_per_g if pass_ == "dgrad" else geom.c_per_g
         return tuning, dict(geom.constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan),
-                            RELU_MASK=self.relu and pass_ != "fwd", HAS_BIAS=pass_ == "fwd")
+                            HAS_BIAS=pass_ == "fwd")
 
     def splits(self, cfg: Config) -> int:
         """wgrad's split count as its model picks it on an H100 (132 SMs)."""
@@ -225,14 +225,15 @@ class ModelPass:
                                          cfg.kwargs["FLAT"], torch.device("cuda", 0))
 
     def compile(self, pass_: str, cfg: Config):
-        y = self.dy if self.relu else None  # the forward's output: same shape and strides as dy
+        """The GEMM kernel of the pass; after a fused ReLU the backward GEMMs read dy already
+        masked (kernels.conv.common.relu_grad, an elementwise pass, not read here)."""
         if pass_ == "fwd":
             conv_fwd.conv2d_forward(self.x_k, self.w_k, self.b, self.geom_k, relu=self.relu,
                                     out_format=torch.channels_last, config=cfg)
         elif pass_ == "dgrad":
-            conv_dgrad.conv2d_input_grad(self.dy, self.w, self.geom, y=y, config=cfg)
+            conv_dgrad.conv2d_input_grad(self.dy, self.w, self.geom, config=cfg)
         else:
-            conv_wgrad.conv2d_weight_grad(self.dy, self.x_k, self.geom_k, y=y, weight_format=torch.channels_last,
+            conv_wgrad.conv2d_weight_grad(self.dy, self.x_k, self.geom_k, weight_format=torch.channels_last,
                                           config=cfg, splits=self.splits(cfg))
         return COMPILED.pop()
 

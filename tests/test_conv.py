@@ -12,11 +12,12 @@ from triton import Config
 
 import kernels
 import kernels.conv as conv_module
-from kernels import conv_configs, reference
-from kernels._conv_common import conv_geometry, pad_input, unpad_weight_grad
-from kernels.conv_dgrad import conv2d_input_grad
-from kernels.conv_fwd import conv2d_forward
-from kernels.conv_wgrad import conv2d_weight_grad
+from kernels import reference
+from kernels.conv import configs as conv_configs
+from kernels.conv.common import conv_geometry, pad_input, unpad_weight_grad
+from kernels.conv.dgrad import conv2d_input_grad
+from kernels.conv.fwd import conv2d_forward
+from kernels.conv.wgrad import conv2d_weight_grad
 from conftest import DEVICE, EXAMPLES, MEMORY_FORMATS, TOLERANCES, requires_gpu
 
 # precision name -> (dtype, torch.backends.cudnn.allow_tf32, (atol relative to the tensor's max, rtol))

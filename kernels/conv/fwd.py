@@ -16,7 +16,9 @@ tile row is one contiguous run of BLOCK_K channels). The weight is read in OHWI 
 
 Two reduction loops, both one flat `for` that Triton software-pipelines (num_stages):
 - taps (C_PER_G >= 16): step = (tap, channel chunk), kh/kw/chunk from scalar div/mod once
-  per step; per element only adds and the row mask (no mask on c when BLOCK_K divides C_PER_G).
+  per step; the windows' corner offsets are computed once per program, a step adds one
+  scalar, and the row mask tests only the image sides a tap can cross (`in_image`; none for
+  an unpadded conv whose windows stay inside); no mask on c when BLOCK_K divides C_PER_G.
 - FLAT (few channels, C_PER_G < 16: conv1): the reduction index r runs over all
   KH*KW*C_PER_G (kh, kw, c) with the tail of the last BLOCK_K chunk masked; r -> (kh, kw, c)
   is decoded once per step for the BLOCK_K vector, never per element (per element: two adds
@@ -31,44 +33,47 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, empty_4d
-from ._conv_common import (ConvGeometry, dot_precision, grouped_tile, in_range, launch, nhwc_channels, pix_bucket,
-                           split_pixels, x_pixel_offsets, x_tap_offsets)
-from .conv_configs import FWD, use_flat_reduction
+from .._common import cdiv, empty_4d
+from .common import (ConvGeometry, dot_precision, grouped_tile, in_image, in_range, launch, nhwc_channels, pix_bucket, relu,
+                     split_pixels, x_pixel_offsets, x_tap_offsets)
+from .configs import FWD, use_flat_reduction
 
 __all__ = ["conv2d_forward"]
 
 
 @triton.jit
-def _fwd_tap_loop(acc, x_ptr, w_ptr, x_img, w_col, ih0, iw0, pix_ok, k_ok, height, width, sx_c, sx_h, sx_w,
-                  C_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+def _fwd_tap_loop(acc, x_ptr, w_ptr, x_base, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
+                  C_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+                  LOW_H: tl.constexpr, HIGH_H: tl.constexpr, LOW_W: tl.constexpr, HIGH_W: tl.constexpr,
                   PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc += A @ B over steps (tap, channel chunk); A rows are BLOCK_K contiguous channels."""
+    """acc += A @ B over steps (tap, channel chunk); A rows are BLOCK_K contiguous channels.
+    x_base: offsets of the windows' top-left corners, computed once per program; a step adds
+    one scalar (the tap's and chunk's offset) and tests only the image sides the tap can cross."""
     C_CHUNKS: tl.constexpr = (C_PER_G + BLOCK_K - 1) // BLOCK_K
     EVEN_C: tl.constexpr = C_PER_G % BLOCK_K == 0
     offs_k = tl.arange(0, BLOCK_K)
+    a_cols = offs_k * sx_c
     for step in tl.range(0, KH * KW * C_CHUNKS):
         tap = step // C_CHUNKS
-        chan = (step - tap * C_CHUNKS) * BLOCK_K + offs_k
+        c0 = (step - tap * C_CHUNKS) * BLOCK_K
         kh = tap // KW
         kw = tap - kh * KW
-        ih = ih0 + kh
-        iw = iw0 + kw
-        row_ok = pix_ok & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
-        chan_ok = in_range(chan, C_PER_G, EVEN_C)
-        x_off = x_img + ih.to(tl.int64) * sx_h + iw.to(tl.int64) * sx_w
-        a = tl.load(x_ptr + x_off[:, None] + (chan * sx_c)[None, :], mask=row_ok[:, None] & chan_ok[None, :],
+        row_ok = pix_ok & in_image(ih0 + kh, H, LOW_H, HIGH_H) & in_image(iw0 + kw, W, LOW_W, HIGH_W)
+        chan_ok = in_range(c0 + offs_k, C_PER_G, EVEN_C)
+        tap_off = kh.to(tl.int64) * sx_h + kw * sx_w + c0 * sx_c
+        a = tl.load(x_ptr + (x_base + tap_off)[:, None] + a_cols[None, :], mask=row_ok[:, None] & chan_ok[None, :],
                     other=0.0)
-        b = tl.load(w_ptr + w_col[None, :] + (tap * C_PER_G + chan)[:, None],
+        b = tl.load(w_ptr + w_col[None, :] + (tap * C_PER_G + c0 + offs_k)[:, None],
                     mask=chan_ok[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     return acc
 
 
 @triton.jit
-def _fwd_flat_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, height, width, sx_c, sx_h, sx_w,
-                   C_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, NHWC_C: tl.constexpr,
-                   PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+def _fwd_flat_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
+                   C_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+                   LOW_H: tl.constexpr, HIGH_H: tl.constexpr, LOW_W: tl.constexpr, HIGH_W: tl.constexpr,
+                   NHWC_C: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc += A @ B over BLOCK_K-wide chunks of the flattened (kh, kw, c) reduction index;
     x_pix: offsets of the windows' top-left corners (`x_pixel_offsets`)."""
     RED: tl.constexpr = KH * KW * C_PER_G
@@ -79,25 +84,25 @@ def _fwd_flat_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, heig
         kw = (r // C_PER_G) % KW
         c = r % C_PER_G
         r_ok = in_range(r, RED, EVEN_R)
-        ih = ih0[:, None] + kh[None, :]
-        iw = iw0[:, None] + kw[None, :]
-        a_mask = pix_ok[:, None] & r_ok[None, :] & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
-        x_off = x_pix[:, None] + x_tap_offsets(kh, kw, c, width, sx_c, sx_h, sx_w, NHWC_C)[None, :]
+        a_mask = (pix_ok[:, None] & r_ok[None, :] & in_image(ih0[:, None] + kh[None, :], H, LOW_H, HIGH_H)
+                  & in_image(iw0[:, None] + kw[None, :], W, LOW_W, HIGH_W))
+        x_off = x_pix[:, None] + x_tap_offsets(kh, kw, c, W, sx_c, sx_h, sx_w, NHWC_C)[None, :]
         a = tl.load(x_ptr + x_off, mask=a_mask, other=0.0)
         b = tl.load(w_ptr + w_col[None, :] + r[:, None], mask=r_ok[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     return acc
 
 
-@triton.jit(do_not_specialize=["n_out_pix", "height", "width", "out_h", "out_w", "pix_bucket"])
+@triton.jit(do_not_specialize=["n_out_pix", "pix_bucket"])
 def _conv_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
-    n_out_pix, height, width, out_h, out_w,
+    n_out_pix,
     sx_n, sx_c, sx_h, sx_w,
     sy_n, sy_c, sy_h, sy_w,
     pix_bucket,  # autotuning key only
     C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr,
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, FLAT: tl.constexpr, NHWC_C: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -106,29 +111,34 @@ def _conv_fwd_kernel(
     group = tl.program_id(1)
     pid_m, pid_n = grouped_tile(tl.program_id(0), n_out_pix, K_PER_G, BLOCK_M, BLOCK_N, GROUP_M)
     EVEN_N: tl.constexpr = K_PER_G % BLOCK_N == 0
+    # which image sides a tap can cross: top/left only with padding, bottom/right when the
+    # last window reaches past the image
+    LOW_H: tl.constexpr = PH > 0
+    LOW_W: tl.constexpr = PW > 0
+    HIGH_H: tl.constexpr = (OH - 1) * SH - PH + KH > H
+    HIGH_W: tl.constexpr = (OW - 1) * SW - PW + KW > W
     pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     k_out = group * K_PER_G + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # global output channel
     pix_ok = pix < n_out_pix
     k_ok = in_range(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), K_PER_G, EVEN_N)
-    n_img, oh, ow = split_pixels(pix, out_h, out_w)
+    n_img, oh, ow = split_pixels(pix, OH, OW)
     ih0 = oh * SH - PH
     iw0 = ow * SW - PW
     w_col = k_out.to(tl.int64) * (KH * KW * C_PER_G)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, H, W, sx_n, sx_c, sx_h, sx_w, NHWC_C if FLAT else 0)
     if FLAT:
-        x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, height, width, sx_n, sx_c, sx_h, sx_w, NHWC_C)
-        acc = _fwd_flat_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, height, width,
-                             sx_c, sx_h, sx_w, C_PER_G, KH, KW, NHWC_C, PRECISION, BLOCK_K)
+        acc = _fwd_flat_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
+                             C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, NHWC_C, PRECISION, BLOCK_K)
     else:
-        x_img = n_img.to(tl.int64) * sx_n + (group * C_PER_G).to(tl.int64) * sx_c
-        acc = _fwd_tap_loop(acc, x_ptr, w_ptr, x_img, w_col, ih0, iw0, pix_ok, k_ok, height, width,
-                            sx_c, sx_h, sx_w, C_PER_G, KH, KW, PRECISION, BLOCK_K)
+        acc = _fwd_tap_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
+                            C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, PRECISION, BLOCK_K)
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + k_out, mask=k_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = relu(acc)
     y_off = n_img.to(tl.int64) * sy_n + oh.to(tl.int64) * sy_h + ow.to(tl.int64) * sy_w
     tl.store(y_ptr + y_off[:, None] + k_out.to(tl.int64)[None, :] * sy_c, acc.to(y_ptr.dtype.element_ty),
              mask=pix_ok[:, None] & k_ok[None, :])
@@ -153,7 +163,7 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeomet
     def grid(m):
         return cdiv(n_out_pix, m["BLOCK_M"]) * cdiv(k_per_g, m["BLOCK_N"]), geom.groups
 
-    args = (x, w_ohwi, bias if bias is not None else w_ohwi, y, n_out_pix, geom.height, geom.width,
-            geom.out_h, geom.out_w, *x.stride(), *y.stride(), pix_bucket(n_out_pix))
+    args = (x, w_ohwi, bias if bias is not None else w_ohwi, y, n_out_pix, *x.stride(), *y.stride(),
+            pix_bucket(n_out_pix))
     launch(_conv_fwd_kernel, _conv_fwd_tuned, FWD, grid, args, meta, flops=geom.flops, config=config)
     return y

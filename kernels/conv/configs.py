@@ -37,7 +37,7 @@ def _tiles(rows, group_m=None):
     return out
 
 
-SMEM_BUDGET = 220 * 1024  # bytes of pipeline buffers per program (H100: 227 KB per block)
+SMEM_BUDGET = 220 * 1024  # bytes of pipeline buffers per program (H100: 227 KB = 232448 B per block)
 AUTOTUNE_MIN_FLOPS = 2e9  # below this a problem runs `small` untuned (AlexNet layers at batch 128: 27-150 GFLOP)
 
 # Forward: GEMM M = N*OH*OW pixels, N = K/g output channels, reduction (kh, kw, c).
@@ -78,9 +78,17 @@ def _np2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _smem_ok(cfg: Config, elem: int) -> bool:
+def smem_bytes(cfg: Config, elem: int) -> int:
+    """Shared memory a config's main loop holds: every operand tile the loop streams (A, B)
+    in each of num_stages buffers. The loops stream exactly these two operands (the ReLU mask
+    is applied outside them, `common.relu_grad`); a third stream would have to be added here."""
     k = cfg.kwargs
-    return cfg.num_stages * (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * elem <= SMEM_BUDGET
+    operand_tiles = [k["BLOCK_M"] * k["BLOCK_K"], k["BLOCK_K"] * k["BLOCK_N"]]
+    return cfg.num_stages * sum(operand_tiles) * elem
+
+
+def _smem_ok(cfg: Config, elem: int) -> bool:
+    return smem_bytes(cfg, elem) <= SMEM_BUDGET
 
 
 def _fwd_fits(cfg: Config, meta: dict, elem: int) -> bool:
@@ -110,7 +118,7 @@ class ConvTuning:
     interpreter: Config
     fits: object  # (config, meta, element_size) -> bool
     key: list = field(default_factory=lambda: ["pix_bucket", "C_PER_G", "K_PER_G", "KH", "KW", "SH", "SW",
-                                               "PRECISION"])
+                                               "H", "W", "PRECISION"])
     min_flops: float = AUTOTUNE_MIN_FLOPS
 
     def prune(self, configs, named_args, **meta):
@@ -169,7 +177,7 @@ def _sm_count(device_index: int) -> int:
 
 def wgrad_splits(geom, dtype: torch.dtype, precision: str, flat: bool, device: torch.device) -> int:
     """Number of pixel ranges the weight-gradient reduction is split into (1 on the interpreter)."""
-    from ._common import cdiv, interpreting
+    from .._common import cdiv, interpreting
 
     if interpreting() or device.type != "cuda":
         return 1
