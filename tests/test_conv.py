@@ -5,6 +5,7 @@ tests add tf32, fp16 and bf16, and `test_every_gpu_config` runs each autotuning 
 """
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -14,7 +15,7 @@ import kernels
 import kernels.conv as conv_module
 from kernels import reference
 from kernels.conv import configs as conv_configs
-from kernels.conv.common import conv_geometry, pad_input, unpad_weight_grad
+from kernels.conv.common import MAX_PIXELS, conv_geometry, pad_input, unpad_weight_grad
 from kernels.conv.dgrad import conv2d_input_grad
 from kernels.conv.fwd import conv2d_forward
 from kernels.conv.wgrad import conv2d_weight_grad
@@ -289,6 +290,74 @@ def _conv(x_shape=(1, 4, 8, 8), w_shape=(6, 4, 3, 3), bias=None, **kwargs):
 def test_bad_input_raises_clear_error(bad, error, match):
     with pytest.raises(error, match=match):
         bad()
+
+
+@pytest.mark.parametrize("stride, padding, groups", [(np.int64(2), np.int64(1), np.int64(2)), ((2, np.int32(2)), 1, 2)])
+def test_integral_numbers_are_accepted(stride, padding, groups):
+    """numpy integers (numbers.Integral) work as stride/padding/groups, as Python ints do."""
+    x, weight, b = _inputs((1, 4, 9, 8, 6, 3, 3, 2, 1, 2), torch.float32, torch.channels_last, seed=23)
+    _close(kernels.conv2d(x, weight, b, stride, padding, groups),
+           reference.conv2d(x.double().cpu(), weight.double().cpu(), b.double().cpu(), 2, 1, 2),
+           TOLERANCES[torch.float32])
+
+
+@pytest.mark.parametrize("kwargs, name", [(dict(stride=1.0), "stride"), (dict(stride=(1, 2.5)), "stride"),
+                                          (dict(padding=1.0), "padding"), (dict(groups=1.0), "groups"),
+                                          (dict(stride=True), "stride")])
+def test_non_integral_sizes_raise_type_error(kwargs, name):
+    with pytest.raises(TypeError, match=f"{name} must be an integer"):
+        _conv(**kwargs)()
+
+
+def test_pixel_count_past_int32_is_refused():
+    """N*H*W past the kernels' int32 pixel indices is refused before anything is allocated or
+    launched (x is a broadcast view: 33*8192*8192 pixels, no memory)."""
+    weight = torch.randn(4, 3, 3, 3, device=DEVICE)
+    huge = torch.zeros(1, 1, 1, 1, device=DEVICE).expand(33, 3, 8192, 8192)
+    with pytest.raises(ValueError, match="32-bit"):
+        conv_geometry(huge, weight)
+    with pytest.raises(ValueError, match="32-bit"):
+        kernels.conv2d(huge, weight)
+    fits = torch.zeros(1, 1, 1, 1, device=DEVICE).expand(MAX_PIXELS // (8192 * 8192), 3, 8192, 8192)
+    assert conv_geometry(fits, weight).n_in_pix <= MAX_PIXELS
+
+
+def test_double_backward_raises():
+    """create_graph=True would silently drop the second-order terms: it raises instead."""
+    x, weight, b = _inputs((1, 4, 6, 6, 4, 3, 3, 1, 1, 1), torch.float32, torch.channels_last, seed=29)
+    x.requires_grad_()
+    weight.requires_grad_()
+    y = kernels.conv2d(x, weight, b, padding=1, relu=True)
+    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
+SPECIALS = st.sampled_from([float("nan"), float("inf"), float("-inf")])
+
+
+@settings(max_examples=EXAMPLES)
+@given(specials=st.lists(st.tuples(st.integers(0, 2 * 4 * 7 * 6 - 1), SPECIALS), min_size=1, max_size=3),
+       nan_weight=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_relu_keeps_nan_and_inf(specials, nan_weight, seed):
+    """The fused ReLU propagates NaN (torch.relu(nan) is nan; max(nan, 0) would give 0) and
+    inf, wherever they come from: the input, or a NaN weight (as a diverged conv3 would have)."""
+    problem = (2, 4, 7, 6, 5, 3, 3, 1, 1, 1)
+    x, weight, b = _inputs(problem, torch.float32, torch.channels_last, seed)
+    flat = x.permute(0, 2, 3, 1).reshape(-1)  # a view of x's storage
+    for index, value in specials:
+        flat[index] = value
+    if nan_weight:
+        weight[1, 2, 0, 0] = float("nan")
+    y = kernels.conv2d(x, weight, b, 1, 1, 1, relu=True)
+    ref = reference.conv2d(x.double().cpu(), weight.double().cpu(), b.double().cpu(), 1, 1, 1, relu=True)
+    y = y.double().cpu()
+    assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.isinf(), ref.isinf())
+    assert not ref.isfinite().all()  # a special reaches the output (relu(-inf) = 0 alone could hide it)
+    finite = ref.isfinite()
+    if finite.any():
+        torch.testing.assert_close(y[finite], ref[finite], atol=1e-5 * float(ref[finite].abs().max()), rtol=1e-5)
+    torch.testing.assert_close(y[y.isinf()], ref[ref.isinf()])
 
 
 @requires_gpu

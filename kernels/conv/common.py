@@ -204,17 +204,35 @@ def split_pixels(pix, HEIGHT: tl.constexpr, WIDTH: tl.constexpr):
     return n, h, rem - h * WIDTH
 
 
+def needs_int64(*tensors) -> bool:
+    """Whether element offsets into any of `tensors` can reach 2**31 (with a tile's margin):
+    then the kernels compute offsets in int64 (OFF64), else in int32, which halves the
+    address arithmetic in the loops."""
+    span = max((1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride())) for t in tensors
+                if t is not None and t.numel()), default=0)
+    return span >= 2**31 - 2**24
+
+
+@triton.jit
+def wide(v, OFF64: tl.constexpr):
+    """v as an offset: int64 when the tensors need it (OFF64), else as is (int32)."""
+    if OFF64:
+        return v.to(tl.int64)
+    else:
+        return v
+
+
 @triton.jit
 def x_pixel_offsets(n_img, ih, iw, chan0, height: tl.constexpr, width: tl.constexpr, sx_n, sx_c, sx_h, sx_w,
-                    NHWC_C: tl.constexpr):
-    """int64 offsets in x of pixels (n_img, ih, iw) at channel chan0: through the strides, or,
+                    NHWC_C: tl.constexpr, OFF64: tl.constexpr):
+    """Offsets (int64 if OFF64, see `wide`) in x of pixels (n_img, ih, iw) at channel chan0: through the strides, or,
     when x is dense channels_last with NHWC_C channels (NHWC_C > 0), as pixel index * NHWC_C,
     which shows the compiler that every pixel's channel run is aligned (so the FLAT gathers of
     conv1's 4 padded bf16 channels become 8-byte vector, asynchronous copies)."""
     if NHWC_C > 0:
-        return ((n_img.to(tl.int64) * height + ih) * width + iw) * NHWC_C + chan0
+        return ((wide(n_img, OFF64) * height + ih) * width + iw) * NHWC_C + chan0
     else:
-        return n_img.to(tl.int64) * sx_n + ih.to(tl.int64) * sx_h + iw.to(tl.int64) * sx_w + chan0 * sx_c
+        return wide(n_img, OFF64) * sx_n + wide(ih, OFF64) * sx_h + wide(iw, OFF64) * sx_w + chan0 * sx_c
 
 
 @triton.jit
@@ -246,6 +264,8 @@ def in_range(idx, limit, EVEN: tl.constexpr):
 def in_image(i, LIMIT: tl.constexpr, LOW: tl.constexpr, HIGH: tl.constexpr):
     """0 <= i < LIMIT, testing only the sides a tap can cross (LOW, HIGH: compile-time facts
     of the geometry; an interior tap of an unpadded conv needs no mask at all)."""
+    if LOW and HIGH:  # one unsigned compare: a negative i wraps above LIMIT
+        return i.to(tl.uint32, bitcast=True) < LIMIT
     ok = tl.full(i.shape, 1, tl.int1)
     if LOW:
         ok = ok & (i >= 0)
@@ -298,6 +318,13 @@ def grouped_tile(pid, n_rows, N_COLS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK
 
 
 # -------------------------------------------------------------------------------- launch
+def pix_multiple(n_pix: int) -> int:
+    """PIX_MULT for the kernels: the largest power of two (up to 1024) dividing a pixel count, so
+    a kernel drops its pixel mask when its block divides it (any batch that is a multiple of 64
+    or 128 does); a constant of the batch, not of its every size, so few compiles."""
+    return min(n_pix & -n_pix, 1024) if n_pix else 1024
+
+
 def pix_bucket(n_pix: int) -> int:
     """Autotuning key for a pixel count: its power-of-two bucket."""
     return triton.next_power_of_2(max(n_pix, 1))

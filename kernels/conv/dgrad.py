@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .._common import cdiv, empty_4d
-from .common import (ConvGeometry, dot_precision, grouped_tile, in_image, in_range, launch, pix_bucket, relu_grad,
+from .common import (ConvGeometry, pix_multiple, needs_int64, wide, dot_precision, grouped_tile, in_image, in_range, launch, pix_bucket, relu_grad,
                      split_pixels)
 from .configs import DGRAD, use_flat_reduction
 
@@ -47,7 +47,7 @@ def _dgrad_tap_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok
                     sdy_c, sdy_h, sdy_w, C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr,
                     KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                     H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr,
-                    PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+                    OFF64: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc += A @ B over steps (tap, chunk of BLOCK_K output channels); A rows are contiguous.
     Stride 1: the source pixel of tap (kh, kw) is (ih + PH - kh, iw + PW - kw), so its offset is
     the program's (ih + PH, iw + PW) offset, computed once, minus one scalar per step; the mask
@@ -58,7 +58,7 @@ def _dgrad_tap_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok
     offs_k = tl.arange(0, BLOCK_K)
     a_cols = offs_k * sdy_c
     if UNIT:
-        dy_base = dy_img + (ih + PH).to(tl.int64) * sdy_h + (iw + PW).to(tl.int64) * sdy_w
+        dy_base = dy_img + wide((ih + PH), OFF64) * sdy_h + wide((iw + PW), OFF64) * sdy_w
     for step in tl.range(0, KH * KW * K_CHUNKS):
         tap = step // K_CHUNKS
         k0 = (step - tap * K_CHUNKS) * BLOCK_K
@@ -68,12 +68,12 @@ def _dgrad_tap_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok
         if UNIT:
             row_ok = (pix_ok & in_image(ih + PH - kh, OH, KH - 1 > PH, H + PH > OH)
                       & in_image(iw + PW - kw, OW, KW - 1 > PW, W + PW > OW))
-            dy_row = dy_base - (kh.to(tl.int64) * sdy_h + kw * sdy_w - k0 * sdy_c)
+            dy_row = dy_base - (wide(kh, OFF64) * sdy_h + kw * sdy_w - k0 * sdy_c)
         else:
             oh, oh_ok = _source_row(ih, kh, PH, SH, OH)
             ow, ow_ok = _source_row(iw, kw, PW, SW, OW)
             row_ok = pix_ok & oh_ok & ow_ok
-            dy_row = dy_img + oh.to(tl.int64) * sdy_h + ow.to(tl.int64) * sdy_w + k0 * sdy_c
+            dy_row = dy_img + wide(oh, OFF64) * sdy_h + wide(ow, OFF64) * sdy_w + k0 * sdy_c
         a = tl.load(dy_ptr + dy_row[:, None] + a_cols[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(wt_ptr + wt_col[None, :] + (tap * C_PER_G * K_PER_G + k0 + offs_k)[:, None],
                     mask=k_ok[:, None] & chan_ok[None, :], other=0.0)
@@ -85,7 +85,8 @@ def _dgrad_tap_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok
 def _dgrad_flat_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok,
                      sdy_c, sdy_h, sdy_w, C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr,
                      KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-                     OH: tl.constexpr, OW: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+                     OH: tl.constexpr, OW: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
     """acc += A @ B over BLOCK_K-wide chunks of the flattened (kh, kw, k) reduction index
     (few output channels; decoded once per chunk, the source rows per element)."""
     RED: tl.constexpr = KH * KW * K_PER_G
@@ -98,7 +99,7 @@ def _dgrad_flat_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_o
         oh, oh_ok = _source_row(ih[:, None], kh[None, :], PH, SH, OH)
         ow, ow_ok = _source_row(iw[:, None], kw[None, :], PW, SW, OW)
         a_mask = pix_ok[:, None] & r_ok[None, :] & oh_ok & ow_ok
-        dy_off = dy_img[:, None] + oh.to(tl.int64) * sdy_h + ow.to(tl.int64) * sdy_w + (k * sdy_c)[None, :]
+        dy_off = dy_img[:, None] + wide(oh, OFF64) * sdy_h + wide(ow, OFF64) * sdy_w + (k * sdy_c)[None, :]
         a = tl.load(dy_ptr + dy_off, mask=a_mask, other=0.0)
         b = tl.load(wt_ptr + wt_col[None, :] + ((r - k) * C_PER_G + k)[:, None],
                     mask=r_ok[:, None] & chan_ok[None, :], other=0.0)
@@ -115,8 +116,8 @@ def _conv_dgrad_kernel(
     pix_bucket,  # autotuning key only
     C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr,
-    FLAT: tl.constexpr, PRECISION: tl.constexpr,
+    H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, PIX_MULT: tl.constexpr,
+    FLAT: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """dy (N, K, OH, OW) via sdy_*; wt (groups, KH, KW, C_PER_G, K_PER_G) contiguous;
@@ -125,24 +126,24 @@ def _conv_dgrad_kernel(
     pid_m, pid_n = grouped_tile(tl.program_id(0), n_in_pix, C_PER_G, BLOCK_M, BLOCK_N, GROUP_M)
     pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     chan = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel within the group
-    pix_ok = pix < n_in_pix
+    pix_ok = in_range(pix, n_in_pix, PIX_MULT % BLOCK_M == 0)  # no mask when BLOCK_M divides the pixels
     chan_ok = in_range(chan, C_PER_G, C_PER_G % BLOCK_N == 0)
     n_img, ih, iw = split_pixels(pix, H, W)
-    dy_img = n_img.to(tl.int64) * sdy_n + (group * K_PER_G).to(tl.int64) * sdy_c
-    wt_col = (group * KH * KW * C_PER_G + chan).to(tl.int64) * K_PER_G  # wt[group, 0, 0, chan, 0]
+    dy_img = wide(n_img, OFF64) * sdy_n + wide((group * K_PER_G), OFF64) * sdy_c
+    wt_col = wide((group * KH * KW * C_PER_G + chan), OFF64) * K_PER_G  # wt[group, 0, 0, chan, 0]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FLAT:
         acc = _dgrad_flat_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok,
                                sdy_c, sdy_h, sdy_w, C_PER_G, K_PER_G, KH, KW, SH, SW, PH, PW, OH, OW,
-                               PRECISION, BLOCK_K)
+                               OFF64, PRECISION, BLOCK_K)
     else:
         acc = _dgrad_tap_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok,
                               sdy_c, sdy_h, sdy_w, C_PER_G, K_PER_G, KH, KW, SH, SW, PH, PW, H, W, OH, OW,
-                              PRECISION, BLOCK_K)
+                              OFF64, PRECISION, BLOCK_K)
 
-    dx_off = n_img.to(tl.int64) * sdx_n + ih.to(tl.int64) * sdx_h + iw.to(tl.int64) * sdx_w
-    dx_chan = (group * C_PER_G + chan).to(tl.int64) * sdx_c
+    dx_off = wide(n_img, OFF64) * sdx_n + wide(ih, OFF64) * sdx_h + wide(iw, OFF64) * sdx_w
+    dx_chan = wide((group * C_PER_G + chan), OFF64) * sdx_c
     tl.store(dx_ptr + dx_off[:, None] + dx_chan[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=pix_ok[:, None] & chan_ok[None, :])
 
@@ -163,7 +164,8 @@ def conv2d_input_grad(dy: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry
         dy = relu_grad(dy, y)
     g, kg, cg, kh, kw = geom.groups, geom.k_per_g, geom.c_per_g, geom.kernel_h, geom.kernel_w
     wt = weight.reshape(g, kg, cg, kh, kw).permute(0, 3, 4, 2, 1).contiguous()  # (g, KH, KW, C/g, K/g)
-    meta = dict(geom.constexprs(), FLAT=use_flat_reduction(kg),
+    meta = dict(geom.constexprs(), PIX_MULT=pix_multiple(geom.n_in_pix), FLAT=use_flat_reduction(kg),
+                OFF64=needs_int64(dy, wt, dx),
                 PRECISION=dot_precision(dy.dtype))
     n_in_pix = geom.n_in_pix
 

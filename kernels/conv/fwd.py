@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .._common import cdiv, empty_4d
-from .common import (ConvGeometry, dot_precision, grouped_tile, in_image, in_range, launch, nhwc_channels, pix_bucket, relu,
+from .common import (ConvGeometry, pix_multiple, needs_int64, wide, dot_precision, grouped_tile, in_image, in_range, launch, nhwc_channels, pix_bucket, relu,
                      split_pixels, x_pixel_offsets, x_tap_offsets)
 from .configs import FWD, use_flat_reduction
 
@@ -45,7 +45,7 @@ __all__ = ["conv2d_forward"]
 def _fwd_tap_loop(acc, x_ptr, w_ptr, x_base, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
                   C_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
                   LOW_H: tl.constexpr, HIGH_H: tl.constexpr, LOW_W: tl.constexpr, HIGH_W: tl.constexpr,
-                  PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+                  OFF64: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc += A @ B over steps (tap, channel chunk); A rows are BLOCK_K contiguous channels.
     x_base: offsets of the windows' top-left corners, computed once per program; a step adds
     one scalar (the tap's and chunk's offset) and tests only the image sides the tap can cross."""
@@ -60,7 +60,7 @@ def _fwd_tap_loop(acc, x_ptr, w_ptr, x_base, w_col, ih0, iw0, pix_ok, k_ok, sx_c
         kw = tap - kh * KW
         row_ok = pix_ok & in_image(ih0 + kh, H, LOW_H, HIGH_H) & in_image(iw0 + kw, W, LOW_W, HIGH_W)
         chan_ok = in_range(c0 + offs_k, C_PER_G, EVEN_C)
-        tap_off = kh.to(tl.int64) * sx_h + kw * sx_w + c0 * sx_c
+        tap_off = wide(kh, OFF64) * sx_h + kw * sx_w + c0 * sx_c
         a = tl.load(x_ptr + (x_base + tap_off)[:, None] + a_cols[None, :], mask=row_ok[:, None] & chan_ok[None, :],
                     other=0.0)
         b = tl.load(w_ptr + w_col[None, :] + (tap * C_PER_G + c0 + offs_k)[:, None],
@@ -102,8 +102,9 @@ def _conv_fwd_kernel(
     pix_bucket,  # autotuning key only
     C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr,
-    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, FLAT: tl.constexpr, NHWC_C: tl.constexpr, PRECISION: tl.constexpr,
+    H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, PIX_MULT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, FLAT: tl.constexpr, NHWC_C: tl.constexpr, OFF64: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`); w OHWI (K, KH, KW, C_PER_G)
@@ -119,28 +120,29 @@ def _conv_fwd_kernel(
     HIGH_W: tl.constexpr = (OW - 1) * SW - PW + KW > W
     pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     k_out = group * K_PER_G + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # global output channel
-    pix_ok = pix < n_out_pix
+    pix_ok = in_range(pix, n_out_pix, PIX_MULT % BLOCK_M == 0)  # no mask when BLOCK_M divides the pixels
     k_ok = in_range(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), K_PER_G, EVEN_N)
     n_img, oh, ow = split_pixels(pix, OH, OW)
     ih0 = oh * SH - PH
     iw0 = ow * SW - PW
-    w_col = k_out.to(tl.int64) * (KH * KW * C_PER_G)
+    w_col = wide(k_out, OFF64) * (KH * KW * C_PER_G)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, H, W, sx_n, sx_c, sx_h, sx_w, NHWC_C if FLAT else 0)
+    x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, H, W, sx_n, sx_c, sx_h, sx_w,
+                            NHWC_C if FLAT else 0, OFF64)
     if FLAT:
         acc = _fwd_flat_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
                              C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, NHWC_C, PRECISION, BLOCK_K)
     else:
         acc = _fwd_tap_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
-                            C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, PRECISION, BLOCK_K)
+                            C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, OFF64, PRECISION, BLOCK_K)
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + k_out, mask=k_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:
         acc = relu(acc)
-    y_off = n_img.to(tl.int64) * sy_n + oh.to(tl.int64) * sy_h + ow.to(tl.int64) * sy_w
-    tl.store(y_ptr + y_off[:, None] + k_out.to(tl.int64)[None, :] * sy_c, acc.to(y_ptr.dtype.element_ty),
+    y_off = wide(n_img, OFF64) * sy_n + wide(oh, OFF64) * sy_h + wide(ow, OFF64) * sy_w
+    tl.store(y_ptr + y_off[:, None] + wide(k_out, OFF64)[None, :] * sy_c, acc.to(y_ptr.dtype.element_ty),
              mask=pix_ok[:, None] & k_ok[None, :])
 
 
@@ -156,8 +158,9 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeomet
     if y.numel() == 0:
         return y
     w_ohwi = weight.permute(0, 2, 3, 1).contiguous()  # (K, KH, KW, C/g): no copy if channels_last
-    meta = dict(geom.constexprs(), HAS_BIAS=bias is not None, RELU=relu, FLAT=use_flat_reduction(geom.c_per_g),
-                NHWC_C=nhwc_channels(x), PRECISION=dot_precision(x.dtype))
+    meta = dict(geom.constexprs(), PIX_MULT=pix_multiple(geom.n_out_pix), HAS_BIAS=bias is not None, RELU=relu,
+                FLAT=use_flat_reduction(geom.c_per_g),
+                NHWC_C=nhwc_channels(x), OFF64=needs_int64(x, w_ohwi, y), PRECISION=dot_precision(x.dtype))
     n_out_pix, k_per_g = geom.n_out_pix, geom.k_per_g
 
     def grid(m):

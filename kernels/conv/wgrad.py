@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .._common import cdiv
-from .common import (ConvGeometry, dot_precision, in_image, in_range, launch, nhwc_channels, pix_bucket, relu_grad,
+from .common import (ConvGeometry, pix_multiple, needs_int64, wide, dot_precision, in_image, in_range, launch, nhwc_channels, pix_bucket, relu_grad,
                      split_pixels, x_pixel_offsets, x_tap_offsets)
 from .configs import SPLIT_PIX_QUANTUM, WGRAD, use_flat_reduction, wgrad_splits
 
@@ -41,14 +41,14 @@ __all__ = ["conv2d_weight_grad"]
 
 @triton.jit
 def _dy_tile_t(dy_ptr, dy_chan, k_ok, p, p_ok, sdy_n, sdy_h, sdy_w, OH: tl.constexpr, OW: tl.constexpr,
-               DY_DENSE: tl.constexpr):
+               DY_DENSE: tl.constexpr, OFF64: tl.constexpr):
     """dy' tile transposed: [BLOCK_M channels, BLOCK_K pixels] (channels are contiguous). Dense
     channels_last dy (DY_DENSE) is addressed by pixel index * sdy_w, no (n, oh, ow) decode."""
     if DY_DENSE:
-        pix_off = p.to(tl.int64) * sdy_w
+        pix_off = wide(p, OFF64) * sdy_w
     else:
         n_img, oh, ow = split_pixels(p, OH, OW)
-        pix_off = n_img.to(tl.int64) * sdy_n + oh.to(tl.int64) * sdy_h + ow.to(tl.int64) * sdy_w
+        pix_off = wide(n_img, OFF64) * sdy_n + wide(oh, OFF64) * sdy_h + wide(ow, OFF64) * sdy_w
     return tl.load(dy_ptr + dy_chan[:, None] + pix_off[None, :], mask=k_ok[:, None] & p_ok[None, :], other=0.0)
 
 
@@ -63,8 +63,9 @@ def _conv_wgrad_kernel(
     C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, PIX_PER_SPLIT: tl.constexpr,
+    PIX_MULT: tl.constexpr,
     WEIGHT_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, FLAT: tl.constexpr, DY_DENSE: tl.constexpr,
-    NHWC_C: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    NHWC_C: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dy (N, K, OH, OW) via sdy_*; x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`);
     dw (splits, K, C_PER_G, KH, KW) via sdw_* (sdw_split 0 without a split); db (splits, K) via
@@ -86,17 +87,20 @@ def _conv_wgrad_kernel(
     group = tl.program_id(2)
     k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channel within the group
     k_ok = in_range(k, K_PER_G, K_PER_G % BLOCK_M == 0)
-    dy_chan = (group * K_PER_G + k).to(tl.int64) * sdy_c
+    dy_chan = wide((group * K_PER_G + k), OFF64) * sdy_c
     pix_lo = split * PIX_PER_SPLIT  # this split's pixels: [pix_lo, pix_hi)
     pix_hi = tl.minimum(pix_lo + PIX_PER_SPLIT, n_out_pix)
+    # Splits hold whole BLOCK_K chunks; when BLOCK_K also divides the pixel count (PIX_MULT:
+    # its largest power-of-two divisor, e.g. any batch of 64) no pixel needs a mask.
+    EVEN_PIX: tl.constexpr = PIX_MULT % BLOCK_K == 0 and PIX_PER_SPLIT % BLOCK_K == 0
     offs_p = tl.arange(0, BLOCK_K)
 
     if pid_n == N_BLOCKS:  # a bias-gradient program (launched only with BIAS_GRAD)
         if BIAS_GRAD:
             db = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            for p0 in tl.range(0, PIX_PER_SPLIT, BLOCK_K):
-                p = pix_lo + p0 + offs_p
-                a = _dy_tile_t(dy_ptr, dy_chan, k_ok, p, p < pix_hi, sdy_n, sdy_h, sdy_w, OH, OW, DY_DENSE)
+            for p0 in tl.range(pix_lo, pix_hi, BLOCK_K):
+                p = p0 + offs_p
+                a = _dy_tile_t(dy_ptr, dy_chan, k_ok, p, in_range(p, pix_hi, EVEN_PIX), sdy_n, sdy_h, sdy_w, OH, OW, DY_DENSE, OFF64)
                 db += tl.sum(a.to(tl.float32), axis=1)
             tl.store(db_ptr + split * sdb_split + group * K_PER_G + k, db.to(db_ptr.dtype.element_ty), mask=k_ok)
     elif WEIGHT_GRAD:
@@ -117,14 +121,15 @@ def _conv_wgrad_kernel(
         x_col = x_tap_offsets(kh, kw, c, W, sx_c, sx_h, sx_w, NHWC_C)
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for p0 in tl.range(0, PIX_PER_SPLIT, BLOCK_K):
-            p = pix_lo + p0 + offs_p
-            p_ok = p < pix_hi
-            a = _dy_tile_t(dy_ptr, dy_chan, k_ok, p, p_ok, sdy_n, sdy_h, sdy_w, OH, OW, DY_DENSE)
+        for p0 in tl.range(pix_lo, pix_hi, BLOCK_K):
+            p = p0 + offs_p
+            p_ok = in_range(p, pix_hi, EVEN_PIX)
+            a = _dy_tile_t(dy_ptr, dy_chan, k_ok, p, p_ok, sdy_n, sdy_h, sdy_w, OH, OW, DY_DENSE, OFF64)
             n_img, oh, ow = split_pixels(p, OH, OW)
             ih0 = oh * SH - PH
             iw0 = ow * SW - PW
-            x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, H, W, sx_n, sx_c, sx_h, sx_w, NHWC_C)
+            x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, H, W, sx_n, sx_c, sx_h, sx_w, NHWC_C,
+                                    OFF64)
             if FLAT:
                 b_mask = (p_ok[:, None] & col_ok[None, :] & in_image(ih0[:, None] + kh[None, :], H, LOW_H, HIGH_H)
                           & in_image(iw0[:, None] + kw[None, :], W, LOW_W, HIGH_W))
@@ -134,7 +139,7 @@ def _conv_wgrad_kernel(
             b = tl.load(x_ptr + x_pix[:, None] + x_col[None, :], mask=b_mask, other=0.0)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
 
-        dw_row = split.to(tl.int64) * sdw_split + (group * K_PER_G + k).to(tl.int64) * sdw_k
+        dw_row = wide(split, OFF64) * sdw_split + wide((group * K_PER_G + k), OFF64) * sdw_k
         dw_col = kh * sdw_h + kw * sdw_w + c * sdw_c
         tl.store(dw_ptr + dw_row[:, None] + dw_col[None, :], acc.to(dw_ptr.dtype.element_ty),
                  mask=k_ok[:, None] & col_ok[None, :])
@@ -206,7 +211,7 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
     dw_strides = dw.stride() if weight_grad else (0, 0, 0, 0)
     meta = dict(geom.constexprs(), WEIGHT_GRAD=weight_grad, BIAS_GRAD=bias_grad, DY_DENSE=_dense_nhwc(dy),
                 FLAT=flat, NHWC_C=nhwc_channels(x) if x is not None else 0, PRECISION=precision,
-                PIX_PER_SPLIT=pix_per_split)
+                PIX_PER_SPLIT=pix_per_split, PIX_MULT=pix_multiple(n_pix), OFF64=needs_int64(dy, x, dw_out, dw))
     cg, taps = geom.c_per_g, geom.kernel_h * geom.kernel_w
 
     def grid(m):
