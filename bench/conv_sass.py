@@ -216,13 +216,12 @@ class ModelPass:
         geom = self.geom if pass_ == "dgrad" else self.geom_k
         red_chan = geom.k_per_g if pass_ == "dgrad" else geom.c_per_g
         return tuning, dict(geom.constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan),
-                            HAS_BIAS=pass_ == "fwd")
+                            HAS_BIAS=pass_ == "fwd", PRECISION=dot_precision(self.x.dtype))
 
     def splits(self, cfg: Config) -> int:
         """wgrad's split count as its model picks it on an H100 (132 SMs)."""
-        conv_configs._sm_count = lambda index: 132
         return conv_configs.wgrad_splits(self.geom_k, self.x.dtype, dot_precision(self.x.dtype),
-                                         cfg.kwargs["FLAT"], torch.device("cuda", 0))
+                                         cfg.kwargs["FLAT"], self.x.device, cfg, n_sms=132)
 
     def compile(self, pass_: str, cfg: Config):
         """The GEMM kernel of the pass; after a fused ReLU the backward GEMMs read dy already
@@ -329,7 +328,7 @@ def readings(layers, passes, dtypes, shapes="single", every=False, arch=90, max_
             mp = ModelPass(LAYERS[shapes][name], name, dtype)
             for pass_ in [p for p in passes_for(name) if p in passes]:
                 tuning, meta = mp.tuning_and_meta(pass_)
-                for cfg in tuning.configs[:max_configs]:
+                for cfg in tuning.candidates(dot_precision(dtype))[:max_configs]:
                     kept = bool(tuning.fits(cfg, meta, mp.x.element_size()))
                     if kept or every:
                         yield read_pass(mp, pass_, dtype_name, Config({**cfg.kwargs, "FLAT": meta["FLAT"]},
@@ -352,6 +351,26 @@ HEADER = ("layer       pass  dt   config                 kept  instr ratio  mma 
           "spl spillB regs  smem fit wg  spl  variant")
 
 
+def summary(rows: list[dict]) -> str:
+    """A markdown table, one line per layer x pass x dtype: the best and worst kept config's
+    instructions per step and issue ratio, kept configs that spill / overflow shared memory /
+    use wgmma RS, and the copy widths (from `--json` lines, e.g. an earlier run's)."""
+    out = ["| layer | pass | dtype | kept | best config | instr/step | ratio | worst ratio | spilling | "
+           "smem > limit | RS | 4-byte copies |", "|" + "---|" * 12]
+    groups: dict = {}
+    for r in rows:
+        if r["kept"] and not r.get("error"):
+            groups.setdefault((r["layer"], r["pass"], r["dtype"]), []).append(r)
+    for (layer, pass_, dtype), rs in groups.items():
+        best = min(rs, key=lambda r: r["issue_ratio"] if r["issue_ratio"] is not None else 9e9)
+        worst = max(r["issue_ratio"] or 0 for r in rs)
+        out.append(f"| {layer} | {pass_} | {dtype} | {len(rs)} | {best['config']} | {best['instructions_per_step']:.0f} | "
+                   f"{best['issue_ratio']:.2f} | {worst:.2f} | {sum(r['spill_bytes'] > 0 for r in rs)} | "
+                   f"{sum(r['smem_bytes'] > r['smem_limit'] for r in rs)} | {sum(r['wgmma'] == 'RS' for r in rs)} | "
+                   f"{sum((r.get('ldgsts_bytes') or {}).get('4', 0) > 0 for r in rs)} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", default="conv1,conv2,conv3,conv4,conv5")
@@ -362,7 +381,11 @@ def main(argv=None):
     ap.add_argument("--arch", type=int, choices=[90, 80], default=90)
     ap.add_argument("--max-configs", type=int, help="only the first N listed configs of each pass")
     ap.add_argument("--json", action="store_true", help="one JSON object per compiled kernel")
+    ap.add_argument("--summarize", metavar="JSONL", help="print the markdown summary of a --json run's output")
     args = ap.parse_args(argv)
+    if args.summarize:
+        print(summary([json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line.strip()]))
+        return
     if not args.json:
         print(f"triton {triton.__version__}, sm_{args.arch}, batch {BATCH}: compiler readings, not timings")
         print(HEADER)

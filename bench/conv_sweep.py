@@ -45,8 +45,8 @@ def candidates(p: ConvProblem, pass_: str, flat_mode: str) -> list[Config]:
     flats = [auto, not auto] if flat_mode == "both" else [auto]
     out = []
     for flat in flats:
-        meta = dict(g.constexprs(), FLAT=flat)
-        for c in tuning.configs:
+        meta = dict(g.constexprs(), FLAT=flat, PRECISION=dot_precision(p.x.dtype))
+        for c in tuning.candidates(meta["PRECISION"]):
             if tuning.fits(c, meta, p.x.element_size()):
                 out.append(Config({**c.kwargs, "FLAT": flat}, num_warps=c.num_warps, num_stages=c.num_stages))
     return out

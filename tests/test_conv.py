@@ -15,7 +15,7 @@ import kernels
 import kernels.conv as conv_module
 from kernels import reference
 from kernels.conv import configs as conv_configs
-from kernels.conv.common import MAX_PIXELS, conv_geometry, pad_input, unpad_weight_grad
+from kernels.conv.common import MAX_PIXELS, conv_geometry, dot_precision, pad_input, unpad_weight_grad
 from kernels.conv.dgrad import conv2d_input_grad
 from kernels.conv.fwd import conv2d_forward
 from kernels.conv.wgrad import conv2d_weight_grad
@@ -149,33 +149,40 @@ def _forced(configs, **extra):
 
 
 @requires_gpu
-@pytest.mark.parametrize("precision", ["bf16", "tf32"])
-@pytest.mark.parametrize("layer", ["conv1", "conv2"])
+@pytest.mark.parametrize("precision", ["bf16", "tf32", "fp32"])
+@pytest.mark.parametrize("layer", ["conv1", "conv2", "conv4"])
 @pytest.mark.parametrize("kind", ["fwd", "dgrad", "wgrad"])
 def test_every_gpu_config(kind, layer, precision):
-    """Each autotuning candidate forced in turn (a config that miscompiles fails here)."""
+    """Each autotuning candidate of the precision forced in turn, in the variant the model runs:
+    channels_last, conv1's input padded to 4 channels, bias, and for conv4 (as conv3-5) the fused
+    ReLU, its mask applied to dy in backward (a config that miscompiles or overflows shared
+    memory fails here)."""
     dtype, tf32, tol = PRECISIONS[precision]
-    x, weight, b = _inputs(ALEXNET_LIKE[layer], dtype, torch.channels_last, seed=7)
-    geom = conv_geometry(x, weight, b, *ALEXNET_LIKE[layer][7:])
+    problem, relu = ALEXNET_LIKE[layer], layer == "conv4"
+    x, weight, b = _inputs(problem, dtype, torch.channels_last, seed=7)
+    geom = conv_geometry(x, weight, b, *problem[7:])
     x_k, w_k, geom_k = pad_input(x, weight, geom)  # as the autograd Function runs fwd and wgrad
     dy = torch.randn(geom.output_shape, device=DEVICE, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    x64, w64, dy64 = x.double().cpu(), weight.double().cpu(), dy.double().cpu()
+    x64, w64, b64 = x.double().cpu(), weight.double().cpu(), b.double().cpu()
+    y64 = reference.conv2d(x64, w64, b64, geom.stride_h, geom.pad_h, geom.groups, relu)
+    y = y64.to(dtype).to(DEVICE).contiguous(memory_format=torch.channels_last) if relu else None  # the mask's source
+    dy64 = dy.double().cpu() * (y.double().cpu() > 0) if relu else dy.double().cpu()
     tuning = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}[kind]
     red_chan = geom.k_per_g if kind == "dgrad" else geom_k.c_per_g
-    meta = dict((geom if kind == "dgrad" else geom_k).constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan))
-    configs = [c for c in tuning.configs if tuning.fits(c, meta, x.element_size())]
-    assert configs
     with allow_tf32(tf32):
+        meta = dict((geom if kind == "dgrad" else geom_k).constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan),
+                    PRECISION=dot_precision(dtype))
+        configs = [c for c in tuning.candidates(meta["PRECISION"]) if tuning.fits(c, meta, x.element_size())]
+        assert configs
         for config in configs:
             if kind == "fwd":
-                ref = reference.conv2d(x64, w64, b.double().cpu(), geom.stride_h, geom.pad_h, geom.groups)
-                _close(conv2d_forward(x_k, w_k, b, geom_k, config=config), ref, tol)
+                _close(conv2d_forward(x_k, w_k, b, geom_k, relu=relu, config=config), y64, tol)
             elif kind == "dgrad":
                 ref = torch.nn.grad.conv2d_input(x64.shape, w64, dy64, geom.stride_h, geom.pad_h, 1, geom.groups)
-                _close(conv2d_input_grad(dy, weight, geom, config=config), ref, tol)
+                _close(conv2d_input_grad(dy, weight, geom, y=y, config=config), ref, tol)
             else:
                 ref = torch.nn.grad.conv2d_weight(x64, w64.shape, dy64, geom.stride_h, geom.pad_h, 1, geom.groups)
-                dw, db = conv2d_weight_grad(dy, x_k, geom_k, config=config)
+                dw, db = conv2d_weight_grad(dy, x_k, geom_k, y=y, config=config)
                 _close(unpad_weight_grad(dw, geom, torch.contiguous_format), ref, tol)
                 _close(db, dy64.sum((0, 2, 3)), tol)
 

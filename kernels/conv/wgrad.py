@@ -195,7 +195,7 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
         flat = config.kwargs.get("FLAT", flat)
     precision = dot_precision(dtype)
     n_pix = geom.n_out_pix
-    n_splits = splits or wgrad_splits(geom, dtype, precision, flat, dev)
+    n_splits = splits or wgrad_splits(geom, dtype, precision, flat, dev, config)
     pix_per_split = n_pix
     if n_splits > 1:  # whole quanta per split, so only the last chunk of the last split is masked
         pix_per_split = cdiv(cdiv(n_pix, n_splits), SPLIT_PIX_QUANTUM) * SPLIT_PIX_QUANTUM
