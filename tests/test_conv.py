@@ -211,6 +211,21 @@ def test_forced_reduction_loops(flat, fmt):
         _close(ours, ref, tol)
 
 
+@pytest.mark.parametrize("splits", [1, 2])
+def test_weight_grad_same_padding_dense_nhwc(splits):
+    """wgrad's LINEAR_X path (dense channels_last x, stride 1, output as large as the input,
+    whole channel blocks, as conv3-5): x's pixel is the output pixel shifted by the padding."""
+    problem = (3, 64, 5, 7, 32, 3, 3, 1, 1, 2)  # 32 channels per group, 105 output pixels
+    x, weight, _ = _inputs(problem, torch.float32, torch.channels_last, seed=31)
+    geom = conv_geometry(x, weight, None, *problem[7:])
+    assert (geom.out_h, geom.out_w) == (geom.height, geom.width)
+    dy = torch.randn(geom.output_shape, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    dw, db = conv2d_weight_grad(dy, x, geom, splits=splits)
+    ref = torch.nn.grad.conv2d_weight(x.double().cpu(), weight.shape, dy.double().cpu(), 1, 1, 1, 2)
+    _close(dw, ref, TOLERANCES[torch.float32])
+    _close(db, dy.double().cpu().sum((0, 2, 3)), TOLERANCES[torch.float32])
+
+
 def test_weight_grad_split_is_deterministic():
     """Split reductions match the reference and repeat bit for bit."""
     problem = (2, 6, 13, 12, 20, 3, 3, 1, 1, 2)  # 2 * 13 * 12 = 312 output pixels

@@ -119,17 +119,33 @@ def _conv_wgrad_kernel(
             kh = tap // KW
             kw = tap - kh * KW
         x_col = x_tap_offsets(kh, kw, c, W, sx_c, sx_h, sx_w, NHWC_C)
+        # Dense channels_last x, stride 1 and an output the size of the input ("same" padding:
+        # conv2-5): x's pixel for output pixel p is p itself, shifted by the padding, so no image
+        # index is decoded. (Read with bench/conv_sass.py: 272 -> 256 instructions per step for
+        # conv3; with a partial channel block, conv2's 48 of 64, the compiler's schedule got
+        # worse, 198 -> 224, so only whole blocks.)
+        LINEAR_X: tl.constexpr = (NHWC_C > 0 and SH == 1 and SW == 1 and OH == H and OW == W and not FLAT
+                                  and C_PER_G % BLOCK_N == 0)
+        x_shift = group * C_PER_G - (PH * W + PW) * NHWC_C
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for p0 in tl.range(pix_lo, pix_hi, BLOCK_K):
             p = p0 + offs_p
             p_ok = in_range(p, pix_hi, EVEN_PIX)
             a = _dy_tile_t(dy_ptr, dy_chan, k_ok, p, p_ok, sdy_n, sdy_h, sdy_w, OH, OW, DY_DENSE, OFF64)
-            n_img, oh, ow = split_pixels(p, OH, OW)
-            ih0 = oh * SH - PH
-            iw0 = ow * SW - PW
-            x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, H, W, sx_n, sx_c, sx_h, sx_w, NHWC_C,
-                                    OFF64)
+            if LINEAR_X:  # x pixel = output pixel shifted by the padding: no image index needed
+                q = p % (OH * OW)
+                oh = q // OW
+                ow = q - oh * OW
+                ih0 = oh - PH
+                iw0 = ow - PW
+                x_pix = wide(p, OFF64) * NHWC_C + x_shift
+            else:
+                n_img, oh, ow = split_pixels(p, OH, OW)
+                ih0 = oh * SH - PH
+                iw0 = ow * SW - PW
+                x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, H, W, sx_n, sx_c, sx_h, sx_w, NHWC_C,
+                                        OFF64)
             if FLAT:
                 b_mask = (p_ok[:, None] & col_ok[None, :] & in_image(ih0[:, None] + kh[None, :], H, LOW_H, HIGH_H)
                           & in_image(iw0[:, None] + kw[None, :], W, LOW_W, HIGH_W))
