@@ -73,9 +73,10 @@ def _fwd_tap_loop(acc, x_ptr, w_ptr, x_base, w_col, ih0, iw0, pix_ok, k_ok, sx_c
 def _fwd_flat_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
                    C_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
                    LOW_H: tl.constexpr, HIGH_H: tl.constexpr, LOW_W: tl.constexpr, HIGH_W: tl.constexpr,
-                   NHWC_C: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+                   NHWC_C: tl.constexpr, W_PAD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc += A @ B over BLOCK_K-wide chunks of the flattened (kh, kw, c) reduction index;
-    x_pix: offsets of the windows' top-left corners (`x_pixel_offsets`)."""
+    x_pix: offsets of the windows' top-left corners (`x_pixel_offsets`). The A tail past the
+    reduction stays masked even with a zero-padded weight (W_PAD): 0 * inf would be NaN."""
     RED: tl.constexpr = KH * KW * C_PER_G
     EVEN_R: tl.constexpr = RED % BLOCK_K == 0
     for r0 in tl.range(0, RED, BLOCK_K):
@@ -88,7 +89,10 @@ def _fwd_flat_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, sx_c
                   & in_image(iw0[:, None] + kw[None, :], W, LOW_W, HIGH_W))
         x_off = x_pix[:, None] + x_tap_offsets(kh, kw, c, W, sx_c, sx_h, sx_w, NHWC_C)[None, :]
         a = tl.load(x_ptr + x_off, mask=a_mask, other=0.0)
-        b = tl.load(w_ptr + w_col[None, :] + r[:, None], mask=r_ok[:, None] & k_ok[None, :], other=0.0)
+        if W_PAD:  # zero rows and columns past the weight: no mask, 16-byte rows
+            b = tl.load(w_ptr + w_col[None, :] + r[:, None])
+        else:
+            b = tl.load(w_ptr + w_col[None, :] + r[:, None], mask=r_ok[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     return acc
 
@@ -104,11 +108,12 @@ def _conv_fwd_kernel(
     SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, PIX_MULT: tl.constexpr,
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, FLAT: tl.constexpr, NHWC_C: tl.constexpr, OFF64: tl.constexpr,
+    W_ROW: tl.constexpr, W_PAD: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`); w OHWI (K, KH, KW, C_PER_G)
-    contiguous; b (K,); y (N, K, OH, OW) via sy_*. Grid: (tiles of (N*OH*OW) x K_PER_G, groups)."""
+    """x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`); w OHWI (K, KH, KW, C_PER_G),
+    rows W_ROW elements apart (W_PAD: zero-padded, see `_flat_weight`); b (K,); y (N, K, OH, OW) via sy_*. Grid: (tiles of (N*OH*OW) x K_PER_G, groups)."""
     group = tl.program_id(1)
     pid_m, pid_n = grouped_tile(tl.program_id(0), n_out_pix, K_PER_G, BLOCK_M, BLOCK_N, GROUP_M)
     EVEN_N: tl.constexpr = K_PER_G % BLOCK_N == 0
@@ -125,14 +130,14 @@ def _conv_fwd_kernel(
     n_img, oh, ow = split_pixels(pix, OH, OW)
     ih0 = oh * SH - PH
     iw0 = ow * SW - PW
-    w_col = wide(k_out, OFF64) * (KH * KW * C_PER_G)
+    w_col = wide(k_out, OFF64) * W_ROW
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, H, W, sx_n, sx_c, sx_h, sx_w,
                             NHWC_C if FLAT else 0, OFF64)
     if FLAT:
         acc = _fwd_flat_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
-                             C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, NHWC_C, PRECISION, BLOCK_K)
+                             C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, NHWC_C, W_PAD, PRECISION, BLOCK_K)
     else:
         acc = _fwd_tap_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
                             C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, OFF64, PRECISION, BLOCK_K)
@@ -149,6 +154,16 @@ def _conv_fwd_kernel(
 _conv_fwd_tuned = FWD.autotune(_conv_fwd_kernel)
 
 
+def _flat_weight(weight: torch.Tensor):
+    """(w, True): the weight as a (K + 256, R) matrix of OHWI rows, R = KH*KW*C/g rounded up to
+    64, zero past the real (K, KH*KW*C/g): the FLAT loop then reads whole, 16-byte aligned rows
+    without masks for any tile (BLOCK_N <= 256, BLOCK_K <= 64). Tiny: conv1's is 352 x 512."""
+    k, red = weight.shape[0], weight[0].numel()
+    w = weight.new_zeros(k + 256, cdiv(red, 64) * 64)
+    w[:k, :red] = weight.permute(0, 2, 3, 1).reshape(k, red)
+    return w, True
+
+
 def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeometry, *, relu: bool = False,
                    out_format=torch.channels_last, config=None) -> torch.Tensor:
     """y = conv2d(x, weight) + bias, ReLU'd if `relu`, in `out_format`; inputs already checked
@@ -157,9 +172,11 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeomet
     y = empty_4d(geom.output_shape, x, out_format)
     if y.numel() == 0:
         return y
-    w_ohwi = weight.permute(0, 2, 3, 1).contiguous()  # (K, KH, KW, C/g): no copy if channels_last
+    flat = use_flat_reduction(geom.c_per_g) if config is None else config.kwargs.get(
+        "FLAT", use_flat_reduction(geom.c_per_g))
+    w_ohwi, w_pad = _flat_weight(weight) if flat else (weight.permute(0, 2, 3, 1).contiguous(), False)
     meta = dict(geom.constexprs(), PIX_MULT=pix_multiple(geom.n_out_pix), HAS_BIAS=bias is not None, RELU=relu,
-                FLAT=use_flat_reduction(geom.c_per_g),
+                FLAT=flat, W_ROW=w_ohwi.stride(0), W_PAD=w_pad,
                 NHWC_C=nhwc_channels(x), OFF64=needs_int64(x, w_ohwi, y), PRECISION=dot_precision(x.dtype))
     n_out_pix, k_per_g = geom.n_out_pix, geom.k_per_g
 
