@@ -41,10 +41,14 @@ from triton.backends.compiler import GPUTarget
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conv_inspect import _Sm90Driver  # noqa: E402
-from conv_layers import LAYERS, passes_for  # noqa: E402
-from kernels.conv import configs as conv_configs, dgrad as conv_dgrad, fwd as conv_fwd, wgrad as conv_wgrad  # noqa: E402,E501
-from kernels.conv.common import ConvGeometry, dot_precision, pad_input  # noqa: E402
+from conv_inspect import _Sm90Driver
+from conv_layers import LAYERS, passes_for
+
+from kernels.conv import configs as conv_configs
+from kernels.conv import dgrad as conv_dgrad
+from kernels.conv import fwd as conv_fwd
+from kernels.conv import wgrad as conv_wgrad
+from kernels.conv.common import ConvGeometry, dot_precision, pad_input
 
 BATCH = 128
 SMEM_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one block may hold (opt-in maximum)

@@ -8,18 +8,19 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from conftest import DEVICE, EXAMPLES, MEMORY_FORMATS, TOLERANCES, requires_gpu
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from triton import Config
 
 import kernels
 import kernels.conv as conv_module
 from kernels import reference
 from kernels.conv import configs as conv_configs
-from kernels.conv.common import MAX_PIXELS, conv_geometry, dot_precision, pad_input, unpad_weight_grad
+from kernels.conv.common import (MAX_PIXELS, conv_geometry, dot_precision, pad_input, unpad_weight_grad)
 from kernels.conv.dgrad import conv2d_input_grad
 from kernels.conv.fwd import conv2d_forward
 from kernels.conv.wgrad import conv2d_weight_grad
-from conftest import DEVICE, EXAMPLES, MEMORY_FORMATS, TOLERANCES, requires_gpu
 
 # precision name -> (dtype, torch.backends.cudnn.allow_tf32, (atol relative to the tensor's max, rtol))
 PRECISIONS = {

@@ -31,8 +31,15 @@ from .dgrad import conv2d_input_grad
 from .fwd import conv2d_forward
 from .wgrad import conv2d_weight_grad
 
-__all__ = ["conv2d", "Conv2dFunction", "ConvGeometry", "conv_geometry", "conv2d_forward", "conv2d_input_grad",
-           "conv2d_weight_grad"]
+__all__ = [
+    "Conv2dFunction",
+    "ConvGeometry",
+    "conv2d",
+    "conv2d_forward",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+    "conv_geometry",
+]
 
 
 class Conv2dFunction(torch.autograd.Function):

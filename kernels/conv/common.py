@@ -111,7 +111,7 @@ def _int_pair(v, name: str, least: int) -> tuple[int, int]:
     return int(items[0]), int(items[1])
 
 
-def check_pixel_count(geom: "ConvGeometry") -> None:
+def check_pixel_count(geom: ConvGeometry) -> None:
     """Refuse problems whose pixel count N*H*W (or N*OH*OW) would wrap the kernels' int32
     pixel indices: a clear error instead of addressing memory before the tensor."""
     n_pix = max(geom.n_in_pix, geom.n_out_pix)

@@ -34,8 +34,9 @@ import triton
 import triton.language as tl
 
 from .._common import cdiv, empty_4d
-from .common import (ConvGeometry, pix_multiple, needs_int64, wide, dot_precision, grouped_tile, in_image, in_range, launch, nhwc_channels, pix_bucket, relu,
-                     split_pixels, x_pixel_offsets, x_tap_offsets)
+from .common import (ConvGeometry, dot_precision, grouped_tile, in_image, in_range, launch, needs_int64,
+                     nhwc_channels, pix_bucket, pix_multiple, relu, split_pixels, wide, x_pixel_offsets,
+                     x_tap_offsets)
 from .configs import FWD, use_flat_reduction
 
 __all__ = ["conv2d_forward"]

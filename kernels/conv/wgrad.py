@@ -32,8 +32,8 @@ import triton
 import triton.language as tl
 
 from .._common import cdiv
-from .common import (ConvGeometry, pix_multiple, needs_int64, wide, dot_precision, in_image, in_range, launch, nhwc_channels, pix_bucket, relu_grad,
-                     split_pixels, x_pixel_offsets, x_tap_offsets)
+from .common import (ConvGeometry, dot_precision, in_image, in_range, launch, needs_int64, nhwc_channels, pix_bucket,
+                     pix_multiple, relu_grad, split_pixels, wide, x_pixel_offsets, x_tap_offsets)
 from .configs import SPLIT_PIX_QUANTUM, WGRAD, use_flat_reduction, wgrad_splits
 
 __all__ = ["conv2d_weight_grad"]
@@ -185,8 +185,8 @@ _conv_wgrad_tuned = WGRAD.autotune(_conv_wgrad_kernel)
 def _dense_nhwc(t: torch.Tensor) -> bool:
     """Whether pixel p = (n*H + h)*W + w of t sits at offset p * t.stride(3): the (n, h, w)
     strides nest as in dense channels_last."""
-    n, c, h, w = t.shape
-    sn, sc, sh, sw = t.stride()
+    n, _, h, w = t.shape
+    sn, _, sh, sw = t.stride()
     return (h == 1 or sh == w * sw) and (n == 1 or sn == h * w * sw)
 
 
