@@ -122,10 +122,10 @@ def _conv_wgrad_kernel(
         # Dense channels_last x, stride 1 and an output the size of the input ("same" padding:
         # conv2-5): x's pixel for output pixel p is p itself, shifted by the padding, so no image
         # index is decoded. (Read with bench/conv_sass.py: 272 -> 256 instructions per step for
-        # conv3; with a partial channel block, conv2's 48 of 64, the compiler's schedule got
-        # worse, 198 -> 224, so only whole blocks.)
+        # conv3; with one partial channel block, conv2's 48 of 64, the compiler's schedule got
+        # worse, 198 -> 224, so only where a group has at least a block of channels.)
         LINEAR_X: tl.constexpr = (NHWC_C > 0 and SH == 1 and SW == 1 and OH == H and OW == W and not FLAT
-                                  and C_PER_G % BLOCK_N == 0)
+                                  and C_PER_G >= BLOCK_N)
         x_shift = group * C_PER_G - (PH * W + PW) * NHWC_C
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
