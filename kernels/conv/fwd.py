@@ -169,7 +169,7 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeomet
                    out_format=torch.channels_last, config=None) -> torch.Tensor:
     """y = conv2d(x, weight) + bias, ReLU'd if `relu`, in `out_format`; inputs already checked
     (`conv_geometry`). x may have any strides (channels_last is the fast layout); `config`
-    forces a tile config (a triton.Config, see conv_configs.py) instead of the autotuner."""
+    forces a tile config (a triton.Config, see configs.py) instead of the autotuner."""
     y = empty_4d(geom.output_shape, x, out_format)
     if y.numel() == 0:
         return y

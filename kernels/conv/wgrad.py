@@ -196,7 +196,7 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
     else None (x may be None without `weight_grad`). With `y` (forward output of a fused-ReLU
     conv) dy is masked by y > 0. dy and x may have any strides (channels_last is fast).
     `config` forces a tile config and `splits` the number of pixel ranges (default:
-    `conv_configs.wgrad_splits`)."""
+    `configs.wgrad_splits`, for the forced config's tile)."""
     dev, dtype, kout = dy.device, dy.dtype, geom.out_chan
     dw = torch.empty(geom.weight_shape, device=dev, dtype=dtype, memory_format=weight_format) if weight_grad else None
     db = torch.empty(kout, device=dev, dtype=dtype) if bias_grad else None
