@@ -219,7 +219,7 @@ class ModelPass:
         tuning = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}[pass_]
         geom = self.geom if pass_ == "dgrad" else self.geom_k
         red_chan = geom.k_per_g if pass_ == "dgrad" else geom.c_per_g
-        return tuning, dict(geom.constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan),
+        return tuning, dict(geom.constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan, pass_),
                             HAS_BIAS=pass_ == "fwd", PRECISION=dot_precision(self.x.dtype))
 
     def splits(self, cfg: Config) -> int:

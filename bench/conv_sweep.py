@@ -41,7 +41,7 @@ def label(cfg: Config) -> str:
 def candidates(p: ConvProblem, pass_: str, flat_mode: str) -> list[Config]:
     tuning, g = TUNINGS[pass_], p.geom
     red_chan = g.k_per_g if pass_ == "dgrad" else g.c_per_g
-    auto = conv_configs.use_flat_reduction(red_chan)
+    auto = conv_configs.use_flat_reduction(red_chan, pass_)
     flats = [auto, not auto] if flat_mode == "both" else [auto]
     out = []
     for flat in flats:

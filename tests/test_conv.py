@@ -171,7 +171,7 @@ def test_every_gpu_config(kind, layer, precision):
     tuning = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}[kind]
     red_chan = geom.k_per_g if kind == "dgrad" else geom_k.c_per_g
     with allow_tf32(tf32):
-        meta = dict((geom if kind == "dgrad" else geom_k).constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan),
+        meta = dict((geom if kind == "dgrad" else geom_k).constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan, kind),
                     PRECISION=dot_precision(dtype))
         configs = [c for c in tuning.candidates(meta["PRECISION"]) if tuning.fits(c, meta, x.element_size())]
         assert configs
@@ -212,17 +212,21 @@ def test_forced_reduction_loops(flat, fmt):
         _close(ours, ref, tol)
 
 
+@pytest.mark.parametrize("problem, fmt", [
+    ((3, 128, 5, 7, 32, 3, 3, 1, 1, 2), torch.channels_last),      # "same" conv: LINEAR_X
+    ((2, 64, 9, 6, 20, 3, 2, (2, 1), (1, 0), 1), torch.contiguous_format),  # strided, NCHW x
+], ids=["same-nhwc", "strided-nchw"])
 @pytest.mark.parametrize("splits", [1, 2])
-def test_weight_grad_same_padding_dense_nhwc(splits):
-    """wgrad's LINEAR_X path (dense channels_last x, stride 1, output as large as the input,
-    whole channel blocks, as conv3-5): x's pixel is the output pixel shifted by the padding."""
-    problem = (3, 64, 5, 7, 32, 3, 3, 1, 1, 2)  # 32 channels per group, 105 output pixels
-    x, weight, _ = _inputs(problem, torch.float32, torch.channels_last, seed=31)
-    geom = conv_geometry(x, weight, None, *problem[7:])
-    assert (geom.out_h, geom.out_w) == (geom.height, geom.width)
+def test_weight_grad_tap_columns(problem, fmt, splits):
+    """wgrad's tap-column path (>= 64 channels per group; fewer go FLAT), including its LINEAR_X
+    addressing (dense channels_last x, stride 1, output as large as the input, as conv3-5:
+    x's pixel is the output pixel shifted by the padding)."""
+    x, weight, _ = _inputs(problem, torch.float32, fmt, seed=31)
+    stride, padding, groups = problem[7:]
+    geom = conv_geometry(x, weight, None, stride, padding, groups)
     dy = torch.randn(geom.output_shape, device=DEVICE).contiguous(memory_format=torch.channels_last)
     dw, db = conv2d_weight_grad(dy, x, geom, splits=splits)
-    ref = torch.nn.grad.conv2d_weight(x.double().cpu(), weight.shape, dy.double().cpu(), 1, 1, 1, 2)
+    ref = torch.nn.grad.conv2d_weight(x.double().cpu(), weight.shape, dy.double().cpu(), stride, padding, 1, groups)
     _close(dw, ref, TOLERANCES[torch.float32])
     _close(db, dy.double().cpu().sum((0, 2, 3)), TOLERANCES[torch.float32])
 

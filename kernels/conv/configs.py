@@ -165,11 +165,16 @@ WGRAD = ConvTuning(
 )
 
 
-def use_flat_reduction(chan: int) -> bool:
+WGRAD_FLAT_BELOW = 64  # wgrad's narrowest listed column block
+
+
+def use_flat_reduction(chan: int, pass_: str = "fwd") -> bool:
     """Whether a kernel flattens (kh, kw, c) into one index instead of looping over taps and
     BLOCK-wide channel chunks: for few channels (conv1's 3), where whole chunks would be mostly
-    masked. Forced configs may override it with FLAT in their kwargs."""
-    return chan < 16
+    masked. wgrad's columns also go flat below one 64-wide block of channels per group (conv2's
+    48: tap blocks waste a quarter of each tile and read 0.77 in bench/conv_sass.py, flat
+    128x128 tiles 0.55). Forced configs may override it with FLAT in their kwargs."""
+    return chan < (WGRAD_FLAT_BELOW if pass_ == "wgrad" else 16)
 
 
 # ------------------------------------------------------------- split of the wgrad reduction

@@ -206,7 +206,7 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
         return (dw.zero_() if weight_grad else None), (db.zero_() if bias_grad else None)
     if y is not None:
         dy = relu_grad(dy, y)
-    flat = use_flat_reduction(geom.c_per_g)
+    flat = use_flat_reduction(geom.c_per_g, "wgrad")
     if config is not None:
         flat = config.kwargs.get("FLAT", flat)
     precision = dot_precision(dtype)
