@@ -3,7 +3,7 @@
     python bench/conv_inspect.py [--layers conv3] [--dtype bf16|tf32] [--shapes single] [--passes fwd]
                                  [--dump DIR]
 
-Compiles each candidate config of kernels/conv_configs.py for every chosen AlexNet layer and
+Compiles each candidate config of kernels/conv/configs.py for every chosen AlexNet layer and
 pass for sm_90 (H100) and prints what decides speed before any timing: whether tl.dot became
 Hopper wgmma (ttng.warp_group_dot, async), whether the loads feeding the reduction loop were
 software-pipelined (asynchronous copies into shared memory, not plain loads into registers:
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import conv_layers  # noqa: E402
 from conv_layers import DTYPES, LAYERS, passes_for  # noqa: E402
 from conv_sweep import candidates, label  # noqa: E402
-from kernels import conv_dgrad, conv_fwd, conv_wgrad  # noqa: E402
+from kernels.conv import dgrad as conv_dgrad, fwd as conv_fwd, wgrad as conv_wgrad  # noqa: E402
 
 
 
@@ -56,7 +56,7 @@ COMPILED = []
 
 
 def _compile_only(kernel, tuned, tuning, grid, args, meta, *, flops, config=None):
-    """Stands in for _conv_common.launch: compile `kernel` with `config`, do not run it."""
+    """Stands in for kernels.conv.common.launch: compile `kernel` with `config`, do not run it."""
     meta = {**meta, **config.kwargs}
     COMPILED.append(kernel.warmup(*args, grid=grid(meta), **meta, num_warps=config.num_warps,
                                   num_stages=config.num_stages))

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `kernels` when run as a script
-from kernels._conv_common import ConvGeometry, pad_input, unpad_weight_grad  # noqa: E402
-from kernels.conv_dgrad import conv2d_input_grad  # noqa: E402
-from kernels.conv_fwd import conv2d_forward  # noqa: E402
-from kernels.conv_wgrad import conv2d_weight_grad  # noqa: E402
+from kernels.conv.common import ConvGeometry, pad_input, unpad_weight_grad  # noqa: E402
+from kernels.conv.dgrad import conv2d_input_grad  # noqa: E402
+from kernels.conv.fwd import conv2d_forward  # noqa: E402
+from kernels.conv.wgrad import conv2d_weight_grad  # noqa: E402
 
 BATCH = 128
 DTYPES = {"bf16": torch.bfloat16, "tf32": torch.float32}  # tf32: fp32 tensors, cudnn.allow_tf32 = True

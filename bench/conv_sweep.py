@@ -3,14 +3,14 @@
     python bench/conv_sweep.py [--layers conv1,conv2] [--dtype bf16|tf32] [--shapes single,shard]
                                [--passes fwd,dgrad,wgrad] [--flat auto|both] [--batch 128]
 
-For each layer and pass it times cuDNN and every candidate config of kernels/conv_configs.py
+For each layer and pass it times cuDNN and every candidate config of kernels/conv/configs.py
 (forced, bypassing the autotuner; the ones `fits` rules out are skipped), checks each
 result against cuDNN (relative error), and prints one line per config plus the best. For
 wgrad it then times the best config at several split counts around the model's choice
 (`conv_configs.wgrad_splits`). `--flat both` also tries every config with the other
 reduction loop (FLAT), e.g. to compare taps and flat for conv2's 48 channels per group.
 A config that fails to compile or run is reported, never fatal. Edit the lists in
-kernels/conv_configs.py with what this finds.
+kernels/conv/configs.py with what this finds.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from triton import Config
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conv_layers import BATCH, DTYPES, LAYERS, ConvProblem, passes_for, rel_error  # noqa: E402
 from harness import median_ms  # noqa: E402
-from kernels import conv_configs  # noqa: E402
-from kernels._conv_common import dot_precision  # noqa: E402
+from kernels.conv import configs as conv_configs  # noqa: E402
+from kernels.conv.common import dot_precision  # noqa: E402
 
 TUNINGS = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}
 MAX_ERROR = {"bf16": 2e-2, "tf32": 5e-3}
@@ -41,12 +41,12 @@ def label(cfg: Config) -> str:
 def candidates(p: ConvProblem, pass_: str, flat_mode: str) -> list[Config]:
     tuning, g = TUNINGS[pass_], p.geom
     red_chan = g.k_per_g if pass_ == "dgrad" else g.c_per_g
-    auto = conv_configs.use_flat_reduction(red_chan)
+    auto = conv_configs.use_flat_reduction(red_chan, pass_)
     flats = [auto, not auto] if flat_mode == "both" else [auto]
     out = []
     for flat in flats:
-        meta = dict(g.constexprs(), FLAT=flat)
-        for c in tuning.configs:
+        meta = dict(g.constexprs(), FLAT=flat, PRECISION=dot_precision(p.x.dtype))
+        for c in tuning.candidates(meta["PRECISION"]):
             if tuning.fits(c, meta, p.x.element_size()):
                 out.append(Config({**c.kwargs, "FLAT": flat}, num_warps=c.num_warps, num_stages=c.num_stages))
     return out

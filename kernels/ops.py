@@ -43,10 +43,10 @@ from .lrn import relu_lrn_backward, relu_lrn_forward
 from .maxpool import argmax_dtype, max_pool2d_backward, max_pool2d_forward
 from .sgd import launch_sgd_step
 
-# The convolution: its launchers are looked up on the conv module at call time (tests patch
-# them there). These two lines are the ones to update when the conv files move.
+# The convolution: its launchers are looked up on the conv package at call time (tests patch
+# them there).
 from . import conv as _conv  # isort: skip
-from ._conv_common import ConvGeometry  # isort: skip
+from .conv import ConvGeometry  # isort: skip
 
 __all__ = ["NAMESPACE", "conv2d"]
 
@@ -177,6 +177,8 @@ def _conv2d_backward(ctx, dy):
     stride, padding, groups = ctx.params
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     dx = dw = db = None
+    if y is not None:  # the fused ReLU's gradient, once for both GEMMs (as torch's threshold_backward)
+        dy, y = torch.where(y > 0, dy, 0), None
     if need_x:  # skipped for conv1, whose input is the image
         dx = ops.conv2d_input_grad(dy, weight, y, x.shape, stride, padding, groups,
                                    memory_format(x) == torch.channels_last)

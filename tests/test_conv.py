@@ -5,19 +5,22 @@ tests add tf32, fp16 and bf16, and `test_every_gpu_config` runs each autotuning 
 """
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from conftest import DEVICE, EXAMPLES, MEMORY_FORMATS, TOLERANCES, requires_gpu
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from triton import Config
 
 import kernels
 import kernels.conv as conv_module
-from kernels import conv_configs, reference
-from kernels._conv_common import conv_geometry, pad_input, unpad_weight_grad
-from kernels.conv_dgrad import conv2d_input_grad
-from kernels.conv_fwd import conv2d_forward
-from kernels.conv_wgrad import conv2d_weight_grad
-from conftest import DEVICE, EXAMPLES, MEMORY_FORMATS, TOLERANCES, requires_gpu
+from kernels import reference
+from kernels.conv import configs as conv_configs
+from kernels.conv.common import (MAX_PIXELS, conv_geometry, dot_precision, pad_input, unpad_weight_grad)
+from kernels.conv.dgrad import conv2d_input_grad
+from kernels.conv.fwd import conv2d_forward
+from kernels.conv.wgrad import conv2d_weight_grad
 
 # precision name -> (dtype, torch.backends.cudnn.allow_tf32, (atol relative to the tensor's max, rtol))
 PRECISIONS = {
@@ -147,33 +150,40 @@ def _forced(configs, **extra):
 
 
 @requires_gpu
-@pytest.mark.parametrize("precision", ["bf16", "tf32"])
-@pytest.mark.parametrize("layer", ["conv1", "conv2"])
+@pytest.mark.parametrize("precision", ["bf16", "tf32", "fp32"])
+@pytest.mark.parametrize("layer", ["conv1", "conv2", "conv4"])
 @pytest.mark.parametrize("kind", ["fwd", "dgrad", "wgrad"])
 def test_every_gpu_config(kind, layer, precision):
-    """Each autotuning candidate forced in turn (a config that miscompiles fails here)."""
+    """Each autotuning candidate of the precision forced in turn, in the variant the model runs:
+    channels_last, conv1's input padded to 4 channels, bias, and for conv4 (as conv3-5) the fused
+    ReLU, its mask applied to dy in backward (a config that miscompiles or overflows shared
+    memory fails here)."""
     dtype, tf32, tol = PRECISIONS[precision]
-    x, weight, b = _inputs(ALEXNET_LIKE[layer], dtype, torch.channels_last, seed=7)
-    geom = conv_geometry(x, weight, b, *ALEXNET_LIKE[layer][7:])
+    problem, relu = ALEXNET_LIKE[layer], layer == "conv4"
+    x, weight, b = _inputs(problem, dtype, torch.channels_last, seed=7)
+    geom = conv_geometry(x, weight, b, *problem[7:])
     x_k, w_k, geom_k = pad_input(x, weight, geom)  # as the autograd Function runs fwd and wgrad
     dy = torch.randn(geom.output_shape, device=DEVICE, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    x64, w64, dy64 = x.double().cpu(), weight.double().cpu(), dy.double().cpu()
+    x64, w64, b64 = x.double().cpu(), weight.double().cpu(), b.double().cpu()
+    y64 = reference.conv2d(x64, w64, b64, geom.stride_h, geom.pad_h, geom.groups, relu)
+    y = y64.to(dtype).to(DEVICE).contiguous(memory_format=torch.channels_last) if relu else None  # the mask's source
+    dy64 = dy.double().cpu() * (y.double().cpu() > 0) if relu else dy.double().cpu()
     tuning = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}[kind]
     red_chan = geom.k_per_g if kind == "dgrad" else geom_k.c_per_g
-    meta = dict((geom if kind == "dgrad" else geom_k).constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan))
-    configs = [c for c in tuning.configs if tuning.fits(c, meta, x.element_size())]
-    assert configs
     with allow_tf32(tf32):
+        meta = dict((geom if kind == "dgrad" else geom_k).constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan, kind),
+                    PRECISION=dot_precision(dtype))
+        configs = [c for c in tuning.candidates(meta["PRECISION"]) if tuning.fits(c, meta, x.element_size())]
+        assert configs
         for config in configs:
             if kind == "fwd":
-                ref = reference.conv2d(x64, w64, b.double().cpu(), geom.stride_h, geom.pad_h, geom.groups)
-                _close(conv2d_forward(x_k, w_k, b, geom_k, config=config), ref, tol)
+                _close(conv2d_forward(x_k, w_k, b, geom_k, relu=relu, config=config), y64, tol)
             elif kind == "dgrad":
                 ref = torch.nn.grad.conv2d_input(x64.shape, w64, dy64, geom.stride_h, geom.pad_h, 1, geom.groups)
-                _close(conv2d_input_grad(dy, weight, geom, config=config), ref, tol)
+                _close(conv2d_input_grad(dy, weight, geom, y=y, config=config), ref, tol)
             else:
                 ref = torch.nn.grad.conv2d_weight(x64, w64.shape, dy64, geom.stride_h, geom.pad_h, 1, geom.groups)
-                dw, db = conv2d_weight_grad(dy, x_k, geom_k, config=config)
+                dw, db = conv2d_weight_grad(dy, x_k, geom_k, y=y, config=config)
                 _close(unpad_weight_grad(dw, geom, torch.contiguous_format), ref, tol)
                 _close(db, dy64.sum((0, 2, 3)), tol)
 
@@ -200,6 +210,25 @@ def test_forced_reduction_loops(flat, fmt):
     tol = TOLERANCES[torch.float32]
     for ours, ref in [(y, y64.detach()), (dx, x64.grad), (dw, w64.grad), (db, b64.grad)]:
         _close(ours, ref, tol)
+
+
+@pytest.mark.parametrize("problem, fmt", [
+    ((3, 128, 5, 7, 32, 3, 3, 1, 1, 2), torch.channels_last),      # "same" conv: LINEAR_X
+    ((2, 64, 9, 6, 20, 3, 2, (2, 1), (1, 0), 1), torch.contiguous_format),  # strided, NCHW x
+], ids=["same-nhwc", "strided-nchw"])
+@pytest.mark.parametrize("splits", [1, 2])
+def test_weight_grad_tap_columns(problem, fmt, splits):
+    """wgrad's tap-column path (>= 64 channels per group; fewer go FLAT), including its LINEAR_X
+    addressing (dense channels_last x, stride 1, output as large as the input, as conv3-5:
+    x's pixel is the output pixel shifted by the padding)."""
+    x, weight, _ = _inputs(problem, torch.float32, fmt, seed=31)
+    stride, padding, groups = problem[7:]
+    geom = conv_geometry(x, weight, None, stride, padding, groups)
+    dy = torch.randn(geom.output_shape, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    dw, db = conv2d_weight_grad(dy, x, geom, splits=splits)
+    ref = torch.nn.grad.conv2d_weight(x.double().cpu(), weight.shape, dy.double().cpu(), stride, padding, 1, groups)
+    _close(dw, ref, TOLERANCES[torch.float32])
+    _close(db, dy.double().cpu().sum((0, 2, 3)), TOLERANCES[torch.float32])
 
 
 def test_weight_grad_split_is_deterministic():
@@ -288,6 +317,74 @@ def _conv(x_shape=(1, 4, 8, 8), w_shape=(6, 4, 3, 3), bias=None, **kwargs):
 def test_bad_input_raises_clear_error(bad, error, match):
     with pytest.raises(error, match=match):
         bad()
+
+
+@pytest.mark.parametrize("stride, padding, groups", [(np.int64(2), np.int64(1), np.int64(2)), ((2, np.int32(2)), 1, 2)])
+def test_integral_numbers_are_accepted(stride, padding, groups):
+    """numpy integers (numbers.Integral) work as stride/padding/groups, as Python ints do."""
+    x, weight, b = _inputs((1, 4, 9, 8, 6, 3, 3, 2, 1, 2), torch.float32, torch.channels_last, seed=23)
+    _close(kernels.conv2d(x, weight, b, stride, padding, groups),
+           reference.conv2d(x.double().cpu(), weight.double().cpu(), b.double().cpu(), 2, 1, 2),
+           TOLERANCES[torch.float32])
+
+
+@pytest.mark.parametrize("kwargs, name", [(dict(stride=1.0), "stride"), (dict(stride=(1, 2.5)), "stride"),
+                                          (dict(padding=1.0), "padding"), (dict(groups=1.0), "groups"),
+                                          (dict(stride=True), "stride")])
+def test_non_integral_sizes_raise_type_error(kwargs, name):
+    with pytest.raises(TypeError, match=f"{name} must be an integer"):
+        _conv(**kwargs)()
+
+
+def test_pixel_count_past_int32_is_refused():
+    """N*H*W past the kernels' int32 pixel indices is refused before anything is allocated or
+    launched (x is a broadcast view: 33*8192*8192 pixels, no memory)."""
+    weight = torch.randn(4, 3, 3, 3, device=DEVICE)
+    huge = torch.zeros(1, 1, 1, 1, device=DEVICE).expand(33, 3, 8192, 8192)
+    with pytest.raises(ValueError, match="32-bit"):
+        conv_geometry(huge, weight)
+    with pytest.raises(ValueError, match="32-bit"):
+        kernels.conv2d(huge, weight)
+    fits = torch.zeros(1, 1, 1, 1, device=DEVICE).expand(MAX_PIXELS // (8192 * 8192), 3, 8192, 8192)
+    assert conv_geometry(fits, weight).n_in_pix <= MAX_PIXELS
+
+
+def test_double_backward_raises():
+    """create_graph=True would silently drop the second-order terms: it raises instead."""
+    x, weight, b = _inputs((1, 4, 6, 6, 4, 3, 3, 1, 1, 1), torch.float32, torch.channels_last, seed=29)
+    x.requires_grad_()
+    weight.requires_grad_()
+    y = kernels.conv2d(x, weight, b, padding=1, relu=True)
+    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
+SPECIALS = st.sampled_from([float("nan"), float("inf"), float("-inf")])
+
+
+@settings(max_examples=EXAMPLES)
+@given(specials=st.lists(st.tuples(st.integers(0, 2 * 4 * 7 * 6 - 1), SPECIALS), min_size=1, max_size=3),
+       nan_weight=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_relu_keeps_nan_and_inf(specials, nan_weight, seed):
+    """The fused ReLU propagates NaN (torch.relu(nan) is nan; max(nan, 0) would give 0) and
+    inf, wherever they come from: the input, or a NaN weight (as a diverged conv3 would have)."""
+    problem = (2, 4, 7, 6, 5, 3, 3, 1, 1, 1)
+    x, weight, b = _inputs(problem, torch.float32, torch.channels_last, seed)
+    flat = x.permute(0, 2, 3, 1).reshape(-1)  # a view of x's storage
+    for index, value in specials:
+        flat[index] = value
+    if nan_weight:
+        weight[1, 2, 0, 0] = float("nan")
+    y = kernels.conv2d(x, weight, b, 1, 1, 1, relu=True)
+    ref = reference.conv2d(x.double().cpu(), weight.double().cpu(), b.double().cpu(), 1, 1, 1, relu=True)
+    y = y.double().cpu()
+    assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.isinf(), ref.isinf())
+    assert not ref.isfinite().all()  # a special reaches the output (relu(-inf) = 0 alone could hide it)
+    finite = ref.isfinite()
+    if finite.any():
+        torch.testing.assert_close(y[finite], ref[finite], atol=1e-5 * float(ref[finite].abs().max()), rtol=1e-5)
+    torch.testing.assert_close(y[y.isinf()], ref[ref.isinf()])
 
 
 @requires_gpu

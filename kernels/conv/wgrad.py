@@ -2,7 +2,7 @@
 
     dw[g*K_PER_G + k, c, kh, kw] = sum_{n, oh, ow} dy'[n, oh, ow, g*K_PER_G + k]
                                                    * x[n, oh*SH-PH+kh, ow*SW-PW+kw, g*C_PER_G + c]
-    db[k] = sum_{n, oh, ow} dy'[n, oh, ow, k]          dy' = dy * (y > 0) if RELU_MASK else dy
+    db[k] = sum_{n, oh, ow} dy'[n, oh, ow, k]          dy' = dy * (y > 0) after a fused ReLU
 
 GEMM per group g: M = K_PER_G output channels, N = KH*KW*C_PER_G (the (kh, kw, c) columns,
 OHWI order), reduction over the N*OH*OW output pixels: long (387k for conv1 at batch 128)
@@ -20,8 +20,9 @@ The bias gradient rides along: with BIAS_GRAD the grid holds one extra column of
 that only sum dy' over their pixel range (reading the same dy tiles as the GEMM programs of
 that split, from L2), so the GEMM programs do no extra work.
 
-Layouts: dy (and y, the forward output of a fused-ReLU conv, read only with RELU_MASK)
-through one set of strides, x through its strides; channels_last is the fast layout for both.
+Layouts: dy' (masked once per backward by `common.relu_grad` after a fused ReLU, never inside
+the loop) and x through their strides; channels_last is the fast layout for both (dense
+channels_last dy' is addressed by pixel index, without decoding (n, oh, ow)).
 dw through its strides (any dense layout).
 """
 from __future__ import annotations
@@ -30,37 +31,45 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv
-from ._conv_common import (ConvGeometry, dot_precision, in_range, launch, load_dy, nhwc_channels, pix_bucket,
-                           split_pixels, x_pixel_offsets, x_tap_offsets)
-from .conv_configs import SPLIT_PIX_QUANTUM, WGRAD, use_flat_reduction, wgrad_splits
+from .._common import cdiv
+from .common import (ConvGeometry, dot_precision, in_image, in_range, launch, needs_int64, nhwc_channels, pix_bucket,
+                     pix_multiple, relu_grad, split_pixels, wide, x_pixel_offsets, x_tap_offsets)
+from .configs import SPLIT_PIX_QUANTUM, WGRAD, use_flat_reduction, wgrad_splits
 
 __all__ = ["conv2d_weight_grad"]
 
 
 @triton.jit
-def _dy_tile_t(dy_ptr, y_ptr, dy_chan, k_ok, n_img, oh, ow, p_ok, sdy_n, sdy_h, sdy_w, RELU_MASK: tl.constexpr):
-    """dy' tile transposed: [BLOCK_M channels, BLOCK_K pixels] (channels are contiguous)."""
-    off = dy_chan[:, None] + (n_img.to(tl.int64) * sdy_n + oh.to(tl.int64) * sdy_h + ow.to(tl.int64) * sdy_w)[None, :]
-    return load_dy(dy_ptr, y_ptr, off, k_ok[:, None] & p_ok[None, :], RELU_MASK)
+def _dy_tile_t(dy_ptr, dy_chan, k_ok, p, p_ok, sdy_n, sdy_h, sdy_w, OH: tl.constexpr, OW: tl.constexpr,
+               DY_DENSE: tl.constexpr, OFF64: tl.constexpr):
+    """dy' tile transposed: [BLOCK_M channels, BLOCK_K pixels] (channels are contiguous). Dense
+    channels_last dy (DY_DENSE) is addressed by pixel index * sdy_w, no (n, oh, ow) decode."""
+    if DY_DENSE:
+        pix_off = wide(p, OFF64) * sdy_w
+    else:
+        n_img, oh, ow = split_pixels(p, OH, OW)
+        pix_off = wide(n_img, OFF64) * sdy_n + wide(oh, OFF64) * sdy_h + wide(ow, OFF64) * sdy_w
+    return tl.load(dy_ptr + dy_chan[:, None] + pix_off[None, :], mask=k_ok[:, None] & p_ok[None, :], other=0.0)
 
 
-@triton.jit(do_not_specialize=["n_out_pix", "height", "width", "out_h", "out_w", "pix_bucket"])
+@triton.jit(do_not_specialize=["n_out_pix", "pix_bucket"])
 def _conv_wgrad_kernel(
-    dy_ptr, x_ptr, y_ptr, dw_ptr, db_ptr,
-    n_out_pix, height, width, out_h, out_w,
+    dy_ptr, x_ptr, dw_ptr, db_ptr,
+    n_out_pix,
     sdy_n, sdy_c, sdy_h, sdy_w,
     sx_n, sx_c, sx_h, sx_w,
     sdw_split, sdw_k, sdw_c, sdw_h, sdw_w, sdb_split,
     pix_bucket,  # autotuning key only
     C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, PIX_PER_SPLIT: tl.constexpr,
-    WEIGHT_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, RELU_MASK: tl.constexpr, FLAT: tl.constexpr,
-    NHWC_C: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, PIX_PER_SPLIT: tl.constexpr,
+    PIX_MULT: tl.constexpr,
+    WEIGHT_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, FLAT: tl.constexpr, DY_DENSE: tl.constexpr,
+    NHWC_C: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """dy, y (N, K, OH, OW) via sdy_*; x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`); dw (splits, K, C_PER_G, KH, KW)
-    via sdw_* (sdw_split 0 without a split); db (splits, K) via sdb_split.
-    Grid: (M blocks x (column blocks + 1 bias column if BIAS_GRAD), splits, groups)."""
+    """dy (N, K, OH, OW) via sdy_*; x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`);
+    dw (splits, K, C_PER_G, KH, KW) via sdw_* (sdw_split 0 without a split); db (splits, K) via
+    sdb_split. Grid: (M blocks x (column blocks + 1 bias column if BIAS_GRAD), splits, groups)."""
     M_BLOCKS: tl.constexpr = (K_PER_G + BLOCK_M - 1) // BLOCK_M
     if not WEIGHT_GRAD:
         N_BLOCKS: tl.constexpr = 0
@@ -68,24 +77,30 @@ def _conv_wgrad_kernel(
         N_BLOCKS: tl.constexpr = (KH * KW * C_PER_G + BLOCK_N - 1) // BLOCK_N
     else:
         N_BLOCKS: tl.constexpr = KH * KW * ((C_PER_G + BLOCK_N - 1) // BLOCK_N)
+    LOW_H: tl.constexpr = PH > 0  # the image sides a tap can cross (see fwd.py)
+    LOW_W: tl.constexpr = PW > 0
+    HIGH_H: tl.constexpr = (OH - 1) * SH - PH + KH > H
+    HIGH_W: tl.constexpr = (OW - 1) * SW - PW + KW > W
     pid_m = tl.program_id(0) % M_BLOCKS
     pid_n = tl.program_id(0) // M_BLOCKS
     split = tl.program_id(1)
     group = tl.program_id(2)
     k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channel within the group
     k_ok = in_range(k, K_PER_G, K_PER_G % BLOCK_M == 0)
-    dy_chan = (group * K_PER_G + k).to(tl.int64) * sdy_c
+    dy_chan = wide((group * K_PER_G + k), OFF64) * sdy_c
     pix_lo = split * PIX_PER_SPLIT  # this split's pixels: [pix_lo, pix_hi)
     pix_hi = tl.minimum(pix_lo + PIX_PER_SPLIT, n_out_pix)
+    # Splits hold whole BLOCK_K chunks; when BLOCK_K also divides the pixel count (PIX_MULT:
+    # its largest power-of-two divisor, e.g. any batch of 64) no pixel needs a mask.
+    EVEN_PIX: tl.constexpr = PIX_MULT % BLOCK_K == 0 and PIX_PER_SPLIT % BLOCK_K == 0
     offs_p = tl.arange(0, BLOCK_K)
 
     if pid_n == N_BLOCKS:  # a bias-gradient program (launched only with BIAS_GRAD)
         if BIAS_GRAD:
             db = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            for p0 in tl.range(0, PIX_PER_SPLIT, BLOCK_K):
-                p = pix_lo + p0 + offs_p
-                n_img, oh, ow = split_pixels(p, out_h, out_w)
-                a = _dy_tile_t(dy_ptr, y_ptr, dy_chan, k_ok, n_img, oh, ow, p < pix_hi, sdy_n, sdy_h, sdy_w, RELU_MASK)
+            for p0 in tl.range(pix_lo, pix_hi, BLOCK_K):
+                p = p0 + offs_p
+                a = _dy_tile_t(dy_ptr, dy_chan, k_ok, p, in_range(p, pix_hi, EVEN_PIX), sdy_n, sdy_h, sdy_w, OH, OW, DY_DENSE, OFF64)
                 db += tl.sum(a.to(tl.float32), axis=1)
             tl.store(db_ptr + split * sdb_split + group * K_PER_G + k, db.to(db_ptr.dtype.element_ty), mask=k_ok)
     elif WEIGHT_GRAD:
@@ -103,30 +118,44 @@ def _conv_wgrad_kernel(
             col_ok = in_range(c, C_PER_G, C_PER_G % BLOCK_N == 0)
             kh = tap // KW
             kw = tap - kh * KW
-        x_col = x_tap_offsets(kh, kw, c, width, sx_c, sx_h, sx_w, NHWC_C)
+        x_col = x_tap_offsets(kh, kw, c, W, sx_c, sx_h, sx_w, NHWC_C)
+        # Dense channels_last x, stride 1 and an output the size of the input ("same" padding:
+        # conv2-5): x's pixel for output pixel p is p itself, shifted by the padding, so no image
+        # index is decoded. (Read with bench/conv_sass.py: 272 -> 256 instructions per step for
+        # conv3; with one partial channel block, conv2's 48 of 64, the compiler's schedule got
+        # worse, 198 -> 224, so only where a group has at least a block of channels.)
+        LINEAR_X: tl.constexpr = (NHWC_C > 0 and SH == 1 and SW == 1 and OH == H and OW == W and not FLAT
+                                  and C_PER_G >= BLOCK_N)
+        x_shift = group * C_PER_G - (PH * W + PW) * NHWC_C
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for p0 in tl.range(0, PIX_PER_SPLIT, BLOCK_K):
-            p = pix_lo + p0 + offs_p
-            p_ok = p < pix_hi
-            n_img, oh, ow = split_pixels(p, out_h, out_w)
-            a = _dy_tile_t(dy_ptr, y_ptr, dy_chan, k_ok, n_img, oh, ow, p_ok, sdy_n, sdy_h, sdy_w, RELU_MASK)
-            ih0 = oh * SH - PH
-            iw0 = ow * SW - PW
-            x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, height, width, sx_n, sx_c, sx_h, sx_w, NHWC_C)
-            if FLAT:
-                ih = ih0[:, None] + kh[None, :]
-                iw = iw0[:, None] + kw[None, :]
-                b_mask = p_ok[:, None] & col_ok[None, :] & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
+        for p0 in tl.range(pix_lo, pix_hi, BLOCK_K):
+            p = p0 + offs_p
+            p_ok = in_range(p, pix_hi, EVEN_PIX)
+            a = _dy_tile_t(dy_ptr, dy_chan, k_ok, p, p_ok, sdy_n, sdy_h, sdy_w, OH, OW, DY_DENSE, OFF64)
+            if LINEAR_X:  # x pixel = output pixel shifted by the padding: no image index needed
+                q = p % (OH * OW)
+                oh = q // OW
+                ow = q - oh * OW
+                ih0 = oh - PH
+                iw0 = ow - PW
+                x_pix = wide(p, OFF64) * NHWC_C + x_shift
             else:
-                ih = ih0 + kh
-                iw = iw0 + kw
-                row_ok = p_ok & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
+                n_img, oh, ow = split_pixels(p, OH, OW)
+                ih0 = oh * SH - PH
+                iw0 = ow * SW - PW
+                x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, H, W, sx_n, sx_c, sx_h, sx_w, NHWC_C,
+                                        OFF64)
+            if FLAT:
+                b_mask = (p_ok[:, None] & col_ok[None, :] & in_image(ih0[:, None] + kh[None, :], H, LOW_H, HIGH_H)
+                          & in_image(iw0[:, None] + kw[None, :], W, LOW_W, HIGH_W))
+            else:
+                row_ok = p_ok & in_image(ih0 + kh, H, LOW_H, HIGH_H) & in_image(iw0 + kw, W, LOW_W, HIGH_W)
                 b_mask = row_ok[:, None] & col_ok[None, :]
             b = tl.load(x_ptr + x_pix[:, None] + x_col[None, :], mask=b_mask, other=0.0)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
 
-        dw_row = split.to(tl.int64) * sdw_split + (group * K_PER_G + k).to(tl.int64) * sdw_k
+        dw_row = wide(split, OFF64) * sdw_split + wide((group * K_PER_G + k), OFF64) * sdw_k
         dw_col = kh * sdw_h + kw * sdw_w + c * sdw_c
         tl.store(dw_ptr + dw_row[:, None] + dw_col[None, :], acc.to(dw_ptr.dtype.element_ty),
                  mask=k_ok[:, None] & col_ok[None, :])
@@ -153,13 +182,21 @@ def _sum_splits(part: torch.Tensor, out: torch.Tensor) -> None:
 _conv_wgrad_tuned = WGRAD.autotune(_conv_wgrad_kernel)
 
 
+def _dense_nhwc(t: torch.Tensor) -> bool:
+    """Whether pixel p = (n*H + h)*W + w of t sits at offset p * t.stride(3): the (n, h, w)
+    strides nest as in dense channels_last."""
+    n, _, h, w = t.shape
+    sn, _, sh, sw = t.stride()
+    return (h == 1 or sh == w * sw) and (n == 1 or sn == h * w * sw)
+
+
 def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *, y=None, weight_grad=True,
                        bias_grad=True, weight_format=torch.contiguous_format, config=None, splits=None):
     """(dw, db): dw (geom.weight_shape, `weight_format`) if `weight_grad`, db (K,) if `bias_grad`,
     else None (x may be None without `weight_grad`). With `y` (forward output of a fused-ReLU
     conv) dy is masked by y > 0. dy and x may have any strides (channels_last is fast).
     `config` forces a tile config and `splits` the number of pixel ranges (default:
-    `conv_configs.wgrad_splits`)."""
+    `configs.wgrad_splits`, for the forced config's tile)."""
     dev, dtype, kout = dy.device, dy.dtype, geom.out_chan
     dw = torch.empty(geom.weight_shape, device=dev, dtype=dtype, memory_format=weight_format) if weight_grad else None
     db = torch.empty(kout, device=dev, dtype=dtype) if bias_grad else None
@@ -167,14 +204,14 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
         return dw, db
     if geom.n_out_pix == 0:  # a sum over no pixels
         return (dw.zero_() if weight_grad else None), (db.zero_() if bias_grad else None)
-    if y is not None and y.stride() != dy.stride():
-        y = torch.empty_like(dy).copy_(y)  # the kernel reads y through dy's strides
-    flat = use_flat_reduction(geom.c_per_g)
+    if y is not None:
+        dy = relu_grad(dy, y)
+    flat = use_flat_reduction(geom.c_per_g, "wgrad")
     if config is not None:
         flat = config.kwargs.get("FLAT", flat)
     precision = dot_precision(dtype)
     n_pix = geom.n_out_pix
-    n_splits = splits or wgrad_splits(geom, dtype, precision, flat, dev)
+    n_splits = splits or wgrad_splits(geom, dtype, precision, flat, dev, config)
     pix_per_split = n_pix
     if n_splits > 1:  # whole quanta per split, so only the last chunk of the last split is masked
         pix_per_split = cdiv(cdiv(n_pix, n_splits), SPLIT_PIX_QUANTUM) * SPLIT_PIX_QUANTUM
@@ -188,9 +225,9 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
         db_out = torch.empty((n_splits, kout), device=dev, dtype=torch.float32) if bias_grad else None
         split_strides = (numel_w, kout)
     dw_strides = dw.stride() if weight_grad else (0, 0, 0, 0)
-    meta = dict(geom.constexprs(), WEIGHT_GRAD=weight_grad, BIAS_GRAD=bias_grad, RELU_MASK=y is not None,
+    meta = dict(geom.constexprs(), WEIGHT_GRAD=weight_grad, BIAS_GRAD=bias_grad, DY_DENSE=_dense_nhwc(dy),
                 FLAT=flat, NHWC_C=nhwc_channels(x) if x is not None else 0, PRECISION=precision,
-                PIX_PER_SPLIT=pix_per_split)
+                PIX_PER_SPLIT=pix_per_split, PIX_MULT=pix_multiple(n_pix), OFF64=needs_int64(dy, x, dw_out, dw))
     cg, taps = geom.c_per_g, geom.kernel_h * geom.kernel_w
 
     def grid(m):
@@ -202,9 +239,7 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
     some = dw_out if weight_grad else db_out  # stands in for the absent output pointer
     if x is None:  # only the bias gradient: x is never read
         x = dy
-    args = (dy, x, y if y is not None else dy, some, db_out if bias_grad else some,
-            n_pix, geom.height, geom.width, geom.out_h, geom.out_w,
-            *dy.stride(), *x.stride(), split_strides[0], *dw_strides, split_strides[1], pix_bucket(n_pix))
+    args = (dy, x, some, db_out if bias_grad else some, n_pix, *dy.stride(), *x.stride(), split_strides[0], *dw_strides, split_strides[1], pix_bucket(n_pix))
     launch(_conv_wgrad_kernel, _conv_wgrad_tuned, WGRAD, grid, args, meta, flops=geom.flops, config=config)
     if n_splits > 1:
         if weight_grad:

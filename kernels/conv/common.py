@@ -1,6 +1,6 @@
-"""What the three convolution kernels share (conv_fwd.py, conv_dgrad.py, conv_wgrad.py):
-the problem geometry and its input checks, the index math inside the kernels, and the
-launch helper that picks a tile config.
+"""What the three convolution kernels share (fwd.py, dgrad.py, wgrad.py): the problem
+geometry and its input checks, the index math inside the kernels, the ReLU-gradient mask and
+the launch helper that picks a tile config.
 
 Index conventions used by every kernel (names as in the kernels):
     x   (n_img, C, height, width)        C = groups * C_PER_G, read through strides sx_*
@@ -8,9 +8,14 @@ Index conventions used by every kernel (names as in the kernels):
     y   (n_img, K, out_h, out_w)         out_h = (height + 2*PH - KH) // SH + 1
     output pixel (n, oh, ow) reads input rows ih = oh*SH - PH + kh, cols iw = ow*SW - PW + kw.
 A "pixel" index flattens (n, h, w) row-major; a "tap" index flattens (kh, kw).
+The spatial sizes (H, W, OH, OW) are compile-time constants like the kernel and stride: they
+never change between the steps of a training run and do not depend on the batch, and as
+constants the pixel decode (n, h, w) = divmod(pix, ...) becomes a multiply-shift, not a
+~20-instruction integer division per element. Pixel indices are int32 (`check_pixel_count`).
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, replace
 
 import torch
@@ -18,8 +23,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import as_format, cdiv, check_same_device, check_tensor, interpreting, pair
-from .conv_configs import use_flat_reduction
+from .._common import as_format, cdiv, check_same_device, check_tensor, interpreting
+from .configs import use_flat_reduction
+
+# Pixel indices (N*H*W, N*OH*OW) are int32 in the kernels (cheap in the loops); a tile may run
+# up to BLOCK_M / BLOCK_K past the last pixel before its mask, so leave room for one.
+MAX_PIXELS = 2**31 - 2**16
 
 
 # ------------------------------------------------------------------------------ geometry
@@ -82,15 +91,34 @@ class ConvGeometry:
 
     def constexprs(self) -> dict:
         return dict(C_PER_G=self.c_per_g, K_PER_G=self.k_per_g, KH=self.kernel_h, KW=self.kernel_w,
-                    SH=self.stride_h, SW=self.stride_w, PH=self.pad_h, PW=self.pad_w)
+                    SH=self.stride_h, SW=self.stride_w, PH=self.pad_h, PW=self.pad_w,
+                    H=self.height, W=self.width, OH=self.out_h, OW=self.out_w)
 
 
-def _padding_pair(v) -> tuple[int, int]:
-    if isinstance(v, int):
-        v = (v, v)
-    if len(v) != 2 or not all(isinstance(i, int) and i >= 0 for i in v):
-        raise ValueError(f"padding must be a non-negative int or a pair of them, got {v!r}")
-    return int(v[0]), int(v[1])
+def _int_pair(v, name: str, least: int) -> tuple[int, int]:
+    """An integer or a pair of them (any numbers.Integral, e.g. int or np.int64) as a pair of
+    Python ints >= `least`; non-integers such as 1.0 are refused with a TypeError."""
+    items = (v, v) if not isinstance(v, (tuple, list)) else tuple(v)
+    if len(items) != 2:
+        raise ValueError(f"{name} must be an integer or a pair of them, got {v!r}")
+    for i in items:
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"{name} must be an integer or a pair of integers, got {v!r} "
+                            f"({type(i).__name__})")
+    if not all(int(i) >= least for i in items):
+        sign = "positive" if least > 0 else "non-negative"
+        raise ValueError(f"{name} must be a {sign} integer or a pair of them, got {v!r}")
+    return int(items[0]), int(items[1])
+
+
+def check_pixel_count(geom: ConvGeometry) -> None:
+    """Refuse problems whose pixel count N*H*W (or N*OH*OW) would wrap the kernels' int32
+    pixel indices: a clear error instead of addressing memory before the tensor."""
+    n_pix = max(geom.n_in_pix, geom.n_out_pix)
+    if n_pix > MAX_PIXELS:
+        raise ValueError(f"the convolution has {n_pix} pixels per channel (N*H*W = {geom.n_img}*{geom.height}*"
+                         f"{geom.width}); the kernels index pixels with 32-bit integers, up to {MAX_PIXELS}: "
+                         "split the batch")
 
 
 def conv_geometry(x, weight, bias=None, stride=1, padding=0, groups=1, dilation=1) -> ConvGeometry:
@@ -100,11 +128,14 @@ def conv_geometry(x, weight, bias=None, stride=1, padding=0, groups=1, dilation=
     if weight.dtype != x.dtype:
         raise TypeError(f"weight has dtype {weight.dtype} but x has {x.dtype}; they must match")
     check_same_device(("x", x), ("weight", weight))
-    if pair(dilation, "dilation") != (1, 1):
+    if _int_pair(dilation, "dilation", 1) != (1, 1):
         raise ValueError(f"dilation {dilation!r} is not supported: the Triton convolution has dilation 1 only")
-    (sh, sw), (ph, pw) = pair(stride, "stride"), _padding_pair(padding)
-    if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    (sh, sw), (ph, pw) = _int_pair(stride, "stride", 1), _int_pair(padding, "padding", 0)
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
+        raise TypeError(f"groups must be an integer, got {groups!r} ({type(groups).__name__})")
+    if groups < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    groups = int(groups)
     n_img, in_chan, height, width = x.shape
     out_chan, c_per_g, kh, kw = weight.shape
     if in_chan % groups or out_chan % groups:
@@ -125,7 +156,9 @@ def conv_geometry(x, weight, bias=None, stride=1, padding=0, groups=1, dilation=
         check_same_device(("x", x), ("bias", bias))
         if bias.shape[0] != out_chan:
             raise ValueError(f"bias has {bias.shape[0]} elements but the weight has {out_chan} output channels")
-    return ConvGeometry(n_img, in_chan, height, width, out_chan, kh, kw, sh, sw, ph, pw, groups)
+    geom = ConvGeometry(n_img, in_chan, height, width, out_chan, kh, kw, sh, sw, ph, pw, groups)
+    check_pixel_count(geom)
+    return geom
 
 
 def pad_input(x: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry):
@@ -162,28 +195,48 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 # ----------------------------------------------------------------------- in-kernel helpers
 @triton.jit
-def split_pixels(pix, height, width):
-    """(n, h, w) of flattened pixel indices pix = (n * height + h) * width + w."""
-    n = pix // (height * width)
-    rem = pix - n * (height * width)
-    h = rem // width
-    return n, h, rem - h * width
+def split_pixels(pix, HEIGHT: tl.constexpr, WIDTH: tl.constexpr):
+    """(n, h, w) of flattened pixel indices pix = (n * HEIGHT + h) * WIDTH + w (constant sizes:
+    the divisions compile to multiply-shifts)."""
+    n = pix // (HEIGHT * WIDTH)
+    rem = pix - n * (HEIGHT * WIDTH)
+    h = rem // WIDTH
+    return n, h, rem - h * WIDTH
+
+
+def needs_int64(*tensors) -> bool:
+    """Whether element offsets into any of `tensors` can reach 2**31 (with a tile's margin):
+    then the kernels compute offsets in int64 (OFF64), else in int32, which halves the
+    address arithmetic in the loops."""
+    span = max((1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride())) for t in tensors
+                if t is not None and t.numel()), default=0)
+    return span >= 2**31 - 2**24
 
 
 @triton.jit
-def x_pixel_offsets(n_img, ih, iw, chan0, height, width, sx_n, sx_c, sx_h, sx_w, NHWC_C: tl.constexpr):
-    """int64 offsets in x of pixels (n_img, ih, iw) at channel chan0: through the strides, or,
+def wide(v, OFF64: tl.constexpr):
+    """v as an offset: int64 when the tensors need it (OFF64), else as is (int32)."""
+    if OFF64:
+        return v.to(tl.int64)
+    else:
+        return v
+
+
+@triton.jit
+def x_pixel_offsets(n_img, ih, iw, chan0, height: tl.constexpr, width: tl.constexpr, sx_n, sx_c, sx_h, sx_w,
+                    NHWC_C: tl.constexpr, OFF64: tl.constexpr):
+    """Offsets (int64 if OFF64, see `wide`) in x of pixels (n_img, ih, iw) at channel chan0: through the strides, or,
     when x is dense channels_last with NHWC_C channels (NHWC_C > 0), as pixel index * NHWC_C,
     which shows the compiler that every pixel's channel run is aligned (so the FLAT gathers of
     conv1's 4 padded bf16 channels become 8-byte vector, asynchronous copies)."""
     if NHWC_C > 0:
-        return ((n_img.to(tl.int64) * height + ih) * width + iw) * NHWC_C + chan0
+        return ((wide(n_img, OFF64) * height + ih) * width + iw) * NHWC_C + chan0
     else:
-        return n_img.to(tl.int64) * sx_n + ih.to(tl.int64) * sx_h + iw.to(tl.int64) * sx_w + chan0 * sx_c
+        return wide(n_img, OFF64) * sx_n + wide(ih, OFF64) * sx_h + wide(iw, OFF64) * sx_w + chan0 * sx_c
 
 
 @triton.jit
-def x_tap_offsets(kh, kw, c, width, sx_c, sx_h, sx_w, NHWC_C: tl.constexpr):
+def x_tap_offsets(kh, kw, c, width: tl.constexpr, sx_c, sx_h, sx_w, NHWC_C: tl.constexpr):
     """Offsets in x of reduction elements (kh, kw, c) from their window's corner (see
     `x_pixel_offsets`)."""
     if NHWC_C > 0:
@@ -208,14 +261,47 @@ def in_range(idx, limit, EVEN: tl.constexpr):
 
 
 @triton.jit
-def load_dy(dy_ptr, y_ptr, off, mask, RELU_MASK: tl.constexpr):
-    """dy at `off`, zeroed where a fused ReLU was inactive (its output y <= 0) if RELU_MASK;
-    y is read through the same offsets (same strides as dy)."""
-    a = tl.load(dy_ptr + off, mask=mask, other=0.0)
-    if RELU_MASK:
-        y = tl.load(y_ptr + off, mask=mask, other=0.0)
-        a = tl.where(y > 0, a, tl.zeros_like(a))
-    return a
+def in_image(i, LIMIT: tl.constexpr, LOW: tl.constexpr, HIGH: tl.constexpr):
+    """0 <= i < LIMIT, testing only the sides a tap can cross (LOW, HIGH: compile-time facts
+    of the geometry; an interior tap of an unpadded conv needs no mask at all)."""
+    if LOW and HIGH:  # one unsigned compare: a negative i wraps above LIMIT
+        return i.to(tl.uint32, bitcast=True) < LIMIT
+    ok = tl.full(i.shape, 1, tl.int1)
+    if LOW:
+        ok = ok & (i >= 0)
+    if HIGH:
+        ok = ok & (i < LIMIT)
+    return ok
+
+
+@triton.jit
+def relu(acc):
+    """max(acc, 0) keeping NaN, as torch.relu (tl.maximum(acc, 0) would turn NaN into 0)."""
+    return tl.where(acc < 0, 0.0, acc)
+
+
+# ------------------------------------------------------------------- the ReLU's gradient mask
+# A conv with fused ReLU gets dy for its output y = relu(z); its GEMMs need dz = dy * (y > 0).
+# Masking inside the dgrad/wgrad loops costs a third load stream, forces wgmma's A operand
+# through registers and spills (bench/conv_sass.py), so the mask is applied once per backward,
+# here, and both GEMMs read the masked dz (one elementwise pass over dy and y).
+@triton.jit
+def _relu_grad_kernel(dy_ptr, y_ptr, dz_ptr, numel, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    dy = tl.load(dy_ptr + offs, mask=ok)
+    y = tl.load(y_ptr + offs, mask=ok)
+    tl.store(dz_ptr + offs, tl.where(y <= 0, 0.0, dy), mask=ok)  # as torch's threshold_backward (NaN y passes)
+
+
+def relu_grad(dy: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """dy where y > 0, else 0 (y: the output of the fused ReLU), in channels_last."""
+    dy, y = as_format(dy, torch.channels_last), as_format(y, torch.channels_last)
+    dz = torch.empty_like(dy)
+    if dz.numel():
+        block = 1024
+        _relu_grad_kernel[(cdiv(dz.numel(), block),)](dy, y, dz, dz.numel(), BLOCK=block)
+    return dz
 
 
 @triton.jit
@@ -232,6 +318,13 @@ def grouped_tile(pid, n_rows, N_COLS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK
 
 
 # -------------------------------------------------------------------------------- launch
+def pix_multiple(n_pix: int) -> int:
+    """PIX_MULT for the kernels: the largest power of two (up to 1024) dividing a pixel count, so
+    a kernel drops its pixel mask when its block divides it (any batch that is a multiple of 64
+    or 128 does); a constant of the batch, not of its every size, so few compiles."""
+    return min(n_pix & -n_pix, 1024) if n_pix else 1024
+
+
 def pix_bucket(n_pix: int) -> int:
     """Autotuning key for a pixel count: its power-of-two bucket."""
     return triton.next_power_of_2(max(n_pix, 1))

@@ -7,28 +7,39 @@ x (N, C, H, W), weight (K, C/groups, KH, KW), bias (K,); fp32 (tf32 tensor cores
 torch.backends.cudnn.allow_tf32, as cuDNN; true fp32 otherwise), bf16 or fp16, always fp32
 accumulation; output in x's dtype and memory format. Dilation 1 only.
 
-Files: conv_fwd.py, conv_dgrad.py, conv_wgrad.py (one kernel each, with its launcher),
-_conv_common.py (geometry, checks, index helpers, launch), conv_configs.py (tile configs,
-autotuning, the wgrad split model). This file holds the autograd Function.
+Package kernels/conv/: fwd.py, dgrad.py, wgrad.py (one kernel each, with its launcher),
+common.py (geometry, checks, index helpers, the ReLU-gradient mask, launch), configs.py (tile
+configs, autotuning, the wgrad split model). This file holds the autograd Function.
 
 Layout: the kernels are fast on channels_last (C contiguous), the layout to use. A contiguous
 NCHW x (or dy) is converted to channels_last once per call (a copy); outputs are written
 straight into the caller's format. Few input channels (conv1's 3) are zero-padded to a
 whole 8-byte word per pixel (`pad_input`: 3 -> 4) for aligned, pipelined loads. With
-relu=True the forward saves its output y and the backward masks dy by y > 0 inside the
-dgrad/wgrad loads (no separate pass).
+relu=True the forward saves its output y and the backward masks dy by y > 0 once
+(`common.relu_grad`, one elementwise pass) for both GEMMs: inside their loops the mask would
+cost a third load stream and push wgmma's A operand through registers. The fused ReLU keeps
+NaN, as torch.relu. Double backward (create_graph=True) is not supported: it raises.
 """
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from ._common import as_format, memory_format
-from ._conv_common import conv_geometry, pad_input, unpad_weight_grad
-from .conv_dgrad import conv2d_input_grad
-from .conv_fwd import conv2d_forward
-from .conv_wgrad import conv2d_weight_grad
+from .._common import as_format, memory_format
+from .common import ConvGeometry, conv_geometry, pad_input, relu_grad, unpad_weight_grad
+from .dgrad import conv2d_input_grad
+from .fwd import conv2d_forward
+from .wgrad import conv2d_weight_grad
 
-__all__ = ["conv2d", "Conv2dFunction"]
+__all__ = [
+    "Conv2dFunction",
+    "ConvGeometry",
+    "conv2d",
+    "conv2d_forward",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+    "conv_geometry",
+]
 
 
 class Conv2dFunction(torch.autograd.Function):
@@ -45,17 +56,18 @@ class Conv2dFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the backward's own kernels have no backward: create_graph=True raises
     def backward(ctx, dy):
         x_k, weight, y = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         dy = as_format(dy, torch.channels_last)
-        if y is not None:
-            y = as_format(y, torch.channels_last)
+        if y is not None:  # the fused ReLU's gradient, once for both GEMMs
+            dy = relu_grad(dy, y)
         dx = dw = db = None
         if need_x:  # skipped for conv1, whose input is the image
-            dx = conv2d_input_grad(dy, weight, ctx.geom, y=y, out_format=ctx.fmt)
+            dx = conv2d_input_grad(dy, weight, ctx.geom, out_format=ctx.fmt)
         if need_w or need_b:
-            dw, db = conv2d_weight_grad(dy, x_k, ctx.geom_k, y=y, weight_grad=need_w, bias_grad=need_b,
+            dw, db = conv2d_weight_grad(dy, x_k, ctx.geom_k, weight_grad=need_w, bias_grad=need_b,
                                         weight_format=ctx.weight_fmt)
             if need_w:
                 dw = unpad_weight_grad(dw, ctx.geom, ctx.weight_fmt)

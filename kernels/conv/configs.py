@@ -37,7 +37,7 @@ def _tiles(rows, group_m=None):
     return out
 
 
-SMEM_BUDGET = 220 * 1024  # bytes of pipeline buffers per program (H100: 227 KB per block)
+SMEM_BUDGET = 220 * 1024  # bytes of pipeline buffers per program (H100: 227 KB = 232448 B per block)
 AUTOTUNE_MIN_FLOPS = 2e9  # below this a problem runs `small` untuned (AlexNet layers at batch 128: 27-150 GFLOP)
 
 # Forward: GEMM M = N*OH*OW pixels, N = K/g output channels, reduction (kh, kw, c).
@@ -48,9 +48,14 @@ FWD_TILES = [
     (128, 64, 64, 4, 4),    # K/g = 192 (conv4 per group) = 3 x 64
     (64, 128, 64, 4, 4),
     (128, 128, 16, 4, 5),   # C/g = 48 (conv2): exact 16-channel chunks instead of 64 with 25% masked
-    (128, 128, 32, 8, 4),   # 8w; half the accumulator registers per thread (tf32 fits)
     (128, 256, 64, 8, 3),   # 8w; K/g = 256
     (256, 128, 64, 8, 3),   # 8w
+]
+# True fp32 (IEEE, cudnn.allow_tf32 off) runs on the FMA pipes with operands in registers:
+# small tiles, few stages, so nothing spills (bench/conv_sass.py --dtypes fp32).
+IEEE_TILES = [
+    (64, 64, 32, 4, 2),
+    (64, 128, 32, 4, 2),    # (128, 64, 32) spills in conv3's forward
 ]
 # Input gradient: GEMM M = N*H*W input pixels, N = C/g, reduction (kh, kw, k).
 DGRAD_TILES = [
@@ -63,12 +68,13 @@ DGRAD_TILES = [
     (256, 128, 64, 8, 3),   # 8w
 ]
 # Weight gradient: GEMM M = K/g, N = KH*KW*C/g, reduction over N*OH*OW pixels (split).
+# The index work of a step scales with the B (x) tile, BLOCK_K x BLOCK_N, the MMA work with
+# BLOCK_M too: tiles with BLOCK_M < 128, or 8 warps on a 32-deep step, issue more instructions
+# than the tensor cores need (bench/conv_sass.py: ratio 0.8-1.1) and are not listed.
 WGRAD_TILES = [
     (128, 128, 64, 4, 3),
     (128, 128, 32, 4, 4),
-    (64, 128, 64, 4, 4),    # K/g = 192 (conv4) = 3 x 64
     (128, 64, 64, 4, 4),    # C/g = 48, 192: one tap's channels in whole blocks
-    (128, 128, 32, 8, 4),   # 8w
     (128, 256, 64, 8, 3),   # 8w
     (256, 128, 64, 8, 3),   # 8w; K/g = 384 (conv3) in 1.5 blocks: M = 256 + 128
 ]
@@ -78,17 +84,30 @@ def _np2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _smem_ok(cfg: Config, elem: int) -> bool:
+def smem_bytes(cfg: Config, elem: int) -> int:
+    """Shared memory a config's main loop holds: every operand tile the loop streams (A, B)
+    in each of num_stages buffers. The loops stream exactly these two operands (the ReLU mask
+    is applied outside them, `common.relu_grad`); a third stream would have to be added here."""
     k = cfg.kwargs
-    return cfg.num_stages * (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * elem <= SMEM_BUDGET
+    operand_tiles = [k["BLOCK_M"] * k["BLOCK_K"], k["BLOCK_K"] * k["BLOCK_N"]]
+    return cfg.num_stages * sum(operand_tiles) * elem
+
+
+def _smem_ok(cfg: Config, elem: int) -> bool:
+    return smem_bytes(cfg, elem) <= SMEM_BUDGET
 
 
 def _fwd_fits(cfg: Config, meta: dict, elem: int) -> bool:
     k = cfg.kwargs
     red = meta["KH"] * meta["KW"] * meta["C_PER_G"] if meta["FLAT"] else meta["C_PER_G"]
     useful_k16 = k["BLOCK_K"] >= 32 or meta["FLAT"] or meta["C_PER_G"] % 32 != 0
+    # FLAT (conv1) decodes and masks every A element: only 128x128 tiles amortise that
+    # (bench/conv_sass.py: BLOCK_M or BLOCK_N 64, or BLOCK_K 16, issue > 0.85 of the MMA time;
+    # BLOCK_K 64 or BLOCK_M 256 spill in bf16)
+    wide = not meta["FLAT"] or meta.get("PRECISION") == "ieee" or (
+        k["BLOCK_M"] == 128 and k["BLOCK_N"] >= 128 and k["BLOCK_K"] == 32)
     return (_smem_ok(cfg, elem) and k["BLOCK_N"] <= _np2(meta["K_PER_G"]) and k["BLOCK_K"] <= _np2(red)
-            and useful_k16)
+            and useful_k16 and wide)
 
 
 def _dgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
@@ -105,61 +124,78 @@ def _wgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
 
 @dataclass
 class ConvTuning:
-    configs: list
+    configs: list  # tensor-core candidates (16-bit, tf32)
     small: Config
     interpreter: Config
     fits: object  # (config, meta, element_size) -> bool
+    ieee: list = field(default_factory=list)  # candidates for true fp32 (FMA)
     key: list = field(default_factory=lambda: ["pix_bucket", "C_PER_G", "K_PER_G", "KH", "KW", "SH", "SW",
-                                               "PRECISION"])
+                                               "H", "W", "PRECISION"])
     min_flops: float = AUTOTUNE_MIN_FLOPS
 
+    def candidates(self, precision: str) -> list:
+        """The configs the tuner may try for a precision ("ieee": the FMA list)."""
+        return self.ieee if precision == "ieee" else self.configs
+
     def prune(self, configs, named_args, **meta):
-        """early_config_prune for triton.autotune: the configs that fit this shape."""
+        """early_config_prune for triton.autotune: the configs of this precision that fit this shape."""
         elem = next(a for a in named_args.values() if isinstance(a, torch.Tensor)).element_size()
-        return [c for c in configs if self.fits(c, meta, elem)] or configs[:1]
+        mine = [c for c in configs if any(c is d for d in self.candidates(meta["PRECISION"]))]
+        return [c for c in mine if self.fits(c, meta, elem)] or mine[:1]
 
     def autotune(self, kernel):
-        return triton.autotune(configs=self.configs, key=self.key,
+        return triton.autotune(configs=self.configs + self.ieee, key=self.key,
                                prune_configs_by={"early_config_prune": self.prune})(kernel)
 
 
 FWD = ConvTuning(
-    configs=_tiles(FWD_TILES, group_m=8), fits=_fwd_fits,
+    configs=_tiles(FWD_TILES, group_m=8), fits=_fwd_fits, ieee=_tiles(IEEE_TILES, group_m=8),
     small=Config(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8), num_warps=4, num_stages=3),
     interpreter=Config(dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, GROUP_M=2), num_warps=4, num_stages=1),
 )
 DGRAD = ConvTuning(
-    configs=_tiles(DGRAD_TILES, group_m=8), fits=_dgrad_fits,
+    configs=_tiles(DGRAD_TILES, group_m=8), fits=_dgrad_fits, ieee=_tiles(IEEE_TILES, group_m=8),
     small=Config(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8), num_warps=4, num_stages=3),
     interpreter=Config(dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, GROUP_M=2), num_warps=4, num_stages=1),
 )
 WGRAD = ConvTuning(
-    configs=_tiles(WGRAD_TILES), fits=_wgrad_fits,
+    configs=_tiles(WGRAD_TILES), fits=_wgrad_fits, ieee=_tiles(IEEE_TILES),
     small=Config(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), num_warps=4, num_stages=3),
     interpreter=Config(dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64), num_warps=4, num_stages=1),
 )
 
 
-def use_flat_reduction(chan: int) -> bool:
+WGRAD_FLAT_BELOW = 64  # wgrad's narrowest listed column block
+
+
+def use_flat_reduction(chan: int, pass_: str = "fwd") -> bool:
     """Whether a kernel flattens (kh, kw, c) into one index instead of looping over taps and
     BLOCK-wide channel chunks: for few channels (conv1's 3), where whole chunks would be mostly
-    masked. Forced configs may override it with FLAT in their kwargs."""
-    return chan < 16
+    masked. wgrad's columns also go flat below one 64-wide block of channels per group (conv2's
+    48: tap blocks waste a quarter of each tile and read 0.77 in bench/conv_sass.py, flat
+    128x128 tiles 0.55). Forced configs may override it with FLAT in their kwargs."""
+    return chan < (WGRAD_FLAT_BELOW if pass_ == "wgrad" else 16)
 
 
 # ------------------------------------------------------------- split of the wgrad reduction
 # The weight gradient reduces over N*OH*OW pixels (387k for conv1) into a small output
 # (K x KH*KW*C/g), so it splits the pixels into `splits` ranges, each program writing an fp32
 # partial that a second kernel sums in a fixed order (deterministic, no atomics). The split
-# count minimises a simple model: waves of programs over the SMs (compute at SM_TFLOPS per SM)
-# plus writing and reading the partials at HBM_BYTES_PER_S.
+# count minimises a simple model of the chosen tile: waves of programs over the CTA slots
+# (SMs x the programs one SM holds, by shared memory and registers), each program's work at
+# SM_TFLOPS per SM shared by the slots, plus writing and reading the partials at
+# HBM_BYTES_PER_S. Among the counts within 5% of the model's best it takes the smallest that
+# fills at least two full waves (the model's rates are rough; a partial last wave then idles a
+# smaller share of the machine). Computed once per shape and tile (cached).
 SPLIT_PIX_QUANTUM = 128  # pixels per split (when split) are a multiple of this, and of every BLOCK_K
 MIN_PIX_PER_SPLIT = 1024
 MAX_SPLITS = 128
+MIN_WAVES = 2
 SM_TFLOPS = {"16bit": 4.5, "tf32": 2.2, "ieee": 0.25}  # sustained per-SM rate assumed by the model
 HBM_BYTES_PER_S = 2.5e12
 SPLIT_OVERHEAD_S = 3e-6  # the extra reduction launch
-NOMINAL_TILE = (128, 128)  # the model's tile (the autotuner may pick another)
+SMEM_PER_SM = 228 * 1024  # H100: shared memory of one SM (all its resident programs together)
+REGS_PER_SM = 65536
 
 
 @lru_cache(maxsize=None)
@@ -167,24 +203,53 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def wgrad_splits(geom, dtype: torch.dtype, precision: str, flat: bool, device: torch.device) -> int:
-    """Number of pixel ranges the weight-gradient reduction is split into (1 on the interpreter)."""
-    from ._common import cdiv, interpreting
+def cta_slots(cfg: Config, elem: int) -> int:
+    """Programs of `cfg` one SM holds at once: by shared memory, and by registers assuming the
+    compiler's usual ~232 per thread for a 128x128 accumulator in 4 warps (2 programs), half
+    the tile per thread in 8 warps (1-2)."""
+    by_smem = SMEM_PER_SM // max(1, smem_bytes(cfg, elem) + 1024)
+    k = cfg.kwargs
+    acc_regs = k["BLOCK_M"] * k["BLOCK_N"] // (cfg.num_warps * 32)  # fp32 accumulator per thread
+    regs = min(255, acc_regs + 104)
+    by_regs = REGS_PER_SM // (regs * cfg.num_warps * 32)
+    return max(1, min(by_smem, by_regs))
 
-    if interpreting() or device.type != "cuda":
-        return 1
-    n_sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    bm, bn = NOMINAL_TILE
+
+def wgrad_splits(geom, dtype: torch.dtype, precision: str, flat: bool, device: torch.device,
+                 config: Config | None = None, n_sms: int | None = None) -> int:
+    """Number of pixel ranges the weight-gradient reduction is split into (1 on the interpreter).
+    `config`: the tile that will run (default: the autotuner's first candidate, as the split
+    must be fixed before the tuner picks); `n_sms` overrides the device's SM count."""
+    from .._common import interpreting
+
+    if n_sms is None:
+        if interpreting() or device.type != "cuda":
+            return 1
+        n_sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    cfg = config or WGRAD.configs[0]
+    k = cfg.kwargs
+    elem = torch.tensor([], dtype=dtype).element_size()
+    rate = "16bit" if dtype != torch.float32 else precision
+    return _split_model(geom, rate, flat, n_sms, k["BLOCK_M"], k["BLOCK_N"], cta_slots(cfg, elem))
+
+
+@lru_cache(maxsize=1024)
+def _split_model(geom, rate: str, flat: bool, n_sms: int, bm: int, bn: int, slots: int) -> int:
+    from .._common import cdiv
+
     cols = cdiv(geom.kernel_h * geom.kernel_w * geom.c_per_g, bn) if flat else \
         geom.kernel_h * geom.kernel_w * cdiv(geom.c_per_g, bn)
     tiles = geom.groups * cdiv(geom.k_per_g, bm) * cols
-    rate = SM_TFLOPS["16bit" if dtype != torch.float32 else precision] * 1e12
-    work_s = geom.flops / rate  # seconds on one SM
+    slots_total = n_sms * slots
+    tile_work_s = 2 * bm * bn * geom.n_out_pix / (SM_TFLOPS[rate] * 1e12 / slots)  # one tile, all pixels, one slot
     partial_bytes = 2 * 4 * (geom.out_chan * geom.c_per_g * geom.kernel_h * geom.kernel_w + geom.out_chan)
     max_splits = max(1, min(MAX_SPLITS, geom.n_out_pix // MIN_PIX_PER_SPLIT))
 
     def model(s):
-        waves = cdiv(tiles * s, n_sms)
-        return waves * work_s / (tiles * s) + (s > 1) * (s * partial_bytes / HBM_BYTES_PER_S + SPLIT_OVERHEAD_S)
+        waves = cdiv(tiles * s, slots_total)
+        return waves * tile_work_s / s + (s > 1) * (s * partial_bytes / HBM_BYTES_PER_S + SPLIT_OVERHEAD_S)
 
-    return min(range(1, max_splits + 1), key=model)
+    best = min(range(1, max_splits + 1), key=model)
+    near = [s for s in range(1, max_splits + 1) if model(s) <= 1.05 * model(best)]
+    full = [s for s in near if tiles * s >= MIN_WAVES * slots_total]
+    return min(full) if full else best

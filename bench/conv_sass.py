@@ -1,0 +1,403 @@
+"""The convolutions' steady-state loops read from the compiler's machine code (SASS), no GPU needed:
+
+    python bench/conv_sass.py [--layers conv3] [--passes wgrad] [--dtypes bf16,tf32] [--all] [--json]
+                              [--arch 90|80] [--shapes single]
+
+For every AlexNet layer x pass x dtype x config, in the variant the model runs (batch 128,
+channels_last, conv1's input padded to 4 channels, bias fused in the forward and ReLU fused
+for conv3-5, the ReLU mask in their backward, wgrad at the split count its model picks for an
+H100's 132 SMs), it compiles the kernel for sm_90 and disassembles the cubin with the
+cuobjdump bundled with Triton. The steady-state loop is the innermost backward branch whose
+body holds the tensor-core instructions (HGMMA; HMMA on sm_80; FFMA for IEEE fp32). Reported
+per kernel: instructions per BLOCK_K step (loop instructions / steps per iteration, steps from
+the MMA shapes), HGMMA and LDGSTS counts (LDGSTS by bytes per copy), local-memory (spill)
+instructions inside the loop, registers, spill bytes (stack), shared memory against the
+per-block limit, and wgmma SS (both operands from shared memory) or RS (A through registers).
+
+The issue ratio = instructions per step x warps per scheduler / tensor-core cycles per step
+at peak (an H100 SM does 2048 16-bit or 1024 tf32 FMA per cycle: 512 cycles for a 128x128x64
+bf16 step; IEEE fp32 counts the FMA pipes, 128 per cycle; A100: 1024 / 512). Above 1 the loop
+cannot feed the tensor cores however well it is pipelined. The matmul tutorial's kernel,
+compiled at the same tiles in the same run, is the calibration row. These are compiler
+readings, predictions of speed, not timings. Deterministic for a given Triton version.
+Without a CUDA device it stands in bench/conv_inspect.py's sm_90 driver.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+from triton import Config
+from triton.backends.compiler import GPUTarget
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conv_inspect import _Sm90Driver
+from conv_layers import LAYERS, passes_for
+
+from kernels.conv import configs as conv_configs
+from kernels.conv import dgrad as conv_dgrad
+from kernels.conv import fwd as conv_fwd
+from kernels.conv import wgrad as conv_wgrad
+from kernels.conv.common import ConvGeometry, dot_precision, pad_input
+
+BATCH = 128
+SMEM_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one block may hold (opt-in maximum)
+FMA_PER_CYCLE = {90: {"16bit": 2048, "tf32": 1024, "ieee": 128}, 80: {"16bit": 1024, "tf32": 512, "ieee": 64}}
+DTYPES = {"bf16": (torch.bfloat16, True), "tf32": (torch.float32, True), "fp16": (torch.float16, True),
+          "fp32": (torch.float32, False)}  # name -> (dtype, cudnn.allow_tf32)
+RELU_LAYERS = ("conv3", "conv4", "conv5")  # the model fuses ReLU into these (conv1-2: ReLU + LRN after)
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
+class _Driver(_Sm90Driver):
+    def __init__(self, arch: int):
+        self.arch = arch
+
+    def get_current_target(self):
+        return GPUTarget("cuda", self.arch, 32)
+
+
+@dataclass
+class Reading:
+    layer: str
+    pass_: str
+    dtype: str
+    config: str
+    kept: bool
+    instructions_per_step: float | None = None
+    issue_ratio: float | None = None
+    loop_instructions: int = 0
+    steps_per_iteration: float = 0.0
+    mma: int = 0  # HGMMA (sm_90) / HMMA (sm_80) / FFMA (IEEE) inside the loop
+    ldgsts: int = 0
+    ldgsts_bytes: dict | None = None
+    ldg: int = 0  # plain global loads (into registers) inside the loop
+    spill_instructions: int = 0  # STL/LDL inside the loop
+    spill_bytes: int = 0
+    registers: int = 0
+    smem_bytes: int = 0
+    smem_limit: int = 0
+    wgmma: str = "-"  # SS, RS or - (no wgmma)
+    splits: int = 1
+    variant: str = ""
+    error: str | None = None
+
+    def row(self) -> dict:
+        d = asdict(self)
+        d["pass"] = d.pop("pass_")
+        return d
+
+
+# ----------------------------------------------------------------------- reading the SASS
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][\w.]*)([^;]*);")
+
+
+def sass(cubin: bytes) -> tuple[str, str]:
+    """(SASS text, resource usage) of a cubin, from the cuobjdump bundled with Triton."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout
+        res = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True,
+                             check=True).stdout
+    return text, res
+
+
+def instructions(text: str) -> list[tuple[int, str, str]]:
+    """(address, opcode, operands) of every instruction."""
+    return [(int(m[1], 16), m[3], m[4]) for m in _INSTR.finditer(text)]
+
+
+def _mma_fma(op: str, operands: str, warps: int) -> int:
+    """FMA one instruction issues for the whole CTA's math (0 if it is not an MMA/FMA)."""
+    if op.startswith("HGMMA"):  # per warpgroup: 64xNxK
+        m, n, k = map(int, re.match(r"HGMMA\.(\d+)x(\d+)x(\d+)", op).groups())
+        return m * n * k * (warps // 4)
+    if op.startswith("HMMA"):  # per warp: HMMA.16816 = m16n8k16, HMMA.1688 = m16n8k8
+        shape = re.match(r"HMMA\.(\d+)", op)[1]
+        m, n, k = {"16816": (16, 8, 16), "1688": (16, 8, 8), "884": (8, 8, 4)}.get(shape, (16, 8, 8))
+        return m * n * k * warps
+    if op.startswith("FFMA"):
+        return 32 * warps
+    return 0
+
+
+def steady_loop(ins, warps: int):
+    """The instructions of the innermost loop (a backward branch's range) holding MMA work;
+    for FMA-only code the loop with the most FFMA."""
+    loops = []
+    for addr, op, operands in ins:
+        m = re.match(r"\s*(0x[0-9a-f]+)", operands)
+        if op == "BRA" and m and int(m[1], 16) < addr:
+            body = [i for i in ins if int(m[1], 16) <= i[0] <= addr]
+            loops.append(body)
+    tensor = [b for b in loops if any(op.startswith(("HGMMA", "HMMA")) for _, op, _ in b)]
+    if tensor:
+        return min(tensor, key=len)
+    return max(loops, key=lambda b: sum(op.startswith("FFMA") for _, op, _ in b), default=[])
+
+
+def _ldgsts_bytes(op: str) -> int:
+    m = re.search(r"\.(32|64|128)(\.|$)", op)
+    return int(m[1]) // 8 if m else 4
+
+
+def read_kernel(kernel, r: Reading, tile: tuple[int, int, int], warps: int, rate: int, arch: int) -> Reading:
+    text, res = sass(kernel.asm["cubin"])
+    loop = steady_loop(instructions(text), warps)
+    bm, bn, bk = tile
+    fma = sum(_mma_fma(op, operands, warps) for _, op, operands in loop)
+    r.loop_instructions = len(loop)
+    r.steps_per_iteration = fma / (bm * bn * bk) if loop else 0.0
+    r.mma = sum(op.startswith(("HGMMA", "HMMA", "FFMA")) for _, op, _ in loop)
+    copies = [op for _, op, _ in loop if op.startswith("LDGSTS")]
+    r.ldgsts = len(copies)
+    r.ldgsts_bytes = {str(b): sum(_ldgsts_bytes(op) == b for op in copies) for b in (4, 8, 16)}
+    r.ldg = sum(op.startswith("LDG") and not op.startswith("LDGSTS") and not op.startswith("LDGDEPBAR")
+                for _, op, _ in loop)
+    r.spill_instructions = sum(op.startswith(("STL", "LDL")) for _, op, _ in loop)
+    hgmma = [(op, operands) for _, op, operands in loop if op.startswith("HGMMA")]
+    if hgmma:
+        r.wgmma = "RS" if any(re.match(r"\s*R\d+, R\d+", o) for _, o in hgmma) else "SS"
+    m = re.search(r"REG:(\d+) STACK:(\d+)", res)
+    r.registers, r.spill_bytes = (int(m[1]), int(m[2])) if m else (0, 0)
+    r.smem_bytes, r.smem_limit = kernel.metadata.shared, SMEM_LIMIT[arch]
+    if r.steps_per_iteration:
+        r.instructions_per_step = round(len(loop) / r.steps_per_iteration, 1)
+        r.issue_ratio = round(r.instructions_per_step * (warps / 4) / (bm * bn * bk / rate), 3)
+    return r
+
+
+# ----------------------------------------------------------------- compiling the kernels
+COMPILED = []
+
+
+def _compile_only(kernel, tuned, tuning, grid, args, meta, *, flops, config=None):
+    """Stands in for kernels.conv.common.launch: compile `kernel` with `config`, never run it."""
+    meta = {**meta, **config.kwargs}
+    COMPILED.append(kernel.warmup(*args, grid=grid(meta), **meta, num_warps=config.num_warps,
+                                  num_stages=config.num_stages))
+
+
+class ModelPass:
+    """One layer's pass with the model's inputs (random CPU tensors, never read)."""
+
+    def __init__(self, layer, name: str, dtype: torch.dtype):
+        L, cl = layer, torch.channels_last
+        self.name, self.relu = name, name in RELU_LAYERS
+        self.geom = ConvGeometry(BATCH, L.in_chan, L.size, L.size, L.out_chan, L.kernel, L.kernel, L.stride,
+                                 L.stride, L.pad, L.pad, L.groups)
+        self.x = torch.empty(self.geom.input_shape, dtype=dtype).contiguous(memory_format=cl)
+        self.w = torch.empty(self.geom.weight_shape, dtype=dtype).contiguous(memory_format=cl)
+        self.b = torch.empty(L.out_chan, dtype=dtype)
+        self.dy = torch.empty(self.geom.output_shape, dtype=dtype).contiguous(memory_format=cl)
+        self.x_k, self.w_k, self.geom_k = pad_input(self.x, self.w, self.geom)
+
+    def variant(self, pass_: str) -> str:
+        parts = ["NHWC"]
+        if self.geom_k.in_chan != self.geom.in_chan and pass_ != "dgrad":
+            parts.append(f"C {self.geom.in_chan}->{self.geom_k.in_chan}")
+        if pass_ == "fwd":
+            parts.append("bias+relu" if self.relu else "bias")
+        elif self.relu:
+            parts.append("relu mask outside")
+        return " ".join(parts)
+
+    def tuning_and_meta(self, pass_: str):
+        """(ConvTuning, the meta its `fits` sees) for this pass in the model's variant."""
+        tuning = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}[pass_]
+        geom = self.geom if pass_ == "dgrad" else self.geom_k
+        red_chan = geom.k_per_g if pass_ == "dgrad" else geom.c_per_g
+        return tuning, dict(geom.constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan, pass_),
+                            HAS_BIAS=pass_ == "fwd", PRECISION=dot_precision(self.x.dtype))
+
+    def splits(self, cfg: Config) -> int:
+        """wgrad's split count as its model picks it on an H100 (132 SMs)."""
+        return conv_configs.wgrad_splits(self.geom_k, self.x.dtype, dot_precision(self.x.dtype),
+                                         cfg.kwargs["FLAT"], self.x.device, cfg, n_sms=132)
+
+    def compile(self, pass_: str, cfg: Config):
+        """The GEMM kernel of the pass; after a fused ReLU the backward GEMMs read dy already
+        masked (kernels.conv.common.relu_grad, an elementwise pass, not read here)."""
+        if pass_ == "fwd":
+            conv_fwd.conv2d_forward(self.x_k, self.w_k, self.b, self.geom_k, relu=self.relu,
+                                    out_format=torch.channels_last, config=cfg)
+        elif pass_ == "dgrad":
+            conv_dgrad.conv2d_input_grad(self.dy, self.w, self.geom, config=cfg)
+        else:
+            conv_wgrad.conv2d_weight_grad(self.dy, self.x_k, self.geom_k, weight_format=torch.channels_last,
+                                          config=cfg, splits=self.splits(cfg))
+        return COMPILED.pop()
+
+
+@triton.jit
+def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+                  BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
+                  GROUP_SIZE_M: tl.constexpr):
+    """Triton's matmul tutorial (03-matrix-multiplication.py) kernel, verbatim but for comments."""
+    pid = tl.program_id(axis=0)
+    num_pid_m = tl.cdiv(M, BLOCK_SIZE_M)
+    num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
+    num_pid_in_group = GROUP_SIZE_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_SIZE_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    offs_am = (pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)) % M
+    offs_bn = (pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)) % N
+    offs_k = tl.arange(0, BLOCK_SIZE_K)
+    a_ptrs = a_ptr + (offs_am[:, None] * stride_am + offs_k[None, :] * stride_ak)
+    b_ptrs = b_ptr + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
+    accumulator = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_SIZE_K)):
+        a = tl.load(a_ptrs, mask=offs_k[None, :] < K - k * BLOCK_SIZE_K, other=0.0)
+        b = tl.load(b_ptrs, mask=offs_k[:, None] < K - k * BLOCK_SIZE_K, other=0.0)
+        accumulator = tl.dot(a, b, accumulator)
+        a_ptrs += BLOCK_SIZE_K * stride_ak
+        b_ptrs += BLOCK_SIZE_K * stride_bk
+    c = accumulator.to(c_ptr.dtype.element_ty)
+    offs_cm = pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M)
+    offs_cn = pid_n * BLOCK_SIZE_N + tl.arange(0, BLOCK_SIZE_N)
+    c_ptrs = c_ptr + stride_cm * offs_cm[:, None] + stride_cn * offs_cn[None, :]
+    tl.store(c_ptrs, c, mask=(offs_cm[:, None] < M) & (offs_cn[None, :] < N))
+
+
+def calibration(dtype_name: str, cfg: Config, arch: int) -> Reading:
+    """The tutorial's GEMM (4096^3, row-major A and B) at `cfg`'s tiles."""
+    dtype = DTYPES[dtype_name][0]
+    a, b, c = (torch.empty(64, 64, dtype=dtype) for _ in range(3))
+    k = cfg.kwargs
+    r = Reading("calibration", "gemm", dtype_name, label(cfg), True, variant="matmul tutorial, 4096^3")
+    try:
+        kernel = matmul_kernel.warmup(a, b, c, 4096, 4096, 4096, 4096, 1, 4096, 1, 4096, 1, grid=(1,),
+                                      BLOCK_SIZE_M=k["BLOCK_M"], BLOCK_SIZE_N=k["BLOCK_N"],
+                                      BLOCK_SIZE_K=k["BLOCK_K"], GROUP_SIZE_M=8, num_warps=cfg.num_warps,
+                                      num_stages=cfg.num_stages)
+        return read_kernel(kernel, r, (k["BLOCK_M"], k["BLOCK_N"], k["BLOCK_K"]), cfg.num_warps,
+                           _rate(dtype_name, arch), arch)
+    except Exception as e:  # reported, not fatal
+        r.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:100] if str(e).strip() else ''}"
+        return r
+
+
+def label(cfg: Config) -> str:
+    k = cfg.kwargs
+    flat = {True: " flat", False: ""}.get(k.get("FLAT"), "")
+    return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}{flat}"
+
+
+def _rate(dtype_name: str, arch: int) -> int:
+    kind = "16bit" if dtype_name in ("bf16", "fp16") else "tf32" if dtype_name == "tf32" else "ieee"
+    return FMA_PER_CYCLE[arch][kind]
+
+
+def read_pass(mp: ModelPass, pass_: str, dtype_name: str, cfg: Config, kept: bool, arch: int) -> Reading:
+    k = cfg.kwargs
+    r = Reading(mp.name, pass_, dtype_name, label(cfg), kept, variant=mp.variant(pass_))
+    try:
+        if pass_ == "wgrad":
+            r.splits = mp.splits(cfg)
+        kernel = mp.compile(pass_, cfg)
+        return read_kernel(kernel, r, (k["BLOCK_M"], k["BLOCK_N"], k["BLOCK_K"]), cfg.num_warps,
+                           _rate(dtype_name, arch), arch)
+    except Exception as e:  # reported, not fatal
+        r.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:100] if str(e).strip() else ''}"
+        return r
+
+
+def readings(layers, passes, dtypes, shapes="single", every=False, arch=90, max_configs=None):
+    """Yield a Reading per compiled kernel, the calibration row of each dtype first."""
+    if not torch.cuda.is_available():
+        triton.runtime.driver.set_active(_Driver(arch))
+    for mod in (conv_fwd, conv_dgrad, conv_wgrad):
+        mod.launch = _compile_only
+    conv_wgrad._sum_splits = lambda part, out: None  # the second (reduction) launch of a split wgrad
+    for dtype_name in dtypes:
+        dtype, tf32 = DTYPES[dtype_name]
+        torch.backends.cudnn.allow_tf32 = tf32
+        yield calibration(dtype_name, conv_configs.FWD.configs[0], arch)
+        for name in layers:
+            mp = ModelPass(LAYERS[shapes][name], name, dtype)
+            for pass_ in [p for p in passes_for(name) if p in passes]:
+                tuning, meta = mp.tuning_and_meta(pass_)
+                for cfg in tuning.candidates(dot_precision(dtype))[:max_configs]:
+                    kept = bool(tuning.fits(cfg, meta, mp.x.element_size()))
+                    if kept or every:
+                        yield read_pass(mp, pass_, dtype_name, Config({**cfg.kwargs, "FLAT": meta["FLAT"]},
+                                        num_warps=cfg.num_warps, num_stages=cfg.num_stages), kept, arch)
+
+
+def table_row(r: Reading) -> str:
+    if r.error:
+        return f"{r.layer:11} {r.pass_:5} {r.dtype:4} {r.config:22} {'kept' if r.kept else 'off ':4}  FAILED {r.error}"
+    ratio = f"{r.issue_ratio:5.2f}" if r.issue_ratio is not None else "    -"
+    per = f"{r.instructions_per_step:6.0f}" if r.instructions_per_step is not None else "     -"
+    b = r.ldgsts_bytes or {}
+    return (f"{r.layer:11} {r.pass_:5} {r.dtype:4} {r.config:22} {'kept' if r.kept else 'off ':4} {per} {ratio} "
+            f"{r.mma:4} {r.ldgsts:4} ({b.get('16', 0)}/{b.get('8', 0)}/{b.get('4', 0)}) {r.ldg:3} "
+            f"{r.spill_instructions:3} {r.spill_bytes:6} {r.registers:4} {r.smem_bytes // 1024:4}K "
+            f"{'OVER' if r.smem_bytes > r.smem_limit else 'ok':4} {r.wgmma:3} {r.splits:3}  {r.variant}")
+
+
+HEADER = ("layer       pass  dt   config                 kept  instr ratio  mma  cp  (16/8/4B) ldg "
+          "spl spillB regs  smem fit wg  spl  variant")
+
+
+def summary(rows: list[dict]) -> str:
+    """A markdown table, one line per layer x pass x dtype: the best and worst kept config's
+    instructions per step and issue ratio, kept configs that spill / overflow shared memory /
+    use wgmma RS, and the copy widths (from `--json` lines, e.g. an earlier run's)."""
+    out = ["| layer | pass | dtype | kept | best config | instr/step | ratio | worst ratio | spilling | "
+           "smem > limit | RS | 4-byte copies |", "|" + "---|" * 12]
+    groups: dict = {}
+    for r in rows:
+        if r["kept"] and not r.get("error"):
+            groups.setdefault((r["layer"], r["pass"], r["dtype"]), []).append(r)
+    for (layer, pass_, dtype), rs in groups.items():
+        best = min(rs, key=lambda r: r["issue_ratio"] if r["issue_ratio"] is not None else 9e9)
+        worst = max(r["issue_ratio"] or 0 for r in rs)
+        out.append(f"| {layer} | {pass_} | {dtype} | {len(rs)} | {best['config']} | {best['instructions_per_step']:.0f} | "
+                   f"{best['issue_ratio']:.2f} | {worst:.2f} | {sum(r['spill_bytes'] > 0 for r in rs)} | "
+                   f"{sum(r['smem_bytes'] > r['smem_limit'] for r in rs)} | {sum(r['wgmma'] == 'RS' for r in rs)} | "
+                   f"{sum((r.get('ldgsts_bytes') or {}).get('4', 0) > 0 for r in rs)} |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layers", default="conv1,conv2,conv3,conv4,conv5")
+    ap.add_argument("--passes", default="fwd,dgrad,wgrad")
+    ap.add_argument("--dtypes", default="bf16,tf32", help=f"any of {','.join(DTYPES)} (fp32: IEEE, no tf32)")
+    ap.add_argument("--shapes", default="single", help="single (the one-device model) or shard")
+    ap.add_argument("--all", action="store_true", help="also the configs the tuner rules out for the shape")
+    ap.add_argument("--arch", type=int, choices=[90, 80], default=90)
+    ap.add_argument("--max-configs", type=int, help="only the first N listed configs of each pass")
+    ap.add_argument("--json", action="store_true", help="one JSON object per compiled kernel")
+    ap.add_argument("--summarize", metavar="JSONL", help="print the markdown summary of a --json run's output")
+    args = ap.parse_args(argv)
+    if args.summarize:
+        print(summary([json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line.strip()]))
+        return
+    if not args.json:
+        print(f"triton {triton.__version__}, sm_{args.arch}, batch {BATCH}: compiler readings, not timings")
+        print(HEADER)
+    for r in readings(args.layers.split(","), args.passes.split(","), args.dtypes.split(","), args.shapes,
+                      args.all, args.arch, args.max_configs):
+        print(json.dumps({**r.row(), "triton": triton.__version__, "arch": args.arch}) if args.json
+              else table_row(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()

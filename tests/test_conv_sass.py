@@ -1,0 +1,69 @@
+"""bench/conv_sass.py, the compile-only instrument for the convolutions' loops: its SASS reading
+on a hand-written listing, and one real sm_90 compile (one layer, one pass, one config, plus the
+calibration GEMM) in a subprocess without the interpreter."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+LISTING = """
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   IMAD R2, R0, 0x4, RZ ;
+        /*0020*/                   LDGSTS.E.BYPASS.LTC128B.128 [R3], desc[UR4][R4.64] ;
+        /*0030*/              @!P0 BRA 0x10 ;
+        /*0040*/                   IADD3 R5, R5, 0x1, RZ ;
+        /*0050*/                   LDGSTS.E.BYPASS.LTC128B.128 [R3], desc[UR4][R4.64] ;
+        /*0060*/                   LDGSTS.E [R6], desc[UR4][R8.64] ;
+        /*0070*/                   LDL R9, [R1+0x10] ;
+        /*0080*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4].tnspA.tnspB, R24 ;
+        /*0090*/                   HGMMA.64x128x16.F32.BF16 R24, R120, gdesc[UR8].tnspB, R24, gsb0 ;
+        /*00a0*/               @P1 BRA 0x40 ;
+        /*00b0*/                   EXIT ;
+        /*00c0*/                   BRA 0xc0;
+"""
+
+
+def test_steady_loop_is_the_innermost_loop_with_the_mma():
+    import conv_sass
+
+    ins = conv_sass.instructions(LISTING)
+    assert len(ins) == 13
+    loop = conv_sass.steady_loop(ins, warps=4)
+    assert [a for a, _, _ in loop] == list(range(0x40, 0xa1, 0x10))  # not the first loop, not the self-branch
+    ops = [op for _, op, _ in loop]
+    assert sum(conv_sass._mma_fma(op, "", 4) for op in ops) == 2 * 64 * 128 * 16
+    assert sorted(conv_sass._ldgsts_bytes(op) for op in ops if op.startswith("LDGSTS")) == [4, 16]
+
+
+def test_one_layer_one_pass_compiles_for_sm90():
+    import triton
+
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    missing = [t for t in ("ptxas", "cuobjdump") if not (bin_dir / t).exists()]
+    if missing:
+        pytest.skip(f"this Triton wheel has no {', '.join(missing)} in {bin_dir}: no sm_90 compile toolchain")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, do not interpret
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "conv_sass.py"), "--layers", "conv3", "--passes",
+                          "dgrad", "--dtypes", "bf16", "--max-configs", "1", "--json"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["layer"] for r in rows] == ["calibration", "conv3"], out.stdout
+    for r in rows:
+        assert r["error"] is None, r
+        for key in ("pass", "dtype", "config", "kept", "instructions_per_step", "issue_ratio", "spill_bytes",
+                    "smem_bytes", "smem_limit"):
+            assert key in r
+        assert r["steps_per_iteration"] == 1.0 and r["wgmma"] in ("SS", "RS") and r["mma"] > 0
+        assert 0 < r["smem_bytes"] <= r["smem_limit"] == 232448
+    gemm, conv = rows
+    assert 0.1 < gemm["issue_ratio"] < 0.5, gemm  # the tutorial GEMM: ~0.26 under triton 3.6
+    assert (conv["pass"], conv["dtype"], conv["variant"]) == ("dgrad", "bf16", "NHWC relu mask outside")
+    assert conv["instructions_per_step"] >= gemm["instructions_per_step"]  # index work on top of a GEMM's
