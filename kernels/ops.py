@@ -36,7 +36,7 @@ the op is a function of its inputs and its backward applies the same mask again.
 import torch
 
 from . import reference
-from ._common import check_tensor, interpreting, memory_format, pair
+from ._common import check_tensor, interpreting, memory_format
 from .augment import launch_augment
 from .dropout import _dense, apply_dropout_mask
 from .lrn import relu_lrn_backward, relu_lrn_forward
@@ -199,12 +199,8 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     check_tensor(weight, "weight", ndim=4, kernel_device=False)
     if bias is not None:
         check_tensor(bias, "bias", ndim=1, kernel_device=False)
-    if pair(dilation, "dilation") != (1, 1):
-        raise ValueError(f"dilation {dilation!r} is not supported: the Triton convolution has dilation 1 only")
-    padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
-    if len(padding) != 2 or min(padding) < 0:
-        raise ValueError(f"padding must be a non-negative int or a pair of them, got {padding!r}")
-    return ops.conv2d(x, weight, bias, pair(stride, "stride"), padding, groups, relu)
+    stride, padding, groups = _conv.conv_arguments(stride, padding, groups, dilation)
+    return ops.conv2d(x, weight, bias, stride, padding, groups, relu)
 
 
 # ============================================================================ LRN

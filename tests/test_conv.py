@@ -356,7 +356,7 @@ def test_double_backward_raises():
     weight.requires_grad_()
     y = kernels.conv2d(x, weight, b, padding=1, relu=True)
     (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
+    with pytest.raises(RuntimeError, match="once_differentiable|no autograd formula"):
         gx.sum().backward()
 
 

@@ -26,7 +26,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._common import as_format, memory_format
-from .common import ConvGeometry, conv_geometry, pad_input, relu_grad, unpad_weight_grad
+from .common import ConvGeometry, conv_arguments, conv_geometry, pad_input, relu_grad, unpad_weight_grad
 from .dgrad import conv2d_input_grad
 from .fwd import conv2d_forward
 from .wgrad import conv2d_weight_grad
@@ -35,6 +35,7 @@ __all__ = [
     "Conv2dFunction",
     "ConvGeometry",
     "conv2d",
+    "conv_arguments",
     "conv2d_forward",
     "conv2d_input_grad",
     "conv2d_weight_grad",

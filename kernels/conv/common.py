@@ -121,6 +121,20 @@ def check_pixel_count(geom: ConvGeometry) -> None:
                          "split the batch")
 
 
+def conv_arguments(stride=1, padding=0, groups=1, dilation=1) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """(stride pair, padding pair, groups) as Python ints from any integers (int, np.int64, ...),
+    with clear errors: TypeError for non-integers such as 1.0, ValueError for out-of-range
+    values and for dilation other than 1."""
+    if _int_pair(dilation, "dilation", 1) != (1, 1):
+        raise ValueError(f"dilation {dilation!r} is not supported: the Triton convolution has dilation 1 only")
+    stride, padding = _int_pair(stride, "stride", 1), _int_pair(padding, "padding", 0)
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
+        raise TypeError(f"groups must be an integer, got {groups!r} ({type(groups).__name__})")
+    if groups < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    return stride, padding, int(groups)
+
+
 def conv_geometry(x, weight, bias=None, stride=1, padding=0, groups=1, dilation=1) -> ConvGeometry:
     """Check the arguments of a convolution and return its geometry (clear errors otherwise)."""
     check_tensor(x, "x", ndim=4)
@@ -128,14 +142,7 @@ def conv_geometry(x, weight, bias=None, stride=1, padding=0, groups=1, dilation=
     if weight.dtype != x.dtype:
         raise TypeError(f"weight has dtype {weight.dtype} but x has {x.dtype}; they must match")
     check_same_device(("x", x), ("weight", weight))
-    if _int_pair(dilation, "dilation", 1) != (1, 1):
-        raise ValueError(f"dilation {dilation!r} is not supported: the Triton convolution has dilation 1 only")
-    (sh, sw), (ph, pw) = _int_pair(stride, "stride", 1), _int_pair(padding, "padding", 0)
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
-        raise TypeError(f"groups must be an integer, got {groups!r} ({type(groups).__name__})")
-    if groups < 1:
-        raise ValueError(f"groups must be a positive integer, got {groups!r}")
-    groups = int(groups)
+    (sh, sw), (ph, pw), groups = conv_arguments(stride, padding, groups, dilation)
     n_img, in_chan, height, width = x.shape
     out_chan, c_per_g, kh, kw = weight.shape
     if in_chan % groups or out_chan % groups:
