@@ -66,7 +66,7 @@ def test_ensure_demo_store_builds_once(tmp_path, monkeypatch):
 
 
 def test_the_demo_schedule_is_fixed_so_validation_noise_cannot_end_it():
-    """No arguments: a fixed lr schedule (lr / 10 once, after epoch 15 of 20), the demo's init;
+    """No arguments: a fixed lr schedule (lr / 10 once, after epoch 24 of 30), the demo's init;
     with --data the paper's plateau schedule and init stay the defaults."""
     from types import SimpleNamespace
 
@@ -75,11 +75,11 @@ def test_the_demo_schedule_is_fixed_so_validation_noise_cannot_end_it():
     from alexnet.trainer import Trainer
 
     config = parse_args([])
-    assert (config.lr_step, config.epochs, config.lr, config.init, config.initial()) == (15, 20, 0.002, "demo",
+    assert (config.lr_step, config.epochs, config.lr, config.init, config.initial()) == (24, 30, 0.002, "demo",
                                                                                         (0.02, 0.1))
     paper = parse_args(["--data", "."])
     assert (paper.lr_step, paper.patience, paper.init, paper.initial()) == (0, 5, "paper", (0.01, 1.0))
     fake = SimpleNamespace(config=config, schedule=PlateauSchedule(lr=config.lr))
     events = [Trainer.fixed_step(fake, epoch) for epoch in range(1, config.epochs + 1)]
-    assert events.count("fixed") == 19 and "lr / 10" in events[14]
+    assert events.count("fixed") == 29 and "lr / 10" in events[23]
     assert fake.schedule.lr == pytest.approx(0.0002) and not fake.schedule.finished

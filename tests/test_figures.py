@@ -1,6 +1,5 @@
 """The figure and experiment commands (alexnet/figures.py, alexnet/experiments.py) on a tiny
 checkpoint and dataset on the CPU: each writes a valid PNG of the expected size."""
-from dataclasses import replace
 
 import numpy as np
 import pytest
