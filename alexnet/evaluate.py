@@ -131,7 +131,7 @@ def main(argv=None) -> int:
                      f"--out {saved.get('out')!r} as given then, relative to where training ran): pass --data")
     if data is None:
         from .demo import ensure_demo_store
-        from .train import DEMO_STORE_SIZE
+        from .recipe import DEMO_STORE_SIZE
 
         data = ensure_demo_store(image_size=DEMO_STORE_SIZE)
     elif not is_store(data):

@@ -134,7 +134,7 @@ def _write(result: dict, path: Path) -> None:
 def ablation(name: str, base=None, out="experiments") -> dict:
     """Train with the paper's setting and with the ablation; errors and differences (in
     percentage points, ablation minus paper) beside the paper's reported gains."""
-    from .train import DEMO, TrainConfig
+    from .recipe import DEMO, TrainConfig
     from .trainer import Trainer
 
     flag, paper_value, ablated_value, paper_top1, paper_top5 = ABLATIONS[name]
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
               f"tanh {result['epochs_to_25pct']['tanh']}; tanh/relu = {result['tanh_over_relu']} "
               f"(the paper: 6); curves in {args.out}")
         return 0
-    from .train import DEMO, TrainConfig
+    from .recipe import DEMO, TrainConfig
 
     base = TrainConfig(data=args.data) if args.data else TrainConfig(**DEMO)
     if args.epochs:

@@ -237,7 +237,7 @@ def run_store(checkpoint_path, data=None) -> Path:
             data = Path(saved["out"]) / "store"  # training prepared the folder it was given into OUT/store
         if data is None:
             from .demo import ensure_demo_store
-            from .train import DEMO_STORE_SIZE
+            from .recipe import DEMO_STORE_SIZE
 
             data = ensure_demo_store(image_size=DEMO_STORE_SIZE)
     if not is_store(data):

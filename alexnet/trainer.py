@@ -28,7 +28,7 @@ from .metrics import MetricsLog
 from .model import AlexNet
 from .optim import FlatPaperSGD, PaperSGD, PlateauSchedule, param_groups, set_lr
 from .store import Store
-from .train import TrainConfig, store_size_for
+from .recipe import INIT, MODEL_FIELDS, RESUME_FIELDS, TrainConfig, command_line, store_size_for
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
@@ -135,10 +135,10 @@ def check_checkpoint_store(ckpt: dict, store: Store, path) -> None:
 
 
 def build_model(config: TrainConfig, store: Store, session: Session):
-    model_config = AlexNetConfig(num_classes=store.num_classes, image_size=config.image_size, lrn=config.lrn,
-                                 overlap_pool=config.overlap_pool, activation=config.activation,
-                                 columns=config.columns, ops=config.ops, dropout_seed=config.seed,
-                                 init_std=config.initial()[0], init_bias_one=config.initial()[1]).resolved()
+    init_std, init_bias = config.initial()
+    model_config = AlexNetConfig(num_classes=store.num_classes, image_size=config.image_size, ops=config.ops,
+                                 dropout_seed=config.seed, init_std=init_std, init_bias_one=init_bias,
+                                 **{name: getattr(config, name) for name in MODEL_FIELDS}).resolved()
     torch.manual_seed(config.seed)  # the initial weights (the same on every rank)
     if session.layout is None:
         return AlexNet(model_config).to(session.device), model_config
@@ -286,7 +286,7 @@ class Trainer:
         ckpt = checkpoint.check_structure(checkpoint.load(path), path)
         check_checkpoint_store(ckpt, self.store, path)
         saved = ckpt["config"]
-        for key in ("batch_size", "seed", "image_size", "lrn", "overlap_pool", "activation", "columns"):
+        for key in RESUME_FIELDS:
             if saved[key] != getattr(self.config, key):
                 raise UsageError(f"alexnet.train: cannot resume {path}: it was trained with {key}={saved[key]!r}, "
                                  f"this run has {getattr(self.config, key)!r}")
@@ -524,8 +524,6 @@ def at_chance(record: dict, num_classes: int) -> bool:
 
 
 def stall_message(config: TrainConfig, epochs: int) -> str:
-    from .train import INIT, command_line
-
     demo = INIT["demo"]
     if config.init == "paper":
         why = (f"the paper's init (N(0, {config.initial()[0]}) weights, biases {config.initial()[1]}) can sit here "
