@@ -10,7 +10,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+
+
+def _conv_sass():
+    """bench/conv_sass.py as a module, leaving sys.path as it was: bench/ on the path would
+    hide tests/conftest.py from processes spawned later (multiprocessing copies sys.path)."""
+    saved = list(sys.path)
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import conv_sass
+    finally:
+        sys.path[:] = saved
+    return conv_sass
+
 
 LISTING = """
         /*0000*/                   S2R R0, SR_TID.X ;
@@ -30,7 +42,7 @@ LISTING = """
 
 
 def test_steady_loop_is_the_innermost_loop_with_the_mma():
-    import conv_sass
+    conv_sass = _conv_sass()
 
     ins = conv_sass.instructions(LISTING)
     assert len(ins) == 13
