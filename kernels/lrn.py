@@ -35,8 +35,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (as_format, cdiv, check_pixel_count, check_tensor, empty_4d, interpreting, memory_format,
-                      pixel_offsets)
+from ._common import (
+    as_format,
+    cdiv,
+    check_pixel_count,
+    check_tensor,
+    empty_4d,
+    memory_format,
+    pixel_offsets,
+)
+from .launch import lrn_blocks
 
 __all__ = ["relu_lrn", "local_response_norm"]
 
@@ -205,18 +213,6 @@ def _check_params(size, alpha, beta, k):
         raise ValueError(f"alpha must be >= 0, got {alpha!r}")
 
 
-def _blocks(chan_per_group: int, fmt: torch.memory_format) -> tuple[int, int, int]:
-    """(BLOCK_P, BLOCK_C, num_warps): the contiguous dim gets the long side of the tile;
-    BLOCK_C divides the group's channels when it can (conv1's 48 per column: 16)."""
-    if interpreting():
-        return 16, max(8, min(32, triton.next_power_of_2(chan_per_group))), 4
-    if fmt == torch.channels_last:
-        block_c = next((b for b in (64, 32, 16, 8) if chan_per_group % b == 0), None)
-        block_c = block_c or max(8, min(64, triton.next_power_of_2(chan_per_group)))
-        return max(16, 2048 // block_c), block_c, 4
-    return 128, 8, 4
-
-
 def _check_groups(n_chan: int, groups) -> int:
     if not isinstance(groups, int) or groups < 1 or n_chan % groups:
         raise ValueError(f"groups must be a positive int dividing the {n_chan} channels, got {groups!r}")
@@ -226,7 +222,7 @@ def _check_groups(n_chan: int, groups) -> int:
 def _launch(kernel, first_args, x, out, n_chan_per_group, groups, size, alpha, beta, k, relu, blocks, **flags):
     n_img, _, height, width = x.shape
     n_pix = n_img * height * width
-    block_p, block_c, warps = blocks or _blocks(n_chan_per_group, memory_format(out))
+    block_p, block_c, warps = blocks or lrn_blocks(n_chan_per_group, memory_format(out))
     grid = (cdiv(n_pix, block_p), groups * cdiv(n_chan_per_group, block_c))
     kernel[grid](
         *first_args, n_pix, n_chan_per_group, height, width, *x.stride(), *out.stride(),

@@ -21,7 +21,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, check_pixel_count, check_tensor, empty_4d, interpreting, memory_format, pair, pixel_offsets
+from ._common import (
+    cdiv,
+    check_pixel_count,
+    check_tensor,
+    empty_4d,
+    memory_format,
+    pair,
+    pixel_coords,
+    pixel_offsets,
+)
+from .launch import maxpool_blocks
 
 __all__ = ["max_pool2d"]
 
@@ -40,10 +50,7 @@ def _max_pool_fwd_kernel(
     chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (pix < n_out_pix)[:, None] & (chan < n_chan)[None, :]
     # top-left input corner of each window: input pixel (n, oh*SH, ow*SW)
-    n = pix // (out_h * out_w)
-    rem = pix - n * (out_h * out_w)
-    oh = rem // out_w
-    ow = rem - oh * out_w
+    n, oh, ow = pixel_coords(pix, out_h, out_w)
     corner = n.to(tl.int64) * sx_n + (oh * SH).to(tl.int64) * sx_h + (ow * SW).to(tl.int64) * sx_w
     base = x_ptr + corner[:, None] + chan.to(tl.int64)[None, :] * sx_c
 
@@ -77,10 +84,7 @@ def _max_pool_bwd_kernel(
     chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     pix_ok = pix < n_pix
     chan_ok = chan < n_chan
-    n = pix // (height * width)
-    rem = pix - n * (height * width)
-    ih = rem // width
-    iw = rem - ih * width
+    n, ih, iw = pixel_coords(pix, height, width)
     chan_off = chan.to(tl.int64)[None, :] * sy_c
 
     dx = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
@@ -103,17 +107,6 @@ def _max_pool_bwd_kernel(
 
 
 # ------------------------------------------------------------------------------ launchers
-def _blocks(n_chan: int, fmt: torch.memory_format, backward: bool) -> tuple[int, int, int]:
-    """(BLOCK_P, BLOCK_C, num_warps): the contiguous dim gets the long side of the tile.
-    Picked with bench/sweep_memory.py on an H100 (bench/RESULTS.md)."""
-    if interpreting():
-        return 16, min(32, triton.next_power_of_2(n_chan)), 4
-    if fmt == torch.channels_last:
-        block_c = 64 if n_chan % 64 == 0 else min(32, triton.next_power_of_2(n_chan))
-        return (2048 // block_c, block_c, 4) if backward else (32, min(block_c, 32), 8)
-    return 128, min(8, triton.next_power_of_2(n_chan)), (4 if backward else 8)
-
-
 def argmax_dtype(positions: int) -> torch.dtype:
     """The narrowest integer type that holds window positions 0 .. positions - 1."""
     return torch.int8 if positions <= 128 else torch.int16 if positions <= 32768 else torch.int32
@@ -134,7 +127,7 @@ def max_pool2d_forward(x, kernel_size=3, stride=2, blocks=None):
     idx = empty_4d(y.shape, x, fmt, dtype=argmax_dtype(kh * kw))
     if y.numel() == 0:
         return y, idx
-    block_p, block_c, warps = blocks or _blocks(n_chan, fmt, backward=False)
+    block_p, block_c, warps = blocks or maxpool_blocks(n_chan, fmt, backward=False)
     n_out_pix = n_img * out_h * out_w
     grid = (cdiv(n_out_pix, block_p), cdiv(n_chan, block_c))
     _max_pool_fwd_kernel[grid](
@@ -154,7 +147,7 @@ def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, strid
         return dx
     n_img, n_chan, height, width = input_shape
     out_h, out_w = idx.shape[2], idx.shape[3]
-    block_p, block_c, warps = blocks or _blocks(n_chan, input_format, backward=True)
+    block_p, block_c, warps = blocks or maxpool_blocks(n_chan, input_format, backward=True)
     n_pix = n_img * height * width
     grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
     _max_pool_bwd_kernel[grid](
