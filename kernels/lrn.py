@@ -150,17 +150,21 @@ def _relu_lrn_fwd_kernel(
     """x: (N, C, H, W) read through strides sx_*; y = LRN(act(x)) and, if SAVE_U,
     u = y / s, both written through strides sy_*. n_chan is the channels of one group
     (windows stop at group boundaries); BLOCK_C is a multiple of 8."""
+    # -- map programs: this program's tile of pixels x one group's channels
     pix, chan, first = _tile(n_pix, n_chan, BLOCK_P, BLOCK_C)
     pix_ok = pix < n_pix
+    # -- build pointers: int64 offsets through the strides (any layout)
     chan64 = (first + chan).to(tl.int64)[None, :]
     x_ptrs = x_ptr + pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)[:, None] + chan64 * sx_c
 
+    # -- reduce: the tile and its +-8-channel halos, the window sum of squares across channels
     prev, cur, nxt = _load_3(x_ptrs, sx_c, chan, n_chan, pix_ok)
     a = _act(cur, RELU)
     a_prev, a_next = _act(prev, RELU), _act(nxt, RELU)
     s = k + alpha * _channel_window_sum(a_prev * a_prev, a * a, a_next * a_next, LO, HI, BLOCK_P, BLOCK_C)
     y = a * tl.exp2(-beta * tl.log2(s))  # a * s^-beta; not u * s, which is 0 * inf = NaN once s overflows
 
+    # -- write back: y (and u for the backward) in the output's layout
     y_off = pixel_offsets(pix, height, width, sy_n, sy_h, sy_w)[:, None] + chan64 * sy_c
     mask = pix_ok[:, None] & (chan < n_chan)[None, :]
     tl.store(y_ptr + y_off, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -181,17 +185,21 @@ def _relu_lrn_bwd_kernel(
     """dx = d(LRN(act(x)))/dx^T dy. x through strides sx_*; u, dy and dx through sy_*.
     Channel i's window holds j iff i in j-HI .. j+LO: the cross term's window is mirrored.
     n_chan is the channels of one group."""
+    # -- map programs: this program's tile of pixels x one group's channels
     pix, chan, first = _tile(n_pix, n_chan, BLOCK_P, BLOCK_C)
     pix_ok = pix < n_pix
+    # -- build pointers: int64 offsets through the strides (any layout)
     chan64 = (first + chan).to(tl.int64)[None, :]
     x_ptrs = x_ptr + pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)[:, None] + chan64 * sx_c
     y_off = pixel_offsets(pix, height, width, sy_n, sy_h, sy_w)[:, None] + chan64 * sy_c
 
+    # -- reduce: the tile and its +-8-channel halos, the window sum of squares across channels
     prev, cur, nxt = _load_3(x_ptrs, sx_c, chan, n_chan, pix_ok)
     a = _act(cur, RELU)
     a_prev, a_next = _act(prev, RELU), _act(nxt, RELU)
     s = k + alpha * _channel_window_sum(a_prev * a_prev, a * a, a_next * a_next, LO, HI, BLOCK_P, BLOCK_C)
 
+    # -- reduce: the mirrored window sum of dy * u (the cross term)
     dy_prev, dy, dy_next = _load_3(dy_ptr + y_off, sy_c, chan, n_chan, pix_ok)
     u_prev, u, u_next = _load_3(u_ptr + y_off, sy_c, chan, n_chan, pix_ok)
     cross = _channel_window_sum(dy_prev.to(tl.float32) * u_prev.to(tl.float32), dy.to(tl.float32) * u.to(tl.float32),

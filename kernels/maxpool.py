@@ -46,14 +46,16 @@ def _max_pool_fwd_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """x (N, C, H, W) through sx_*; y and idx (N, C, out_h, out_w) through sy_*."""
+    # -- map programs: axis 0 a block of pixels, axis 1 a block of channels
     pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (pix < n_out_pix)[:, None] & (chan < n_chan)[None, :]
-    # top-left input corner of each window: input pixel (n, oh*SH, ow*SW)
+    # -- build pointers: top-left input corner of each window, input pixel (n, oh*SH, ow*SW)
     n, oh, ow = pixel_coords(pix, out_h, out_w)
     corner = n.to(tl.int64) * sx_n + (oh * SH).to(tl.int64) * sx_h + (ow * SW).to(tl.int64) * sx_w
     base = x_ptr + corner[:, None] + chan.to(tl.int64)[None, :] * sx_c
 
+    # -- reduce: the max over the KH x KW window and its window-local position
     best = tl.full((BLOCK_P, BLOCK_C), float("-inf"), tl.float32)
     best_idx = tl.zeros((BLOCK_P, BLOCK_C), tl.int32)
     for kh in tl.static_range(KH):
@@ -63,6 +65,7 @@ def _max_pool_fwd_kernel(
             best = tl.where(take, v, best)
             best_idx = tl.where(take, kh * KW + kw, best_idx)
 
+    # -- write back: the max and its argmax in the output's layout
     y_off = pixel_offsets(pix, out_h, out_w, sy_n, sy_h, sy_w)[:, None] + chan.to(tl.int64)[None, :] * sy_c
     tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(idx_ptr + y_off, best_idx.to(idx_ptr.dtype.element_ty), mask=mask)
@@ -80,6 +83,7 @@ def _max_pool_bwd_kernel(
     """dx (N, C, H, W) through sx_*; dy and idx (N, C, out_h, out_w) through sy_*.
     Input row ih lies in output rows oh with oh*SH <= ih < oh*SH + KH, i.e. the
     ceil(KH/SH) rows ih//SH - i (i = 0, 1, ...) that are >= 0 and < out_h, likewise for w."""
+    # -- map programs: axis 0 a block of pixels, axis 1 a block of channels
     pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     pix_ok = pix < n_pix
@@ -87,6 +91,7 @@ def _max_pool_bwd_kernel(
     n, ih, iw = pixel_coords(pix, height, width)
     chan_off = chan.to(tl.int64)[None, :] * sy_c
 
+    # -- reduce: gather the gradients of every window that chose this input pixel
     dx = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
     for i in tl.static_range((KH + SH - 1) // SH):
         oh = ih // SH - i
@@ -102,6 +107,7 @@ def _max_pool_bwd_kernel(
             g = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
             dx += tl.where(chosen == (kh * KW + kw)[:, None], g, 0.0)
 
+    # -- write back: dx in the input's layout
     x_off = pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)[:, None] + chan.to(tl.int64)[None, :] * sx_c
     tl.store(dx_ptr + x_off, dx.to(dx_ptr.dtype.element_ty), mask=pix_ok[:, None] & chan_ok[None, :])
 
