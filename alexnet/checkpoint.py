@@ -1,9 +1,5 @@
-"""Atomic checkpoints: a crash while writing never leaves a truncated or half-written file.
-
-Writes go to a temporary file in the same directory, are flushed and fsync'ed, then renamed
-over the destination (rename is atomic on POSIX), and the directory entry is fsync'ed too.
-A kill between the two leaves a hidden `.NAME.*.tmp` file: `remove_stale_temps` deletes
-those (the trainer calls it while it holds the output directory's lock).
+"""Atomic checkpoints: a crash while writing never leaves a truncated or half-written file
+(the writing itself is alexnet/files.py's; `remove_stale_temps` is re-exported from there).
 
 Loading never runs code from the file: `torch.load(weights_only=True)` unpickles only
 tensors, dicts, lists, tuples, strings, numbers and None (what `alexnet.train` writes), and
@@ -15,11 +11,13 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import atomic_write_bytes
+from .files import remove_stale_temps as remove_stale_temps  # the trainer's and the tests' name
 
 # What a checkpoint written by alexnet.train holds, by key, as (type, what it is).
 TRAINING_KEYS = {"format": int, "model": dict, "velocity": dict, "schedule": dict, "loader": dict, "step": int,
@@ -30,46 +28,11 @@ class CheckpointError(ValueError):
     """A file that is not a loadable checkpoint of this project (corrupt, foreign, unsafe)."""
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def save(obj, path: str | os.PathLike) -> None:
     """torch.save `obj` to `path` atomically."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files of writes that a kill interrupted (`.NAME.*.tmp`); call
-    only while no other process writes into `directory`. Returns what was removed."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    removed = []
-    for tmp in directory.glob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
 
 
 def load(path: str | os.PathLike, map_location="cpu"):

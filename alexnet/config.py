@@ -18,7 +18,57 @@ from typing import Literal
 
 import torch
 
-__all__ = ["ConvSpec", "PAPER_CONVS", "ONE_COLUMN_CONVS", "BIAS_ONE_LAYERS", "AlexNetConfig", "layer_shapes"]
+__all__ = ["ConvSpec", "PAPER_CONVS", "ONE_COLUMN_CONVS", "Layer", "LAYERS", "CONV_LAYERS", "FC_LAYERS",
+           "EXCHANGE_POINTS", "BIAS_ONE_LAYERS", "split_dim", "AlexNetConfig", "layer_shapes", "input_shape"]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of the network's structure (Figure 2), whatever its size: the one table that
+    model.py (construction, forward), parallel.py (exchanges, checkpoint shards) and
+    `layer_shapes` read. Sizes live in the ConvSpec rows and AlexNetConfig.
+
+    exchange_before: the two columns meet just before this layer (its kernels see both
+    columns' maps, section 3.2). split: how its (weight, bias) divide between the columns
+    (the dim, or None when each column holds a copy).
+    """
+    name: str
+    lrn: bool = False                   # LRN after the nonlinearity (section 3.3)
+    pool: bool = False                  # max-pooling after (section 3.4)
+    exchange_before: bool = False
+    bias_one: bool = False              # bias initialised to 1 (section 5)
+    dropout: bool = False               # dropout after (section 4.2)
+    split: tuple[int | None, int | None] = (0, 0)
+
+
+# Section 3.5 / Figure 2. Section 5: "We initialized the neuron biases in the second, fourth,
+# and fifth convolutional layers, as well as in the fully-connected hidden layers, with the
+# constant 1". fc8 is split by its inputs (W8's columns) and its bias is replicated (see parallel.py).
+LAYERS = (
+    Layer("conv1", lrn=True, pool=True),
+    Layer("conv2", lrn=True, pool=True, bias_one=True),
+    Layer("conv3", exchange_before=True),
+    Layer("conv4", bias_one=True),
+    Layer("conv5", pool=True, bias_one=True),
+    Layer("fc6", exchange_before=True, bias_one=True, dropout=True),
+    Layer("fc7", exchange_before=True, bias_one=True, dropout=True),
+    Layer("fc8", split=(1, None)),
+)
+CONV_LAYERS = LAYERS[:5]
+FC_LAYERS = LAYERS[5:]
+EXCHANGE_POINTS = tuple(layer.name for layer in LAYERS if layer.exchange_before)  # conv3, fc6, fc7
+BIAS_ONE_LAYERS = tuple(layer.name for layer in LAYERS if layer.bias_one)
+_BY_NAME = {layer.name: layer for layer in LAYERS}
+
+
+def split_dim(param: str) -> int | None:
+    """The dim along which state-dict tensor `param` (e.g. "fc8.weight") divides between the
+    columns, or None when each column holds a copy; tensors outside the table split along 0."""
+    layer, _, kind = param.rpartition(".")
+    if layer not in _BY_NAME:
+        return 0
+    weight_dim, bias_dim = _BY_NAME[layer].split
+    return weight_dim if kind == "weight" else bias_dim
 
 
 @dataclass(frozen=True)
@@ -55,10 +105,6 @@ ONE_COLUMN_CONVS = (
     ConvSpec(192, 3, padding=1),
     ConvSpec(256, 3, padding=1),
 )
-
-# Section 5: "We initialized the neuron biases in the second, fourth, and fifth
-# convolutional layers, as well as in the fully-connected hidden layers, with the constant 1".
-BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
 
 @dataclass(frozen=True)
@@ -145,17 +191,25 @@ def layer_shapes(config: AlexNetConfig) -> dict[str, tuple[int, ...]]:
     for both 3/2 and 2/2 pooling at 224: 55 -> 27 -> 13 -> 6 either way)."""
     window, stride = config.pool
     shapes, size = {}, config.image_size
-    for i, spec in enumerate(config.convs, start=1):
+    for layer, spec in zip(CONV_LAYERS, config.convs):
         size = _out_size(size, spec.kernel_size, spec.stride, spec.padding)
         if size < 1:
-            raise ValueError(f"image_size={config.image_size} is too small: conv{i} has no output pixel")
-        shapes[f"conv{i}"] = (spec.out_channels, size, size)
-        if i in (1, 2, 5):  # max-pooling follows conv1, conv2 and conv5 (section 3.5)
+            raise ValueError(f"image_size={config.image_size} is too small: {layer.name} has no output pixel")
+        shapes[layer.name] = (spec.out_channels, size, size)
+        if layer.pool:  # max-pooling follows conv1, conv2 and conv5 (section 3.5)
             size = _out_size(size, window, stride)
+            pool = layer.name.replace("conv", "pool")
             if size < 1:
-                raise ValueError(f"image_size={config.image_size} is too small: pool{i} has no output pixel")
-            shapes[f"pool{i}"] = (spec.out_channels, size, size)
-    shapes["fc6"] = (config.fc_features,)
-    shapes["fc7"] = (config.fc_features,)
-    shapes["fc8"] = (config.num_classes,)
+                raise ValueError(f"image_size={config.image_size} is too small: {pool} has no output pixel")
+            shapes[pool] = (spec.out_channels, size, size)
+    for layer in FC_LAYERS:
+        shapes[layer.name] = (config.num_classes if layer is FC_LAYERS[-1] else config.fc_features,)
     return shapes
+
+
+def input_shape(config: AlexNetConfig, name: str) -> tuple[int, ...]:
+    """The per-image shape of the tensor entering layer `name` (an FC layer's input flat)."""
+    shapes = list(layer_shapes(config).items())
+    index = [key for key, _ in shapes].index(name)
+    shape = shapes[index - 1][1] if index else (config.in_channels, config.image_size, config.image_size)
+    return shape if name.startswith("conv") else (math.prod(shape),)

@@ -33,7 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from kernels.layout import cdiv
+
 from .augment import AugmentConfig, crop_batch, draw, lighting_shift
+from .seeds import mixed_seed
 from .store import Split, Store
 
 _END = object()
@@ -210,7 +213,7 @@ class _Loader:
 
 
 def _seed(*words: int) -> int:
-    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0] >> 1)
+    return mixed_seed([int(w) for w in words])
 
 
 class TrainLoader(_Loader):
@@ -293,7 +296,7 @@ class EvalLoader(_Loader):
         self.indices = np.array_split(np.arange(len(self.split)), world)[rank]
 
     def __len__(self) -> int:
-        return -(-len(self.indices) // self.batch_size)
+        return cdiv(len(self.indices), self.batch_size)
 
     def __iter__(self):
         b = self.batch_size

@@ -10,10 +10,13 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from kernels.launch import interpreting
+
+from .seeds import mixed_seed
 
 __all__ = ["load_ops", "Conv2d", "LocalResponseNorm", "MaxPool2d", "Linear", "ColumnDropout", "column_seed"]
 
@@ -132,8 +135,7 @@ class Linear(nn.Module):
 def column_seed(seed: int, column: int, replica: int = 0) -> int:
     """The seed of one column's dropout stream: independent streams for every (replica,
     column) pair of one base seed (numpy's SeedSequence does the mixing)."""
-    state = np.random.SeedSequence(seed, spawn_key=(replica, column)).generate_state(1, np.uint64)
-    return int(state[0]) >> 1  # 63 bits: a valid torch seed
+    return mixed_seed(seed, spawn_key=(replica, column))
 
 
 class ColumnDropout(nn.Module):
@@ -180,7 +182,7 @@ class ColumnDropout(nn.Module):
         """Whether the one-launch Triton path runs on `device`: the Triton op on CUDA (or on
         the CPU under TRITON_INTERPRET=1); on a plain CPU the custom ops run their plain-PyTorch
         implementation, and so does this layer (a torch.Generator per column)."""
-        return self.fused and (device.type != "cpu" or self._fused_ops.interpreting())
+        return self.fused and (device.type != "cpu" or interpreting())
 
     def streams(self, device):
         """The fused op's ColumnDropoutState, or one torch.Generator per column, on `device`."""

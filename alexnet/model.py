@@ -40,7 +40,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .config import BIAS_ONE_LAYERS, AlexNetConfig, ConvSpec, layer_shapes
+from .config import BIAS_ONE_LAYERS, CONV_LAYERS, FC_LAYERS, AlexNetConfig, ConvSpec, input_shape, layer_shapes
 from .layers import ColumnDropout, Conv2d, Linear, LocalResponseNorm, MaxPool2d, compute_params, load_ops
 
 __all__ = ["AlexNet", "paper_init_"]
@@ -82,21 +82,25 @@ class AlexNet(nn.Module):
                 after = nn.Identity() if relu else nn.Tanh()
             return conv, after
 
-        c1, c2, c3, c4, c5 = config.convs
-        # Input maps per kernel: conv3 sees both columns (after the exchange), the others their own.
-        self.conv1, self.act1 = conv_layer(c1, config.in_channels, lrn_follows=True)
-        self.conv2, self.act2 = conv_layer(c2, c1.out_channels // split, lrn_follows=True)
-        self.conv3, self.act3 = conv_layer(c3, c2.out_channels, lrn_follows=False)
-        self.conv4, self.act4 = conv_layer(c4, c3.out_channels // split, lrn_follows=False)
-        self.conv5, self.act5 = conv_layer(c5, c4.out_channels // split, lrn_follows=False)
-        self.pool = MaxPool2d(ops.max_pool2d, *config.pool)  # after conv1, conv2 and conv5
-        features = config.fc_features
-        self.fc6 = Linear(config.fc6_in, features // split, config.activation)
-        self.fc7 = Linear(features, features // split, config.activation)
-        self.fc8 = Linear(features // split, config.num_classes)
+        # The layers as config.LAYERS lists them. Input maps per kernel: the image for conv1; after
+        # an exchange (conv3, fc6, fc7) all columns' maps, otherwise this column's own share.
+        maps = config.in_channels
+        for i, (layer, spec) in enumerate(zip(CONV_LAYERS, config.convs), start=1):
+            in_channels = maps if i == 1 or layer.exchange_before else maps // split
+            conv, act = conv_layer(spec, in_channels, lrn_follows=layer.lrn)
+            setattr(self, layer.name, conv)
+            setattr(self, f"act{i}", act)
+            maps = spec.out_channels
+        self.pool = MaxPool2d(ops.max_pool2d, *config.pool)  # after the layers with `pool` (conv1, conv2, conv5)
+        for layer in FC_LAYERS:
+            inputs = input_shape(config, layer.name)[0]
+            last = layer is FC_LAYERS[-1]  # fc8: the logits, whole on every column; no nonlinearity
+            setattr(self, layer.name, Linear(inputs if layer.exchange_before else inputs // split,
+                                             config.num_classes if last else config.fc_features // split,
+                                             None if last else config.activation))
         self.reset_parameters()
         if config.channels_last:  # the conv kernels read weights (K, KH, KW, C): no re-layout per step
-            for conv in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5):
+            for conv in (getattr(self, layer.name) for layer in CONV_LAYERS):
                 conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
         seed = config.dropout_seed if config.dropout_seed is not None else int(torch.randint(0, 2**62, ()))
         columns = tuple(range(config.columns)) if column is None else (column,)
@@ -120,16 +124,21 @@ class AlexNet(nn.Module):
         """fc7's activations (after ReLU and dropout) of this device's column(s)."""
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.pool(self.act1(self.conv1(x)))           # conv1 (B, 96, 55, 55) -> (B, 96, 27, 27)
-        x = self.pool(self.act2(self.conv2(x)))           # conv2 (B, 256, 27, 27) -> (B, 256, 13, 13)
-        x = self.exchange(x, "conv3")                     # the columns cross-connect (section 3.2)
-        x = self.act3(self.conv3(x))                      # (B, 384, 13, 13)
-        x = self.act4(self.conv4(x))                      # (B, 384, 13, 13)
-        x = self.pool(self.act5(self.conv5(x)))           # conv5 (B, 256, 13, 13) -> (B, 256, 6, 6)
-        x = self.exchange(x.flatten(1), "fc6")            # (B, 9216), channel-major (C, H, W) order
-        x = self.dropout(self.fc6(x))                     # (B, 4096)
-        x = self.exchange(x, "fc7")                       # (B, 4096)
-        return self.dropout(self.fc7(x))                  # (B, 4096)
+        # conv1 (B, 96, 55, 55) -> pool (B, 96, 27, 27) ... conv5 (B, 256, 13, 13) -> pool (B, 256, 6, 6)
+        for i, layer in enumerate(CONV_LAYERS, start=1):
+            if layer.exchange_before:
+                x = self.exchange(x, layer.name)  # the columns cross-connect before conv3 (section 3.2)
+            x = getattr(self, f"act{i}")(getattr(self, layer.name)(x))
+            if layer.pool:
+                x = self.pool(x)
+        x = x.flatten(1)                                  # (B, 9216), channel-major (C, H, W) order
+        for layer in FC_LAYERS[:-1]:                      # fc6, fc7 (B, 4096); fc8 is forward's
+            if layer.exchange_before:
+                x = self.exchange(x, layer.name)
+            x = getattr(self, layer.name)(x)
+            if layer.dropout:
+                x = self.dropout(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of images x (B, 3, H, W); softmax is left to the loss."""

@@ -22,6 +22,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from kernels.launch import SGD_GPU_BLOCK
+from kernels.layout import cdiv, is_dense
+
 
 class PaperSGD(torch.optim.Optimizer):
     """SGD with the paper's momentum and weight-decay update (see the module docstring).
@@ -92,13 +95,13 @@ class FlatPaperSGD(PaperSGD):
         ordered = [p for g in groups for p in g["params"]]
         if len({p.device for p in ordered}) != 1 or any(p.dtype != torch.float32 for p in ordered):
             raise ValueError("FlatPaperSGD needs fp32 parameters on one device")
-        if any(not _dense(p) for p in ordered):
+        if any(not is_dense(p) for p in ordered):
             raise ValueError("FlatPaperSGD needs dense (contiguous or channels_last) parameters")
         self.weight_decay = decays.pop() if decays else 0.0
         self.momentum = groups[0]["momentum"]
         self.n_decay = sum(p.numel() for g in groups if g["weight_decay"] for p in g["params"])
         # Padded to whole blocks of the update kernel (zeros that stay zero): one launch, no tail.
-        total = -(-sum(p.numel() for p in ordered) // _SGD_PAD) * _SGD_PAD
+        total = cdiv(sum(p.numel() for p in ordered), _SGD_PAD) * _SGD_PAD
         device = ordered[0].device
         self.flat_params = torch.zeros(total, device=device)
         self.flat_velocity = torch.zeros(total, device=device)
@@ -163,11 +166,7 @@ class FlatPaperSGD(PaperSGD):
         return loss
 
 
-_SGD_PAD = 4096  # kernels.sgd's block on a GPU (1024 on the interpreter divides it)
-
-
-def _dense(p: torch.Tensor) -> bool:
-    return p.is_contiguous() or (p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last))
+_SGD_PAD = SGD_GPU_BLOCK  # kernels.sgd's block on a GPU (the interpreter's divides it; kernels/launch.py)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float = 5e-4) -> list[dict]:

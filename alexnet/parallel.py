@@ -39,9 +39,9 @@ from dataclasses import dataclass, replace
 import torch
 import torch.distributed as dist
 
-from kernels._common import memory_format
+from kernels.layout import memory_format
 
-from .config import AlexNetConfig, layer_shapes
+from .config import EXCHANGE_POINTS, AlexNetConfig, input_shape, split_dim
 from .distributed import ParallelLayout, guard
 from .model import AlexNet
 
@@ -184,17 +184,16 @@ class ShardedAlexNet(AlexNet):
 
 
 # ======================================================================== checkpoints
-# How each tensor divides between the columns: the dim it splits along, or None when each
-# rank holds a copy. Every tensor not listed splits along dim 0 (its output channels or
-# features; grouped convs put group g's kernels at [g*C, (g+1)*C), which is column g's share).
-_SPLIT_DIM = {"fc8.weight": 1, "fc8.bias": None}
+# How each tensor divides between the columns: config.split_dim, from the layer table (dim 0,
+# its output channels or features, unless listed; grouped convs put group g's kernels at
+# [g*C, (g+1)*C), which is column g's share).
 
 
 def shard_state_dict(full: dict, column: int, columns: int = 2) -> dict:
     """Column `column`'s share of a single-device (grouped) state dict."""
     out = {}
     for name, t in full.items():
-        dim = _SPLIT_DIM.get(name, 0)
+        dim = split_dim(name)
         out[name] = t.clone() if dim is None else t.chunk(columns, dim)[column].clone()
     return out
 
@@ -204,7 +203,7 @@ def merge_state_dicts(shards: list[dict]) -> dict:
     tensors (fc8.bias) are identical on every rank; rank 0's copy is taken."""
     out = {}
     for name in shards[0]:
-        dim = _SPLIT_DIM.get(name, 0)
+        dim = split_dim(name)
         out[name] = shards[0][name].clone() if dim is None else torch.cat([sd[name] for sd in shards], dim)
     return out
 
@@ -223,21 +222,21 @@ def exchange_plan(config: AlexNetConfig, batch_size: int, element_size: int = 4,
                   grad_element_size: int = 4) -> list[Exchange]:
     """The bytes each rank sends per training step at each exchange, from the shapes alone.
     element_size: bytes per activation value; grad_element_size: per gradient value."""
-    shapes = layer_shapes(config)
-    shares = {  # what each rank contributes at each gather: its half of the previous layer
-        "conv3": (batch_size, shapes["pool2"][0] // 2, *shapes["pool2"][1:]),
-        "fc6": (batch_size, math.prod(shapes["pool5"]) // 2),
-        "fc7": (batch_size, shapes["fc6"][0] // 2),
-    }
+    shares = {}  # what each rank contributes at each gather: its half of the layer's input
+    for point in EXCHANGE_POINTS:  # conv3, fc6, fc7
+        maps, *pixels = input_shape(config, point)
+        shares[point] = (batch_size, maps // 2, *pixels)
     plan = [Exchange(point, "all-gather / reduce-scatter", shape,
                      bytes_sent("all-gather", math.prod(shape), element_size, 2),
                      bytes_sent("reduce-scatter", math.prod(shape), element_size, 2))
             for point, shape in shares.items()]
     logits = (batch_size, config.num_classes)
-    plan.append(Exchange("fc8", "all-reduce / -", logits, bytes_sent("all-reduce", math.prod(logits), element_size, 2), 0))
+    plan.append(Exchange("fc8", "all-reduce / -", logits,
+                         bytes_sent("all-reduce", math.prod(logits), element_size, 2), 0))
     if replicas > 1:
         with torch.device("meta"):
-            params = sum(p.numel() for p in AlexNet(replace(config, ops="reference", dropout_seed=0), column=0).parameters())
+            column = AlexNet(replace(config, ops="reference", dropout_seed=0), column=0)
+            params = sum(p.numel() for p in column.parameters())
         plan.append(Exchange("gradients", "- / all-reduce", (params,), 0,
                              bytes_sent("all-reduce", params, grad_element_size, replicas)))
     return plan

@@ -24,7 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import FLOAT_DTYPES, cdiv, check_same_device, check_tensor, interpreting
+from ._checks import check_augment_args
+from ._common import FLOAT_DTYPES, cdiv, check_tensor
+from .launch import augment_launch
 
 __all__ = ["augment", "launch_augment"]
 
@@ -64,38 +66,6 @@ def _augment_kernel(
 
 
 # ------------------------------------------------------------------------------ launcher
-def check_augment_args(images, offsets, flips, shift, mean, size: int, check_values: bool) -> None:
-    """The checks the kernel and the reference share: shapes, dtypes, one device, and if
-    check_values the offsets' range (a host sync for device tensors)."""
-    if images.dim() != 4 or images.shape[3] != 3:
-        raise ValueError(f"images must be (B, H, W, 3) uint8 NHWC, got shape {tuple(images.shape)}")
-    if images.dtype != torch.uint8:
-        raise TypeError(f"images must be uint8, got {images.dtype}")
-    batch, height, width, _ = images.shape
-    if not isinstance(size, int) or not 0 < size <= min(height, width):
-        raise ValueError(f"crop size must be an int in 1..{min(height, width)}, got {size!r}")
-    expected = {"offsets": (offsets, (batch, 2)), "flips": (flips, (batch,)), "shift": (shift, (batch, 3)),
-                "mean": (mean, (height, width, 3))}
-    for name, (t, shape) in expected.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} for images of shape {tuple(images.shape)}, "
-                             f"got {tuple(t.shape)}")
-    if offsets.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"offsets must be int32 or int64 (top, left) pairs, got {offsets.dtype}")
-    if flips.dtype not in (torch.bool, torch.uint8):
-        raise TypeError(f"flips must be bool or uint8, got {flips.dtype}")
-    if shift.dtype != torch.float32 or mean.dtype != torch.float32:
-        raise TypeError(f"shift and mean must be float32, got {shift.dtype} and {mean.dtype}")
-    check_same_device(("images", images), ("offsets", offsets), ("flips", flips), ("shift", shift), ("mean", mean))
-    if check_values and batch > 0:
-        top, left = offsets[:, 0], offsets[:, 1]
-        if top.min() < 0 or left.min() < 0 or top.max() > height - size or left.max() > width - size:
-            raise ValueError(f"crop offsets must lie in [0, {height - size}] x [0, {width - size}] for "
-                             f"{size}x{size} crops of {height}x{width} images")
-
-
 def augment(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, shift: torch.Tensor,
             mean: torch.Tensor, size: int = 224, dtype: torch.dtype = torch.float32,
             channels_last: bool = False) -> torch.Tensor:
@@ -128,8 +98,8 @@ def launch_augment(images, offsets, flips, shift, mean, size: int, dtype: torch.
     images, mean, shift = images.contiguous(), mean.contiguous(), shift.contiguous()
     offsets = offsets.to(torch.int32).contiguous()
     flips = flips.contiguous().view(torch.uint8) if flips.dtype == torch.bool else flips.contiguous()
-    block = 1024 if interpreting() else 2048
-    grid = (cdiv(3 * size * size, block), batch)
+    launch = augment_launch()
+    grid = (cdiv(3 * size * size, launch.block), batch)
     _augment_kernel[grid](images, mean, offsets, flips, shift, y, height, width, height - size, width - size,
-                          SIZE=size, CHANNELS_LAST=channels_last, BLOCK=block, num_warps=4)
+                          SIZE=size, CHANNELS_LAST=channels_last, BLOCK=launch.block, num_warps=launch.num_warps)
     return y

@@ -33,7 +33,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from ._common import cdiv, check_tensor, interpreting
+from ._common import cdiv, check_tensor
+from .launch import dropout_launch
 
 __all__ = ["dropout", "column_dropout", "ColumnDropoutState"]
 
@@ -102,12 +103,6 @@ def _column_dropout_kernel(x_ptr, y_ptr, seeds_ptr, call_ptr, tickets_ptr, used_
 
 
 # ------------------------------------------------------------------------------ launchers
-def _dense(t: torch.Tensor) -> bool:
-    """True if t's elements fill its storage span exactly (contiguous in some order)."""
-    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last) or (
-        t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
-
-
 def new_seed(device, generator: torch.Generator | None = None) -> torch.Tensor:
     """A fresh int64 seed on `device`, drawn from `generator` (default: torch's generator
     for `device`, so torch.manual_seed governs it)."""
@@ -117,16 +112,15 @@ def new_seed(device, generator: torch.Generator | None = None) -> torch.Tensor:
 
 
 def apply_dropout_mask(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
-    """x times the mask for (seed, p), scaled by 1/(1-p); x must be dense (see _dense)."""
+    """x times the mask for (seed, p), scaled by 1/(1-p); x must be dense (see kernels.layout.is_dense)."""
     y = torch.empty_like(x)  # same strides as a dense x, so storage order matches
     n_elem = x.numel()
     if n_elem == 0:
         return y
-    # Small tensors (an fc layer's 128 x 4096) need small blocks to fill the GPU.
-    block = 2048 if interpreting() or n_elem < (1 << 23) else 8192
+    launch = dropout_launch(n_elem)  # small tensors (an fc layer's 128 x 4096) need small blocks
     keep_threshold = int(round(p * 2**16))
-    _dropout_kernel[(cdiv(n_elem, block),)](x, y, seed, n_elem, keep_threshold, 1.0 / (1.0 - p), BLOCK=block,
-                                            num_warps=4 if block <= 2048 else 8)
+    _dropout_kernel[(cdiv(n_elem, launch.block),)](x, y, seed, n_elem, keep_threshold, 1.0 / (1.0 - p),
+                                                   BLOCK=launch.block, num_warps=launch.num_warps)
     return y
 
 
@@ -177,11 +171,11 @@ def _launch_columns(x, y, state: ColumnDropoutState, call, used, p: float, advan
     width = features // columns
     if n_rows * width == 0:
         return
-    block = 2048 if interpreting() or n_rows * width < (1 << 23) else 8192
-    grid = (cdiv(n_rows * width, block), columns)
+    launch = dropout_launch(n_rows * width)
+    grid = (cdiv(n_rows * width, launch.block), columns)
     _column_dropout_kernel[grid](x, y, state.seeds, call, state.tickets, used, n_rows, width, x.stride(0),
-                                 int(round(p * 2**16)), 1.0 / (1.0 - p), ADVANCE=advance, BLOCK=block,
-                                 num_warps=4 if block <= 2048 else 8)
+                                 int(round(p * 2**16)), 1.0 / (1.0 - p), ADVANCE=advance, BLOCK=launch.block,
+                                 num_warps=launch.num_warps)
 
 
 class ColumnDropoutFunction(torch.autograd.Function):

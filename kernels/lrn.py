@@ -35,8 +35,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (as_format, cdiv, check_pixel_count, check_tensor, empty_4d, interpreting, memory_format,
-                      pixel_offsets)
+from ._common import (
+    as_format,
+    cdiv,
+    check_pixel_count,
+    check_tensor,
+    empty_4d,
+    memory_format,
+    pixel_offsets,
+)
+from .launch import lrn_blocks
 
 __all__ = ["relu_lrn", "local_response_norm"]
 
@@ -142,17 +150,21 @@ def _relu_lrn_fwd_kernel(
     """x: (N, C, H, W) read through strides sx_*; y = LRN(act(x)) and, if SAVE_U,
     u = y / s, both written through strides sy_*. n_chan is the channels of one group
     (windows stop at group boundaries); BLOCK_C is a multiple of 8."""
+    # -- map programs: this program's tile of pixels x one group's channels
     pix, chan, first = _tile(n_pix, n_chan, BLOCK_P, BLOCK_C)
     pix_ok = pix < n_pix
+    # -- build pointers: int64 offsets through the strides (any layout)
     chan64 = (first + chan).to(tl.int64)[None, :]
     x_ptrs = x_ptr + pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)[:, None] + chan64 * sx_c
 
+    # -- reduce: the tile and its +-8-channel halos, the window sum of squares across channels
     prev, cur, nxt = _load_3(x_ptrs, sx_c, chan, n_chan, pix_ok)
     a = _act(cur, RELU)
     a_prev, a_next = _act(prev, RELU), _act(nxt, RELU)
     s = k + alpha * _channel_window_sum(a_prev * a_prev, a * a, a_next * a_next, LO, HI, BLOCK_P, BLOCK_C)
     y = a * tl.exp2(-beta * tl.log2(s))  # a * s^-beta; not u * s, which is 0 * inf = NaN once s overflows
 
+    # -- write back: y (and u for the backward) in the output's layout
     y_off = pixel_offsets(pix, height, width, sy_n, sy_h, sy_w)[:, None] + chan64 * sy_c
     mask = pix_ok[:, None] & (chan < n_chan)[None, :]
     tl.store(y_ptr + y_off, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -173,17 +185,21 @@ def _relu_lrn_bwd_kernel(
     """dx = d(LRN(act(x)))/dx^T dy. x through strides sx_*; u, dy and dx through sy_*.
     Channel i's window holds j iff i in j-HI .. j+LO: the cross term's window is mirrored.
     n_chan is the channels of one group."""
+    # -- map programs: this program's tile of pixels x one group's channels
     pix, chan, first = _tile(n_pix, n_chan, BLOCK_P, BLOCK_C)
     pix_ok = pix < n_pix
+    # -- build pointers: int64 offsets through the strides (any layout)
     chan64 = (first + chan).to(tl.int64)[None, :]
     x_ptrs = x_ptr + pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)[:, None] + chan64 * sx_c
     y_off = pixel_offsets(pix, height, width, sy_n, sy_h, sy_w)[:, None] + chan64 * sy_c
 
+    # -- reduce: the tile and its +-8-channel halos, the window sum of squares across channels
     prev, cur, nxt = _load_3(x_ptrs, sx_c, chan, n_chan, pix_ok)
     a = _act(cur, RELU)
     a_prev, a_next = _act(prev, RELU), _act(nxt, RELU)
     s = k + alpha * _channel_window_sum(a_prev * a_prev, a * a, a_next * a_next, LO, HI, BLOCK_P, BLOCK_C)
 
+    # -- reduce: the mirrored window sum of dy * u (the cross term)
     dy_prev, dy, dy_next = _load_3(dy_ptr + y_off, sy_c, chan, n_chan, pix_ok)
     u_prev, u, u_next = _load_3(u_ptr + y_off, sy_c, chan, n_chan, pix_ok)
     cross = _channel_window_sum(dy_prev.to(tl.float32) * u_prev.to(tl.float32), dy.to(tl.float32) * u.to(tl.float32),
@@ -205,18 +221,6 @@ def _check_params(size, alpha, beta, k):
         raise ValueError(f"alpha must be >= 0, got {alpha!r}")
 
 
-def _blocks(chan_per_group: int, fmt: torch.memory_format) -> tuple[int, int, int]:
-    """(BLOCK_P, BLOCK_C, num_warps): the contiguous dim gets the long side of the tile;
-    BLOCK_C divides the group's channels when it can (conv1's 48 per column: 16)."""
-    if interpreting():
-        return 16, max(8, min(32, triton.next_power_of_2(chan_per_group))), 4
-    if fmt == torch.channels_last:
-        block_c = next((b for b in (64, 32, 16, 8) if chan_per_group % b == 0), None)
-        block_c = block_c or max(8, min(64, triton.next_power_of_2(chan_per_group)))
-        return max(16, 2048 // block_c), block_c, 4
-    return 128, 8, 4
-
-
 def _check_groups(n_chan: int, groups) -> int:
     if not isinstance(groups, int) or groups < 1 or n_chan % groups:
         raise ValueError(f"groups must be a positive int dividing the {n_chan} channels, got {groups!r}")
@@ -226,7 +230,7 @@ def _check_groups(n_chan: int, groups) -> int:
 def _launch(kernel, first_args, x, out, n_chan_per_group, groups, size, alpha, beta, k, relu, blocks, **flags):
     n_img, _, height, width = x.shape
     n_pix = n_img * height * width
-    block_p, block_c, warps = blocks or _blocks(n_chan_per_group, memory_format(out))
+    block_p, block_c, warps = blocks or lrn_blocks(n_chan_per_group, memory_format(out))
     grid = (cdiv(n_pix, block_p), groups * cdiv(n_chan_per_group, block_c))
     kernel[grid](
         *first_args, n_pix, n_chan_per_group, height, width, *x.stride(), *out.stride(),

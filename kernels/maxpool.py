@@ -21,7 +21,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, check_pixel_count, check_tensor, empty_4d, interpreting, memory_format, pair, pixel_offsets
+from ._common import (
+    cdiv,
+    check_pixel_count,
+    check_tensor,
+    empty_4d,
+    memory_format,
+    pair,
+    pixel_coords,
+    pixel_offsets,
+)
+from .launch import maxpool_blocks
 
 __all__ = ["max_pool2d"]
 
@@ -36,17 +46,16 @@ def _max_pool_fwd_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """x (N, C, H, W) through sx_*; y and idx (N, C, out_h, out_w) through sy_*."""
+    # -- map programs: axis 0 a block of pixels, axis 1 a block of channels
     pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (pix < n_out_pix)[:, None] & (chan < n_chan)[None, :]
-    # top-left input corner of each window: input pixel (n, oh*SH, ow*SW)
-    n = pix // (out_h * out_w)
-    rem = pix - n * (out_h * out_w)
-    oh = rem // out_w
-    ow = rem - oh * out_w
+    # -- build pointers: top-left input corner of each window, input pixel (n, oh*SH, ow*SW)
+    n, oh, ow = pixel_coords(pix, out_h, out_w)
     corner = n.to(tl.int64) * sx_n + (oh * SH).to(tl.int64) * sx_h + (ow * SW).to(tl.int64) * sx_w
     base = x_ptr + corner[:, None] + chan.to(tl.int64)[None, :] * sx_c
 
+    # -- reduce: the max over the KH x KW window and its window-local position
     best = tl.full((BLOCK_P, BLOCK_C), float("-inf"), tl.float32)
     best_idx = tl.zeros((BLOCK_P, BLOCK_C), tl.int32)
     for kh in tl.static_range(KH):
@@ -56,6 +65,7 @@ def _max_pool_fwd_kernel(
             best = tl.where(take, v, best)
             best_idx = tl.where(take, kh * KW + kw, best_idx)
 
+    # -- write back: the max and its argmax in the output's layout
     y_off = pixel_offsets(pix, out_h, out_w, sy_n, sy_h, sy_w)[:, None] + chan.to(tl.int64)[None, :] * sy_c
     tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(idx_ptr + y_off, best_idx.to(idx_ptr.dtype.element_ty), mask=mask)
@@ -73,16 +83,15 @@ def _max_pool_bwd_kernel(
     """dx (N, C, H, W) through sx_*; dy and idx (N, C, out_h, out_w) through sy_*.
     Input row ih lies in output rows oh with oh*SH <= ih < oh*SH + KH, i.e. the
     ceil(KH/SH) rows ih//SH - i (i = 0, 1, ...) that are >= 0 and < out_h, likewise for w."""
+    # -- map programs: axis 0 a block of pixels, axis 1 a block of channels
     pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     pix_ok = pix < n_pix
     chan_ok = chan < n_chan
-    n = pix // (height * width)
-    rem = pix - n * (height * width)
-    ih = rem // width
-    iw = rem - ih * width
+    n, ih, iw = pixel_coords(pix, height, width)
     chan_off = chan.to(tl.int64)[None, :] * sy_c
 
+    # -- reduce: gather the gradients of every window that chose this input pixel
     dx = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
     for i in tl.static_range((KH + SH - 1) // SH):
         oh = ih // SH - i
@@ -98,22 +107,12 @@ def _max_pool_bwd_kernel(
             g = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
             dx += tl.where(chosen == (kh * KW + kw)[:, None], g, 0.0)
 
+    # -- write back: dx in the input's layout
     x_off = pixel_offsets(pix, height, width, sx_n, sx_h, sx_w)[:, None] + chan.to(tl.int64)[None, :] * sx_c
     tl.store(dx_ptr + x_off, dx.to(dx_ptr.dtype.element_ty), mask=pix_ok[:, None] & chan_ok[None, :])
 
 
 # ------------------------------------------------------------------------------ launchers
-def _blocks(n_chan: int, fmt: torch.memory_format, backward: bool) -> tuple[int, int, int]:
-    """(BLOCK_P, BLOCK_C, num_warps): the contiguous dim gets the long side of the tile.
-    Picked with bench/sweep_memory.py on an H100 (bench/RESULTS.md)."""
-    if interpreting():
-        return 16, min(32, triton.next_power_of_2(n_chan)), 4
-    if fmt == torch.channels_last:
-        block_c = 64 if n_chan % 64 == 0 else min(32, triton.next_power_of_2(n_chan))
-        return (2048 // block_c, block_c, 4) if backward else (32, min(block_c, 32), 8)
-    return 128, min(8, triton.next_power_of_2(n_chan)), (4 if backward else 8)
-
-
 def argmax_dtype(positions: int) -> torch.dtype:
     """The narrowest integer type that holds window positions 0 .. positions - 1."""
     return torch.int8 if positions <= 128 else torch.int16 if positions <= 32768 else torch.int32
@@ -134,7 +133,7 @@ def max_pool2d_forward(x, kernel_size=3, stride=2, blocks=None):
     idx = empty_4d(y.shape, x, fmt, dtype=argmax_dtype(kh * kw))
     if y.numel() == 0:
         return y, idx
-    block_p, block_c, warps = blocks or _blocks(n_chan, fmt, backward=False)
+    block_p, block_c, warps = blocks or maxpool_blocks(n_chan, fmt, backward=False)
     n_out_pix = n_img * out_h * out_w
     grid = (cdiv(n_out_pix, block_p), cdiv(n_chan, block_c))
     _max_pool_fwd_kernel[grid](
@@ -154,7 +153,7 @@ def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, strid
         return dx
     n_img, n_chan, height, width = input_shape
     out_h, out_w = idx.shape[2], idx.shape[3]
-    block_p, block_c, warps = blocks or _blocks(n_chan, input_format, backward=True)
+    block_p, block_c, warps = blocks or maxpool_blocks(n_chan, input_format, backward=True)
     n_pix = n_img * height * width
     grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
     _max_pool_bwd_kernel[grid](

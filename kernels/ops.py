@@ -36,9 +36,9 @@ the op is a function of its inputs and its backward applies the same mask again.
 import torch
 
 from . import reference
-from ._common import check_tensor, interpreting, memory_format
+from ._common import check_tensor, interpreting, is_dense, memory_format
 from .augment import launch_augment
-from .dropout import _dense, apply_dropout_mask
+from .dropout import apply_dropout_mask
 from .lrn import relu_lrn_backward, relu_lrn_forward
 from .maxpool import argmax_dtype, max_pool2d_backward, max_pool2d_forward
 from .sgd import launch_sgd_step
@@ -346,7 +346,7 @@ torch.library.register_autograd(f"{NAMESPACE}::max_pool2d", _pool_backward, setu
 
 # ============================================================================ dropout
 def _dropout_triton(x, seed, p):
-    return apply_dropout_mask(x if _dense(x) else x.contiguous(), seed, p)
+    return apply_dropout_mask(x if is_dense(x) else x.contiguous(), seed, p)
 
 
 def _dropout_reference(x, seed, p):
@@ -358,7 +358,7 @@ def _dropout_reference(x, seed, p):
 
 
 def _dropout_fake(x, seed, p):
-    return torch.empty_like(x) if _dense(x) else torch.empty_like(x, memory_format=torch.contiguous_format)
+    return torch.empty_like(x) if is_dense(x) else torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 _define("dropout", "(Tensor x, Tensor seed, float p) -> Tensor", _dropout_triton, _dropout_reference,

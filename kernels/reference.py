@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_augment_args  # the checks the kernel makes, minus the device
+
 __all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "conv2d", "sgd_step_", "augment"]
 
 
@@ -93,8 +95,6 @@ def augment(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, sh
     images uint8 (B, H, W, 3); offsets (B, 2); flips (B,); shift (B, 3); mean (H, W, 3).
     Returns (B, 3, size, size) in `dtype` (float64 computes in float64, else float32),
     channels_last if asked. Offsets outside the image raise (on any device: this syncs)."""
-    from .augment import check_augment_args  # the checks the kernel makes, minus the device
-
     check_augment_args(images, offsets, flips, shift, mean, size, check_values=True)
     batch = images.shape[0]
     compute = torch.float64 if dtype == torch.float64 else torch.float32

@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, check_same_device, check_tensor, interpreting
+from ._common import cdiv, check_same_device, check_tensor
+from .launch import sgd_launch
 
 __all__ = ["launch_sgd_step", "sgd_step_"]
 
@@ -79,7 +80,8 @@ def launch_sgd_step(weights, velocity, grads, lr, momentum: float, weight_decay:
     n_elem = weights.numel()
     if n_elem == 0:
         return
-    block = 1024 if interpreting() else 4096
+    launch = sgd_launch()
+    block = launch.block
     out = low_precision_out if low_precision_out is not None else weights
     # Two launches: whole blocks, whose length (a multiple of 16) lets the compiler vectorise
     # the masked loads, then the tail (AlexNet's 60,965,224 is not a multiple of 16).
@@ -89,5 +91,5 @@ def launch_sgd_step(weights, velocity, grads, lr, momentum: float, weight_decay:
             _sgd_step_kernel[(cdiv(length, block),)](
                 weights[start:], velocity[start:], grads[start:], out[start:], lr, length, n_decay - start,
                 float(momentum), float(weight_decay),
-                WRITE_LOW=low_precision_out is not None, BLOCK=block, num_warps=8 if block > 1024 else 4,
+                WRITE_LOW=low_precision_out is not None, BLOCK=block, num_warps=launch.num_warps,
             )

@@ -2,13 +2,14 @@
 draws and lighting; alexnet.evaluate's views and error counts."""
 import pytest
 import torch
+from compare import assert_close_verbose
+from conftest import DEVICE, DTYPES, MEMORY_FORMATS, assert_close, requires_gpu
 from hypothesis import given
 from hypothesis import strategies as st
 
 import kernels
 from alexnet.augment import AugmentConfig, draw, lighting_shift
 from alexnet.evaluate import crop_views, predict, topk_wrong, view_offsets
-from conftest import DEVICE, DTYPES, MEMORY_FORMATS, assert_close, requires_gpu
 from kernels import reference
 
 
@@ -65,7 +66,8 @@ def test_crop_flip_and_mean_positions():
         assert torch.equal(y[n, 0], (top + ar)[:, None].float().expand(size, size))
         assert torch.equal(y[n, 1], src_col[None, :].float().expand(size, size))
         expected_b = 5 - ((top + ar)[:, None] * w + src_col[None, :]).float() / 1000 + shift[n, 2]
-        torch.testing.assert_close(y[n, 2], expected_b)
+        assert_close_verbose(y[n, 2], expected_b, rtol=1.3e-6, atol=1e-5, check_dtype=True,
+                             reason="torch.testing's fp32 defaults: two fp32 roundings of values near 5")
 
 
 def test_bad_inputs_raise():
@@ -123,9 +125,13 @@ def test_lighting_shift_has_the_covariance_of_the_pixels():
     alphas = torch.randn(3, 3, dtype=torch.float64)
     shift = lighting_shift(alphas, values, vectors)
     expected = sum(vectors[:, i] * (alphas[:, i:i + 1] * values[i].sqrt()) for i in range(3))
-    torch.testing.assert_close(shift, expected)
+    assert_close_verbose(shift, expected, rtol=1e-7, atol=1e-7, check_dtype=True,
+                         reason="torch.testing's fp64 defaults: the same 3-term sum in float64")
     many = lighting_shift(torch.randn(200000, 3, dtype=torch.float64) * 0.1, values, vectors)
-    torch.testing.assert_close(many.T.cov(), 0.01 * cov, rtol=0.03, atol=0.03 * cov.abs().max().item() * 0.01)
+    # A sample covariance of 200,000 draws: its relative standard error is about sqrt(2 / 200000) = 0.3%
+    # per entry; 3% is ten of those.
+    assert_close_verbose(many.T.cov(), 0.01 * cov, rtol=0.03, atol=0.03 * cov.abs().max().item() * 0.01,
+                         reason="sampling error of a 200,000-draw covariance (~0.3%), ten times over")
 
 
 def test_ten_views_positions():
@@ -155,8 +161,10 @@ def test_predict_averages_softmax_over_views():
     mean = torch.rand(9, 9, 3, device=DEVICE) * 255
     probs = predict(model, images, mean, "ten", size=6)
     expected = torch.stack([torch.softmax(model(x), 1) for x in crop_views(images, mean, "ten", 6)]).mean(0)
-    torch.testing.assert_close(probs, expected)
-    torch.testing.assert_close(probs.sum(1), torch.ones(3, device=DEVICE))
+    why = "torch.testing's fp32 defaults: the same fp32 softmaxes averaged in another order"
+    assert_close_verbose(probs, expected, rtol=1.3e-6, atol=1e-5, check_dtype=True, reason=why)
+    assert_close_verbose(probs.sum(1), torch.ones(3, device=DEVICE), rtol=1.3e-6, atol=1e-5, check_dtype=True,
+                         reason=why)
 
 
 def test_topk_wrong():

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from compare import assert_close_verbose
 from conftest import DEVICE, MEMORY_FORMATS, TINY_CROP
 from torch.library import opcheck
 
@@ -110,14 +111,20 @@ def test_opcheck_sgd_step(device):
     opcheck(ops.sgd_step_.default, (w, v, g, lr, 0.9, 5e-4, n, torch.empty(n, dtype=torch.float16, device=device)))
 
 
+# Compiled/exported graphs call the same ops on the same inputs in the same order: bit-equal.
+SAME_OPS = "the same ops on the same inputs, in the same order: bit-equal"
+
+
 # ---------------------------------------------------------------------- dispatch by device
 def test_cpu_tensors_run_the_reference_without_the_interpreter(monkeypatch):
     """The op-selection rule: CPU tensors take the PyTorch reference unless TRITON_INTERPRET=1
     (with it, the public functions reach the Triton launchers: their CPU-only error shows)."""
     x = _x((2, 8, 5, 5), "cpu", grad=False)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    torch.testing.assert_close(kernels.relu_lrn(x), reference.relu_lrn(x))
-    torch.testing.assert_close(kernels.max_pool2d(x), reference.max_pool2d(x))
+    same = "the op without the interpreter is the reference itself: the same computation"
+    assert_close_verbose(kernels.relu_lrn(x), reference.relu_lrn(x), rtol=0, atol=0, check_dtype=True, reason=same)
+    assert_close_verbose(kernels.max_pool2d(x), reference.max_pool2d(x), rtol=0, atol=0, check_dtype=True,
+                         reason=same)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(ValueError, match="size must be an int in 1..17"):  # the Triton launcher's own check
         kernels.relu_lrn(x, size=19)
@@ -177,7 +184,7 @@ def test_compiled_model_has_one_graph_and_equals_eager(monkeypatch, channels_las
 
     compiled = torch.compile(model.eval(), fullgraph=True, backend=backend)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+        assert_close_verbose(compiled(x), model(x), rtol=0, atol=0, check_dtype=True, reason=SAME_OPS)
     assert any("alexnet_triton.conv2d" in t for t in seen[0]) and any("alexnet_triton.relu_lrn" in t for t in seen[0])
     model.train()
     model(x).logsumexp(1).sum().backward()
@@ -186,7 +193,7 @@ def test_compiled_model_has_one_graph_and_equals_eager(monkeypatch, channels_las
     aot = torch.compile(model, fullgraph=True, backend="aot_eager")
     aot(x).logsumexp(1).sum().backward()
     for e, p in zip(expected, model.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, e, rtol=0, atol=0)
+        assert_close_verbose(p.grad, e, rtol=0, atol=0, check_dtype=True, reason=SAME_OPS)
 
 
 @pytest.mark.slow
@@ -198,7 +205,8 @@ def test_compiled_training_model_with_dropout_equals_eager(monkeypatch):
     state = model.train().dropout.get_rng_state("cpu")
     expected = model(x)
     model.dropout.set_rng_state(state, "cpu")
-    torch.testing.assert_close(torch.compile(model, backend="aot_eager")(x), expected, rtol=0, atol=0)
+    assert_close_verbose(torch.compile(model, backend="aot_eager")(x), expected, rtol=0, atol=0, check_dtype=True,
+                         reason=SAME_OPS)
 
 
 def test_compiled_dropout_op_equals_eager(device):
@@ -207,7 +215,7 @@ def test_compiled_dropout_op_equals_eager(device):
     eager = ops.dropout(x, seed, 0.5)
     compiled = torch.compile(lambda x, s: ops.dropout(x, s, 0.5), fullgraph=True, backend="aot_eager")
     y = compiled(x, seed)
-    torch.testing.assert_close(y, eager, rtol=0, atol=0)
+    assert_close_verbose(y, eager, rtol=0, atol=0, check_dtype=True, reason=SAME_OPS)
     (dx,) = torch.autograd.grad(y.sum(), x)
     assert torch.equal(dx != 0, eager != 0)  # the backward regenerates the mask from the seed
 
@@ -221,7 +229,7 @@ def test_export_of_the_model_in_eval_mode(monkeypatch):
     assert targets.count("alexnet_triton.conv2d.default") == 5
     assert targets.count("alexnet_triton.max_pool2d.default") == 3
     with torch.no_grad():
-        torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=0)
+        assert_close_verbose(program.module()(x), model(x), rtol=0, atol=0, check_dtype=True, reason=SAME_OPS)
 
 
 @pytest.mark.slow
@@ -233,7 +241,8 @@ def test_inductor_compiles_the_model(monkeypatch):
     model.eval()
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+        assert_close_verbose(compiled(x), model(x), rtol=1e-5, atol=1e-5, check_dtype=True,
+                             reason="Inductor fuses and reorders the fp32 elementwise code around the ops")
 
 
 @pytest.mark.slow

@@ -18,11 +18,15 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import requires_gpu
 
-import kernels
 from alexnet.config import AlexNetConfig
-from alexnet.distributed import ExchangeError, choose_backend, init_distributed
+from alexnet.distributed import choose_backend, init_distributed
 from alexnet.model import AlexNet
-from alexnet.parallel import ShardedAlexNet, exchange_plan, merge_state_dicts, shard_state_dict
+from alexnet.parallel import (
+    ShardedAlexNet,
+    exchange_plan,
+    merge_state_dicts,
+    shard_state_dict,
+)
 
 PAPER = AlexNetConfig(ops="reference", channels_last=False, dropout_seed=1234)
 SMALL = replace(PAPER, image_size=99)  # 2x2 pool5 maps: exercises the (C, H, W) flatten order
@@ -255,7 +259,6 @@ def test_init_distributed_outside_torchrun(monkeypatch):
 
 
 @requires_gpu
-@pytest.mark.skipif(not hasattr(kernels, "conv2d"), reason="kernels.conv2d (the Triton convolution, issue 3) is not in this tree yet")
 def test_two_ranks_match_the_grouped_model_with_triton_on_one_gpu(tmp_path, monkeypatch):
     """Two gloo ranks sharing the GPU, Triton ops, fp32 (tf32 off), dropout on."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)

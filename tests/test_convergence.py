@@ -1,0 +1,106 @@
+"""Convergence: a few training steps of the network on the Triton kernels against the same
+network on the plain-PyTorch references (NOT YET RUN: written without a GPU), in the spirit of Liger-Kernel's mini-model
+convergence tests. Same initial weights, same batches, the paper's SGD: the loss curves and
+the final weights must agree within a tolerance derived from the longest reduction.
+
+ops="triton" calls the alexnet_triton custom ops (on this CPU the Triton kernels run through
+the interpreter) and takes the fused SGD kernel (FlatPaperSGD); ops="reference" calls torch's
+own ops and the _foreach SGD (PaperSGD). The network is the paper's at its smallest input
+(63 px: pool5 is 1x1) with a narrow head (fc 64, 4 classes) so that it runs in
+seconds on a GPU (Triton's CPU interpreter needs over 10 minutes: GPU-only for now).
+Dropout is off: the reference dropout op draws its mask from torch's CPU generator
+and the kernel from its Philox stream, so the two drop different units for one seed
+(kernels/ops.py); the dropout kernel's own tests cover it.
+"""
+from dataclasses import replace
+
+import pytest
+import torch
+from compare import assert_close_verbose, sum_atol
+from conftest import CUDA, DEVICE, requires_gpu
+
+from alexnet.config import AlexNetConfig
+from alexnet.model import AlexNet
+from alexnet.optim import FlatPaperSGD, PaperSGD, param_groups
+
+STEPS, BATCH = 5, 3
+# init_std 0.05 instead of the paper's 0.01: with 0.01 the eight layers shrink the signal so
+# much that five steps barely move the loss and any two implementations would agree.
+TINY = AlexNetConfig(num_classes=4, image_size=63, fc_features=64, dropout=0.0, dropout_seed=0,
+                     channels_last=False, init_std=0.05)
+# The longest reduction in the network: conv3's 256 input maps x 3x3 taps (the FC layers
+# reduce over at most 256 inputs here). Both sides sum in fp32, in different orders.
+LONGEST_SUM = 256 * 3 * 3
+
+
+def _train(ops: str, device: str, low_precision=None):
+    """The loss of every step, the initial and the final weights of STEPS SGD steps from seed 0.
+    low_precision (bf16): the Triton side keeps FlatPaperSGD's 16-bit weight copies, the
+    reference side runs under autocast; both keep fp32 weights for the update."""
+    torch.manual_seed(0)
+    model = AlexNet(replace(TINY, ops=ops)).to(device).train()
+    initial = {name: p.detach().float().cpu().clone() for name, p in model.named_parameters()}
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(STEPS, BATCH, 3, TINY.image_size, TINY.image_size, generator=generator).to(device)
+    labels = torch.randint(0, TINY.num_classes, (STEPS, BATCH), generator=generator).to(device)
+    dtype = low_precision or torch.float32
+    autocast = torch.autocast(device, dtype=dtype, enabled=ops == "reference" and low_precision is not None)
+    if ops == "triton":
+        optimizer = FlatPaperSGD(param_groups(model), lr=0.01, low_precision=low_precision)
+        if low_precision:
+            optimizer.attach(model)
+    else:
+        optimizer = PaperSGD(param_groups(model), lr=0.01)
+    losses = []
+    for step in range(STEPS):
+        optimizer.zero_grad()
+        with autocast:
+            logits = model(images[step].to(dtype))
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels[step])
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    weights = {name: p.detach().float().cpu().clone() for name, p in model.named_parameters()}
+    return torch.tensor(losses, dtype=torch.float64), initial, weights
+
+
+def _compare(ours, reference, dtype):
+    (losses, initial, weights), (ref_losses, ref_initial, ref_weights) = ours, reference
+    for name, w in initial.items():  # the same starting point
+        assert torch.equal(w, ref_initial[name]), name
+    # The loss moves (else agreeing would prove nothing), and both curves agree step by step.
+    assert ref_losses[-1] < ref_losses[0] - 1e-3, ref_losses
+    # A logit is a chain of sums of at most LONGEST_SUM O(1) terms; the tolerance of one such
+    # sum in `dtype`, relative to the loss (about ln 4 here).
+    rtol = sum_atol(dtype, LONGEST_SUM, 1.0)
+    assert_close_verbose(losses, ref_losses, rtol=rtol, atol=0,
+                         reason=f"fp{torch.finfo(dtype).bits} sums of up to {LONGEST_SUM} terms in other orders")
+    for name, w in ref_weights.items():
+        # Each step moves a weight by lr * (its gradient + momentum): the gradients carry the
+        # same relative error as the losses; the weights themselves are exact before the steps.
+        moved = float((w - initial[name]).abs().max())
+        assert_close_verbose(weights[name], w, rtol=0, atol=max(rtol * moved * STEPS, 1e-7),
+                             reason=f"{name}: the steps' total move ({moved:.3g}) times the sums' relative error")
+
+
+# Measured 2026-11-23 on the 2-core CPU host (shared, under load): the fp32 variant through
+# Triton's interpreter did not finish in 10 minutes, so both variants need a GPU.
+needs_gpu_for_time = pytest.mark.skipif(not CUDA, reason="the Triton interpreter takes over 10 minutes for these steps")
+
+
+@needs_gpu_for_time
+def test_triton_training_follows_the_reference_fp32():
+    ours = _train("triton", DEVICE)
+    # The reference runs on the CPU (torch's own ops), the Triton side where the kernels run.
+    reference = _train("reference", "cpu")
+    _compare(ours, reference, torch.float32)
+
+
+@requires_gpu
+def test_triton_training_follows_the_reference_bf16():
+    """bf16 compute on both sides (FlatPaperSGD's bf16 weight copies against autocast), fp32
+    weights for the update on both; compared at bf16's tolerance. (Not yet run: no GPU in the
+    session that wrote it.)"""
+    ours = _train("triton", "cuda", low_precision=torch.bfloat16)
+    reference = _train("reference", "cuda", low_precision=torch.bfloat16)
+    _compare(ours, reference, torch.bfloat16)
