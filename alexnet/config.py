@@ -127,6 +127,7 @@ class AlexNetConfig:
     image_size: int = 224
     columns: Literal[1, 2] = 2
     fc_features: int = 4096               # fc6 and fc7 (section 3.5)
+    conv_width: float = 1.0               # fraction of the paper's kernels per conv layer (<1: mini-models in tests)
     activation: Literal["relu", "tanh"] = "relu"
     lrn: bool = True                      # after the ReLU of conv1 and conv2 (section 3.3)
     lrn_size: int = 5                     # n
@@ -150,13 +151,20 @@ class AlexNetConfig:
             raise ValueError(f"columns must be 1 or 2, got {self.columns!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0.0 < self.conv_width <= 1.0:
+            raise ValueError(f"conv_width must be in (0, 1], got {self.conv_width!r}")
         if self.fc_features % self.columns:
             raise ValueError(f"fc_features={self.fc_features} must split evenly into {self.columns} columns")
         layer_shapes(self)  # raises if the image is too small for the network
 
     @property
     def convs(self) -> tuple[ConvSpec, ...]:
-        return PAPER_CONVS if self.columns == 2 else ONE_COLUMN_CONVS
+        convs = PAPER_CONVS if self.columns == 2 else ONE_COLUMN_CONVS
+        if self.conv_width == 1.0:
+            return convs
+        # whole kernels per column, at least one: the layer structure (groups, columns) is kept
+        return tuple(replace(spec, out_channels=2 * max(1, round(spec.out_channels * self.conv_width / 2)))
+                     for spec in convs)
 
     @property
     def pool(self) -> tuple[int, int]:
