@@ -11,7 +11,7 @@ import errno
 import math
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -20,15 +20,15 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .augment import AugmentConfig
-from .guards import UsageError, claim_output_dir, refuse_used_output_dir
 from .config import AlexNetConfig
 from .data import EvalLoader, TrainLoader
 from .evaluate import error_rates, evaluate
+from .guards import UsageError, claim_output_dir, refuse_used_output_dir
 from .metrics import MetricsLog
 from .model import AlexNet
 from .optim import FlatPaperSGD, PaperSGD, PlateauSchedule, param_groups, set_lr
-from .store import Store
 from .recipe import INIT, MODEL_FIELDS, RESUME_FIELDS, TrainConfig, command_line, store_size_for
+from .store import Store
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
@@ -567,7 +567,8 @@ def run(config: TrainConfig) -> int:
         if err.errno != errno.ENOSPC:
             raise
         print(f"alexnet.train: disk full ({err}); stopped. Checkpoints are written atomically: the last complete "
-              f"one in {config.out} is intact. Free space and continue with --resume auto.", file=sys.stderr, flush=True)
+              f"one in {config.out} is intact. Free space and continue with --resume auto.",
+              file=sys.stderr, flush=True)
         return 1
     finally:
         if trainer is not None:

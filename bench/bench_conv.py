@@ -8,7 +8,6 @@ FLOPs = 2 * N*OH*OW * K * (C/g)*KH*KW per pass. Layer shapes: bench/conv_layers.
 """
 import pytest
 import torch
-
 from conv_layers import DTYPES, LAYERS, ConvProblem, passes_for
 from harness import compare
 

@@ -6,8 +6,8 @@ Our backward is timed through its launcher; PyTorch's through autograd.grad."""
 import pytest
 import torch
 import torch.nn.functional as F
-
 from harness import compare
+
 from kernels.lrn import relu_lrn_backward, relu_lrn_forward
 
 SHAPES = {"layer1": (128, 96, 55, 55), "layer2": (128, 256, 27, 27)}
@@ -61,4 +61,5 @@ def test_layer1_relu_lrn_pool_fwd_bwd(benchmark, copy_bandwidth, dtype):
 
     # floor: read x, write pooled y (fwd); read x and dy, write dx (bwd)
     nbytes = (3 * x.numel() + 2 * dy.numel()) * x.element_size()
-    compare(benchmark, f"relu_lrn+pool fwd+bwd layer1 {dtype} nhwc", ours, base, nbytes=nbytes, bandwidth=copy_bandwidth)
+    compare(benchmark, f"relu_lrn+pool fwd+bwd layer1 {dtype} nhwc", ours, base, nbytes=nbytes,
+            bandwidth=copy_bandwidth)

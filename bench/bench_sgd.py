@@ -3,8 +3,8 @@
 write w, v (fp32), plus the bf16 weight copy when mixed precision asks for it."""
 import pytest
 import torch
-
 from harness import compare
+
 from kernels.sgd import sgd_step_
 
 N_PARAMS = 60_965_224

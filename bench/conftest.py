@@ -10,7 +10,6 @@ import os
 
 import pytest
 import torch
-
 from harness import ROWS, format_table
 
 CUDA = torch.cuda.is_available()

@@ -31,8 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import conv_layers  # noqa: E402
 from conv_layers import DTYPES, LAYERS, passes_for  # noqa: E402
 from conv_sweep import candidates, label  # noqa: E402
-from kernels.conv import dgrad as conv_dgrad, fwd as conv_fwd, wgrad as conv_wgrad  # noqa: E402
 
+from kernels.conv import dgrad as conv_dgrad  # noqa: E402
+from kernels.conv import fwd as conv_fwd
+from kernels.conv import wgrad as conv_wgrad
 
 
 class _Sm90Driver:

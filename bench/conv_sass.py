@@ -368,7 +368,8 @@ def summary(rows: list[dict]) -> str:
     for (layer, pass_, dtype), rs in groups.items():
         best = min(rs, key=lambda r: r["issue_ratio"] if r["issue_ratio"] is not None else 9e9)
         worst = max(r["issue_ratio"] or 0 for r in rs)
-        out.append(f"| {layer} | {pass_} | {dtype} | {len(rs)} | {best['config']} | {best['instructions_per_step']:.0f} | "
+        out.append(f"| {layer} | {pass_} | {dtype} | {len(rs)} | {best['config']} | "
+                   f"{best['instructions_per_step']:.0f} | "
                    f"{best['issue_ratio']:.2f} | {worst:.2f} | {sum(r['spill_bytes'] > 0 for r in rs)} | "
                    f"{sum(r['smem_bytes'] > r['smem_limit'] for r in rs)} | {sum(r['wgmma'] == 'RS' for r in rs)} | "
                    f"{sum((r.get('ldgsts_bytes') or {}).get('4', 0) > 0 for r in rs)} |")

@@ -25,6 +25,7 @@ from triton import Config
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conv_layers import BATCH, DTYPES, LAYERS, ConvProblem, passes_for, rel_error  # noqa: E402
 from harness import median_ms  # noqa: E402
+
 from kernels.conv import configs as conv_configs  # noqa: E402
 from kernels.conv.common import dot_precision  # noqa: E402
 

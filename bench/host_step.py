@@ -33,7 +33,8 @@ eager interleaved call by call, garbage collection off. `host_us_per_step` is th
 time the process spends on one step (time.process_time): what the host pays, and, unlike wall
 time, nearly blind to other jobs sharing the CPU (on the 2-core machine this was written on,
 wall-time ratios swung 1.1x-3.4x between runs; CPU-time ratios hold within ~10%). The wall
-times are reported too (`wall_us_per_step`, median, and `wall_us_per_step_min`). The yardstick `eager_host_us_per_step` is the same
+times are reported too (`wall_us_per_step`, median, and `wall_us_per_step_min`). The yardstick
+`eager_host_us_per_step` is the same
 network built from plain PyTorch ops (kernels.reference: F.conv2d, F.local_response_norm,
 F.max_pool2d, F.dropout, F.linear) with torch's foreach SGD (PaperSGD), timed in the same
 process by the same means.
@@ -275,7 +276,8 @@ def measure(precision: str = "bf16", steps: int = 20, layouts=("single", "column
         step = build_step("ours", dtype, "single")
         origins = result["single"]["ours"]["launches_by_origin"]
         result["conv_side"].update(
-            launches_per_step=sum(n for where, n in origins.items() if where.startswith(("kernels/conv", "kernels/_conv"))),
+            launches_per_step=sum(n for where, n in origins.items()
+                                  if where.startswith(("kernels/conv", "kernels/_conv"))),
             host_us_per_step=round(conv_host_us(step, max(steps // 2, 1)) or 0.0, 1))
     return result
 

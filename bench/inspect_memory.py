@@ -6,8 +6,8 @@ Compiles the ReLU+LRN, max-pool, dropout and SGD kernels for sm_90 (H100) at the
 shapes (batch 128, channels_last, bf16 and fp32) with the tiles their launchers pick, and
 prints per kernel: registers per thread, spill bytes, and the global loads/stores per
 thread with how many are 16-byte (v4) or 8-byte (v2) vectors - for a memory-bound kernel,
-scalar loads mean more instructions than bytes - and the shared memory a layout change costs. Uses bench/conv_inspect.py's stand-in sm_90 driver on a
-machine without CUDA. --dump DIR writes each kernel's PTX.
+scalar loads mean more instructions than bytes - and the shared memory a layout change costs.
+Uses bench/conv_inspect.py's stand-in sm_90 driver on a machine without CUDA. --dump DIR writes each kernel's PTX.
 """
 from __future__ import annotations
 

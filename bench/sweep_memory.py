@@ -9,6 +9,7 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from harness import median_ms  # noqa: E402
+
 from kernels.lrn import relu_lrn_backward, relu_lrn_forward  # noqa: E402
 from kernels.maxpool import max_pool2d_backward, max_pool2d_forward  # noqa: E402
 

@@ -17,7 +17,7 @@ import kernels
 import kernels.conv as conv_module
 from kernels import reference
 from kernels.conv import configs as conv_configs
-from kernels.conv.common import (MAX_PIXELS, conv_geometry, dot_precision, pad_input, unpad_weight_grad)
+from kernels.conv.common import MAX_PIXELS, conv_geometry, dot_precision, pad_input, unpad_weight_grad
 from kernels.conv.dgrad import conv2d_input_grad
 from kernels.conv.fwd import conv2d_forward
 from kernels.conv.wgrad import conv2d_weight_grad
@@ -171,7 +171,8 @@ def test_every_gpu_config(kind, layer, precision):
     tuning = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}[kind]
     red_chan = geom.k_per_g if kind == "dgrad" else geom_k.c_per_g
     with allow_tf32(tf32):
-        meta = dict((geom if kind == "dgrad" else geom_k).constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan, kind),
+        meta = dict((geom if kind == "dgrad" else geom_k).constexprs(),
+                    FLAT=conv_configs.use_flat_reduction(red_chan, kind),
                     PRECISION=dot_precision(dtype))
         configs = [c for c in tuning.candidates(meta["PRECISION"]) if tuning.fits(c, meta, x.element_size())]
         assert configs

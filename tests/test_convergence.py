@@ -16,7 +16,6 @@ and the kernel from its Philox stream, so the two drop different units for one s
 """
 from dataclasses import replace
 
-import pytest
 import torch
 from compare import assert_close_verbose, sum_atol
 from conftest import CUDA, DEVICE, requires_gpu

@@ -4,11 +4,11 @@ import threading
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICE, requires_gpu
 
 from alexnet.augment import AugmentConfig, draw, lighting_shift
 from alexnet.data import EvalLoader, TrainLoader, _seed, read_rows
 from alexnet.store import Store, write_arrays
-from conftest import DEVICE, requires_gpu
 from kernels import reference
 
 SIDE, CROP = 12, 8

@@ -3,10 +3,11 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from conftest import DEVICE, DTYPES
+from hypothesis import given
+from hypothesis import strategies as st
 
 import kernels
-from conftest import DEVICE, DTYPES
 
 
 def _x(shape, dtype=torch.float32, seed=0):

@@ -4,12 +4,12 @@ checkpoint and dataset on the CPU: each writes a valid PNG of the expected size.
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CROP
 from PIL import Image
 
 from alexnet import experiments, figures
 from alexnet.train import TrainConfig
 from alexnet.trainer import run
-from conftest import TINY_CROP
 
 
 @pytest.fixture(scope="module")

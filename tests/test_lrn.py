@@ -2,11 +2,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, strategies as st
+from conftest import DEVICE, DTYPES, MEMORY_FORMATS, assert_close
+from hypothesis import given
+from hypothesis import strategies as st
 
 import kernels
 from kernels import reference
-from conftest import DEVICE, DTYPES, MEMORY_FORMATS, assert_close
 
 
 def _input(seed, shape, scale, dtype, fmt):
@@ -27,7 +28,8 @@ def test_forward_and_backward_match_reference(dtype, fmt, relu, shape, size, sca
     shape = (shape[0], shape[1] * groups, shape[2], shape[3])
     x = _input(seed, shape, scale, dtype, fmt).requires_grad_()
     params = dict(size=size, alpha=1e-4, beta=0.75, k=2.0, groups=groups)
-    op, ref_op = (kernels.relu_lrn, reference.relu_lrn) if relu else (kernels.local_response_norm, reference.local_response_norm)
+    op, ref_op = ((kernels.relu_lrn, reference.relu_lrn) if relu
+                  else (kernels.local_response_norm, reference.local_response_norm))
     y = op(x, **params)
     assert y.dtype == dtype and y.shape == x.shape and y.is_contiguous(memory_format=fmt)
     dy = _input(seed + 1, shape, 1.0, dtype, fmt)
@@ -64,7 +66,8 @@ def test_non_contiguous_input_and_gradient():
     base = _input(2, (2, 6, 8, 10), 20.0, torch.float32, torch.contiguous_format)
     x = base[:, :, ::2, 1:].requires_grad_()  # strided view: neither NCHW- nor NHWC-contiguous
     y = kernels.relu_lrn(x)
-    dy = _input(3, (2, 6, 4, 9), 1.0, torch.float32, torch.contiguous_format).transpose(2, 3).contiguous().transpose(2, 3)
+    dy = _input(3, (2, 6, 4, 9), 1.0, torch.float32, torch.contiguous_format)
+    dy = dy.transpose(2, 3).contiguous().transpose(2, 3)
     y.backward(dy)
     x64 = x.detach().double().cpu().requires_grad_()
     reference.relu_lrn(x64).backward(dy.double().cpu())

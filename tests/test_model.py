@@ -34,7 +34,8 @@ def functional_alexnet(params: dict, x: torch.Tensor, config: AlexNetConfig) -> 
     window, stride = config.pool
     h = x
     for i, spec in enumerate(config.convs, start=1):
-        h = act(F.conv2d(h, params[f"conv{i}.weight"], params[f"conv{i}.bias"], spec.stride, spec.padding, groups=spec.groups))
+        h = act(F.conv2d(h, params[f"conv{i}.weight"], params[f"conv{i}.bias"], spec.stride, spec.padding,
+                         groups=spec.groups))
         if i in (1, 2) and config.lrn:
             h = torch.cat([F.local_response_norm(column, config.lrn_size, config.lrn_alpha * config.lrn_size,
                                                  config.lrn_beta, config.lrn_k)
@@ -61,7 +62,10 @@ def test_parameters_per_layer_follow_the_table(paper_model):
 
 def test_shapes_and_neurons_per_layer(paper_model):
     seen = {}
-    hooks = [getattr(paper_model, name).register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, []).append(o.shape))
+    def record(m, i, o, name):
+        seen.setdefault(name, []).append(o.shape)
+
+    hooks = [getattr(paper_model, name).register_forward_hook(lambda m, i, o, name=name: record(m, i, o, name))
              for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "pool", "fc6", "fc7")]
     paper_model.eval()
     with torch.no_grad():
@@ -231,7 +235,8 @@ def test_triton_model_matches_reference_on_gpu(channels_last, monkeypatch):
     F.cross_entropy(expected, y).backward()
     logits = ours(x.float().cuda())
     F.cross_entropy(logits, y.cuda()).backward()
-    torch.testing.assert_close(logits.double().cpu(), expected.detach(), rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    torch.testing.assert_close(logits.double().cpu(), expected.detach(), rtol=1e-4,
+                               atol=1e-4 * expected.abs().max().item())
     for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad.double().cpu(), q.grad, rtol=1e-3, atol=1e-4 * q.grad.abs().max().item(),
                                    msg=lambda m, name=name: f"{name}: {m}")

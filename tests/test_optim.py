@@ -3,9 +3,9 @@ import math
 
 import pytest
 import torch
+from conftest import DEVICE
 
 from alexnet.optim import FlatPaperSGD, PaperSGD, PlateauSchedule, param_groups, set_lr
-from conftest import DEVICE
 
 
 def test_update_matches_hand_computation_across_an_lr_change():
@@ -85,7 +85,8 @@ def test_bad_hyper_parameters():
 
 def _small_model(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(5 * 4 * 4, 7))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(5 * 4 * 4, 7))
     model[0].weight.data = model[0].weight.data.contiguous(memory_format=torch.channels_last)
     return model.to(DEVICE)
 

@@ -3,6 +3,7 @@ store's images; unreadable files are reported clearly."""
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CROP
 from PIL import Image
 
 from alexnet import checkpoint, predict
@@ -10,7 +11,6 @@ from alexnet.evaluate import predict as predict_views
 from alexnet.store import Store
 from alexnet.train import TrainConfig
 from alexnet.trainer import run
-from conftest import TINY_CROP
 
 
 @pytest.fixture(scope="module")

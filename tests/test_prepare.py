@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet.prepare import PrepareError, main, prepare
+from alexnet.prepare import main, prepare
 from alexnet.sources import SourceError, load_image, read_labels_file
 from alexnet.store import Store, is_store
 

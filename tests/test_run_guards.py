@@ -8,14 +8,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CROP, stripes
 
 from alexnet import trainer as trainer_module
 from alexnet.guards import UsageError, acquire_lock
 from alexnet.metrics import MetricsLog
 from alexnet.store import write_arrays
-from alexnet.train import TrainConfig, main as train_main, parse_args
+from alexnet.train import TrainConfig, parse_args
+from alexnet.train import main as train_main
 from alexnet.trainer import NonFiniteLoss, Trainer, loss_remark, run
-from conftest import TINY_CROP, stripes
 
 
 def config(store, out, **changes) -> TrainConfig:

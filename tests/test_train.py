@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEVICE, TINY_CROP
 
 from alexnet import checkpoint, evaluate
-from alexnet.train import DEMO, TrainConfig, parse_args
 from alexnet import trainer as trainer_module
+from alexnet.train import DEMO, TrainConfig, parse_args
 from alexnet.trainer import Trainer, run
-from conftest import DEVICE, TINY_CROP
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = TINY_CROP
@@ -175,8 +175,9 @@ def test_four_ranks_are_two_replicas_that_share_each_epoch(tiny_store, tmp_path)
     each image once, and the checkpoint evaluates on one device."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     four = run_bounded([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
-                        "-m", "alexnet.train", "--data", str(tiny_store), "--image-size", str(CROP), "--batch-size", "8",
-                        "--epochs", "1", "--ops", "reference", "--threads", "1", "--out", str(tmp_path)], env)
+                        "-m", "alexnet.train", "--data", str(tiny_store), "--image-size", str(CROP),
+                        "--batch-size", "8", "--epochs", "1", "--ops", "reference", "--threads", "1",
+                        "--out", str(tmp_path)], env)
     assert four.returncode == 0, four.stdout[-3000:] + four.stderr[-3000:]
     assert "4 ranks (gloo): 2 replica(s) x 2 columns" in four.stdout
     (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

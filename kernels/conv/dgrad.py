@@ -24,8 +24,20 @@ import triton
 import triton.language as tl
 
 from .._common import cdiv, empty_4d
-from .common import (ConvGeometry, dot_precision, grouped_tile, in_image, in_range, launch, needs_int64, pix_bucket,
-                     pix_multiple, relu_grad, split_pixels, wide)
+from .common import (
+    ConvGeometry,
+    dot_precision,
+    grouped_tile,
+    in_image,
+    in_range,
+    launch,
+    needs_int64,
+    pix_bucket,
+    pix_multiple,
+    relu_grad,
+    split_pixels,
+    wide,
+)
 from .configs import DGRAD, use_flat_reduction
 
 __all__ = ["conv2d_input_grad"]

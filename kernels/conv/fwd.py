@@ -34,9 +34,23 @@ import triton
 import triton.language as tl
 
 from .._common import cdiv, empty_4d
-from .common import (ConvGeometry, dot_precision, grouped_tile, in_image, in_range, launch, needs_int64,
-                     nhwc_channels, pix_bucket, pix_multiple, relu, split_pixels, wide, x_pixel_offsets,
-                     x_tap_offsets)
+from .common import (
+    ConvGeometry,
+    dot_precision,
+    grouped_tile,
+    in_image,
+    in_range,
+    launch,
+    needs_int64,
+    nhwc_channels,
+    pix_bucket,
+    pix_multiple,
+    relu,
+    split_pixels,
+    wide,
+    x_pixel_offsets,
+    x_tap_offsets,
+)
 from .configs import FWD, use_flat_reduction
 
 __all__ = ["conv2d_forward"]
@@ -114,7 +128,8 @@ def _conv_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`); w OHWI (K, KH, KW, C_PER_G),
-    rows W_ROW elements apart (W_PAD: zero-padded, see `_flat_weight`); b (K,); y (N, K, OH, OW) via sy_*. Grid: (tiles of (N*OH*OW) x K_PER_G, groups)."""
+    rows W_ROW elements apart (W_PAD: zero-padded, see `_flat_weight`); b (K,); y (N, K, OH, OW)
+    via sy_*. Grid: (tiles of (N*OH*OW) x K_PER_G, groups)."""
     group = tl.program_id(1)
     pid_m, pid_n = grouped_tile(tl.program_id(0), n_out_pix, K_PER_G, BLOCK_M, BLOCK_N, GROUP_M)
     EVEN_N: tl.constexpr = K_PER_G % BLOCK_N == 0

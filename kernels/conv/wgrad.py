@@ -32,8 +32,22 @@ import triton
 import triton.language as tl
 
 from .._common import cdiv
-from .common import (ConvGeometry, dot_precision, in_image, in_range, launch, needs_int64, nhwc_channels, pix_bucket,
-                     pix_multiple, relu_grad, split_pixels, wide, x_pixel_offsets, x_tap_offsets)
+from .common import (
+    ConvGeometry,
+    dot_precision,
+    in_image,
+    in_range,
+    launch,
+    needs_int64,
+    nhwc_channels,
+    pix_bucket,
+    pix_multiple,
+    relu_grad,
+    split_pixels,
+    wide,
+    x_pixel_offsets,
+    x_tap_offsets,
+)
 from .configs import SPLIT_PIX_QUANTUM, WGRAD, use_flat_reduction, wgrad_splits
 
 __all__ = ["conv2d_weight_grad"]
@@ -65,7 +79,8 @@ def _conv_wgrad_kernel(
     H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, PIX_PER_SPLIT: tl.constexpr,
     PIX_MULT: tl.constexpr,
     WEIGHT_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, FLAT: tl.constexpr, DY_DENSE: tl.constexpr,
-    NHWC_C: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    NHWC_C: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dy (N, K, OH, OW) via sdy_*; x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`);
     dw (splits, K, C_PER_G, KH, KW) via sdw_* (sdw_split 0 without a split); db (splits, K) via
@@ -100,7 +115,8 @@ def _conv_wgrad_kernel(
             db = tl.zeros((BLOCK_M,), dtype=tl.float32)
             for p0 in tl.range(pix_lo, pix_hi, BLOCK_K):
                 p = p0 + offs_p
-                a = _dy_tile_t(dy_ptr, dy_chan, k_ok, p, in_range(p, pix_hi, EVEN_PIX), sdy_n, sdy_h, sdy_w, OH, OW, DY_DENSE, OFF64)
+                a = _dy_tile_t(dy_ptr, dy_chan, k_ok, p, in_range(p, pix_hi, EVEN_PIX), sdy_n, sdy_h, sdy_w, OH, OW,
+                               DY_DENSE, OFF64)
                 db += tl.sum(a.to(tl.float32), axis=1)
             tl.store(db_ptr + split * sdb_split + group * K_PER_G + k, db.to(db_ptr.dtype.element_ty), mask=k_ok)
     elif WEIGHT_GRAD:
@@ -239,7 +255,8 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
     some = dw_out if weight_grad else db_out  # stands in for the absent output pointer
     if x is None:  # only the bias gradient: x is never read
         x = dy
-    args = (dy, x, some, db_out if bias_grad else some, n_pix, *dy.stride(), *x.stride(), split_strides[0], *dw_strides, split_strides[1], pix_bucket(n_pix))
+    args = (dy, x, some, db_out if bias_grad else some, n_pix, *dy.stride(), *x.stride(), split_strides[0],
+            *dw_strides, split_strides[1], pix_bucket(n_pix))
     launch(_conv_wgrad_kernel, _conv_wgrad_tuned, WGRAD, grid, args, meta, flops=geom.flops, config=config)
     if n_splits > 1:
         if weight_grad:
