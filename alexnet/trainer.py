@@ -51,12 +51,15 @@ class Session:
             self.device = self.layout.device
         else:
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.is_main = self.layout is None or self.layout.is_main
+        self.is_main = self.layout is None or self.layout.is_main  # ParallelLayout.is_main decides with ranks
         self.data_rank = 0 if self.layout is None else self.layout.data_rank
         self.data_world = 1 if self.layout is None else self.layout.data_world
 
     def print(self, *args):
-        if self.is_main:
+        """print on the main process only: the layout's rule when distributed, else always."""
+        if self.layout is not None:
+            self.layout.print(*args)
+        else:
             print(*args, flush=True)
 
     def barrier(self):
