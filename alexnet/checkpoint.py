@@ -88,7 +88,8 @@ def check_structure(ckpt, path, keys=TRAINING_KEYS) -> dict:
 
 def model_from_checkpoint(path, ops: str = "auto", device=None):
     """(model, checkpoint): the single-device model of a checkpoint written by alexnet.train
-    (whatever layout trained it: checkpoints hold the single-device layout), in eval mode."""
+    (whatever layout trained it: checkpoints hold the single-device layout; alexnet/parallel.py
+    full_state/local_state is the one place that converts between it and the columns' shares), in eval mode."""
     from dataclasses import fields
 
     from .config import AlexNetConfig

@@ -27,7 +27,9 @@ gradient is already the whole one (Megatron-LM's "g" operator).
 
 Any checkpoint loads into any layout: `shard_state_dict(full, r)` and
 `merge_state_dicts([sd0, sd1])` convert between the single-device (grouped) state dict and
-the two ranks' ones; parameter names are the same in all of them.
+the two ranks' ones; parameter names are the same in all of them. `full_state(t, layout)`
+and `local_state(full, layout)` (layout None: one process) are what the trainer's
+checkpoints use; this file is the only place that converts between the layouts.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ from .config import EXCHANGE_POINTS, AlexNetConfig, input_shape, split_dim
 from .distributed import ParallelLayout, guard
 from .model import AlexNet
 
-__all__ = ["ShardedAlexNet", "shard_state_dict", "merge_state_dicts", "Exchange", "exchange_plan", "format_plan"]
+__all__ = ["ShardedAlexNet", "shard_state_dict", "merge_state_dicts", "full_state", "local_state", "Exchange",
+           "exchange_plan", "format_plan"]
 
 
 # ======================================================================== collectives
@@ -206,6 +209,22 @@ def merge_state_dicts(shards: list[dict]) -> dict:
         dim = split_dim(name)
         out[name] = shards[0][name].clone() if dim is None else torch.cat([sd[name] for sd in shards], dim)
     return out
+
+
+def full_state(tensors_by_name: dict, layout: ParallelLayout | None) -> dict:
+    """`tensors_by_name` (this rank's share) in the single-device layout, on the CPU; every
+    rank of a pair must call it. layout None: one process, already the single-device layout."""
+    local = {k: v.detach().cpu() for k, v in tensors_by_name.items()}
+    if layout is None:
+        return local
+    shards = [None, None]
+    dist.all_gather_object(shards, local, group=layout.pair_group)
+    return merge_state_dicts(shards)
+
+
+def local_state(full: dict, layout: ParallelLayout | None) -> dict:
+    """This rank's share of a single-device state dict (the dict itself for one process)."""
+    return full if layout is None else shard_state_dict(full, layout.column)
 
 
 # ======================================================================== bytes per step

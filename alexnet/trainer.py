@@ -27,6 +27,7 @@ from .guards import UsageError, claim_output_dir, refuse_used_output_dir
 from .metrics import MetricsLog
 from .model import AlexNet
 from .optim import FlatPaperSGD, PaperSGD, PlateauSchedule, param_groups, set_lr
+from .parallel import full_state, local_state
 from .recipe import INIT, MODEL_FIELDS, RESUME_FIELDS, TrainConfig, command_line, store_size_for
 from .store import Store
 
@@ -51,12 +52,15 @@ class Session:
             self.device = self.layout.device
         else:
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.is_main = self.layout is None or self.layout.is_main
+        self.is_main = self.layout is None or self.layout.is_main  # ParallelLayout.is_main decides with ranks
         self.data_rank = 0 if self.layout is None else self.layout.data_rank
         self.data_world = 1 if self.layout is None else self.layout.data_world
 
     def print(self, *args):
-        if self.is_main:
+        """print on the main process only: the layout's rule when distributed, else always."""
+        if self.layout is not None:
+            self.layout.print(*args)
+        else:
             print(*args, flush=True)
 
     def barrier(self):
@@ -147,27 +151,6 @@ def build_model(config: TrainConfig, store: Store, session: Session):
     if config.columns != 2:
         raise UsageError("alexnet.train: several ranks run the two-column model; --columns 1 needs one process")
     return ShardedAlexNet(model_config, session.layout), model_config
-
-
-# ------------------------------------------------------------------ full-layout state
-def full_state(model, tensors_by_name: dict, session: Session) -> dict:
-    """`tensors_by_name` (this rank's shard) in the single-device layout, on the CPU."""
-    local = {k: v.detach().cpu() for k, v in tensors_by_name.items()}
-    if session.layout is None:
-        return local
-    from .parallel import merge_state_dicts
-
-    shards = [None, None]
-    torch.distributed.all_gather_object(shards, local, group=session.layout.pair_group)
-    return merge_state_dicts(shards)
-
-
-def local_state(full: dict, session: Session) -> dict:
-    if session.layout is None:
-        return full
-    from .parallel import shard_state_dict
-
-    return shard_state_dict(full, session.layout.column)
 
 
 def velocity_by_name(model, optimizer) -> dict:
@@ -290,10 +273,10 @@ class Trainer:
             if saved[key] != getattr(self.config, key):
                 raise UsageError(f"alexnet.train: cannot resume {path}: it was trained with {key}={saved[key]!r}, "
                                  f"this run has {getattr(self.config, key)!r}")
-        self.model.load_state_dict(local_state(ckpt["model"], self.session))
+        self.model.load_state_dict(local_state(ckpt["model"], self.session.layout))
         if hasattr(self.optimizer, "refresh_low_precision"):
             self.optimizer.refresh_low_precision()  # the layers' 16-bit copies of the loaded weights
-        velocity = local_state(ckpt["velocity"], self.session)
+        velocity = local_state(ckpt["velocity"], self.session.layout)
         for name, p in self.model.named_parameters():
             state = self.optimizer.state[p]
             if "velocity" in state:  # FlatPaperSGD's views into its flat buffer: fill in place
@@ -318,8 +301,8 @@ class Trainer:
         """Write checkpoint_last.pt (and checkpoint_best.pt) atomically; every rank takes part.
         Never after a non-finite loss: the last good checkpoint stays."""
         self.check_finite()
-        model = full_state(self.model, self.model.state_dict(), self.session)
-        velocity = full_state(self.model, velocity_by_name(self.model, self.optimizer), self.session)
+        model = full_state(self.model.state_dict(), self.session.layout)
+        velocity = full_state(velocity_by_name(self.model, self.optimizer), self.session.layout)
         rng = [rng_state(self.model, self.session)]
         if self.session.layout is not None:
             rng = [None] * self.session.layout.world_size
