@@ -107,7 +107,7 @@ def test_a_stall_is_only_a_stall_at_chance_and_says_how_to_restart(tmp_path, mon
 def test_a_folder_is_prepared_at_the_crops_size_and_mismatches_are_refused(tmp_path):
     from PIL import Image
 
-    from alexnet.trainer import Session, resolve_store
+    from alexnet.session import Session, resolve_store
 
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
