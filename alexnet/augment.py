@@ -13,9 +13,10 @@ The mean image is subtracted at the same time (section 2).
 
 `draw` makes the random choices with torch's generator (pass one, or torch's default for
 the device is used), so seeded runs repeat exactly, and the kernel never sees an RNG: tests
-feed the same draws to the kernel and the reference. `crop_batch` runs the Triton kernel on
-CUDA tensors and the plain-PyTorch reference on CPU tensors (CPU runs, e.g. the demo on a
-laptop, have no Triton outside the interpreter).
+feed the same draws to the kernel and the reference. `crop_batch` calls the `augment` of the
+ops the run chose (`ops`, the model's config.ops: the one rule, alexnet/layers.py load_ops):
+"triton" the alexnet_triton op (the Triton kernel on CUDA tensors, the reference inside it on
+CPU ones), "reference" the plain-PyTorch reference on any device.
 """
 from __future__ import annotations
 
@@ -23,8 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-import kernels
-from kernels import reference
+from .layers import load_ops
 
 
 @dataclass
@@ -72,7 +72,7 @@ def lighting_shift(alphas: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors
 
 def crop_batch(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, shift: torch.Tensor,
                mean: torch.Tensor, size: int = 224, dtype: torch.dtype = torch.float32,
-               channels_last: bool = False) -> torch.Tensor:
-    """kernels.augment (see there) for CUDA tensors, kernels.reference.augment for CPU ones."""
-    op = kernels.augment if images.is_cuda else reference.augment
-    return op(images, offsets, flips, shift, mean, size, dtype, channels_last)
+               channels_last: bool = False, ops: str = "auto") -> torch.Tensor:
+    """`load_ops(ops).augment`: kernels.augment for "triton", kernels.reference.augment for
+    "reference" (see there for what it computes); "auto" as AlexNetConfig resolves it."""
+    return load_ops(ops).augment(images, offsets, flips, shift, mean, size, dtype, channels_last)

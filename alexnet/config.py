@@ -19,7 +19,8 @@ from typing import Literal
 import torch
 
 __all__ = ["ConvSpec", "PAPER_CONVS", "ONE_COLUMN_CONVS", "Layer", "LAYERS", "CONV_LAYERS", "FC_LAYERS",
-           "EXCHANGE_POINTS", "BIAS_ONE_LAYERS", "split_dim", "AlexNetConfig", "layer_shapes", "input_shape"]
+           "EXCHANGE_POINTS", "BIAS_ONE_LAYERS", "split_dim", "resolve_ops", "AlexNetConfig", "layer_shapes",
+           "input_shape"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,16 @@ ONE_COLUMN_CONVS = (
 )
 
 
+def resolve_ops(ops: str) -> str:
+    """config.ops made concrete for this machine: "auto" is "triton" when CUDA is available,
+    else "reference" (what each choice runs: alexnet/layers.py load_ops, the op-selection rule)."""
+    if ops == "auto":
+        return "triton" if torch.cuda.is_available() else "reference"
+    if ops not in ("triton", "reference"):
+        raise ValueError(f"ops must be 'triton', 'reference' or 'auto', got {ops!r}")
+    return ops
+
+
 @dataclass(frozen=True)
 class AlexNetConfig:
     """AlexNet's architecture; defaults are the paper's network.
@@ -115,10 +126,11 @@ class AlexNetConfig:
     2x2/2, section 3.4), `activation` ("relu" vs "tanh", section 3.1), `columns` (2: the
     two-GPU net; 1: the one-GPU net with half the kernels, section 3.2).
 
-    Execution (no effect on the function computed): `ops` picks the functions the layers call
-    ("triton": the alexnet_triton custom ops, whose tensors' device picks Triton or the
-    reference inside, see kernels/ops.py; "reference": torch's own ops; "auto": triton when
-    CUDA is available, else reference); `channels_last`
+    Execution (no effect on the function computed): `ops` picks the functions the layers, the
+    augmentation and the optimizer call ("triton": the alexnet_triton custom ops, whose
+    tensors' device picks Triton or the reference inside; "reference": torch's own ops;
+    "auto": triton when CUDA is available, else reference; the rule: alexnet/layers.py
+    load_ops); `channels_last`
     (None: on when CUDA is available); `dropout_seed` seeds the per-column dropout streams
     (None: drawn from torch's generator when the model is built).
     """
@@ -182,10 +194,8 @@ class AlexNetConfig:
 
     def resolved(self) -> "AlexNetConfig":
         """This config with `ops` and `channels_last` made concrete for this machine."""
-        cuda = torch.cuda.is_available()
-        ops = self.ops if self.ops != "auto" else ("triton" if cuda else "reference")
-        channels_last = cuda if self.channels_last is None else self.channels_last
-        return replace(self, ops=ops, channels_last=channels_last)
+        channels_last = torch.cuda.is_available() if self.channels_last is None else self.channels_last
+        return replace(self, ops=resolve_ops(self.ops), channels_last=channels_last)
 
 
 def _out_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:

@@ -11,9 +11,10 @@
 Pipeline, per batch: the rows are read from the store file by a pool of threads (pread into
 pinned memory; the GIL is released) in a background thread that runs `prefetch` batches
 ahead; the batch is copied to the GPU on a side stream while the previous batch trains;
-the augmentation kernel turns the uint8 crop into the model's input on the current stream.
-On a CPU device the same runs without pinned memory or streams, with the reference
-augmentation.
+the augmentation turns the uint8 crop into the model's input on the current stream. Which
+augmentation runs follows `ops`, the model's config.ops (alexnet/layers.py load_ops, the one
+op-selection rule): "triton" the augmentation kernel, "reference" plain PyTorch. On a CPU
+device the same runs without pinned memory or streams.
 
 Order and sharding: each epoch has one permutation of the split, drawn from (seed, epoch),
 the same on every data-parallel replica; replica `rank` of `world` takes the rank-th of
@@ -36,6 +37,7 @@ import torch
 from kernels.layout import cdiv
 
 from .augment import AugmentConfig, crop_batch, draw, lighting_shift
+from .config import resolve_ops
 from .seeds import mixed_seed
 from .store import Split, Store
 
@@ -165,7 +167,7 @@ class _Loader:
 
     def __init__(self, store: Store, split: str, batch_size: int, device, *, rank: int = 0, world: int = 1,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False, crop_size: int = 224,
-                 threads: int | None = None, prefetch: int = 3):
+                 ops: str = "auto", threads: int | None = None, prefetch: int = 3):
         if not 0 <= rank < world:
             raise ValueError(f"rank must be in [0, world), got rank={rank}, world={world}")
         if batch_size < 1:
@@ -176,6 +178,7 @@ class _Loader:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.rank, self.world = rank, world
         self.dtype, self.channels_last, self.crop_size = dtype, channels_last, crop_size
+        self.ops = resolve_ops(ops)  # whose augmentation makes the model's input (crop_batch)
         self.mean = torch.from_numpy(store.mean).to(self.device)  # float32 (S, S, 3)
         self.threads = threads or min(8, os.cpu_count() or 1)
         self.prefetch = prefetch
@@ -221,10 +224,10 @@ class TrainLoader(_Loader):
 
     def __init__(self, store: Store, batch_size: int, device, *, rank: int = 0, world: int = 1, seed: int = 0,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False, drop_last: bool = True,
-                 augment: AugmentConfig = AugmentConfig(), split: str = "train", threads: int | None = None,
-                 prefetch: int = 3):
+                 augment: AugmentConfig = AugmentConfig(), split: str = "train", ops: str = "auto",
+                 threads: int | None = None, prefetch: int = 3):
         super().__init__(store, split, batch_size, device, rank=rank, world=world, dtype=dtype,
-                         channels_last=channels_last, crop_size=augment.crop_size, threads=threads,
+                         channels_last=channels_last, crop_size=augment.crop_size, ops=ops, threads=threads,
                          prefetch=prefetch)
         self.seed, self.drop_last, self.augment = seed, drop_last, augment
         self.eigenvalues = torch.from_numpy(store.pca.eigenvalues).float().to(self.device)
@@ -260,7 +263,7 @@ class TrainLoader(_Loader):
                 d = draw(len(labels), size, self.augment, self.device, self.generator)
                 shift = lighting_shift(d.alphas, self.eigenvalues, self.eigenvectors)
                 x = crop_batch(images, d.offsets, d.flips, shift, self.mean, self.crop_size, self.dtype,
-                               self.channels_last)
+                               self.channels_last, self.ops)
                 self.position = i + 1
                 yield x, labels
         finally:
@@ -286,13 +289,15 @@ class TrainLoader(_Loader):
 
 class EvalLoader(_Loader):
     """The split in order, as uint8 device batches (B, S, S, 3) with labels, for
-    `alexnet.evaluate`; replica `rank` gets the rank-th of `world` near-equal parts."""
+    `alexnet.evaluate` (which crops its views with the loader's ops, dtype and memory format);
+    replica `rank` gets the rank-th of `world` near-equal parts."""
 
     def __init__(self, store: Store, batch_size: int, device, *, split: str = "val", rank: int = 0, world: int = 1,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False, crop_size: int = 224,
-                 threads: int | None = None, prefetch: int = 2):
+                 ops: str = "auto", threads: int | None = None, prefetch: int = 2):
         super().__init__(store, split, batch_size, device, rank=rank, world=world, dtype=dtype,
-                         channels_last=channels_last, crop_size=crop_size, threads=threads, prefetch=prefetch)
+                         channels_last=channels_last, crop_size=crop_size, ops=ops, threads=threads,
+                         prefetch=prefetch)
         self.indices = np.array_split(np.arange(len(self.split)), world)[rank]
 
     def __len__(self) -> int:

@@ -7,7 +7,8 @@
 Views: "centre" is the central 224x224 patch of each 256x256 image; "ten" is the paper's
 test-time scheme, the four corner patches and the centre patch and their horizontal
 reflections, with the network's softmax outputs averaged over the ten. Each view goes
-through the same augmentation kernel as training (mean subtracted, no lighting shift).
+through the same augmentation as training (mean subtracted, no lighting shift), the one of
+the model's config.ops (`ops`; the rule: alexnet/layers.py load_ops).
 
     python -m alexnet.evaluate runs/alexnet/checkpoint_best.pt --views ten   # the paper's test
 """
@@ -38,24 +39,25 @@ def view_offsets(views: str, image_size: tuple[int, int], size: int = 224) -> li
 
 
 def crop_views(images: torch.Tensor, mean: torch.Tensor, views: str = "centre", size: int = 224,
-               dtype: torch.dtype = torch.float32, channels_last: bool = False):
-    """Yield each view of uint8 images (B, H, W, 3) as a (B, 3, size, size) network input."""
+               dtype: torch.dtype = torch.float32, channels_last: bool = False, ops: str = "auto"):
+    """Yield each view of uint8 images (B, H, W, 3) as a (B, 3, size, size) network input,
+    cropped by `ops`'s augmentation (crop_batch)."""
     batch, height, width, _ = images.shape
     shift = torch.zeros(batch, 3, device=images.device)
     for top, left, flip in view_offsets(views, (height, width), size):
         offsets = torch.tensor([top, left], dtype=torch.int32, device=images.device).expand(batch, 2)
         flips = torch.full((batch,), flip, dtype=torch.bool, device=images.device)
-        yield crop_batch(images, offsets, flips, shift, mean, size, dtype, channels_last)
+        yield crop_batch(images, offsets, flips, shift, mean, size, dtype, channels_last, ops)
 
 
 @torch.no_grad()
 def predict(model, images: torch.Tensor, mean: torch.Tensor, views: str = "centre", size: int = 224,
-            dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
+            dtype: torch.dtype = torch.float32, channels_last: bool = False, ops: str = "auto") -> torch.Tensor:
     """Class probabilities (B, classes), float32: the softmax of the model's logits, averaged
-    over the views."""
+    over the views (cropped by `ops`'s augmentation: pass the model's config.ops)."""
     probs = None
     n = 0
-    for x in crop_views(images, mean, views, size, dtype, channels_last):
+    for x in crop_views(images, mean, views, size, dtype, channels_last, ops):
         p = torch.softmax(model(x).float(), dim=1)
         probs = p if probs is None else probs + p
         n += 1
@@ -80,7 +82,8 @@ def evaluate(model, loader, views: str = "centre") -> torch.Tensor:
     counts = torch.zeros(3, dtype=torch.float64, device=loader.device)
     try:
         for images, labels in loader:
-            probs = predict(model, images, loader.mean, views, loader.crop_size, loader.dtype, loader.channels_last)
+            probs = predict(model, images, loader.mean, views, loader.crop_size, loader.dtype, loader.channels_last,
+                            loader.ops)
             counts[0] += len(labels)
             counts[1:] += topk_wrong(probs, labels, (1, 5))
     finally:
@@ -147,7 +150,7 @@ def main(argv=None) -> int:
     device = next(model.parameters()).device
     size = saved["image_size"]
     loader = EvalLoader(store, args.batch_size, device, split=args.split, dtype=dtype,
-                        channels_last=bool(model.config.channels_last), crop_size=size)
+                        channels_last=bool(model.config.channels_last), crop_size=size, ops=model.config.ops)
     try:
         counts = evaluate(model, loader, args.views)
     finally:

@@ -107,7 +107,7 @@ def top5(model, store: Store, indices, device, views: str = "centre") -> tuple[t
     split = store.split("val")
     images = torch.from_numpy(np.array(split.images[np.sort(indices)])).to(device)
     mean = torch.from_numpy(store.mean).to(device)
-    probs = predict(model, images, mean, views, model.config.image_size)
+    probs = predict(model, images, mean, views, model.config.image_size, ops=model.config.ops)
     return probs.topk(min(5, probs.shape[1]), dim=1)
 
 
@@ -167,7 +167,7 @@ def fc7_features(model, store: Store, split_name: str, device, batch_size: int =
     out = []
     for start in range(0, len(split), batch_size):
         images = torch.from_numpy(np.array(split.images[start:start + batch_size])).to(device)
-        (x,) = crop_views(images, mean, "centre", size)
+        (x,) = crop_views(images, mean, "centre", size, ops=model.config.ops)
         out.append(model.features(x).float())
     return torch.cat(out)
 

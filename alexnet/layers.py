@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from kernels.launch import interpreting
 
+from .config import resolve_ops
 from .seeds import mixed_seed
 
 __all__ = ["load_ops", "Conv2d", "LocalResponseNorm", "MaxPool2d", "Linear", "ColumnDropout", "column_seed"]
@@ -24,18 +25,24 @@ OPS_MODULES = {"triton": "kernels", "reference": "kernels.reference"}
 
 
 def load_ops(name: str) -> ModuleType:
-    """The functions the model calls for config.ops = `name` (conv2d, relu_lrn, ...):
+    """The functions a run calls for config.ops = `name`. This is the one op-selection rule:
 
-    - "triton": `kernels`, the alexnet_triton custom ops (kernels/ops.py). Each picks its
-      implementation by the tensors' device: the Triton kernel on CUDA, the plain-PyTorch
+    `config.ops` (AlexNetConfig.ops, --ops) picks a module, and everything that can run either
+    way takes its functions from it: the layers (`conv2d`, `relu_lrn`, ...: model.py), the
+    augmentation (`augment`: alexnet/augment.py crop_batch, for TrainLoader, EvalLoader and
+    the evaluation views, given the model's resolved ops) and the optimizer (`sgd_step_`:
+    trainer.build_optimizer takes FlatPaperSGD's fused update for "triton", PaperSGD's torch
+    ops for "reference").
+
+    - "triton": `kernels`, the alexnet_triton custom ops (kernels/ops.py). Inside, each picks
+      its implementation by the tensors' device: the Triton kernel on CUDA, the plain-PyTorch
       reference on the CPU (the Triton kernel there under TRITON_INTERPRET=1). They show up
       as single nodes under torch.compile and torch.export.
     - "reference": `kernels.reference`, torch's own ops called directly: the baseline the
-      kernels are tested and measured against, with no custom op in the graph.
-    ("auto" is resolved by AlexNetConfig.resolved: triton on CUDA, else reference.)"""
-    if name not in OPS_MODULES:
-        raise ValueError(f"ops must be 'triton' or 'reference' (resolve 'auto' first), got {name!r}")
-    return importlib.import_module(OPS_MODULES[name])
+      kernels are tested and measured against, with no custom op in the graph, on any device.
+    - "auto": `config.resolve_ops` (AlexNetConfig.resolved uses it too): triton on a machine
+      with CUDA, else reference."""
+    return importlib.import_module(OPS_MODULES[resolve_ops(name)])
 
 
 def compute_params(layer: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -58,7 +58,7 @@ class Classifier:
     def probabilities(self, images: np.ndarray, views: str = "centre") -> torch.Tensor:
         """(B, classes) softmax probabilities of uint8 images (B, S, S, 3), averaged over `views`."""
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        return predict(self.model, x, self.mean, views, self.image_size).cpu()
+        return predict(self.model, x, self.mean, views, self.image_size, ops=self.model.config.ops).cpu()
 
     def top(self, images: np.ndarray, views: str = "centre", k: int = 5) -> list[list[tuple[str, float]]]:
         """Per image, the k most probable (class, probability), most probable first."""

@@ -120,11 +120,11 @@ class Trainer:
                                 lighting_std=AugmentConfig.lighting_std if config.lighting else 0.0)
         self.train_loader = TrainLoader(self.store, config.batch_size, session.device, rank=session.data_rank,
                                         world=session.data_world, seed=config.seed, dtype=self.dtype,
-                                        channels_last=channels_last, augment=augment,
+                                        channels_last=channels_last, augment=augment, ops=self.model_config.ops,
                                         threads=config.threads)
         self.val_loader = EvalLoader(self.store, config.batch_size, session.device, rank=session.data_rank,
                                      world=session.data_world, dtype=self.dtype, channels_last=channels_last,
-                                     crop_size=config.image_size, threads=config.threads)
+                                     crop_size=config.image_size, ops=self.model_config.ops, threads=config.threads)
         replicas = 1 if session.layout is None else session.layout.replicas
         self.optimizer = build_optimizer(self.model, self.model_config.ops, self.dtype, config.lr, config.momentum,
                                          config.weight_decay, replicas)

@@ -6,8 +6,10 @@ import pytest
 import torch
 from conftest import DEVICE, requires_gpu
 
+import kernels
 from alexnet.augment import AugmentConfig, draw, lighting_shift
 from alexnet.data import EvalLoader, TrainLoader, _seed, read_rows
+from alexnet.evaluate import evaluate
 from alexnet.store import Store, write_arrays
 from kernels import reference
 
@@ -169,3 +171,35 @@ def test_eval_loader_covers_the_split_in_order(ids_store):
             got += ids
         loader.close()
     assert got == list(range(23))
+
+
+@pytest.mark.parametrize("ops", ["reference", "triton"])
+def test_the_augmentation_follows_ops_not_the_device(random_store, monkeypatch, ops):
+    """config.ops picks the augmentation as it picks the layers (alexnet/layers.py load_ops):
+    "reference" runs kernels.reference.augment even where the Triton kernel could run (on the
+    CPU through the interpreter, on a GPU natively); "triton" runs the alexnet_triton op, and
+    with the kernel available the op's Triton kernel, not the reference inside it (which would
+    call reference.augment). Training batches and every evaluation view alike."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the Triton kernel can run on either device
+    calls = []
+
+    def spy(name, fn):
+        def counted(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+        return counted
+
+    monkeypatch.setattr(kernels, "augment", spy("triton", kernels.augment))
+    monkeypatch.setattr(reference, "augment", spy("reference", reference.augment))
+    train = TrainLoader(random_store, 6, DEVICE, seed=3, augment=CONFIG, ops=ops, threads=1)
+    x, _ = next(iter(train))
+    assert calls == [ops]
+    expected, _ = _expected(train, 0, 0)
+    calls.clear()  # _expected called the reference itself
+    torch.testing.assert_close(x.double(), expected, rtol=0, atol=1e-4)  # fp32 output of fp32 math, values <= 255
+    train.close()
+    val = EvalLoader(random_store, 20, DEVICE, split="train", crop_size=CROP, ops=ops, threads=1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * CROP * CROP, 5)).to(DEVICE)
+    assert evaluate(model, val, "ten")[0].item() == len(random_store.split("train"))
+    assert calls == [ops] * (10 * len(val))  # ten views of each of the 2 batches
+    val.close()

@@ -12,10 +12,12 @@ import pytest
 import torch
 from conftest import DEVICE, TINY_CROP
 
+import kernels
 from alexnet import checkpoint, evaluate
 from alexnet import trainer as trainer_module
 from alexnet.train import DEMO, TrainConfig, parse_args
 from alexnet.trainer import Trainer, run
+from kernels import reference
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = TINY_CROP
@@ -53,6 +55,26 @@ def test_bad_arguments_are_refused_clearly(argv, message):
 def test_batch_larger_than_the_dataset_is_refused(tiny_store, tmp_path):
     with pytest.raises(SystemExit, match="--batch-size 64 .* larger than the 48 training images.*<= 48"):
         Trainer(config(tiny_store, tmp_path, batch_size=64))
+
+
+@pytest.mark.parametrize("ops", ["reference", "triton", "auto"])
+def test_layers_augmentation_and_optimizer_follow_one_ops_choice(tiny_store, tmp_path, ops):
+    """--ops reaches every choice through the model's resolved config.ops (the rule:
+    alexnet/layers.py load_ops): the layers' functions, both loaders' augmentation (which
+    function runs for each: tests/test_data.py) and the optimizer."""
+    from alexnet.config import resolve_ops
+    from alexnet.optim import FlatPaperSGD
+
+    trainer = Trainer(config(tiny_store, tmp_path, ops=ops))
+    try:
+        chosen = resolve_ops(ops)
+        assert trainer.model_config.ops == trainer.train_loader.ops == trainer.val_loader.ops == chosen
+        assert trainer.model.conv1.conv2d is {"triton": kernels.conv2d, "reference": reference.conv2d}[chosen]
+        assert isinstance(trainer.optimizer, FlatPaperSGD) == (chosen == "triton")
+    finally:
+        trainer.train_loader.close()
+        trainer.val_loader.close()
+        trainer.lock.close()
 
 
 def test_not_a_dataset_is_refused(tmp_path):
