@@ -22,7 +22,8 @@ The ops are `custom_op`s calling the launchers, not `triton_op`s: the launchers 
 work (argument checks, the conv autotuners, conv1's channel padding, wgrad's split count)
 that `wrap_triton` tracing cannot follow, and Inductor would not fuse into these kernels anyway.
 
-The one op-selection rule: the device of the tensors picks the implementation.
+Inside an op, the device of the tensors picks the implementation (which ops a training run
+calls at all, these or kernels/reference.py, is its config.ops: alexnet/layers.py load_ops):
     CUDA tensors -> the Triton kernel;
     CPU tensors  -> the plain-PyTorch reference (kernels/reference.py), or the Triton kernel
                     through Triton's interpreter when TRITON_INTERPRET=1 (as in the tests).
