@@ -147,29 +147,35 @@ class ColumnDropout(nn.Module):
     with the same seed both draw exactly the same masks. fc6 and fc7 share the module (and
     the streams), in that order on every layout.
 
-    One code path for every device and both choices of ops: `column_dropout(x, seeds, call,
-    p) -> (y, next_call)` (`kernels.column_dropout`, the alexnet_triton op: one launch forward
-    and one backward on CUDA; or `kernels.reference.column_dropout`, the same masks in torch
-    ops). Column i's mask is Philox keyed by its seed at the layer's call count, a (1,) int64
-    tensor on the device: no host work per call, and torch.compile(fullgraph=True) traces the
-    layer (the new count is a tensor the graph returns). The module keeps the count the op
-    returns; `pin()` keeps it at one address instead (copied there, one small copy per call),
-    which a captured CUDA graph needs to advance it on every replay (alexnet/step_graph.py).
+    With the project's ops (`dropout` is `kernels.dropout`) the layer is one call of the
+    functional op alexnet_triton::column_dropout on every device (`kernels.column_dropout`:
+    one Triton launch forward and one backward on CUDA and under the interpreter, the same
+    masks in torch ops on a plain CPU): column i's mask is Philox keyed by its seed at the
+    layer's call count, a (1,) int64 tensor on the device, and the op returns the next count
+    as a new tensor, which the module keeps. No host work per call, and
+    torch.compile(fullgraph=True) traces the layer (the new count is a graph output). `pin()`
+    keeps the count at one address instead (copied there: one small copy per call), which a
+    captured CUDA graph needs to advance it on every replay (alexnet/step_graph.py).
+    With another dropout (the reference ops: torch's own) each chunk is dropped separately
+    with a torch.Generator per column, eagerly (Dynamo does not trace a Generator's state).
 
     State is created per device on first use; `get_rng_state`/`set_rng_state` save and
-    restore the count (for exact resumption).
+    restore it (for exact resumption).
     """
 
-    def __init__(self, column_dropout, p: float, seed: int, columns: tuple[int, ...], replica: int = 0):
+    def __init__(self, dropout, p: float, seed: int, columns: tuple[int, ...], replica: int = 0):
         super().__init__()
-        self.column_dropout, self.p, self.columns, self.replica = column_dropout, p, tuple(columns), replica
+        self.dropout, self.p, self.columns, self.replica = dropout, p, tuple(columns), replica
+        triton_dropout = importlib.import_module("kernels.dropout")  # (kernels.dropout is also the function)
+        self.fused = dropout is triton_dropout.dropout  # the column op: one launch per call for all columns
+        self._column_dropout = triton_dropout.column_dropout if self.fused else None
         self.pinned = False
         self.manual_seed(seed)
 
     def manual_seed(self, seed: int) -> None:
         """Restart every column's stream from `seed`."""
         self.seed = int(seed)
-        self._seeds: dict[torch.device, torch.Tensor] = {}
+        self._streams: dict[torch.device, object] = {}
         self._calls: dict[torch.device, torch.Tensor] = {}
 
     def _device(self, device) -> torch.device:
@@ -178,36 +184,48 @@ class ColumnDropout(nn.Module):
             device = torch.device("cuda", torch.cuda.current_device())
         return device
 
-    def streams(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(seeds (columns,) int64, call count (1,) int64) on `device`."""
+    def streams(self, device):
+        """On `device`: the column op's (seeds (columns,) int64, call count (1,) int64), or
+        one torch.Generator per column."""
         device = self._device(device)
-        if device not in self._seeds:
+        if device not in self._streams:
             seeds = [column_seed(self.seed, c, self.replica) for c in self.columns]
-            self._seeds[device] = torch.tensor(seeds, dtype=torch.int64, device=device)
-            self._calls[device] = torch.zeros(1, dtype=torch.int64, device=device)
-        return self._seeds[device], self._calls[device]
+            if self.fused:
+                self._streams[device] = torch.tensor(seeds, dtype=torch.int64, device=device)
+                self._calls[device] = torch.zeros(1, dtype=torch.int64, device=device)
+            else:
+                self._streams[device] = [torch.Generator(device).manual_seed(s) for s in seeds]
+        if self.fused:
+            return self._streams[device], self._calls[device]
+        return self._streams[device]
 
     def pin(self) -> None:
         """Keep each device's call count in one tensor from now on: every call copies the new
-        count into it (in a captured CUDA graph, the replay reads and advances that address).
+        count into it (in a captured CUDA graph, each replay reads and advances that address).
         The count moves to a fresh tensor first, so no forward's saved output is overwritten."""
         self.pinned = True
         self._calls = {device: calls.clone() for device, calls in self._calls.items()}
 
     def get_rng_state(self, device) -> list[torch.Tensor]:
-        """One state tensor per column: the call count (the same for all), on the CPU."""
-        calls = self.streams(device)[1]
-        return [calls.detach().cpu().clone() for _ in self.columns]
+        """One state tensor per column (the column op: the call count, the same for all)."""
+        streams = self.streams(device)
+        if self.fused:
+            return [streams[1].detach().cpu().clone() for _ in self.columns]
+        return [g.get_state() for g in streams]
 
     def set_rng_state(self, states, device) -> None:
+        device = self._device(device)
+        streams = self.streams(device)
         if len(states) != len(self.columns):
             raise ValueError(f"{len(states)} dropout states for {len(self.columns)} columns")
+        if not self.fused:
+            for g, state in zip(streams, states, strict=True):
+                g.set_state(state)
+            return
         if any(s.dtype != torch.int64 or s.numel() != 1 for s in states) or len({int(s) for s in states}) != 1:
-            raise ValueError("not a column dropout state (one int64 call count per column, all equal)")
-        device = self._device(device)
-        calls = self.streams(device)[1]
+            raise ValueError("not the column op's dropout state (one int64 call count per column, all equal)")
         if self.pinned:
-            calls.copy_(states[0].reshape(1))
+            streams[1].copy_(states[0].reshape(1))
         else:  # a new tensor: the current one may be saved for a backward still to come
             self._calls[device] = states[0].reshape(1).to(device, copy=True)
 
@@ -215,15 +233,20 @@ class ColumnDropout(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         if self.p == 1.0:  # everything dropped, no stream needed
-            return x * 0.0
-        device = self._device(x.device)
-        seeds, calls = self.streams(device)
-        y, next_call = self.column_dropout(x, seeds, calls, self.p)
-        if self.pinned:
-            calls.copy_(next_call)
-        else:
-            self._calls[device] = next_call
-        return y
+            return self.dropout(x, self.p, True)
+        streams = self.streams(x.device)
+        if self.fused:
+            seeds, calls = streams
+            y, next_call = self._column_dropout(x, seeds, calls, self.p)
+            if self.pinned:
+                calls.copy_(next_call)
+            else:
+                self._calls[self._device(x.device)] = next_call
+            return y
+        if len(streams) == 1:
+            return self.dropout(x, self.p, True, streams[0])
+        return torch.cat([self.dropout(part, self.p, True, g)
+                          for part, g in zip(x.chunk(len(streams), dim=1), streams)], dim=1)
 
     def extra_repr(self):
         return f"p={self.p}, columns={self.columns}, replica={self.replica}, seed={self.seed}"

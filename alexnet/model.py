@@ -104,7 +104,7 @@ class AlexNet(nn.Module):
                 conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
         seed = config.dropout_seed if config.dropout_seed is not None else int(torch.randint(0, 2**62, ()))
         columns = tuple(range(config.columns)) if column is None else (column,)
-        self.dropout = ColumnDropout(ops.column_dropout, config.dropout, seed, columns, replica)
+        self.dropout = ColumnDropout(ops.dropout, config.dropout, seed, columns, replica)
 
     def reset_parameters(self) -> None:
         paper_init_(self, self.config)
