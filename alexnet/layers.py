@@ -203,6 +203,8 @@ class ColumnDropout(nn.Module):
         """Keep each device's call count in one tensor from now on: every call copies the new
         count into it (in a captured CUDA graph, each replay reads and advances that address).
         The count moves to a fresh tensor first, so no forward's saved output is overwritten."""
+        if self.pinned:
+            return
         self.pinned = True
         self._calls = {device: calls.clone() for device, calls in self._calls.items()}
 

@@ -181,3 +181,40 @@ def test_column_dropout_checks():
         kernels.column_dropout(_x((2, 8)), seeds, calls, 1.0)
     with pytest.raises(ValueError, match="2-D"):
         kernels.column_dropout(_x((2, 8, 1)), seeds, calls, 0.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_replays_advance_the_dropout_count():
+    """--cuda-graph with the column op: StepRunner pins the layer's call count before the
+    capture, so every replay draws new masks (and a short batch run plainly in between moves
+    the same count): the weights and the count equal the plain run's bit for bit."""
+    from alexnet.layers import ColumnDropout, Linear
+    from alexnet.optim import FlatPaperSGD, param_groups
+    from alexnet.step_graph import StepRunner
+    from alexnet.trainer import training_step
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc6, self.fc7, self.fc8 = Linear(12, 16, "relu"), Linear(16, 16, "relu"), Linear(16, 5)
+            self.dropout = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1))
+
+        def forward(self, x):
+            return self.fc8(self.dropout(self.fc7(self.dropout(self.fc6(x)))))
+
+    runs = []
+    for capture in (False, True):
+        model = Net().cuda()
+        optimizer = FlatPaperSGD(param_groups(model), lr=0.05)
+        runner = StepRunner(training_step, model, optimizer, torch.ones((), dtype=torch.bool, device="cuda"),
+                            capture=capture, warmup=2, log=lambda message: None)
+        g = torch.Generator().manual_seed(2)
+        batches = [(torch.randn(6, 12, generator=g), torch.randint(0, 5, (6,), generator=g)) for _ in range(7)]
+        batches.insert(5, (batches[0][0][:4], batches[0][1][:4]))  # a short batch between replays
+        losses = [runner(x.cuda(), y.cuda())[0].clone() for x, y in batches]
+        runs.append((losses, [p.detach().clone() for p in model.parameters()], model.dropout.get_rng_state("cuda")))
+        assert (runner.graph is not None) == capture
+    (plain_losses, plain_weights, plain_state), (losses, weights, state) = runs
+    assert [int(s) for s in state] == [int(s) for s in plain_state] == [2 * 8, 2 * 8]
+    assert all(torch.equal(a, b) for a, b in zip(losses + weights, plain_losses + plain_weights, strict=True))
