@@ -433,11 +433,13 @@ def _column_dropout_setup(ctx, inputs, output):
     _x, seeds, _call, p = inputs
     ctx.save_for_backward(seeds, output[1])  # next_call: a fresh tensor, never mutated afterwards
     ctx.p = p
+    ctx.set_materialize_grads(False)  # next_call (int64) has no gradient: no zeros made for it
 
 
 def _column_dropout_backward(ctx, dy, _dnext):
     seeds, next_call = ctx.saved_tensors
-    return ops.column_dropout_backward(dy, seeds, next_call, ctx.p), None, None, None
+    dx = None if dy is None else ops.column_dropout_backward(dy, seeds, next_call, ctx.p)
+    return dx, None, None, None
 
 
 def _column_dropout_backward_setup(ctx, inputs, output):
