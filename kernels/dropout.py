@@ -23,9 +23,9 @@ At call index 0 a column's mask is exactly `dropout`'s with that seed.
 
 As torch's dropout (x * mask / (1 - p)), the kernel multiplies: a dropped NaN or inf gives
 NaN, not 0, so a non-finite activation is never hidden from the loss. p may be a Python or
-NumPy number or a one-element tensor (read on the host). The dropout op's backward is the
-same op with the same seed (dropout is linear), and so is column_dropout's: a double
-backward is exact for both.
+NumPy number or a one-element tensor (read on the host). Dropout is linear: the dropout
+op's backward is the same op with the same seed, column_dropout's backward applies the
+forward's masks again (and is its own backward), so a double backward is exact for both.
 """
 from __future__ import annotations
 
