@@ -175,6 +175,8 @@ class ColumnDropout(nn.Module):
     def manual_seed(self, seed: int) -> None:
         """Restart every column's stream from `seed`."""
         self.seed = int(seed)
+        # mixed here, not on first use: a first call inside torch.compile creates the state too
+        self._column_seeds = [column_seed(self.seed, c, self.replica) for c in self.columns]
         self._streams: dict[torch.device, object] = {}
         self._calls: dict[torch.device, torch.Tensor] = {}
 
@@ -189,7 +191,7 @@ class ColumnDropout(nn.Module):
         one torch.Generator per column."""
         device = self._device(device)
         if device not in self._streams:
-            seeds = [column_seed(self.seed, c, self.replica) for c in self.columns]
+            seeds = self._column_seeds
             if self.fused:
                 self._streams[device] = torch.tensor(seeds, dtype=torch.int64, device=device)
                 self._calls[device] = torch.zeros(1, dtype=torch.int64, device=device)

@@ -284,6 +284,17 @@ def test_compiled_dropout_layer_with_the_triton_op_equals_eager(pinned, backend)
                              reason=tolerance[2])
 
 
+def test_compiled_dropout_layer_creates_its_state_inside_the_graph():
+    """A layer never called before: its first call, inside the compiled graph, creates the
+    seeds and the call count as eager's first call does (same masks, same count after)."""
+    eager, fresh = _DropoutNet().to(DEVICE).train(), _DropoutNet().to(DEVICE).train()
+    x = torch.randn(5, 12, device=DEVICE)
+    compiled = torch.compile(fresh, fullgraph=True, backend="aot_eager")
+    for _call in range(2):
+        assert_close_verbose(compiled(x), eager(x), rtol=0, atol=0, check_dtype=True, reason=SAME_OPS)
+    assert [int(s) for s in fresh.dropout.get_rng_state(DEVICE)] == [4, 4]
+
+
 def test_compiled_dropout_op_equals_eager(device):
     x = _x((4, 64), device)
     seed = torch.tensor([99], device=device)
