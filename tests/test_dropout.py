@@ -198,6 +198,8 @@ def test_cuda_graph_replays_advance_the_dropout_count():
             super().__init__()
             torch.manual_seed(0)
             self.fc6, self.fc7, self.fc8 = Linear(12, 16, "relu"), Linear(16, 16, "relu"), Linear(16, 5)
+            for param in self.parameters():
+                torch.nn.init.normal_(param, 0.1, 0.3)
             self.dropout = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1))
 
         def forward(self, x):
