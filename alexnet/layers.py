@@ -14,8 +14,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.launch import interpreting
-
 from .config import resolve_ops
 from .seeds import mixed_seed
 
@@ -156,11 +154,17 @@ class ColumnDropout(nn.Module):
     with the same seed both draw exactly the same masks. fc6 and fc7 share the module (and
     the streams), in that order on every layout.
 
-    With the Triton op (`kernels.dropout`) the whole layer is one launch forward and one
-    backward (`kernels.dropout.column_dropout`): each column's mask is Philox keyed by its
-    seed at the layer's call count, which lives on the device and advances inside the
-    launch (no host work, CUDA-graph safe). With another op (the PyTorch reference) each
-    chunk is dropped separately with a torch.Generator per column.
+    With the project's ops (`dropout` is `kernels.dropout`) the layer is one call of the
+    functional op alexnet_triton::column_dropout on every device (`kernels.column_dropout`:
+    one Triton launch forward and one backward on CUDA and under the interpreter, the same
+    masks in torch ops on a plain CPU): column i's mask is Philox keyed by its seed at the
+    layer's call count, a (1,) int64 tensor on the device, and the op returns the next count
+    as a new tensor, which the module keeps. No host work per call, and
+    torch.compile(fullgraph=True) traces the layer (the new count is a graph output). `pin()`
+    keeps the count at one address instead (copied there: one small copy per call), which a
+    captured CUDA graph needs to advance it on every replay (alexnet/step_graph.py).
+    With another dropout (the reference ops: torch's own) each chunk is dropped separately
+    with a torch.Generator per column, eagerly (Dynamo does not trace a Generator's state).
 
     State is created per device on first use; `get_rng_state`/`set_rng_state` save and
     restore it (for exact resumption).
@@ -170,14 +174,18 @@ class ColumnDropout(nn.Module):
         super().__init__()
         self.dropout, self.p, self.columns, self.replica = dropout, p, tuple(columns), replica
         triton_dropout = importlib.import_module("kernels.dropout")  # (kernels.dropout is also the function)
-        self.fused = dropout is triton_dropout.dropout  # one launch per call for all columns
-        self._fused_ops = triton_dropout if self.fused else None
+        self.fused = dropout is triton_dropout.dropout  # the column op: one launch per call for all columns
+        self._column_dropout = triton_dropout.column_dropout if self.fused else None
+        self.pinned = False
         self.manual_seed(seed)
 
     def manual_seed(self, seed: int) -> None:
         """Restart every column's stream from `seed`."""
         self.seed = int(seed)
+        # mixed here, not on first use: a first call inside torch.compile creates the state too
+        self._column_seeds = [column_seed(self.seed, c, self.replica) for c in self.columns]
         self._streams: dict[torch.device, object] = {}
+        self._calls: dict[torch.device, torch.Tensor] = {}
 
     def _device(self, device) -> torch.device:
         device = torch.device(device)
@@ -185,41 +193,52 @@ class ColumnDropout(nn.Module):
             device = torch.device("cuda", torch.cuda.current_device())
         return device
 
-    def _fused_on(self, device: torch.device) -> bool:
-        """Whether the one-launch Triton path runs on `device`: the Triton op on CUDA (or on
-        the CPU under TRITON_INTERPRET=1); on a plain CPU the custom ops run their plain-PyTorch
-        implementation, and so does this layer (a torch.Generator per column)."""
-        return self.fused and (device.type != "cpu" or interpreting())
-
     def streams(self, device):
-        """The fused op's ColumnDropoutState, or one torch.Generator per column, on `device`."""
+        """On `device`: the column op's (seeds (columns,) int64, call count (1,) int64), or
+        one torch.Generator per column."""
         device = self._device(device)
         if device not in self._streams:
-            seeds = [column_seed(self.seed, c, self.replica) for c in self.columns]
-            if self._fused_on(device):
-                self._streams[device] = self._fused_ops.ColumnDropoutState(seeds, device)
+            seeds = self._column_seeds
+            if self.fused:
+                self._streams[device] = torch.tensor(seeds, dtype=torch.int64, device=device)
+                self._calls[device] = torch.zeros(1, dtype=torch.int64, device=device)
             else:
                 self._streams[device] = [torch.Generator(device).manual_seed(s) for s in seeds]
+        if self.fused:
+            return self._streams[device], self._calls[device]
         return self._streams[device]
 
+    def pin(self) -> None:
+        """Keep each device's call count in one tensor from now on: every call copies the new
+        count into it (in a captured CUDA graph, each replay reads and advances that address).
+        The count moves to a fresh tensor first, so no forward's saved output is overwritten."""
+        if self.pinned:
+            return
+        self.pinned = True
+        self._calls = {device: calls.clone() for device, calls in self._calls.items()}
+
     def get_rng_state(self, device) -> list[torch.Tensor]:
-        """One state tensor per column (the fused op: the call count, the same for all)."""
+        """One state tensor per column (the column op: the call count, the same for all)."""
         streams = self.streams(device)
-        if self._fused_on(self._device(device)):
-            return [streams.calls.detach().cpu().clone() for _ in self.columns]
+        if self.fused:
+            return [streams[1].detach().cpu().clone() for _ in self.columns]
         return [g.get_state() for g in streams]
 
     def set_rng_state(self, states, device) -> None:
+        device = self._device(device)
         streams = self.streams(device)
         if len(states) != len(self.columns):
             raise ValueError(f"{len(states)} dropout states for {len(self.columns)} columns")
-        if self._fused_on(self._device(device)):
-            if any(s.dtype != torch.int64 or s.numel() != 1 for s in states) or len({int(s) for s in states}) != 1:
-                raise ValueError("not the fused dropout's state (one call count per column, all equal)")
-            streams.calls.copy_(states[0].to(streams.calls.device))
+        if not self.fused:
+            for g, state in zip(streams, states, strict=True):
+                g.set_state(state)
             return
-        for g, state in zip(streams, states, strict=True):
-            g.set_state(state)
+        if any(s.dtype != torch.int64 or s.numel() != 1 for s in states) or len({int(s) for s in states}) != 1:
+            raise ValueError("not the column op's dropout state (one int64 call count per column, all equal)")
+        if self.pinned:
+            streams[1].copy_(states[0].reshape(1))
+        else:  # a new tensor: the current one may be saved for a backward still to come
+            self._calls[device] = states[0].reshape(1).to(device, copy=True)
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
@@ -227,8 +246,14 @@ class ColumnDropout(nn.Module):
         if self.p == 1.0:  # everything dropped, no stream needed
             return self.dropout(x, self.p, True)
         streams = self.streams(x.device)
-        if self._fused_on(self._device(x.device)):
-            return self._fused_ops.column_dropout(x, self.p, streams)
+        if self.fused:
+            seeds, calls = streams
+            y, next_call = self._column_dropout(x, seeds, calls, self.p)
+            if self.pinned:
+                calls.copy_(next_call)
+            else:
+                self._calls[self._device(x.device)] = next_call
+            return y
         if len(streams) == 1:
             return self.dropout(x, self.p, True, streams[0])
         return torch.cat([self.dropout(part, self.p, True, g)

@@ -7,8 +7,9 @@ the caching allocator settles); the next call captures `trainer.training_step` o
 input buffers and every later call copies its batch into them and replays. What a replay
 needs is already on the device: the learning rate is a device tensor of FlatPaperSGD
 (PaperSGD's is a Python float, so a change of lr re-captures), the dropout streams' call
-counter advances inside the dropout kernel, and the loss's finiteness is and-ed into a
-device flag. A replay's outputs (loss, wrong guesses) are the graph's static tensors,
+count is pinned to one device tensor before the capture (ColumnDropout.pin: each call copies
+the op's next count there, so every replay advances it), and the loss's finiteness is and-ed
+into a device flag. A replay's outputs (loss, wrong guesses) are the graph's static tensors,
 overwritten by the next replay.
 
 The plain step runs instead, with a message saying why, where capture cannot work: no CUDA
@@ -73,6 +74,9 @@ class StepRunner:
     def _capture(self, images, labels) -> bool:
         """Capture one step on copies of this batch (the capture runs nothing: the caller
         replays). Returns False, and turns capture off, if it fails."""
+        dropout = getattr(self.model, "dropout", None)
+        if hasattr(dropout, "pin"):
+            dropout.pin()  # the graph reads and advances the dropout call count at one address
         try:
             static_images, static_labels = images.clone(), labels.clone()
             torch.cuda.synchronize()

@@ -4,6 +4,7 @@
     kernels.local_response_norm(x, ...)                          the same without the ReLU
     kernels.max_pool2d(x, kernel_size=3, stride=2)               overlapping max-pooling
     kernels.dropout(x, p=0.5, training=True)                     seeded inverted dropout
+    kernels.column_dropout(x, seeds, call, p=0.5)                dropout, a Philox stream per column
     kernels.conv2d(x, w, bias=None, stride=1, padding=0, groups=1, relu=False)
                                                                  implicit-GEMM convolution (+ ReLU)
     kernels.augment(images, offsets, flips, shift, mean, size=224, dtype=..., channels_last=...)
@@ -20,10 +21,11 @@ images into the network's input in the dtype and memory format asked for.
 """
 from . import ops  # registers the alexnet_triton ops before anything calls them
 from .augment import augment
-from .dropout import dropout
+from .dropout import column_dropout, dropout
 from .lrn import local_response_norm, relu_lrn
 from .maxpool import max_pool2d
 from .ops import conv2d
 from .sgd import sgd_step_
 
-__all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "conv2d", "augment", "sgd_step_", "ops"]
+__all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "column_dropout", "conv2d", "augment",
+           "sgd_step_", "ops"]

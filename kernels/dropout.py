@@ -13,30 +13,30 @@ to capture in a CUDA graph). The backward regenerates the same mask from the sav
 nothing mask-sized is stored. Elements are indexed in storage order, so x may be any dense
 layout (contiguous, channels_last, ...).
 
-`column_dropout(x, p, state)` is the model's dropout (alexnet.layers.ColumnDropout): x (B,
-columns * F), column c's (B, F) block drawn from its own stream, all columns in one launch
-forward and one backward. Its Philox key is the column's seed and its counter (element
-group, call index); the call index lives on the device in `ColumnDropoutState` and the
-launch itself advances it, so a call needs no seed draw, no host work and replays correctly
-inside a CUDA graph. At call index 0 a column's mask is exactly `dropout`'s with that seed.
+`column_dropout(x, seeds, call, p)` is the model's dropout (alexnet.layers.ColumnDropout): x
+(B, columns * F), column c's (B, F) block drawn from its own stream, all columns in one launch
+forward and one backward. Its Philox key is the column's seed and its counter (element group,
+call index); the call index is a device tensor, and the launch also writes the next one into
+a fresh output, so the op is functional (torch.compile sees one node per direction), a call
+needs no seed draw and no host work, and the backward redraws the mask from the next index.
+At call index 0 a column's mask is exactly `dropout`'s with that seed.
 
 As torch's dropout (x * mask / (1 - p)), the kernel multiplies: a dropped NaN or inf gives
 NaN, not 0, so a non-finite activation is never hidden from the loss. p may be a Python or
-NumPy number or a one-element tensor (read on the host). The dropout op's backward is the
-same op with the same seed (dropout is linear), so a double backward is exact;
-`column_dropout`'s Function is once_differentiable: a double backward raises.
+NumPy number or a one-element tensor (read on the host). Dropout is linear: the dropout
+op's backward is the same op with the same seed, column_dropout's backward applies the
+forward's masks again (and is its own backward), so a double backward is exact for both.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
 from ._common import cdiv, check_tensor
 from .launch import dropout_launch
 
-__all__ = ["dropout", "column_dropout", "ColumnDropoutState"]
+__all__ = ["dropout", "column_dropout"]
 
 
 @triton.jit
@@ -66,19 +66,19 @@ def _dropout_kernel(x_ptr, y_ptr, seed_ptr, n_elem, keep_threshold, scale, BLOCK
 
 
 @triton.jit
-def _column_dropout_kernel(x_ptr, y_ptr, seeds_ptr, call_ptr, tickets_ptr, used_ptr, n_rows, width, row_stride,
-                           keep_threshold, scale, ADVANCE: tl.constexpr, BLOCK: tl.constexpr):
-    """Dropout of a (n_rows, columns * width) row-major tensor, column c = program_id(1)
-    drawing from its own stream: Philox key seeds[c], counter (element group of 8 within
-    the column's (n_rows, width) block, call index). Element (r, j) of column c is number
-    i = r * width + j of that block, so a column's mask does not depend on how many columns
-    share the tensor: the single-device (B, 2F) launch and a rank's (B, F) launch agree.
-    The call index is read from call_ptr. ADVANCE (forward): the call index is written to
-    used_ptr for the backward, and the last program to finish (a ticket from an atomic
-    counter) increments it, so the next call draws a new mask without any host work."""
+def _column_dropout_kernel(x_ptr, y_ptr, seeds_ptr, call_ptr, next_ptr, n_rows, width, row_stride, keep_threshold,
+                           scale, CALL_OFFSET: tl.constexpr, WRITE_NEXT: tl.constexpr, BLOCK: tl.constexpr):
+    """Dropout of a (n_rows, columns * width) tensor with unit column stride, column c =
+    program_id(1) drawing from its own stream: Philox key seeds[c], counter (element group of
+    8 within the column's (n_rows, width) block, call index). Element (r, j) of column c is
+    number i = r * width + j of that block, so a column's mask does not depend on how many
+    columns share the tensor: the single-device (B, 2F) launch and a rank's (B, F) launch agree.
+    The call index is call_ptr's value + CALL_OFFSET (the backward reads the forward's next
+    index and draws at -1). WRITE_NEXT (forward): program (0, 0) also writes call + 1 to
+    next_ptr, a fresh output, so the op stays functional and needs no second launch."""
     pid = tl.program_id(0).to(tl.int64)
     column = tl.program_id(1)
-    call = tl.load(call_ptr)
+    call = tl.load(call_ptr) + CALL_OFFSET
     seed = tl.load(seeds_ptr + column)
     counter = pid * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
     r0, r1, r2, r3 = tl.philox(seed, (counter & 0xFFFFFFFF).to(tl.uint32), (counter >> 32).to(tl.uint32),
@@ -92,14 +92,8 @@ def _column_dropout_kernel(x_ptr, y_ptr, seeds_ptr, call_ptr, tickets_ptr, used_
     x = tl.load(x_ptr + addr, mask=mask, other=0.0).to(tl.float32)
     y = x * tl.where(draws >= keep_threshold, scale, 0.0)  # x * 0 where dropped: NaN/inf stay NaN, as torch
     tl.store(y_ptr + addr, y.to(y_ptr.dtype.element_ty), mask=mask)
-    if ADVANCE:
-        first = (pid == 0) & (column == 0)
-        tl.store(used_ptr, call, mask=first)
-        n_programs = tl.num_programs(0) * tl.num_programs(1)
-        ticket = tl.atomic_add(tickets_ptr, 1, sem="acq_rel")
-        last = ticket == n_programs - 1
-        tl.store(call_ptr, call + 1, mask=last)
-        tl.store(tickets_ptr, 0, mask=last)
+    if WRITE_NEXT:
+        tl.store(next_ptr, call + 1, mask=(pid == 0) & (column == 0))
 
 
 # ------------------------------------------------------------------------------ launchers
@@ -152,66 +146,43 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True,
 
 
 # ------------------------------------------------------------------------------ column streams
-class ColumnDropoutState:
-    """The device-side state of a set of column streams: `seeds` (columns,) int64 Philox
-    keys, `calls` (1,) int64, the number of forward calls made so far (each call's masks
-    are drawn at its call index), and `tickets` (1,) int32, the launch's completion counter.
-    Everything stays on the device: no host sync per call, and a CUDA graph replay of a
-    captured call draws a new mask (the counter lives in device memory)."""
-
-    def __init__(self, seeds, device):
-        self.seeds = torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device)
-        self.calls = torch.zeros(1, dtype=torch.int64, device=device)
-        self.tickets = torch.zeros(1, dtype=torch.int32, device=device)
-
-
-def _launch_columns(x, y, state: ColumnDropoutState, call, used, p: float, advance: bool) -> None:
+def launch_column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: float,
+                          backward: bool = False):
+    """The Triton implementation of ops alexnet_triton::column_dropout (forward: (y, call + 1),
+    masks drawn at `call`) and ::column_dropout_backward (backward=True: dx, masks drawn at
+    call - 1, `call` being the forward's next index). One launch, all columns; y contiguous."""
+    x = x.contiguous()  # y's layout: element (r, j) at the same offset in both
     n_rows, features = x.shape
-    columns = state.seeds.numel()
+    columns = seeds.numel()
     width = features // columns
-    if n_rows * width == 0:
-        return
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    next_call = torch.empty_like(call) if not backward else call
     launch = dropout_launch(n_rows * width)
-    grid = (cdiv(n_rows * width, launch.block), columns)
-    _column_dropout_kernel[grid](x, y, state.seeds, call, state.tickets, used, n_rows, width, x.stride(0),
-                                 int(round(p * 2**16)), 1.0 / (1.0 - p), ADVANCE=advance, BLOCK=launch.block,
-                                 num_warps=launch.num_warps)
+    grid = (max(1, cdiv(n_rows * width, launch.block)), columns)  # >= 1 program: the next index is written
+    _column_dropout_kernel[grid](x, y, seeds, call, next_call, n_rows, width, x.stride(0), int(round(p * 2**16)),
+                                 1.0 / (1.0 - p), CALL_OFFSET=-1 if backward else 0, WRITE_NEXT=not backward,
+                                 BLOCK=launch.block, num_warps=launch.num_warps)
+    return y if backward else (y, next_call)
 
 
-class ColumnDropoutFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, p, state):
-        y = torch.empty_like(x)
-        used = torch.empty(1, dtype=torch.int64, device=x.device)  # this call's index, for the backward
-        _launch_columns(x, y, state, state.calls, used, p, advance=True)
-        ctx.save_for_backward(used)
-        ctx.p, ctx.state = p, state
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        (used,) = ctx.saved_tensors
-        dy = dy.contiguous()
-        dx = torch.empty_like(dy)
-        _launch_columns(dy, dx, ctx.state, used, used, ctx.p, advance=False)
-        return dx, None, None
-
-
-def column_dropout(x: torch.Tensor, p: float, state: ColumnDropoutState) -> torch.Tensor:
-    """Inverted dropout of x (B, columns * F) in training, column c's (B, F) block drawing
-    from stream state.seeds[c] at call index state.calls (advanced by the call): one launch
-    forward and one backward for all columns."""
+def column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: float = 0.5):
+    """Inverted dropout of x (B, columns * F) in training, column c's (B, F) block drawn from
+    the Philox stream keyed by seeds[c] (int64, one per column) at call index `call` (int64,
+    one element, on x's device). Returns (y, next_call): next_call = call + 1, a new tensor,
+    to pass as `call` next time (alexnet.layers.ColumnDropout keeps it). One launch forward and
+    one backward for all columns, no host read: op alexnet_triton::column_dropout
+    (kernels/ops.py), whose CPU implementation draws the same masks in torch ops."""
     p = _probability(p)
     if p == 1.0:
         raise ValueError("column_dropout needs p < 1 (p = 1 drops everything: use dropout)")
-    check_tensor(x, "x", ndim=2)
-    if not isinstance(state, ColumnDropoutState):
-        raise TypeError(f"state must be a ColumnDropoutState, got {type(state).__name__}")
-    if state.seeds.device != x.device:
-        raise ValueError(f"the dropout state is on {state.seeds.device} but x is on {x.device}")
-    if x.shape[1] % state.seeds.numel():
-        raise ValueError(f"{x.shape[1]} features do not split into {state.seeds.numel()} equal columns")
-    if not x.is_contiguous():
-        x = x.contiguous()
-    return ColumnDropoutFunction.apply(x, float(p), state)
+    check_tensor(x, "x", ndim=2, kernel_device=False)
+    for name, t in (("seeds", seeds), ("call", call)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.ndim != 1 or t.device != x.device:
+            raise TypeError(f"{name} must be a 1-D int64 tensor on x's device ({x.device}), got "
+                            + (f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor)
+                               else type(t).__name__))
+    if seeds.numel() == 0 or call.numel() != 1:
+        raise ValueError(f"need at least one seed and one call index, got {seeds.numel()} and {call.numel()}")
+    if x.shape[1] % seeds.numel():
+        raise ValueError(f"{x.shape[1]} features do not split into {seeds.numel()} equal columns")
+    return torch.ops.alexnet_triton.column_dropout(x, seeds, call, float(p))

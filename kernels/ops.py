@@ -10,6 +10,8 @@
     torch.ops.alexnet_triton.max_pool2d(x, kernel_size, stride) -> (y, argmax)
     torch.ops.alexnet_triton.max_pool2d_backward(dy, argmax, input_size, channels_last, kernel_size, stride) -> dx
     torch.ops.alexnet_triton.dropout(x, seed, p) -> y                   (its own backward: same seed)
+    torch.ops.alexnet_triton.column_dropout(x, seeds, call, p) -> (y, next_call)
+    torch.ops.alexnet_triton.column_dropout_backward(dy, seeds, next_call, p) -> dx
     torch.ops.alexnet_triton.augment(images, offsets, flips, shift, mean, size, dtype, channels_last) -> y
     torch.ops.alexnet_triton.sgd_step_(weights!, velocity!, grads, lr, momentum, weight_decay, n_decay,
                                        low_precision_out!?) -> ()
@@ -32,14 +34,15 @@ The outputs of both implementations have the same shapes, dtypes and strides (th
 Non-tensor arguments are in the schema; the multi-output forwards return what their backward
 needs (LRN's u, pooling's argmax), and the public functions (`kernels.conv2d`,
 `kernels.relu_lrn`, ...) return the first output only. Dropout takes its seed as a tensor, so
-the op is a function of its inputs and its backward applies the same mask again.
+the op is a function of its inputs and its backward applies the same mask again; column dropout
+takes its call index as a tensor and returns the next one (see its section for why).
 """
 import torch
 
 from . import reference
 from ._common import check_tensor, interpreting, is_dense, memory_format
 from .augment import launch_augment
-from .dropout import apply_dropout_mask
+from .dropout import apply_dropout_mask, launch_column_dropout
 from .lrn import relu_lrn_backward, relu_lrn_forward
 from .maxpool import argmax_dtype, max_pool2d_backward, max_pool2d_forward
 from .sgd import launch_sgd_step
@@ -380,6 +383,81 @@ def _dropout_backward(ctx, dy):
 
 
 torch.library.register_autograd(f"{NAMESPACE}::dropout", _dropout_backward, setup_context=_dropout_setup)
+
+
+# ---------------------------------------------------------------------------- column dropout
+# alexnet_triton::column_dropout(x, seeds, call, p) -> (y, next_call) is functional: the layer's
+# call counter is an input, and the op returns the next index as a new tensor (written by the
+# same launch) instead of advancing the counter in place. Why: a custom op that mutates an
+# input cannot have an autograd formula (register_autograd wants a functional schema), and a
+# counter mutated in place after the forward would fail autograd's version check if the
+# backward had saved it. The backward saves `next_call`, a fresh output nobody mutates, and
+# ::column_dropout_backward(dy, seeds, next_call, p) redraws the mask at next_call - 1: one
+# launch each way, nothing mask-sized kept. The backward is linear in dy with the same mask,
+# so its own autograd formula is itself (an exact double backward). Where the counter must
+# keep one address (a CUDA graph), ColumnDropout copies next_call into it (ColumnDropout.pin).
+def _column_dropout_triton(x, seeds, call, p):
+    return launch_column_dropout(x, seeds, call, p)
+
+
+def _column_dropout_reference(x, seeds, call, p):
+    """The same masks as the kernel, Philox in torch ops (kernels.reference.column_dropout)."""
+    y, next_call = reference.column_dropout(x, seeds, call, p)
+    return y.contiguous(), next_call
+
+
+def _column_dropout_fake(x, seeds, call, p):
+    return _empty(x.shape, x), torch.empty_like(call)
+
+
+_define("column_dropout", "(Tensor x, Tensor seeds, Tensor call, float p) -> (Tensor, Tensor)",
+        _column_dropout_triton, _column_dropout_reference, _column_dropout_fake)
+
+
+def _column_dropout_backward_triton(dy, seeds, next_call, p):
+    return launch_column_dropout(dy, seeds, next_call, p, backward=True)
+
+
+def _column_dropout_backward_reference(dy, seeds, next_call, p):
+    return reference.column_dropout(dy, seeds, next_call - 1, p)[0].contiguous()
+
+
+def _column_dropout_backward_fake(dy, seeds, next_call, p):
+    return _empty(dy.shape, dy)
+
+
+_define("column_dropout_backward", "(Tensor dy, Tensor seeds, Tensor next_call, float p) -> Tensor",
+        _column_dropout_backward_triton, _column_dropout_backward_reference, _column_dropout_backward_fake)
+
+
+def _column_dropout_setup(ctx, inputs, output):
+    _x, seeds, _call, p = inputs
+    ctx.save_for_backward(seeds, output[1])  # next_call: a fresh tensor, never mutated afterwards
+    ctx.p = p
+    ctx.set_materialize_grads(False)  # next_call (int64) has no gradient: no zeros made for it
+
+
+def _column_dropout_backward(ctx, dy, _dnext):
+    seeds, next_call = ctx.saved_tensors
+    dx = None if dy is None else ops.column_dropout_backward(dy, seeds, next_call, ctx.p)
+    return dx, None, None, None
+
+
+def _column_dropout_backward_setup(ctx, inputs, output):
+    _dy, seeds, next_call, p = inputs
+    ctx.save_for_backward(seeds, next_call)
+    ctx.p = p
+
+
+def _column_dropout_double_backward(ctx, ddx):
+    seeds, next_call = ctx.saved_tensors
+    return ops.column_dropout_backward(ddx, seeds, next_call, ctx.p), None, None, None
+
+
+torch.library.register_autograd(f"{NAMESPACE}::column_dropout", _column_dropout_backward,
+                                setup_context=_column_dropout_setup)
+torch.library.register_autograd(f"{NAMESPACE}::column_dropout_backward", _column_dropout_double_backward,
+                                setup_context=_column_dropout_backward_setup)
 
 
 # ============================================================================ augmentation

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from ._checks import check_augment_args  # the checks the kernel makes, minus the device
 
-__all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "conv2d", "sgd_step_", "augment"]
+__all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "column_dropout", "conv2d", "sgd_step_",
+           "augment"]
 
 
 def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
@@ -63,6 +64,51 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, generator: t
     keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
     return x * keep / (1.0 - p)
 
+
+# Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", 2011), as Triton's
+# tl.philox: uint32 words held in int64 tensors, so the arithmetic never overflows.
+_ROUND_A, _ROUND_B, _KEY_A, _KEY_B, _U32 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85, 0xFFFFFFFF
+
+
+def _mul_hi_lo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit words of a * b for a 32-bit constant a and uint32 words b, in int64:
+    a is split in 16-bit halves so each partial product stays below 2**48."""
+    low_part, high_part = (a & 0xFFFF) * b, (a >> 16) * b
+    hi = (high_part + (low_part >> 16)) >> 16
+    lo = ((high_part & 0xFFFF) * 65536 + low_part) & _U32
+    return hi, lo
+
+
+def philox(key: torch.Tensor, c0, c1, c2, c3, rounds: int = 10):
+    """Four uint32 words (as int64) of Philox4x32 for counters (c0, c1, c2, c3) and the
+    int64 key (low word, high word), bit-identical to Triton's tl.philox(key, c0, c1, c2, c3)."""
+    k0, k1 = key & _U32, (key >> 32) & _U32
+    for _ in range(rounds):
+        hi_b, lo_b = _mul_hi_lo(_ROUND_B, c2)
+        hi_a, lo_a = _mul_hi_lo(_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + _KEY_A) & _U32, (k1 + _KEY_B) & _U32
+    return c0, c1, c2, c3
+
+
+def column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: float):
+    """Dropout of x (B, columns * F), column c's (B, F) block drawn from its own stream, and the
+    next call index: (y, call + 1). The mask is kernels/dropout.py's, bit for bit: element i
+    of a column's block (row-major) is kept when 16-bit draw i % 8 of Philox(key seeds[c],
+    counter (i // 8, call)) is at least round(p * 2**16) (the draws in the kernel's order:
+    low halves of words 0, 2, 1, 3, then their high halves). A pure function of (seeds,
+    call, shape, p) with no host read, so torch.compile traces it."""
+    n_rows, columns = x.shape[0], seeds.numel()
+    width = x.shape[1] // columns
+    groups = -(-n_rows * width // 8)
+    counter = torch.arange(groups, device=x.device, dtype=torch.int64)
+    words = philox(seeds.view(columns, 1), counter & _U32, counter >> 32, call & _U32, (call >> 32) & _U32)
+    w0, w1, w2, w3 = (w.expand(columns, groups) for w in words)
+    ordered = torch.stack([w0, w2, w1, w3], dim=-1)                                     # (columns, groups, 4)
+    draws = torch.cat([ordered & 0xFFFF, ordered >> 16], dim=-1).flatten(1)[:, :n_rows * width]
+    keep = (draws >= round(p * 2**16)).view(columns, n_rows, width).permute(1, 0, 2).reshape(x.shape)
+    scale = torch.where(keep, 1.0 / (1.0 - p), 0.0)  # float32, as the kernel's; x * 0 keeps NaN/inf NaN
+    return (x.to(torch.promote_types(x.dtype, torch.float32)) * scale).to(x.dtype), call + 1
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None, stride=1, padding=0, groups: int = 1, relu: bool = False):
     """2-D convolution (cross-correlation), optionally followed by ReLU; dilation 1."""

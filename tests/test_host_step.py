@@ -68,55 +68,6 @@ def test_column_of_the_sharded_model():
 
 
 # ------------------------------------------------------------------ the lean step's parts (interpreter)
-def test_column_dropout_is_the_plain_kernel_per_column_and_advances():
-    """One launch for all columns: column c's block gets exactly the mask the plain kernel
-    draws for that block with seed c at call 0; the call count advances on the device and
-    the backward applies the forward's mask."""
-    import torch
-    from conftest import DEVICE
-
-    from kernels.dropout import ColumnDropoutState, apply_dropout_mask, column_dropout
-
-    g = torch.Generator().manual_seed(0)
-    x = (torch.rand(5, 3 * 40, generator=g) + 0.5).to(DEVICE).requires_grad_()  # never zero
-    seeds = [123456789, 987654321, 5]
-    state = ColumnDropoutState(seeds, DEVICE)
-    y = column_dropout(x, 0.5, state)
-    for c, seed in enumerate(seeds):
-        block = x.detach()[:, 40 * c:40 * (c + 1)].contiguous()
-        expected = apply_dropout_mask(block, torch.tensor([seed], device=DEVICE), 0.5)
-        assert torch.equal(y[:, 40 * c:40 * (c + 1)], expected)
-    assert int(state.calls) == 1 and int(state.tickets) == 0
-    dy = torch.rand(y.shape, generator=g).to(DEVICE) + 0.5
-    second = column_dropout(x.detach(), 0.5, state)  # a later call before the backward
-    y.backward(dy)
-    assert torch.equal(x.grad, torch.where(y != 0, 2 * dy, torch.zeros_like(dy)))
-    assert int(state.calls) == 2 and not torch.equal(second != 0, y != 0)
-
-
-def test_column_dropout_state_round_trip_and_checks():
-    import torch
-    from conftest import DEVICE
-
-    import kernels
-    from alexnet.layers import ColumnDropout
-
-    drop = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1))
-    assert drop.fused
-    x = torch.rand(4, 64, device=DEVICE) + 3.0
-    state = drop.get_rng_state(DEVICE)
-    first = drop(x)
-    assert not torch.equal(first, drop(x))
-    drop.set_rng_state(state, DEVICE)
-    assert torch.equal(first, drop(x))
-    with pytest.raises(ValueError, match="columns"):
-        drop.set_rng_state(state[:1], DEVICE)
-    from kernels.dropout import ColumnDropoutState, column_dropout
-
-    with pytest.raises(ValueError, match="equal columns"):
-        column_dropout(torch.rand(2, 7, device=DEVICE), 0.5, ColumnDropoutState([1, 2], DEVICE))
-
-
 def _linear_model(seed):
     import torch
 

@@ -179,13 +179,31 @@ def test_grouped_lrn_normalises_each_column_alone(ops, fmt):
 @pytest.mark.parametrize("ops", ["reference", "triton"])
 def test_column_dropout_equals_per_column_streams(ops):
     """The single-device dropout over (B, 2F) == each column's own dropout on its (B, F) half:
-    the property that makes the two-rank model drop the same units."""
+    the property that makes the two-rank model drop the same units (both calls of the layer:
+    fc6, then fc7)."""
     dropout = {"reference": reference.dropout, "triton": kernels.dropout}[ops]
     x = torch.randn(3, 2 * 96, device=DEVICE) + 3.0
-    both = ColumnDropout(dropout, 0.5, seed=11, columns=(0, 1))(x)
-    halves = [ColumnDropout(dropout, 0.5, seed=11, columns=(c,))(x.chunk(2, dim=1)[c].contiguous()) for c in (0, 1)]
-    torch.testing.assert_close(both, torch.cat(halves, dim=1), rtol=0, atol=0)
-    assert not torch.equal(halves[0] == 0, halves[1] == 0)  # independent streams per column
+    both = ColumnDropout(dropout, 0.5, seed=11, columns=(0, 1))
+    halves = [ColumnDropout(dropout, 0.5, seed=11, columns=(c,)) for c in (0, 1)]
+    for _call in range(2):
+        y = both(x)
+        expected = torch.cat([half(x.chunk(2, dim=1)[c].contiguous()) for c, half in enumerate(halves)], dim=1)
+        torch.testing.assert_close(y, expected, rtol=0, atol=0)
+        assert not torch.equal(y[:, :96] == 0, y[:, 96:] == 0)  # independent streams per column
+
+
+def test_column_dropout_layer_draws_the_same_masks_with_either_implementation(monkeypatch):
+    """The project's layer is one op on every device: on a plain CPU its torch-ops
+    implementation draws the Triton kernel's masks, so a model trained there and one on
+    the kernels (here: the interpreter, or CUDA) drop the same units for the same seed."""
+    x = torch.randn(4, 2 * 40) + 3.0
+    kernel = ColumnDropout(kernels.dropout, 0.5, seed=5, columns=(0, 1))
+    plain = ColumnDropout(kernels.dropout, 0.5, seed=5, columns=(0, 1))
+    for _call in range(2):
+        expected = kernel(x.to(DEVICE)).cpu()
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        torch.testing.assert_close(plain(x), expected, rtol=0, atol=0)
+        monkeypatch.setenv("TRITON_INTERPRET", "1" if DEVICE == "cpu" else "0")
 
 
 def test_column_seeds_are_distinct_streams():
@@ -193,7 +211,31 @@ def test_column_seeds_are_distinct_streams():
     assert len(seeds) == 8 and column_seed(5, 1, 2) == column_seed(5, 1, 2) != column_seed(6, 1, 2)
 
 
-def test_dropout_rng_state_round_trip():
+@pytest.mark.parametrize("pinned", [False, True], ids=["rebound", "pinned"])
+def test_dropout_rng_state_round_trip(pinned):
+    """get/set_rng_state restore the call count; pinned (as for a CUDA graph), the count stays
+    in one tensor that every call advances."""
+    drop = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1))
+    x = (torch.randn(4, 64, device=DEVICE) + 3.0).requires_grad_()
+    state = drop.get_rng_state(DEVICE)
+    if pinned:
+        drop.pin()
+    counter = drop.streams(DEVICE)[1]
+    first = drop(x)
+    assert not torch.equal(first, drop(x))  # the streams move on
+    assert [int(s) for s in drop.get_rng_state(DEVICE)] == [2, 2]
+    assert (drop.streams(DEVICE)[1] is counter) == pinned and int(counter) == (2 if pinned else 0)
+    drop.set_rng_state(state, DEVICE)
+    assert torch.equal(first, drop(x))
+    first.sum().backward()  # the count's tensors changed since: the backward still has its own
+    assert torch.equal(x.grad, torch.where(first != 0, 2.0, 0.0))
+    with pytest.raises(ValueError, match="columns"):
+        drop.set_rng_state(state[:1], DEVICE)
+    with pytest.raises(ValueError, match="call count"):
+        drop.set_rng_state([torch.tensor([1]), torch.tensor([2])], DEVICE)
+
+
+def test_reference_dropout_rng_state_round_trip():
     drop = ColumnDropout(reference.dropout, 0.5, seed=3, columns=(0, 1))
     x = torch.randn(4, 64) + 3.0
     state = drop.get_rng_state("cpu")

@@ -11,11 +11,15 @@ import pytest
 import torch
 from compare import assert_close_verbose
 from conftest import DEVICE, MEMORY_FORMATS, TINY_CROP
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
+from torch._dynamo.testing import CompileCounterWithBackend
 from torch.library import opcheck
 
 import kernels
 from alexnet import checkpoint
 from alexnet.config import AlexNetConfig
+from alexnet.layers import ColumnDropout, Linear
 from alexnet.model import AlexNet
 from alexnet.train import TrainConfig
 from alexnet.trainer import run
@@ -93,6 +97,17 @@ def test_opcheck_dropout(device, fmt):
         opcheck(ops.dropout.default, (x, torch.tensor([12345], device=device), 0.5))
 
 
+@pytest.mark.parametrize("shape, seeds, call", [((3, 2 * 20), [7, 2**40 + 1], 0), ((1, 33), [12345], 2**32 + 5)])
+def test_opcheck_column_dropout(device, shape, seeds, call):
+    """The forward (y, next_call) and the backward op (its own autograd formula); batch 1 and
+    a call index past 32 bits among the shapes."""
+    seeds, call = torch.tensor(seeds, device=device), torch.tensor([call], device=device)
+    x = _x(shape, device)
+    opcheck(ops.column_dropout.default, (x, seeds, call, 0.5))
+    next_call = ops.column_dropout(x, seeds, call, 0.5)[1]
+    opcheck(ops.column_dropout_backward.default, (_x(shape, device), seeds, next_call, 0.25))
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_opcheck_augment(device, channels_last):
     g = torch.Generator().manual_seed(0)
@@ -152,6 +167,8 @@ def test_reference_backward_ops_are_the_gradients(monkeypatch, fmt):
         "local_response_norm": (lambda x: ops.local_response_norm(x, 5, 0.5, 0.75, 2.0, 1, False)[0], (x,)),
         "max_pool2d": (lambda x: ops.max_pool2d(x, (3, 2), (2, 1))[0], (x,)),
         "dropout": (lambda x: ops.dropout(x, torch.tensor([5]), 0.5), (x,)),
+        "column_dropout": (lambda x: ops.column_dropout(x, torch.tensor([5, 6]), torch.tensor([3]), 0.5)[0],
+                           (x.detach().flatten(1).requires_grad_(),)),
     }
     for name, (fn, inputs) in checks.items():
         assert torch.autograd.gradcheck(fn, inputs, fast_mode=True), name
@@ -167,15 +184,40 @@ def _models(config):
     return model, torch.randn(2, 3, config.image_size, config.image_size)
 
 
+class GraphRecorder:
+    """A torch.compile backend (AOT autograd, eager execution) that keeps the call_function
+    targets of every forward and backward graph it is given."""
+
+    def __init__(self):
+        self.forward, self.backward = [], []
+        self.backend = aot_autograd(fw_compiler=self._keep(self.forward), bw_compiler=self._keep(self.backward))
+
+    @staticmethod
+    def _keep(graphs):
+        def compiler(gm, example_inputs):
+            graphs.append([str(n.target) for n in gm.graph.nodes if n.op == "call_function"])
+            return make_boxed_func(gm.forward)
+        return compiler
+
+
+def _train_twice(model, x):
+    """Two training forwards (fc6, fc7 dropout each: call counts 0-3), the second's backward:
+    (outputs, gradients, the dropout state after)."""
+    model.zero_grad()
+    outputs = [model(x) for _ in range(2)]
+    outputs[1].logsumexp(1).sum().backward()
+    return outputs, [p.grad.clone() for p in model.parameters()], model.dropout.get_rng_state("cpu")
+
+
 @pytest.mark.parametrize("channels_last", [pytest.param(False, marks=pytest.mark.slow), True], ids=["nchw", "nhwc"])
 def test_compiled_model_has_one_graph_and_equals_eager(monkeypatch, channels_last):
     """torch.compile(fullgraph=True) of the paper's network (63 px, CPU reference
-    implementations: the interpreter would take minutes), eval and training mode, with the
-    custom ops inside the graph; outputs and gradients equal the eager model's. Training
-    runs with dropout off: ColumnDropout draws its seeds from a torch.Generator, which
-    Dynamo cannot trace (test_compiled_dropout covers the op itself)."""
+    implementations: the interpreter would take minutes), in eval mode and in training with
+    dropout on, the custom ops inside the graphs (column dropout's forward and backward ops
+    too); outputs, gradients and the dropout call count equal the eager model's from the same
+    dropout state, and a second call reuses the graph (the new count is a graph output)."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    model, x = _models(replace(SMALL, channels_last=channels_last, dropout=0.0))
+    model, x = _models(replace(SMALL, channels_last=channels_last))
     seen = []
 
     def backend(gm, example_inputs):
@@ -187,26 +229,70 @@ def test_compiled_model_has_one_graph_and_equals_eager(monkeypatch, channels_las
         assert_close_verbose(compiled(x), model(x), rtol=0, atol=0, check_dtype=True, reason=SAME_OPS)
     assert any("alexnet_triton.conv2d" in t for t in seen[0]) and any("alexnet_triton.relu_lrn" in t for t in seen[0])
     model.train()
-    model(x).logsumexp(1).sum().backward()
-    expected = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    aot = torch.compile(model, fullgraph=True, backend="aot_eager")
-    aot(x).logsumexp(1).sum().backward()
-    for e, p in zip(expected, model.parameters(), strict=True):
-        assert_close_verbose(p.grad, e, rtol=0, atol=0, check_dtype=True, reason=SAME_OPS)
-
-
-@pytest.mark.slow
-def test_compiled_training_model_with_dropout_equals_eager(monkeypatch):
-    """With dropout on, Dynamo breaks the graph where ColumnDropout draws a seed from its
-    torch.Generator; the pieces still compute exactly the eager model's masks and outputs."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    model, x = _models(SMALL)
-    state = model.train().dropout.get_rng_state("cpu")
-    expected = model(x)
+    state = model.dropout.get_rng_state("cpu")
+    outputs, grads, after = _train_twice(model, x)
     model.dropout.set_rng_state(state, "cpu")
-    assert_close_verbose(torch.compile(model, backend="aot_eager")(x), expected, rtol=0, atol=0, check_dtype=True,
-                         reason=SAME_OPS)
+    graphs = GraphRecorder()
+    counter = CompileCounterWithBackend(graphs.backend)
+    c_outputs, c_grads, c_after = _train_twice(torch.compile(model, fullgraph=True, backend=counter), x)
+    assert counter.frame_count == 1 and [int(s) for s in c_after] == [int(s) for s in after] == [4, 4]
+    for got, expected in zip(c_outputs + c_grads, outputs + grads, strict=True):
+        assert_close_verbose(got, expected, rtol=0, atol=0, check_dtype=True, reason=SAME_OPS)
+    assert graphs.forward[0].count("alexnet_triton.column_dropout.default") == 2
+    assert graphs.backward[0].count("alexnet_triton.column_dropout_backward.default") == 2
+
+
+class _DropoutNet(torch.nn.Module):
+    """fc -> dropout -> fc -> dropout -> fc, the layer shared as fc6 and fc7 share it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc6, self.fc7, self.fc8 = Linear(12, 16, "relu"), Linear(16, 16, "relu"), Linear(16, 4)
+        for layer in (self.fc6, self.fc7, self.fc8):
+            torch.nn.init.normal_(layer.weight, 0, 0.3)
+            torch.nn.init.normal_(layer.bias, 0.5, 0.1)
+        self.dropout = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1))
+
+    def forward(self, x):
+        return self.fc8(self.dropout(self.fc7(self.dropout(self.fc6(x)))))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("pinned", [False, True], ids=["rebound", "pinned"])
+def test_compiled_dropout_layer_with_the_triton_op_equals_eager(pinned, backend):
+    """The Triton op (the interpreter on the CPU, CUDA on a GPU) under
+    torch.compile(fullgraph=True) in training: the same masks, outputs, gradients and call
+    count as eager, with the count kept by rebinding (eager's way) or pinned in one tensor
+    (the CUDA-graph way: a copy into it, which the compiled graph also performs). Inductor
+    also generates the code around the op (the fc layers' bias and ReLU)."""
+    model = _DropoutNet().to(DEVICE).train()
+    if pinned:
+        model.dropout.pin()
+    x = torch.randn(5, 12, device=DEVICE)
+    state = model.dropout.get_rng_state(DEVICE)
+    outputs, grads, after = _train_twice(model, x)
+    model.dropout.set_rng_state(state, DEVICE)
+    counter = CompileCounterWithBackend(backend)
+    c_outputs, c_grads, c_after = _train_twice(torch.compile(model, fullgraph=True, backend=counter), x)
+    assert counter.frame_count == 1 and [int(s) for s in c_after] == [int(s) for s in after] == [4, 4]
+    assert not torch.equal(outputs[0], outputs[1])  # each call draws new masks
+    tolerance = (0, 0, SAME_OPS) if backend == "aot_eager" else (
+        1e-5, 1e-6, "Inductor's generated code around the op may round the fp32 bias and ReLU differently")
+    for got, expected in zip(c_outputs + c_grads, outputs + grads, strict=True):
+        assert_close_verbose(got, expected, rtol=tolerance[0], atol=tolerance[1], check_dtype=True,
+                             reason=tolerance[2])
+
+
+def test_compiled_dropout_layer_creates_its_state_inside_the_graph():
+    """A layer never called before: its first call, inside the compiled graph, creates the
+    seeds and the call count as eager's first call does (same masks, same count after)."""
+    eager, fresh = _DropoutNet().to(DEVICE).train(), _DropoutNet().to(DEVICE).train()
+    x = torch.randn(5, 12, device=DEVICE)
+    compiled = torch.compile(fresh, fullgraph=True, backend="aot_eager")
+    for _call in range(2):
+        assert_close_verbose(compiled(x), eager(x), rtol=0, atol=0, check_dtype=True, reason=SAME_OPS)
+    assert [int(s) for s in fresh.dropout.get_rng_state(DEVICE)] == [4, 4]
 
 
 def test_compiled_dropout_op_equals_eager(device):
