@@ -145,7 +145,28 @@ def steady_loop(ins, warps: int):
     tensor = [b for b in loops if any(op.startswith(("HGMMA", "HMMA")) for _, op, _ in b)]
     if tensor:
         return min(tensor, key=len)
+    mma = [i for i, (_, op, _) in enumerate(ins) if op.startswith(("HGMMA", "HMMA"))]
+    if mma:  # a short constant trip count the compiler unrolled (conv1's 9 taps): the whole reduction
+        first = next(i for i, (_, op, _) in enumerate(ins) if op.startswith(("LDGSTS", "LDG", "HGMMA", "HMMA")))
+        return ins[first:mma[-1] + 1]
     return max(loops, key=lambda b: sum(op.startswith("FFMA") for _, op, _ in b), default=[])
+
+
+def unrolled(ins) -> bool:
+    """Whether the MMA work sits in straight-line code (no loop holds it): then `steady_loop`
+    is the span from the first global load to the last MMA, prologue and drain included."""
+    return any(op.startswith(("HGMMA", "HMMA")) for _, op, _ in ins) and not any(
+        op.startswith(("HGMMA", "HMMA")) for _, op, _ in steady_loop_candidates(ins))
+
+
+def steady_loop_candidates(ins):
+    """Every instruction inside some loop (a backward branch's range)."""
+    out = []
+    for addr, op, operands in ins:
+        m = re.match(r"\s*(0x[0-9a-f]+)", operands)
+        if op == "BRA" and m and int(m[1], 16) < addr:
+            out += [i for i in ins if int(m[1], 16) <= i[0] <= addr]
+    return out
 
 
 def _ldgsts_bytes(op: str) -> int:
@@ -155,7 +176,10 @@ def _ldgsts_bytes(op: str) -> int:
 
 def read_kernel(kernel, r: Reading, tile: tuple[int, int, int], warps: int, rate: int, arch: int) -> Reading:
     text, res = sass(kernel.asm["cubin"])
-    loop = steady_loop(instructions(text), warps)
+    ins = instructions(text)
+    loop = steady_loop(ins, warps)
+    if unrolled(ins):
+        r.variant += " (unrolled)"
     bm, bn, bk = tile
     fma = sum(_mma_fma(op, operands, warps) for _, op, operands in loop)
     r.loop_instructions = len(loop)
@@ -206,8 +230,11 @@ class ModelPass:
 
     def variant(self, pass_: str) -> str:
         parts = ["NHWC"]
-        if self.geom_k.in_chan != self.geom.in_chan and pass_ != "dgrad":
-            parts.append(f"C {self.geom.in_chan}->{self.geom_k.in_chan}")
+        g = self.geom_k
+        if g.s2d_edge and pass_ != "dgrad":
+            parts.append(f"space-to-depth {g.height}x{g.width}x{g.in_chan} {g.kernel_h}x{g.kernel_w}")
+        elif g.in_chan != self.geom.in_chan and pass_ != "dgrad":
+            parts.append(f"C {self.geom.in_chan}->{g.in_chan}")
         if pass_ == "fwd":
             parts.append("bias+relu" if self.relu else "bias")
         elif self.relu:
@@ -219,7 +246,8 @@ class ModelPass:
         tuning = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}[pass_]
         geom = self.geom if pass_ == "dgrad" else self.geom_k
         red_chan = geom.k_per_g if pass_ == "dgrad" else geom.c_per_g
-        return tuning, dict(geom.constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan, pass_),
+        return tuning, dict(geom.constexprs(), **conv_fwd.edge_meta(geom),
+                            FLAT=conv_configs.use_flat_reduction(red_chan, pass_, bool(geom.s2d_edge)),
                             HAS_BIAS=pass_ == "fwd", PRECISION=dot_precision(self.x.dtype))
 
     def splits(self, cfg: Config) -> int:

@@ -106,6 +106,10 @@ def _fwd_fits(cfg: Config, meta: dict, elem: int) -> bool:
     # BLOCK_K 64 or BLOCK_M 256 spill in bf16)
     wide = not meta["FLAT"] or meta.get("PRECISION") == "ieee" or (
         k["BLOCK_M"] == 128 and k["BLOCK_N"] >= 128 and k["BLOCK_K"] == 32)
+    # conv1's space-to-depth map (EDGE): the edge taps' channel mask is built every step;
+    # 128x64 and 64x128 tiles read 0.67-0.70 of the MMA time, 128x128 0.38
+    if meta.get("EDGE") and meta.get("PRECISION") != "ieee":
+        wide = wide and k["BLOCK_M"] >= 128 and k["BLOCK_N"] >= 128
     return (_smem_ok(cfg, elem) and k["BLOCK_N"] <= _np2(meta["K_PER_G"]) and k["BLOCK_K"] <= _np2(red)
             and useful_k16 and wide)
 
@@ -168,13 +172,17 @@ WGRAD = ConvTuning(
 WGRAD_FLAT_BELOW = 64  # wgrad's narrowest listed column block
 
 
-def use_flat_reduction(chan: int, pass_: str = "fwd") -> bool:
+def use_flat_reduction(chan: int, pass_: str = "fwd", s2d: bool = False) -> bool:
     """Whether a kernel flattens (kh, kw, c) into one index instead of looping over taps and
     BLOCK-wide channel chunks: for few channels (conv1's 3), where whole chunks would be mostly
     masked. wgrad's columns also go flat below one 64-wide block of channels per group (conv2's
     48: tap blocks waste a quarter of each tile and read 0.77 in bench/conv_sass.py, flat
-    128x128 tiles 0.55). Forced configs may override it with FLAT in their kwargs."""
-    return chan < (WGRAD_FLAT_BELOW if pass_ == "wgrad" else 16)
+    128x128 tiles 0.55), and over a space-to-depth map (`s2d`, conv1's 9 taps of 64 channels:
+    128-wide flat blocks read 0.50, 64-wide tap blocks 0.70). Forced configs may override it
+    with FLAT in their kwargs."""
+    if pass_ == "wgrad":
+        return s2d or chan < WGRAD_FLAT_BELOW
+    return chan < 16
 
 
 # ------------------------------------------------------------- split of the wgrad reduction

@@ -60,10 +60,15 @@ __all__ = ["conv2d_forward"]
 def _fwd_tap_loop(acc, x_ptr, w_ptr, x_base, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
                   C_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
                   LOW_H: tl.constexpr, HIGH_H: tl.constexpr, LOW_W: tl.constexpr, HIGH_W: tl.constexpr,
-                  OFF64: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+                  EDGE: tl.constexpr, EDGE_SW: tl.constexpr, EDGE_CP: tl.constexpr, EDGE_ROWS: tl.constexpr,
+                  EDGE_COLS: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc += A @ B over steps (tap, channel chunk); A rows are BLOCK_K contiguous channels.
     x_base: offsets of the windows' top-left corners, computed once per program; a step adds
-    one scalar (the tap's and chunk's offset) and tests only the image sides the tap can cross."""
+    one scalar (the tap's and chunk's offset) and tests only the image sides the tap can cross.
+    EDGE (a space-to-depth map, `common.space_to_depth_geometry`): in the last tap row (column)
+    only sub-rows < EDGE_ROWS (sub-columns < EDGE_COLS) hold real weights; the others are read
+    as 0, not multiplied by the weight's padding zeros (0 * inf is NaN). Taps are constants
+    once the compiler unrolls conv1's 9 steps, so inner taps carry no mask."""
     C_CHUNKS: tl.constexpr = (C_PER_G + BLOCK_K - 1) // BLOCK_K
     EVEN_C: tl.constexpr = C_PER_G % BLOCK_K == 0
     offs_k = tl.arange(0, BLOCK_K)
@@ -75,6 +80,10 @@ def _fwd_tap_loop(acc, x_ptr, w_ptr, x_base, w_col, ih0, iw0, pix_ok, k_ok, sx_c
         kw = tap - kh * KW
         row_ok = pix_ok & in_image(ih0 + kh, H, LOW_H, HIGH_H) & in_image(iw0 + kw, W, LOW_W, HIGH_W)
         chan_ok = in_range(c0 + offs_k, C_PER_G, EVEN_C)
+        if EDGE:
+            sub = (c0 + offs_k) // EDGE_CP
+            chan_ok = chan_ok & ((kh < KH - 1) | (sub // EDGE_SW < EDGE_ROWS)) & (
+                (kw < KW - 1) | (sub % EDGE_SW < EDGE_COLS))
         tap_off = wide(kh, OFF64) * sx_h + kw * sx_w + c0 * sx_c
         a = tl.load(x_ptr + (x_base + tap_off)[:, None] + a_cols[None, :], mask=row_ok[:, None] & chan_ok[None, :],
                     other=0.0)
@@ -124,6 +133,8 @@ def _conv_fwd_kernel(
     H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, PIX_MULT: tl.constexpr,
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, FLAT: tl.constexpr, NHWC_C: tl.constexpr, OFF64: tl.constexpr,
     W_ROW: tl.constexpr, W_PAD: tl.constexpr,
+    EDGE: tl.constexpr, EDGE_SW: tl.constexpr, EDGE_CP: tl.constexpr, EDGE_ROWS: tl.constexpr,
+    EDGE_COLS: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -156,7 +167,8 @@ def _conv_fwd_kernel(
                              C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, NHWC_C, W_PAD, PRECISION, BLOCK_K)
     else:
         acc = _fwd_tap_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
-                            C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, OFF64, PRECISION, BLOCK_K)
+                            C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W,
+                            EDGE, EDGE_SW, EDGE_CP, EDGE_ROWS, EDGE_COLS, OFF64, PRECISION, BLOCK_K)
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + k_out, mask=k_ok, other=0.0).to(tl.float32)[None, :]
@@ -180,6 +192,13 @@ def _flat_weight(weight: torch.Tensor):
     return w, True
 
 
+def edge_meta(geom: ConvGeometry) -> dict:
+    """The EDGE constexprs of a space-to-depth map's forward (see `_fwd_tap_loop`): a mask only
+    where the image kernel is no multiple of the stride (conv1: 11 over 4)."""
+    sh, sw, cp, rows, cols = geom.s2d_edge or (1, 1, 1, 1, 1)
+    return dict(EDGE=rows < sh or cols < sw, EDGE_SW=sw, EDGE_CP=cp, EDGE_ROWS=rows, EDGE_COLS=cols)
+
+
 def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeometry, *, relu: bool = False,
                    out_format=torch.channels_last, config=None) -> torch.Tensor:
     """y = conv2d(x, weight) + bias, ReLU'd if `relu`, in `out_format`; inputs already checked
@@ -193,7 +212,7 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeomet
     w_ohwi, w_pad = _flat_weight(weight) if flat else (weight.permute(0, 2, 3, 1).contiguous(), False)
     meta = dict(geom.constexprs(), PIX_MULT=pix_multiple(geom.n_out_pix), HAS_BIAS=bias is not None, RELU=relu,
                 FLAT=flat, W_ROW=w_ohwi.stride(0), W_PAD=w_pad,
-                NHWC_C=nhwc_channels(x), OFF64=needs_int64(x, w_ohwi, y), PRECISION=dot_precision(x.dtype))
+                **edge_meta(geom), NHWC_C=nhwc_channels(x), OFF64=needs_int64(x, w_ohwi, y), PRECISION=dot_precision(x.dtype))
     n_out_pix, k_per_g = geom.n_out_pix, geom.k_per_g
 
     def grid(m):

@@ -222,7 +222,7 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
         return (dw.zero_() if weight_grad else None), (db.zero_() if bias_grad else None)
     if y is not None:
         dy = relu_grad(dy, y)
-    flat = use_flat_reduction(geom.c_per_g, "wgrad")
+    flat = use_flat_reduction(geom.c_per_g, "wgrad", s2d=bool(geom.s2d_edge))
     if config is not None:
         flat = config.kwargs.get("FLAT", flat)
     precision = dot_precision(dtype)
