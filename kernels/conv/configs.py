@@ -74,7 +74,7 @@ DGRAD_TILES = [
 WGRAD_TILES = [
     (128, 128, 64, 4, 3),
     (128, 128, 32, 4, 4),
-    (128, 64, 64, 4, 4),    # C/g = 48, 192: one tap's channels in whole blocks
+    (128, 64, 64, 4, 4),    # C/g = 64 in tap blocks (wider runs: pruned, `_wgrad_fits`)
     (128, 256, 64, 8, 3),   # 8w
     (256, 128, 64, 8, 3),   # 8w; K/g = 384 (conv3) in 1.5 blocks: M = 256 + 128
 ]
@@ -123,7 +123,11 @@ def _dgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
 def _wgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
     k = cfg.kwargs
     cols = meta["KH"] * meta["KW"] * meta["C_PER_G"] if meta["FLAT"] else meta["C_PER_G"]
-    return _smem_ok(cfg, elem) and k["BLOCK_M"] <= _np2(meta["K_PER_G"]) and k["BLOCK_N"] <= _np2(cols)
+    # 64-wide column blocks read 0.71-0.73 of the MMA time in bench/conv_sass.py (conv2, conv5,
+    # bf16): only for column runs too narrow for 128 (64 channels per group in tap blocks)
+    narrow_ok = k["BLOCK_N"] >= 128 or _np2(cols) <= 64
+    return (_smem_ok(cfg, elem) and k["BLOCK_M"] <= _np2(meta["K_PER_G"]) and k["BLOCK_N"] <= _np2(cols)
+            and narrow_ok)
 
 
 @dataclass
