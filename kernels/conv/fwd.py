@@ -82,8 +82,10 @@ def _fwd_tap_loop(acc, x_ptr, w_ptr, x_base, w_col, ih0, iw0, pix_ok, k_ok, sx_c
         chan_ok = in_range(c0 + offs_k, C_PER_G, EVEN_C)
         if EDGE:
             sub = (c0 + offs_k) // EDGE_CP
-            chan_ok = chan_ok & ((kh < KH - 1) | (sub // EDGE_SW < EDGE_ROWS)) & (
-                (kw < KW - 1) | (sub % EDGE_SW < EDGE_COLS))
+            # limits past any sub-row/column for inner taps (integer scalars, no scalar booleans)
+            row_lim = EDGE_ROWS + (KH - 1 - kh) * 65536
+            col_lim = EDGE_COLS + (KW - 1 - kw) * 65536
+            chan_ok = chan_ok & (sub // EDGE_SW < row_lim) & (sub % EDGE_SW < col_lim)
         tap_off = wide(kh, OFF64) * sx_h + kw * sx_w + c0 * sx_c
         a = tl.load(x_ptr + (x_base + tap_off)[:, None] + a_cols[None, :], mask=row_ok[:, None] & chan_ok[None, :],
                     other=0.0)
@@ -141,6 +143,7 @@ def _conv_fwd_kernel(
     """x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`); w OHWI (K, KH, KW, C_PER_G),
     rows W_ROW elements apart (W_PAD: zero-padded, see `_flat_weight`); b (K,); y (N, K, OH, OW)
     via sy_*. Grid: (tiles of (N*OH*OW) x K_PER_G, groups)."""
+    # ---- map programs to tiles: (pixel block, output-channel block) of one group
     group = tl.program_id(1)
     pid_m, pid_n = grouped_tile(tl.program_id(0), n_out_pix, K_PER_G, BLOCK_M, BLOCK_N, GROUP_M)
     EVEN_N: tl.constexpr = K_PER_G % BLOCK_N == 0
@@ -150,6 +153,7 @@ def _conv_fwd_kernel(
     LOW_W: tl.constexpr = PW > 0
     HIGH_H: tl.constexpr = (OH - 1) * SH - PH + KH > H
     HIGH_W: tl.constexpr = (OW - 1) * SW - PW + KW > W
+    # ---- build offsets: the tile's pixels, their windows' corners, the weight's rows
     pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     k_out = group * K_PER_G + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # global output channel
     pix_ok = in_range(pix, n_out_pix, PIX_MULT % BLOCK_M == 0)  # no mask when BLOCK_M divides the pixels
@@ -158,10 +162,11 @@ def _conv_fwd_kernel(
     ih0 = oh * SH - PH
     iw0 = ow * SW - PW
     w_col = wide(k_out, OFF64) * W_ROW
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, H, W, sx_n, sx_c, sx_h, sx_w,
                             NHWC_C if FLAT else 0, OFF64)
+
+    # ---- reduce over (kh, kw, c)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FLAT:
         acc = _fwd_flat_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
                              C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, NHWC_C, W_PAD, PRECISION, BLOCK_K)
@@ -170,6 +175,7 @@ def _conv_fwd_kernel(
                             C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W,
                             EDGE, EDGE_SW, EDGE_CP, EDGE_ROWS, EDGE_COLS, OFF64, PRECISION, BLOCK_K)
 
+    # ---- write back: bias, ReLU, one store of the tile
     if HAS_BIAS:
         acc += tl.load(b_ptr + k_out, mask=k_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:

@@ -85,6 +85,7 @@ def _conv_wgrad_kernel(
     """dy (N, K, OH, OW) via sdy_*; x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`);
     dw (splits, K, C_PER_G, KH, KW) via sdw_* (sdw_split 0 without a split); db (splits, K) via
     sdb_split. Grid: (M blocks x (column blocks + 1 bias column if BIAS_GRAD), splits, groups)."""
+    # ---- map programs to tiles: (output-channel block, column block or bias column), split, group
     M_BLOCKS: tl.constexpr = (K_PER_G + BLOCK_M - 1) // BLOCK_M
     if not WEIGHT_GRAD:
         N_BLOCKS: tl.constexpr = 0
@@ -100,6 +101,7 @@ def _conv_wgrad_kernel(
     pid_n = tl.program_id(0) // M_BLOCKS
     split = tl.program_id(1)
     group = tl.program_id(2)
+    # ---- build offsets: this tile's output channels and this split's pixel range
     k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channel within the group
     k_ok = in_range(k, K_PER_G, K_PER_G % BLOCK_M == 0)
     dy_chan = wide((group * K_PER_G + k), OFF64) * sdy_c
@@ -110,6 +112,7 @@ def _conv_wgrad_kernel(
     EVEN_PIX: tl.constexpr = PIX_MULT % BLOCK_K == 0 and PIX_PER_SPLIT % BLOCK_K == 0
     offs_p = tl.arange(0, BLOCK_K)
 
+    # ---- reduce over the split's pixels: the bias column, or one (kh, kw, c) column block
     if pid_n == N_BLOCKS:  # a bias-gradient program (launched only with BIAS_GRAD)
         if BIAS_GRAD:
             db = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -171,6 +174,7 @@ def _conv_wgrad_kernel(
             b = tl.load(x_ptr + x_pix[:, None] + x_col[None, :], mask=b_mask, other=0.0)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
 
+        # ---- write back: the partial (or, with one split, dw itself)
         dw_row = wide(split, OFF64) * sdw_split + wide((group * K_PER_G + k), OFF64) * sdw_k
         dw_col = kh * sdw_h + kw * sdw_w + c * sdw_c
         tl.store(dw_ptr + dw_row[:, None] + dw_col[None, :], acc.to(dw_ptr.dtype.element_ty),
