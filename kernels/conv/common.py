@@ -211,9 +211,11 @@ def space_to_depth_input(x: torch.Tensor, geom: ConvGeometry, s2d: ConvGeometry)
     sh, sw, chan, cp = geom.stride_h, geom.stride_w, geom.in_chan, s2d.s2d_edge[2]
     n, hh, ww = geom.n_img, s2d.height, s2d.width
     xp = F.pad(x, (geom.pad_w, sw * ww - geom.width - geom.pad_w, geom.pad_h, sh * hh - geom.height - geom.pad_h))
-    out = x.new_zeros((n, hh, ww, s2d.in_chan))
-    out[..., :sh * sw * cp].view(n, hh, ww, sh, sw, cp)[..., :chan].copy_(
-        xp.view(n, chan, hh, sh, ww, sw).permute(0, 2, 4, 3, 5, 1))
+    out = x.new_empty((n, hh, ww, s2d.in_chan))  # written once: the image's values, then the zero channels
+    sub = out[..., :sh * sw * cp].view(n, hh, ww, sh, sw, cp)
+    sub[..., :chan].copy_(xp.view(n, chan, hh, sh, ww, sw).permute(0, 2, 4, 3, 5, 1))
+    sub[..., chan:] = 0
+    out[..., sh * sw * cp:] = 0
     return out.permute(0, 3, 1, 2)  # (N, C', H', W') channels_last
 
 
