@@ -4,11 +4,13 @@
                               [--arch 90|80] [--shapes single]
 
 For every AlexNet layer x pass x dtype x config, in the variant the model runs (batch 128,
-channels_last, conv1's input padded to 4 channels, bias fused in the forward and ReLU fused
+channels_last, conv1 as a 3x3 conv of its 57x57x64 space-to-depth map, bias fused in the forward and ReLU fused
 for conv3-5, the ReLU mask in their backward, wgrad at the split count its model picks for an
 H100's 132 SMs), it compiles the kernel for sm_90 and disassembles the cubin with the
 cuobjdump bundled with Triton. The steady-state loop is the innermost backward branch whose
-body holds the tensor-core instructions (HGMMA; HMMA on sm_80; FFMA for IEEE fp32). Reported
+body holds the tensor-core instructions (HGMMA; HMMA on sm_80; FFMA for IEEE fp32); where the
+compiler unrolled a short reduction (no loop holds the MMAs: variant "(unrolled)") it is the
+span from the first global load to the last MMA, prologue and drain included. Reported
 per kernel: instructions per BLOCK_K step (loop instructions / steps per iteration, steps from
 the MMA shapes), HGMMA and LDGSTS counts (LDGSTS by bytes per copy), local-memory (spill)
 instructions inside the loop, registers, spill bytes (stack), shared memory against the
@@ -133,40 +135,39 @@ def _mma_fma(op: str, operands: str, warps: int) -> int:
     return 0
 
 
-def steady_loop(ins, warps: int):
-    """The instructions of the innermost loop (a backward branch's range) holding MMA work;
-    for FMA-only code the loop with the most FFMA."""
-    loops = []
-    for addr, op, operands in ins:
-        m = re.match(r"\s*(0x[0-9a-f]+)", operands)
-        if op == "BRA" and m and int(m[1], 16) < addr:
-            body = [i for i in ins if int(m[1], 16) <= i[0] <= addr]
-            loops.append(body)
-    tensor = [b for b in loops if any(op.startswith(("HGMMA", "HMMA")) for _, op, _ in b)]
-    if tensor:
-        return min(tensor, key=len)
-    mma = [i for i, (_, op, _) in enumerate(ins) if op.startswith(("HGMMA", "HMMA"))]
-    if mma:  # a short constant trip count the compiler unrolled (conv1's 9 taps): the whole reduction
-        first = next(i for i, (_, op, _) in enumerate(ins) if op.startswith(("LDGSTS", "LDG", "HGMMA", "HMMA")))
-        return ins[first:mma[-1] + 1]
-    return max(loops, key=lambda b: sum(op.startswith("FFMA") for _, op, _ in b), default=[])
+_MMA = ("HGMMA", "HMMA")
 
 
-def unrolled(ins) -> bool:
-    """Whether the MMA work sits in straight-line code (no loop holds it): then `steady_loop`
-    is the span from the first global load to the last MMA, prologue and drain included."""
-    return any(op.startswith(("HGMMA", "HMMA")) for _, op, _ in ins) and not any(
-        op.startswith(("HGMMA", "HMMA")) for _, op, _ in steady_loop_candidates(ins))
-
-
-def steady_loop_candidates(ins):
-    """Every instruction inside some loop (a backward branch's range)."""
+def loops(ins) -> list:
+    """The bodies (instruction lists) of every loop: each backward branch's range."""
     out = []
     for addr, op, operands in ins:
         m = re.match(r"\s*(0x[0-9a-f]+)", operands)
         if op == "BRA" and m and int(m[1], 16) < addr:
-            out += [i for i in ins if int(m[1], 16) <= i[0] <= addr]
+            out.append([i for i in ins if int(m[1], 16) <= i[0] <= addr])
     return out
+
+
+def unrolled(ins) -> bool:
+    """Whether the MMA work sits in straight-line code, no loop holding it (a short constant
+    trip count the compiler unrolled: conv1's 9 map taps at BLOCK_K=64)."""
+    return any(op.startswith(_MMA) for _, op, _ in ins) and not any(
+        op.startswith(_MMA) for body in loops(ins) for _, op, _ in body)
+
+
+def steady_loop(ins, warps: int):
+    """The instructions of the innermost loop (a backward branch's range) holding MMA work;
+    unrolled (`unrolled`): the span from the first global load to the last MMA, prologue and
+    drain included; for FMA-only code the loop with the most FFMA."""
+    bodies = loops(ins)
+    tensor = [b for b in bodies if any(op.startswith(_MMA) for _, op, _ in b)]
+    if tensor:
+        return min(tensor, key=len)
+    mma = [i for i, (_, op, _) in enumerate(ins) if op.startswith(_MMA)]
+    if mma:
+        first = next(i for i, (_, op, _) in enumerate(ins) if op.startswith(("LDGSTS", "LDG") + _MMA))
+        return ins[first:mma[-1] + 1]
+    return max(bodies, key=lambda b: sum(op.startswith("FFMA") for _, op, _ in b), default=[])
 
 
 def _ldgsts_bytes(op: str) -> int:
