@@ -110,8 +110,11 @@ def _fwd_fits(cfg: Config, meta: dict, elem: int) -> bool:
     # 128x64 and 64x128 tiles read 0.67-0.70 of the MMA time, 128x128 0.38
     if meta.get("EDGE") and meta.get("PRECISION") != "ieee":
         wide = wide and k["BLOCK_M"] >= 128 and k["BLOCK_N"] >= 128
+    # 64-wide channel blocks where 128-wide ones divide K/g (conv2's 128 per group): 0.70 of the
+    # MMA time for 128x64x64 (bench/conv_sass.py, bf16); kept for K/g = 192 (conv4), 3 x 64
+    narrow_ok = k["BLOCK_N"] >= 128 or meta["K_PER_G"] % 128 != 0 or meta.get("PRECISION") == "ieee"
     return (_smem_ok(cfg, elem) and k["BLOCK_N"] <= _np2(meta["K_PER_G"]) and k["BLOCK_K"] <= _np2(red)
-            and useful_k16 and wide)
+            and useful_k16 and wide and narrow_ok)
 
 
 def _dgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
