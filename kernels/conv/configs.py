@@ -101,13 +101,13 @@ def _fwd_fits(cfg: Config, meta: dict, elem: int) -> bool:
     k = cfg.kwargs
     red = meta["KH"] * meta["KW"] * meta["C_PER_G"] if meta["FLAT"] else meta["C_PER_G"]
     useful_k16 = k["BLOCK_K"] >= 32 or meta["FLAT"] or meta["C_PER_G"] % 32 != 0
-    # FLAT (conv1) decodes and masks every A element: only 128x128 tiles amortise that
+    # FLAT (few channels) decodes and masks every A element: only 128x128 tiles amortise that
     # (bench/conv_sass.py: BLOCK_M or BLOCK_N 64, or BLOCK_K 16, issue > 0.85 of the MMA time;
     # BLOCK_K 64 or BLOCK_M 256 spill in bf16)
     wide = not meta["FLAT"] or meta.get("PRECISION") == "ieee" or (
         k["BLOCK_M"] == 128 and k["BLOCK_N"] >= 128 and k["BLOCK_K"] == 32)
     # conv1's space-to-depth map (EDGE): the edge taps' channel mask is built every step;
-    # 128x64 and 64x128 tiles read 0.67-0.70 of the MMA time, 128x128 0.38
+    # 128x64 and 64x128 tiles read 0.67-0.70 of the MMA time, 128x128 0.39 (bf16)
     if meta.get("EDGE") and meta.get("PRECISION") != "ieee":
         wide = wide and k["BLOCK_M"] >= 128 and k["BLOCK_N"] >= 128
     # 64-wide channel blocks where 128-wide ones divide K/g (conv2's 128 per group): 0.70 of the

@@ -19,13 +19,16 @@ Two reduction loops, both one flat `for` that Triton software-pipelines (num_sta
   per step; the windows' corner offsets are computed once per program, a step adds one
   scalar, and the row mask tests only the image sides a tap can cross (`in_image`; none for
   an unpadded conv whose windows stay inside); no mask on c when BLOCK_K divides C_PER_G.
-- FLAT (few channels, C_PER_G < 16: conv1): the reduction index r runs over all
+- FLAT (few channels, C_PER_G < 16, where the space-to-depth rewrite does not apply: stride
+  1, or groups): the reduction index r runs over all
   KH*KW*C_PER_G (kh, kw, c) with the tail of the last BLOCK_K chunk masked; r -> (kh, kw, c)
   is decoded once per step for the BLOCK_K vector, never per element (per element: two adds
   and the bounds mask). In channels_last with groups=1 each kh row (kw, c) is one contiguous
-  span of KW*C elements of x, so a chunk is a few contiguous runs; `pad_input` pads conv1's 3
-  channels to 4 so the runs are aligned 8-byte vectors (asynchronous, pipelined copies):
-  11*11*4 = 484 -> 512 at BLOCK_K=64.
+  span of KW*C elements of x, so a chunk is a few contiguous runs; `pad_input` pads 3
+  channels to 4 so the runs are aligned 8-byte vectors (asynchronous, pipelined copies).
+conv1 (3 channels, 11x11 stride 4) runs the taps loop over its space-to-depth map
+(`common.space_to_depth_geometry`: 57x57x64, 3x3, stride 1, no padding), with the EDGE mask
+on the sub-pixels that meet the regrouped weight's zero padding.
 """
 from __future__ import annotations
 
@@ -218,7 +221,8 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeomet
     w_ohwi, w_pad = _flat_weight(weight) if flat else (weight.permute(0, 2, 3, 1).contiguous(), False)
     meta = dict(geom.constexprs(), PIX_MULT=pix_multiple(geom.n_out_pix), HAS_BIAS=bias is not None, RELU=relu,
                 FLAT=flat, W_ROW=w_ohwi.stride(0), W_PAD=w_pad,
-                **edge_meta(geom), NHWC_C=nhwc_channels(x), OFF64=needs_int64(x, w_ohwi, y), PRECISION=dot_precision(x.dtype))
+                **edge_meta(geom), NHWC_C=nhwc_channels(x), OFF64=needs_int64(x, w_ohwi, y),
+                PRECISION=dot_precision(x.dtype))
     n_out_pix, k_per_g = geom.n_out_pix, geom.k_per_g
 
     def grid(m):

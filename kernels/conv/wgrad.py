@@ -13,8 +13,9 @@ split the programs write dw / db directly in the output dtype.
 
 Columns, like the forward's reduction: tap blocks (one tap, BLOCK_N channels: contiguous
 loads of x) for C_PER_G >= 16, or FLAT blocks of BLOCK_N consecutive (kh, kw, c) indices for
-few channels (conv1, padded to 4 channels by `pad_input`: 484 columns -> 4 blocks of 128
-instead of 121 taps of 16), decoded once per program.
+few channels (3 padded to 4 by `pad_input`: 11x11 -> 484 columns, 4 blocks of 128 instead of
+121 taps of 16) and over conv1's space-to-depth map (9 taps x 64 channels = 576 columns; no
+image mask: the map has no padding), decoded once per program.
 
 The bias gradient rides along: with BIAS_GRAD the grid holds one extra column of programs
 that only sum dy' over their pixel range (reading the same dy tiles as the GEMM programs of
