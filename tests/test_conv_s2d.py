@@ -1,4 +1,4 @@
-"""conv1's space-to-depth rewrite (kernels/conv/common.py): a strided conv with few input
+"""conv1's space-to-depth rewrite (kernels/conv/input_layout.py): a strided conv with few input
 channels as a stride-1 conv of a map of SHxSW pixel blocks. The regrouping itself in float64
 (pure PyTorch, any geometry the rewrite takes), then the kernels on conv1's shape scaled down,
 including the non-finite inputs that the weight's zero-padded taps must not turn into NaN."""
@@ -11,9 +11,8 @@ from hypothesis import strategies as st
 
 import kernels
 from kernels import reference
-from kernels.conv.common import (
-    ConvGeometry,
-    conv_geometry,
+from kernels.conv.common import ConvGeometry, conv_geometry
+from kernels.conv.input_layout import (
     pad_input,
     space_to_depth_geometry,
     space_to_depth_input,

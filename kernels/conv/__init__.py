@@ -8,8 +8,9 @@ torch.backends.cudnn.allow_tf32, as cuDNN; true fp32 otherwise), bf16 or fp16, a
 accumulation; output in x's dtype and memory format. Dilation 1 only.
 
 Package kernels/conv/: fwd.py, dgrad.py, wgrad.py (one kernel each, with its launcher),
-common.py (geometry, checks, index helpers, the ReLU-gradient mask, launch), configs.py (tile
-configs, autotuning, the wgrad split model). This file holds the autograd Function.
+common.py (geometry, checks, index helpers, the ReLU-gradient mask, launch), input_layout.py
+(few-channel inputs: conv1's space-to-depth map), configs.py (tile configs, autotuning, the
+wgrad split model). This file holds the autograd Function.
 
 Layout: the kernels are fast on channels_last (C contiguous), the layout to use. A contiguous
 NCHW x (or dy) is converted to channels_last once per call (a copy); outputs are written
@@ -28,9 +29,10 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._common import as_format, memory_format
-from .common import ConvGeometry, conv_arguments, conv_geometry, pad_input, relu_grad, unpad_weight_grad
+from .common import ConvGeometry, conv_arguments, conv_geometry, relu_grad
 from .dgrad import conv2d_input_grad
 from .fwd import conv2d_forward
+from .input_layout import pad_input, unpad_weight_grad
 from .wgrad import conv2d_weight_grad
 
 __all__ = [
