@@ -4,7 +4,7 @@
                               [--arch 90|80] [--shapes single]
 
 For every AlexNet layer x pass x dtype x config, in the variant the model runs (batch 128,
-channels_last, conv1 as a 3x3 conv of its 57x57x64 space-to-depth map, bias fused in the forward and ReLU fused
+channels_last, conv1's image zero-padded to 228x228x4 (wgrad: as 228x57x16), bias fused in the forward and ReLU fused
 for conv3-5, the ReLU mask in their backward, wgrad at the split count its model picks for an
 H100's 132 SMs), it compiles the kernel for sm_90 and disassembles the cubin with the
 cuobjdump bundled with Triton. The steady-state loop is the innermost backward branch whose
@@ -51,6 +51,7 @@ from kernels.conv import dgrad as conv_dgrad
 from kernels.conv import fwd as conv_fwd
 from kernels.conv import wgrad as conv_wgrad
 from kernels.conv.common import ConvGeometry, dot_precision, pad_input
+from kernels.conv.input_layout import wgrad_view
 
 BATCH = 128
 SMEM_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one block may hold (opt-in maximum)
@@ -228,14 +229,14 @@ class ModelPass:
         self.b = torch.empty(L.out_chan, dtype=dtype)
         self.dy = torch.empty(self.geom.output_shape, dtype=dtype).contiguous(memory_format=cl)
         self.x_k, self.w_k, self.geom_k = pad_input(self.x, self.w, self.geom)
+        view = wgrad_view(self.x_k, self.geom_k)
+        self.wgrad_geom = view[1] if view is not None else self.geom_k
 
     def variant(self, pass_: str) -> str:
         parts = ["NHWC"]
-        g = self.geom_k
-        if g.s2d_edge and pass_ != "dgrad":
-            parts.append(f"space-to-depth {g.height}x{g.width}x{g.in_chan} {g.kernel_h}x{g.kernel_w}")
-        elif g.in_chan != self.geom.in_chan and pass_ != "dgrad":
-            parts.append(f"C {self.geom.in_chan}->{g.in_chan}")
+        g = self.wgrad_geom if pass_ == "wgrad" else self.geom_k
+        if g != self.geom and pass_ != "dgrad":
+            parts.append(f"{g.height}x{g.width}x{g.in_chan} unpadded {g.kernel_h}x{g.kernel_w}")
         if pass_ == "fwd":
             parts.append("bias+relu" if self.relu else "bias")
         elif self.relu:
@@ -247,13 +248,15 @@ class ModelPass:
         tuning = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}[pass_]
         geom = self.geom if pass_ == "dgrad" else self.geom_k
         red_chan = geom.k_per_g if pass_ == "dgrad" else geom.c_per_g
-        return tuning, dict(geom.constexprs(), **conv_fwd.edge_meta(geom),
-                            FLAT=conv_configs.use_flat_reduction(red_chan, pass_, bool(geom.s2d_edge)),
+        if pass_ == "wgrad":  # conv1: the padded image as column blocks (wgrad_view)
+            geom = self.wgrad_geom
+            red_chan = geom.c_per_g
+        return tuning, dict(geom.constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan, pass_),
                             HAS_BIAS=pass_ == "fwd", PRECISION=dot_precision(self.x.dtype))
 
     def splits(self, cfg: Config) -> int:
         """wgrad's split count as its model picks it on an H100 (132 SMs)."""
-        return conv_configs.wgrad_splits(self.geom_k, self.x.dtype, dot_precision(self.x.dtype),
+        return conv_configs.wgrad_splits(self.wgrad_geom, self.x.dtype, dot_precision(self.x.dtype),
                                          cfg.kwargs["FLAT"], self.x.device, cfg, n_sms=132)
 
     def compile(self, pass_: str, cfg: Config):

@@ -28,7 +28,7 @@ from harness import median_ms  # noqa: E402
 
 from kernels.conv import configs as conv_configs  # noqa: E402
 from kernels.conv.common import dot_precision, pad_input  # noqa: E402
-from kernels.conv.fwd import edge_meta  # noqa: E402
+from kernels.conv.input_layout import wgrad_view  # noqa: E402
 
 TUNINGS = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}
 MAX_ERROR = {"bf16": 2e-2, "tf32": 5e-3}
@@ -42,14 +42,17 @@ def label(cfg: Config) -> str:
 
 def candidates(p: ConvProblem, pass_: str, flat_mode: str) -> list[Config]:
     tuning, g = TUNINGS[pass_], p.geom
-    if pass_ != "dgrad":  # the geometry the kernels run (conv1: its space-to-depth map)
-        g = pad_input(p.x, p.w, g)[2]
+    if pass_ != "dgrad":  # the geometry the kernels run (conv1: its padded image)
+        x_k, _, g = pad_input(p.x, p.w, g)
+        if pass_ == "wgrad":
+            view = wgrad_view(x_k, g)
+            g = view[1] if view is not None else g
     red_chan = g.k_per_g if pass_ == "dgrad" else g.c_per_g
-    auto = conv_configs.use_flat_reduction(red_chan, pass_, bool(g.s2d_edge))
+    auto = conv_configs.use_flat_reduction(red_chan, pass_)
     flats = [auto, not auto] if flat_mode == "both" else [auto]
     out = []
     for flat in flats:
-        meta = dict(g.constexprs(), **edge_meta(g), FLAT=flat, PRECISION=dot_precision(p.x.dtype))
+        meta = dict(g.constexprs(), FLAT=flat, PRECISION=dot_precision(p.x.dtype))
         for c in tuning.candidates(meta["PRECISION"]):
             if tuning.fits(c, meta, p.x.element_size()):
                 out.append(Config({**c.kwargs, "FLAT": flat}, num_warps=c.num_warps, num_stages=c.num_stages))

@@ -19,7 +19,7 @@ from kernels import reference
 from kernels.conv import configs as conv_configs
 from kernels.conv.common import MAX_PIXELS, conv_geometry, dot_precision, pad_input, unpad_weight_grad
 from kernels.conv.dgrad import conv2d_input_grad
-from kernels.conv.fwd import conv2d_forward, edge_meta
+from kernels.conv.fwd import conv2d_forward
 from kernels.conv.wgrad import conv2d_weight_grad
 
 # precision name -> (dtype, torch.backends.cudnn.allow_tf32, (atol relative to the tensor's max, rtol))
@@ -171,8 +171,8 @@ def test_every_gpu_config(kind, layer, precision):
     tuning = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}[kind]
     red_chan = geom.k_per_g if kind == "dgrad" else geom_k.c_per_g
     with allow_tf32(tf32):
-        meta = dict((geom if kind == "dgrad" else geom_k).constexprs(), **edge_meta(geom_k),
-                    FLAT=conv_configs.use_flat_reduction(red_chan, kind, bool(geom_k.s2d_edge)),
+        meta = dict((geom if kind == "dgrad" else geom_k).constexprs(),
+                    FLAT=conv_configs.use_flat_reduction(red_chan, kind),
                     PRECISION=dot_precision(dtype))
         configs = [c for c in tuning.candidates(meta["PRECISION"]) if tuning.fits(c, meta, x.element_size())]
         assert configs

@@ -9,15 +9,14 @@ accumulation; output in x's dtype and memory format. Dilation 1 only.
 
 Package kernels/conv/: fwd.py, dgrad.py, wgrad.py (one kernel each, with its launcher),
 common.py (geometry, checks, index helpers, the ReLU-gradient mask, launch), input_layout.py
-(few-channel inputs: conv1's space-to-depth map), configs.py (tile configs, autotuning, the
+(few-channel inputs: conv1's padded image), configs.py (tile configs, autotuning, the
 wgrad split model). This file holds the autograd Function.
 
 Layout: the kernels are fast on channels_last (C contiguous), the layout to use. A contiguous
 NCHW x (or dy) is converted to channels_last once per call (a copy); outputs are written
-straight into the caller's format. A strided conv with few input channels (conv1) runs as a
-stride-1 conv of its space-to-depth map (`pad_input`: 57x57 pixels of 4x4x4 channels, a 3x3
-regrouped weight; the weight gradient is folded back); other few-channel inputs are
-zero-padded to a whole 8-byte word per pixel (3 -> 4) for aligned, pipelined loads. With
+straight into the caller's format. Few input channels (conv1's 3) are read from a
+zero-padded image (`pad_input`: channels padded to a whole 8-byte word per pixel, 3 -> 4, and
+the spatial padding written into the buffer, so the loops test no image side). With
 relu=True the forward saves its output y and the backward masks dy by y > 0 once
 (`common.relu_grad`, one elementwise pass) for both GEMMs: inside their loops the mask would
 cost a third load stream and push wgmma's A operand through registers. The fused ReLU keeps
@@ -52,7 +51,7 @@ class Conv2dFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, stride, padding, groups, relu, dilation):
         geom = conv_geometry(x, weight, bias, stride, padding, groups, dilation)
         fmt = memory_format(x)
-        x_k, w_k, geom_k = pad_input(x, weight, geom)  # channels_last; conv1: its space-to-depth map
+        x_k, w_k, geom_k = pad_input(x, weight, geom)  # channels_last; conv1: its zero-padded 4-channel image
         y = conv2d_forward(x_k, w_k, bias, geom_k, relu=relu, out_format=fmt)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         ctx.save_for_backward(x_k if need_w else None, weight if need_x else None,

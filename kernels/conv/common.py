@@ -45,10 +45,6 @@ class ConvGeometry:
     pad_h: int
     pad_w: int
     groups: int
-    # A space-to-depth map's (see `space_to_depth_geometry`): (the image conv's stride SH, SW,
-    # channels per sub-pixel, sub-rows and sub-columns of the last tap row / column that hold
-    # real weights); () for an ordinary conv. Only the forward reads it (its EDGE mask).
-    s2d_edge: tuple = ()
 
     @property
     def out_h(self) -> int:
@@ -338,4 +334,4 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
 
 
 # conv1's input layout lives in input_layout.py; re-exported for the kernels' callers
-from .input_layout import pad_input, space_to_depth_geometry, unpad_weight_grad  # noqa: E402,F401
+from .input_layout import pad_input, unpad_weight_grad  # noqa: E402,F401

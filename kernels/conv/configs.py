@@ -101,15 +101,13 @@ def _fwd_fits(cfg: Config, meta: dict, elem: int) -> bool:
     k = cfg.kwargs
     red = meta["KH"] * meta["KW"] * meta["C_PER_G"] if meta["FLAT"] else meta["C_PER_G"]
     useful_k16 = k["BLOCK_K"] >= 32 or meta["FLAT"] or meta["C_PER_G"] % 32 != 0
-    # FLAT (few channels) decodes and masks every A element: only 128x128 tiles amortise that
+    # FLAT (few channels) decodes every A element: only 128x128 tiles amortise that
     # (bench/conv_sass.py: BLOCK_M or BLOCK_N 64, or BLOCK_K 16, issue > 0.85 of the MMA time;
-    # BLOCK_K 64 or BLOCK_M 256 spill in bf16)
+    # BLOCK_M 256 spills in bf16, and BLOCK_K 64 too unless the conv is unpadded, as conv1
+    # is on its padded image: 0.35 there)
+    unpadded = meta["PH"] == 0 and meta["PW"] == 0
     wide = not meta["FLAT"] or meta.get("PRECISION") == "ieee" or (
-        k["BLOCK_M"] == 128 and k["BLOCK_N"] >= 128 and k["BLOCK_K"] == 32)
-    # conv1's space-to-depth map (EDGE): the edge taps' channel mask is built every step;
-    # 128x64 and 64x128 tiles read 0.67-0.70 of the MMA time, 128x128 0.39 (bf16)
-    if meta.get("EDGE") and meta.get("PRECISION") != "ieee":
-        wide = wide and k["BLOCK_M"] >= 128 and k["BLOCK_N"] >= 128
+        k["BLOCK_M"] == 128 and k["BLOCK_N"] >= 128 and (k["BLOCK_K"] == 32 or unpadded and k["BLOCK_K"] == 64))
     # 64-wide channel blocks where 128-wide ones divide K/g (conv2's 128 per group): 0.70 of the
     # MMA time for 128x64x64 (bench/conv_sass.py, bf16); kept for K/g = 192 (conv4), 3 x 64
     narrow_ok = k["BLOCK_N"] >= 128 or meta["K_PER_G"] % 128 != 0 or meta.get("PRECISION") == "ieee"
@@ -179,17 +177,13 @@ WGRAD = ConvTuning(
 WGRAD_FLAT_BELOW = 64  # wgrad's narrowest listed column block
 
 
-def use_flat_reduction(chan: int, pass_: str = "fwd", s2d: bool = False) -> bool:
+def use_flat_reduction(chan: int, pass_: str = "fwd") -> bool:
     """Whether a kernel flattens (kh, kw, c) into one index instead of looping over taps and
     BLOCK-wide channel chunks: for few channels (conv1's 3), where whole chunks would be mostly
     masked. wgrad's columns also go flat below one 64-wide block of channels per group (conv2's
     48: tap blocks waste a quarter of each tile and read 0.77 in bench/conv_sass.py, flat
-    128x128 tiles 0.55), and over a space-to-depth map (`s2d`, conv1's 9 taps of 64 channels:
-    128-wide flat blocks read 0.50, 64-wide tap blocks 0.70). Forced configs may override it
-    with FLAT in their kwargs."""
-    if pass_ == "wgrad":
-        return s2d or chan < WGRAD_FLAT_BELOW
-    return chan < 16
+    128x128 tiles 0.55). Forced configs may override it with FLAT in their kwargs."""
+    return chan < (WGRAD_FLAT_BELOW if pass_ == "wgrad" else 16)
 
 
 # ------------------------------------------------------------- split of the wgrad reduction

@@ -19,16 +19,14 @@ Two reduction loops, both one flat `for` that Triton software-pipelines (num_sta
   per step; the windows' corner offsets are computed once per program, a step adds one
   scalar, and the row mask tests only the image sides a tap can cross (`in_image`; none for
   an unpadded conv whose windows stay inside); no mask on c when BLOCK_K divides C_PER_G.
-- FLAT (few channels, C_PER_G < 16, where the space-to-depth rewrite does not apply: stride
-  1, or groups): the reduction index r runs over all
+- FLAT (few channels, C_PER_G < 16: conv1): the reduction index r runs over all
   KH*KW*C_PER_G (kh, kw, c) with the tail of the last BLOCK_K chunk masked; r -> (kh, kw, c)
   is decoded once per step for the BLOCK_K vector, never per element (per element: two adds
   and the bounds mask). In channels_last with groups=1 each kh row (kw, c) is one contiguous
-  span of KW*C elements of x, so a chunk is a few contiguous runs; `pad_input` pads 3
-  channels to 4 so the runs are aligned 8-byte vectors (asynchronous, pipelined copies).
-conv1 (3 channels, 11x11 stride 4) runs the taps loop over its space-to-depth map
-(`common.space_to_depth_geometry`: 57x57x64, 3x3, stride 1, no padding), with the EDGE mask
-on the sub-pixels that meet the regrouped weight's zero padding.
+  span of KW*C elements of x, so a chunk is a few contiguous runs; `pad_input` pads conv1's 3
+  channels to 4 so the runs are aligned 8-byte vectors (asynchronous, pipelined copies):
+  11*11*4 = 484 -> 512 at BLOCK_K=64, and writes its spatial padding into the buffer
+  (`input_layout.py`), so conv1 runs unpadded and its loop tests no image side.
 """
 from __future__ import annotations
 
@@ -63,15 +61,10 @@ __all__ = ["conv2d_forward"]
 def _fwd_tap_loop(acc, x_ptr, w_ptr, x_base, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
                   C_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
                   LOW_H: tl.constexpr, HIGH_H: tl.constexpr, LOW_W: tl.constexpr, HIGH_W: tl.constexpr,
-                  EDGE: tl.constexpr, EDGE_SW: tl.constexpr, EDGE_CP: tl.constexpr, EDGE_ROWS: tl.constexpr,
-                  EDGE_COLS: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+                  OFF64: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc += A @ B over steps (tap, channel chunk); A rows are BLOCK_K contiguous channels.
     x_base: offsets of the windows' top-left corners, computed once per program; a step adds
-    one scalar (the tap's and chunk's offset) and tests only the image sides the tap can cross.
-    EDGE (a space-to-depth map, `common.space_to_depth_geometry`): in the last tap row (column)
-    only sub-rows < EDGE_ROWS (sub-columns < EDGE_COLS) hold real weights; the others are read
-    as 0, not multiplied by the weight's padding zeros (0 * inf is NaN). Taps are constants
-    once the compiler unrolls conv1's 9 steps, so inner taps carry no mask."""
+    one scalar (the tap's and chunk's offset) and tests only the image sides the tap can cross."""
     C_CHUNKS: tl.constexpr = (C_PER_G + BLOCK_K - 1) // BLOCK_K
     EVEN_C: tl.constexpr = C_PER_G % BLOCK_K == 0
     offs_k = tl.arange(0, BLOCK_K)
@@ -83,12 +76,6 @@ def _fwd_tap_loop(acc, x_ptr, w_ptr, x_base, w_col, ih0, iw0, pix_ok, k_ok, sx_c
         kw = tap - kh * KW
         row_ok = pix_ok & in_image(ih0 + kh, H, LOW_H, HIGH_H) & in_image(iw0 + kw, W, LOW_W, HIGH_W)
         chan_ok = in_range(c0 + offs_k, C_PER_G, EVEN_C)
-        if EDGE:
-            sub = (c0 + offs_k) // EDGE_CP
-            # limits past any sub-row/column for inner taps (integer scalars, no scalar booleans)
-            row_lim = EDGE_ROWS + (KH - 1 - kh) * 65536
-            col_lim = EDGE_COLS + (KW - 1 - kw) * 65536
-            chan_ok = chan_ok & (sub // EDGE_SW < row_lim) & (sub % EDGE_SW < col_lim)
         tap_off = wide(kh, OFF64) * sx_h + kw * sx_w + c0 * sx_c
         a = tl.load(x_ptr + (x_base + tap_off)[:, None] + a_cols[None, :], mask=row_ok[:, None] & chan_ok[None, :],
                     other=0.0)
@@ -138,8 +125,6 @@ def _conv_fwd_kernel(
     H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, PIX_MULT: tl.constexpr,
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, FLAT: tl.constexpr, NHWC_C: tl.constexpr, OFF64: tl.constexpr,
     W_ROW: tl.constexpr, W_PAD: tl.constexpr,
-    EDGE: tl.constexpr, EDGE_SW: tl.constexpr, EDGE_CP: tl.constexpr, EDGE_ROWS: tl.constexpr,
-    EDGE_COLS: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -175,8 +160,7 @@ def _conv_fwd_kernel(
                              C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, NHWC_C, W_PAD, PRECISION, BLOCK_K)
     else:
         acc = _fwd_tap_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
-                            C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W,
-                            EDGE, EDGE_SW, EDGE_CP, EDGE_ROWS, EDGE_COLS, OFF64, PRECISION, BLOCK_K)
+                            C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, OFF64, PRECISION, BLOCK_K)
 
     # ---- write back: bias, ReLU, one store of the tile
     if HAS_BIAS:
@@ -201,13 +185,6 @@ def _flat_weight(weight: torch.Tensor):
     return w, True
 
 
-def edge_meta(geom: ConvGeometry) -> dict:
-    """The EDGE constexprs of a space-to-depth map's forward (see `_fwd_tap_loop`): a mask only
-    where the image kernel is no multiple of the stride (conv1: 11 over 4)."""
-    sh, sw, cp, rows, cols = geom.s2d_edge or (1, 1, 1, 1, 1)
-    return dict(EDGE=rows < sh or cols < sw, EDGE_SW=sw, EDGE_CP=cp, EDGE_ROWS=rows, EDGE_COLS=cols)
-
-
 def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeometry, *, relu: bool = False,
                    out_format=torch.channels_last, config=None) -> torch.Tensor:
     """y = conv2d(x, weight) + bias, ReLU'd if `relu`, in `out_format`; inputs already checked
@@ -221,8 +198,7 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeomet
     w_ohwi, w_pad = _flat_weight(weight) if flat else (weight.permute(0, 2, 3, 1).contiguous(), False)
     meta = dict(geom.constexprs(), PIX_MULT=pix_multiple(geom.n_out_pix), HAS_BIAS=bias is not None, RELU=relu,
                 FLAT=flat, W_ROW=w_ohwi.stride(0), W_PAD=w_pad,
-                **edge_meta(geom), NHWC_C=nhwc_channels(x), OFF64=needs_int64(x, w_ohwi, y),
-                PRECISION=dot_precision(x.dtype))
+                NHWC_C=nhwc_channels(x), OFF64=needs_int64(x, w_ohwi, y), PRECISION=dot_precision(x.dtype))
     n_out_pix, k_per_g = geom.n_out_pix, geom.k_per_g
 
     def grid(m):

@@ -13,9 +13,10 @@ split the programs write dw / db directly in the output dtype.
 
 Columns, like the forward's reduction: tap blocks (one tap, BLOCK_N channels: contiguous
 loads of x) for C_PER_G >= 16, or FLAT blocks of BLOCK_N consecutive (kh, kw, c) indices for
-few channels (3 padded to 4 by `pad_input`: 11x11 -> 484 columns, 4 blocks of 128 instead of
-121 taps of 16) and over conv1's space-to-depth map (9 taps x 64 channels = 576 columns; no
-image mask: the map has no padding), decoded once per program.
+few channels, decoded once per program. conv1 (its image zero-padded to 228x228x4 by
+`pad_input`) is read as 57 column blocks of 4 pixels x 4 channels (`input_layout.wgrad_view`):
+11 x 3 x 16 = 528 columns whose x runs are 48 contiguous elements (16-byte copies, no image
+mask), folded back to the 11x11 weight.
 
 The bias gradient rides along: with BIAS_GRAD the grid holds one extra column of programs
 that only sum dy' over their pixel range (reading the same dy tiles as the GEMM programs of
@@ -50,6 +51,7 @@ from .common import (
     x_tap_offsets,
 )
 from .configs import SPLIT_PIX_QUANTUM, WGRAD, use_flat_reduction, wgrad_splits
+from .input_layout import fold_wgrad_view, wgrad_view
 
 __all__ = ["conv2d_weight_grad"]
 
@@ -227,7 +229,12 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
         return (dw.zero_() if weight_grad else None), (db.zero_() if bias_grad else None)
     if y is not None:
         dy = relu_grad(dy, y)
-    flat = use_flat_reduction(geom.c_per_g, "wgrad", s2d=bool(geom.s2d_edge))
+    view = wgrad_view(x, geom) if weight_grad else None
+    if view is not None:  # conv1's padded image as SW-pixel column blocks (input_layout.py)
+        dw_view, db = conv2d_weight_grad(dy, *view, weight_grad=True, bias_grad=bias_grad, config=config,
+                                         splits=splits)
+        return fold_wgrad_view(dw_view, geom).contiguous(memory_format=weight_format), db
+    flat = use_flat_reduction(geom.c_per_g, "wgrad")
     if config is not None:
         flat = config.kwargs.get("FLAT", flat)
     precision = dot_precision(dtype)
