@@ -130,8 +130,9 @@ def _wgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
     cols = meta["KH"] * meta["KW"] * meta["C_PER_G"] if meta["FLAT"] else meta["C_PER_G"]
     # 64-wide column blocks read 0.71-0.73 of the MMA time in bench/conv_sass.py (conv2, conv5,
     # bf16): only for column runs too narrow for 128 (64 channels per group in tap blocks) and
-    # for flat columns that 128-wide blocks would pad 10% more (conv1's 528: 576 vs 640; 0.67)
-    flat_fit = meta["FLAT"] and 11 * _cdiv(cols, 64) * 64 <= 10 * _cdiv(cols, 128) * 128
+    # for 16-bit flat columns that 128-wide blocks would pad 10% more (conv1's 528: 576 vs 640;
+    # 0.67 in bf16, 0.90 in tf32)
+    flat_fit = elem == 2 and meta["FLAT"] and 11 * _cdiv(cols, 64) * 64 <= 10 * _cdiv(cols, 128) * 128
     narrow_ok = k["BLOCK_N"] >= 128 or _np2(cols) <= 64 or flat_fit
     return (_smem_ok(cfg, elem) and k["BLOCK_M"] <= _np2(meta["K_PER_G"]) and k["BLOCK_N"] <= _np2(cols)
             and narrow_ok)
