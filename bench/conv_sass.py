@@ -4,11 +4,13 @@
                               [--arch 90|80] [--shapes single]
 
 For every AlexNet layer x pass x dtype x config, in the variant the model runs (batch 128,
-channels_last, conv1's input padded to 4 channels, bias fused in the forward and ReLU fused
+channels_last, conv1's image zero-padded to 228x228x4 (wgrad: as 228x57x16), bias fused in the forward and ReLU fused
 for conv3-5, the ReLU mask in their backward, wgrad at the split count its model picks for an
 H100's 132 SMs), it compiles the kernel for sm_90 and disassembles the cubin with the
 cuobjdump bundled with Triton. The steady-state loop is the innermost backward branch whose
-body holds the tensor-core instructions (HGMMA; HMMA on sm_80; FFMA for IEEE fp32). Reported
+body holds the tensor-core instructions (HGMMA; HMMA on sm_80; FFMA for IEEE fp32); where the
+compiler unrolled a short reduction (no loop holds the MMAs: variant "(unrolled)") it is the
+span from the first global load to the last MMA, prologue and drain included. Reported
 per kernel: instructions per BLOCK_K step (loop instructions / steps per iteration, steps from
 the MMA shapes), HGMMA and LDGSTS counts (LDGSTS by bytes per copy), local-memory (spill)
 instructions inside the loop, registers, spill bytes (stack), shared memory against the
@@ -49,6 +51,7 @@ from kernels.conv import dgrad as conv_dgrad
 from kernels.conv import fwd as conv_fwd
 from kernels.conv import wgrad as conv_wgrad
 from kernels.conv.common import ConvGeometry, dot_precision, pad_input
+from kernels.conv.input_layout import wgrad_view
 
 BATCH = 128
 SMEM_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one block may hold (opt-in maximum)
@@ -133,19 +136,39 @@ def _mma_fma(op: str, operands: str, warps: int) -> int:
     return 0
 
 
-def steady_loop(ins, warps: int):
-    """The instructions of the innermost loop (a backward branch's range) holding MMA work;
-    for FMA-only code the loop with the most FFMA."""
-    loops = []
+_MMA = ("HGMMA", "HMMA")
+
+
+def loops(ins) -> list:
+    """The bodies (instruction lists) of every loop: each backward branch's range."""
+    out = []
     for addr, op, operands in ins:
         m = re.match(r"\s*(0x[0-9a-f]+)", operands)
         if op == "BRA" and m and int(m[1], 16) < addr:
-            body = [i for i in ins if int(m[1], 16) <= i[0] <= addr]
-            loops.append(body)
-    tensor = [b for b in loops if any(op.startswith(("HGMMA", "HMMA")) for _, op, _ in b)]
+            out.append([i for i in ins if int(m[1], 16) <= i[0] <= addr])
+    return out
+
+
+def unrolled(ins) -> bool:
+    """Whether the MMA work sits in straight-line code, no loop holding it (a short constant
+    trip count the compiler unrolled: conv1's 9 map taps at BLOCK_K=64)."""
+    return any(op.startswith(_MMA) for _, op, _ in ins) and not any(
+        op.startswith(_MMA) for body in loops(ins) for _, op, _ in body)
+
+
+def steady_loop(ins, warps: int):
+    """The instructions of the innermost loop (a backward branch's range) holding MMA work;
+    unrolled (`unrolled`): the span from the first global load to the last MMA, prologue and
+    drain included; for FMA-only code the loop with the most FFMA."""
+    bodies = loops(ins)
+    tensor = [b for b in bodies if any(op.startswith(_MMA) for _, op, _ in b)]
     if tensor:
         return min(tensor, key=len)
-    return max(loops, key=lambda b: sum(op.startswith("FFMA") for _, op, _ in b), default=[])
+    mma = [i for i, (_, op, _) in enumerate(ins) if op.startswith(_MMA)]
+    if mma:
+        first = next(i for i, (_, op, _) in enumerate(ins) if op.startswith(("LDGSTS", "LDG") + _MMA))
+        return ins[first:mma[-1] + 1]
+    return max(bodies, key=lambda b: sum(op.startswith("FFMA") for _, op, _ in b), default=[])
 
 
 def _ldgsts_bytes(op: str) -> int:
@@ -155,7 +178,10 @@ def _ldgsts_bytes(op: str) -> int:
 
 def read_kernel(kernel, r: Reading, tile: tuple[int, int, int], warps: int, rate: int, arch: int) -> Reading:
     text, res = sass(kernel.asm["cubin"])
-    loop = steady_loop(instructions(text), warps)
+    ins = instructions(text)
+    loop = steady_loop(ins, warps)
+    if unrolled(ins):
+        r.variant += " (unrolled)"
     bm, bn, bk = tile
     fma = sum(_mma_fma(op, operands, warps) for _, op, operands in loop)
     r.loop_instructions = len(loop)
@@ -203,11 +229,14 @@ class ModelPass:
         self.b = torch.empty(L.out_chan, dtype=dtype)
         self.dy = torch.empty(self.geom.output_shape, dtype=dtype).contiguous(memory_format=cl)
         self.x_k, self.w_k, self.geom_k = pad_input(self.x, self.w, self.geom)
+        view = wgrad_view(self.x_k, self.geom_k)
+        self.wgrad_geom = view[1] if view is not None else self.geom_k
 
     def variant(self, pass_: str) -> str:
         parts = ["NHWC"]
-        if self.geom_k.in_chan != self.geom.in_chan and pass_ != "dgrad":
-            parts.append(f"C {self.geom.in_chan}->{self.geom_k.in_chan}")
+        g = self.wgrad_geom if pass_ == "wgrad" else self.geom_k
+        if g != self.geom and pass_ != "dgrad":
+            parts.append(f"{g.height}x{g.width}x{g.in_chan} unpadded {g.kernel_h}x{g.kernel_w}")
         if pass_ == "fwd":
             parts.append("bias+relu" if self.relu else "bias")
         elif self.relu:
@@ -219,12 +248,15 @@ class ModelPass:
         tuning = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}[pass_]
         geom = self.geom if pass_ == "dgrad" else self.geom_k
         red_chan = geom.k_per_g if pass_ == "dgrad" else geom.c_per_g
+        if pass_ == "wgrad":  # conv1: the padded image as column blocks (wgrad_view)
+            geom = self.wgrad_geom
+            red_chan = geom.c_per_g
         return tuning, dict(geom.constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan, pass_),
                             HAS_BIAS=pass_ == "fwd", PRECISION=dot_precision(self.x.dtype))
 
     def splits(self, cfg: Config) -> int:
         """wgrad's split count as its model picks it on an H100 (132 SMs)."""
-        return conv_configs.wgrad_splits(self.geom_k, self.x.dtype, dot_precision(self.x.dtype),
+        return conv_configs.wgrad_splits(self.wgrad_geom, self.x.dtype, dot_precision(self.x.dtype),
                                          cfg.kwargs["FLAT"], self.x.device, cfg, n_sms=132)
 
     def compile(self, pass_: str, cfg: Config):

@@ -27,7 +27,8 @@ from conv_layers import BATCH, DTYPES, LAYERS, ConvProblem, passes_for, rel_erro
 from harness import median_ms  # noqa: E402
 
 from kernels.conv import configs as conv_configs  # noqa: E402
-from kernels.conv.common import dot_precision  # noqa: E402
+from kernels.conv.common import dot_precision, pad_input  # noqa: E402
+from kernels.conv.input_layout import wgrad_view  # noqa: E402
 
 TUNINGS = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}
 MAX_ERROR = {"bf16": 2e-2, "tf32": 5e-3}
@@ -41,6 +42,11 @@ def label(cfg: Config) -> str:
 
 def candidates(p: ConvProblem, pass_: str, flat_mode: str) -> list[Config]:
     tuning, g = TUNINGS[pass_], p.geom
+    if pass_ != "dgrad":  # the geometry the kernels run (conv1: its padded image)
+        x_k, _, g = pad_input(p.x, p.w, g)
+        if pass_ == "wgrad":
+            view = wgrad_view(x_k, g)
+            g = view[1] if view is not None else g
     red_chan = g.k_per_g if pass_ == "dgrad" else g.c_per_g
     auto = conv_configs.use_flat_reduction(red_chan, pass_)
     flats = [auto, not auto] if flat_mode == "both" else [auto]

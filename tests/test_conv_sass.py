@@ -53,6 +53,29 @@ def test_steady_loop_is_the_innermost_loop_with_the_mma():
     assert sorted(conv_sass._ldgsts_bytes(op) for op in ops if op.startswith("LDGSTS")) == [4, 16]
 
 
+UNROLLED = """
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   LDGSTS.E.BYPASS.LTC128B.128 [R3], desc[UR4][R4.64] ;
+        /*0020*/                   IMAD R2, R0, 0x4, RZ ;
+        /*0030*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0040*/                   LDGSTS.E.BYPASS.LTC128B.128 [R3], desc[UR4][R4.64] ;
+        /*0050*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8], R24, gsb0 ;
+        /*0060*/                   STG.E desc[UR4][R6.64], R24 ;
+        /*0070*/                   EXIT ;
+        /*0080*/                   BRA 0x80;
+"""
+
+
+def test_an_unrolled_reduction_is_read_whole():
+    """A short constant trip count (conv1's 9 map taps at BLOCK_K=64) compiles to straight-line
+    code: the reading spans the first global copy to the last MMA, prologue and drain included."""
+    conv_sass = _conv_sass()
+
+    ins = conv_sass.instructions(UNROLLED)
+    assert conv_sass.unrolled(ins) and not conv_sass.unrolled(conv_sass.instructions(LISTING))
+    assert [a for a, _, _ in conv_sass.steady_loop(ins, warps=4)] == list(range(0x10, 0x51, 0x10))
+
+
 def test_one_layer_one_pass_compiles_for_sm90():
     import triton
 

@@ -8,13 +8,15 @@ torch.backends.cudnn.allow_tf32, as cuDNN; true fp32 otherwise), bf16 or fp16, a
 accumulation; output in x's dtype and memory format. Dilation 1 only.
 
 Package kernels/conv/: fwd.py, dgrad.py, wgrad.py (one kernel each, with its launcher),
-common.py (geometry, checks, index helpers, the ReLU-gradient mask, launch), configs.py (tile
-configs, autotuning, the wgrad split model). This file holds the autograd Function.
+common.py (geometry, checks, index helpers, the ReLU-gradient mask, launch), input_layout.py
+(few-channel inputs: conv1's padded image), configs.py (tile configs, autotuning, the
+wgrad split model). This file holds the autograd Function.
 
 Layout: the kernels are fast on channels_last (C contiguous), the layout to use. A contiguous
 NCHW x (or dy) is converted to channels_last once per call (a copy); outputs are written
-straight into the caller's format. Few input channels (conv1's 3) are zero-padded to a
-whole 8-byte word per pixel (`pad_input`: 3 -> 4) for aligned, pipelined loads. With
+straight into the caller's format. Few input channels (conv1's 3) are read from a
+zero-padded image (`pad_input`: channels padded to a whole 8-byte word per pixel, 3 -> 4, and
+the spatial padding written into the buffer, so the loops test no image side). With
 relu=True the forward saves its output y and the backward masks dy by y > 0 once
 (`common.relu_grad`, one elementwise pass) for both GEMMs: inside their loops the mask would
 cost a third load stream and push wgmma's A operand through registers. The fused ReLU keeps
@@ -26,9 +28,10 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._common import as_format, memory_format
-from .common import ConvGeometry, conv_arguments, conv_geometry, pad_input, relu_grad, unpad_weight_grad
+from .common import ConvGeometry, conv_arguments, conv_geometry, relu_grad
 from .dgrad import conv2d_input_grad
 from .fwd import conv2d_forward
+from .input_layout import pad_input, unpad_weight_grad
 from .wgrad import conv2d_weight_grad
 
 __all__ = [
@@ -48,7 +51,7 @@ class Conv2dFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, stride, padding, groups, relu, dilation):
         geom = conv_geometry(x, weight, bias, stride, padding, groups, dilation)
         fmt = memory_format(x)
-        x_k, w_k, geom_k = pad_input(x, weight, geom)  # channels_last; conv1: 3 -> 4 channels
+        x_k, w_k, geom_k = pad_input(x, weight, geom)  # channels_last; conv1: its zero-padded 4-channel image
         y = conv2d_forward(x_k, w_k, bias, geom_k, relu=relu, out_format=fmt)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         ctx.save_for_backward(x_k if need_w else None, weight if need_x else None,

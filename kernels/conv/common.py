@@ -16,15 +16,13 @@ constants the pixel decode (n, h, w) = divmod(pix, ...) becomes a multiply-shift
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from .._common import as_format, cdiv, check_same_device, check_tensor, interpreting
-from .configs import use_flat_reduction
 
 # Pixel indices (N*H*W, N*OH*OW) are int32 in the kernels (cheap in the loops); a tile may run
 # up to BLOCK_M / BLOCK_K past the last pixel before its mask, so leave room for one.
@@ -166,29 +164,6 @@ def conv_geometry(x, weight, bias=None, stride=1, padding=0, groups=1, dilation=
     geom = ConvGeometry(n_img, in_chan, height, width, out_chan, kh, kw, sh, sw, ph, pw, groups)
     check_pixel_count(geom)
     return geom
-
-
-def pad_input(x: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry):
-    """(x, weight, geom) as the forward and wgrad kernels read them: x in channels_last, and
-    for few input channels in one group (conv1's 3) x and weight zero-padded along C so one
-    pixel is a whole number of 8-byte words (bf16: 3 -> 4 channels, fp32: 3 -> 4). Then the
-    (kh, kw, c) gathers are aligned vector loads that Triton turns into asynchronous copies
-    (software-pipelined); with 3 bf16 channels (6 bytes) they are 2-byte loads it cannot.
-    The extra zero channels cost a third more MMA work in conv1, which is load-bound."""
-    x = as_format(x, torch.channels_last)
-    per_word = max(1, 8 // x.element_size())
-    chan = geom.in_chan
-    if geom.groups != 1 or not use_flat_reduction(chan) or chan % per_word == 0:
-        return x, weight, geom
-    padded = cdiv(chan, per_word) * per_word
-    x = F.pad(x.permute(0, 2, 3, 1), (0, padded - chan)).permute(0, 3, 1, 2)  # NHWC, C padded
-    weight = F.pad(weight, (0, 0, 0, 0, 0, padded - chan))
-    return x, weight, replace(geom, in_chan=padded)
-
-
-def unpad_weight_grad(dw: torch.Tensor, geom: ConvGeometry, fmt: torch.memory_format) -> torch.Tensor:
-    """The weight gradient of the unpadded weight (see `pad_input`), in memory format `fmt`."""
-    return dw if dw.shape[1] == geom.c_per_g else dw[:, :geom.c_per_g].contiguous(memory_format=fmt)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -356,3 +331,7 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
         return
     meta = {**meta, **config.kwargs}
     kernel[grid(meta)](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+# conv1's input layout lives in input_layout.py; re-exported for the kernels' callers
+from .input_layout import pad_input, unpad_weight_grad  # noqa: E402,F401

@@ -74,10 +74,14 @@ DGRAD_TILES = [
 WGRAD_TILES = [
     (128, 128, 64, 4, 3),
     (128, 128, 32, 4, 4),
-    (128, 64, 64, 4, 4),    # C/g = 48, 192: one tap's channels in whole blocks
+    (128, 64, 64, 4, 4),    # C/g = 64 in tap blocks (wider runs: pruned, `_wgrad_fits`)
     (128, 256, 64, 8, 3),   # 8w
     (256, 128, 64, 8, 3),   # 8w; K/g = 384 (conv3) in 1.5 blocks: M = 256 + 128
 ]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _np2(n: int) -> int:
@@ -101,13 +105,18 @@ def _fwd_fits(cfg: Config, meta: dict, elem: int) -> bool:
     k = cfg.kwargs
     red = meta["KH"] * meta["KW"] * meta["C_PER_G"] if meta["FLAT"] else meta["C_PER_G"]
     useful_k16 = k["BLOCK_K"] >= 32 or meta["FLAT"] or meta["C_PER_G"] % 32 != 0
-    # FLAT (conv1) decodes and masks every A element: only 128x128 tiles amortise that
+    # FLAT (few channels) decodes every A element: only 128x128 tiles amortise that
     # (bench/conv_sass.py: BLOCK_M or BLOCK_N 64, or BLOCK_K 16, issue > 0.85 of the MMA time;
-    # BLOCK_K 64 or BLOCK_M 256 spill in bf16)
+    # BLOCK_M 256 spills in bf16, and BLOCK_K 64 too unless the conv is unpadded, as conv1
+    # is on its padded image: 0.35 there)
+    unpadded = meta["PH"] == 0 and meta["PW"] == 0
     wide = not meta["FLAT"] or meta.get("PRECISION") == "ieee" or (
-        k["BLOCK_M"] == 128 and k["BLOCK_N"] >= 128 and k["BLOCK_K"] == 32)
+        k["BLOCK_M"] == 128 and k["BLOCK_N"] >= 128 and (k["BLOCK_K"] == 32 or unpadded and k["BLOCK_K"] == 64))
+    # 64-wide channel blocks where 128-wide ones divide K/g (conv2's 128 per group): 0.70 of the
+    # MMA time for 128x64x64 (bench/conv_sass.py, bf16); kept for K/g = 192 (conv4), 3 x 64
+    narrow_ok = k["BLOCK_N"] >= 128 or meta["K_PER_G"] % 128 != 0 or meta.get("PRECISION") == "ieee"
     return (_smem_ok(cfg, elem) and k["BLOCK_N"] <= _np2(meta["K_PER_G"]) and k["BLOCK_K"] <= _np2(red)
-            and useful_k16 and wide)
+            and useful_k16 and wide and narrow_ok)
 
 
 def _dgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
@@ -119,7 +128,14 @@ def _dgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
 def _wgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
     k = cfg.kwargs
     cols = meta["KH"] * meta["KW"] * meta["C_PER_G"] if meta["FLAT"] else meta["C_PER_G"]
-    return _smem_ok(cfg, elem) and k["BLOCK_M"] <= _np2(meta["K_PER_G"]) and k["BLOCK_N"] <= _np2(cols)
+    # 64-wide column blocks read 0.71-0.73 of the MMA time in bench/conv_sass.py (conv2, conv5,
+    # bf16): only for column runs too narrow for 128 (64 channels per group in tap blocks) and
+    # for 16-bit flat columns that 128-wide blocks would pad 10% more (conv1's 528: 576 vs 640;
+    # 0.67 in bf16, 0.90 in tf32)
+    flat_fit = elem == 2 and meta["FLAT"] and 11 * _cdiv(cols, 64) * 64 <= 10 * _cdiv(cols, 128) * 128
+    narrow_ok = k["BLOCK_N"] >= 128 or _np2(cols) <= 64 or flat_fit
+    return (_smem_ok(cfg, elem) and k["BLOCK_M"] <= _np2(meta["K_PER_G"]) and k["BLOCK_N"] <= _np2(cols)
+            and narrow_ok)
 
 
 @dataclass

@@ -134,8 +134,10 @@ def _conv_dgrad_kernel(
 ):
     """dy (N, K, OH, OW) via sdy_*; wt (groups, KH, KW, C_PER_G, K_PER_G) contiguous;
     dx (N, C, H, W) via sdx_*. Grid: (tiles of (N*H*W) x C_PER_G, groups)."""
+    # ---- map programs to tiles: (input-pixel block, input-channel block) of one group
     group = tl.program_id(1)
     pid_m, pid_n = grouped_tile(tl.program_id(0), n_in_pix, C_PER_G, BLOCK_M, BLOCK_N, GROUP_M)
+    # ---- build offsets: the tile's pixels and channels, dy's image and wt's columns
     pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     chan = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel within the group
     pix_ok = in_range(pix, n_in_pix, PIX_MULT % BLOCK_M == 0)  # no mask when BLOCK_M divides the pixels
@@ -144,6 +146,7 @@ def _conv_dgrad_kernel(
     dy_img = wide(n_img, OFF64) * sdy_n + wide((group * K_PER_G), OFF64) * sdy_c
     wt_col = wide((group * KH * KW * C_PER_G + chan), OFF64) * K_PER_G  # wt[group, 0, 0, chan, 0]
 
+    # ---- reduce over (kh, kw, k)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FLAT:
         acc = _dgrad_flat_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok,
@@ -154,6 +157,7 @@ def _conv_dgrad_kernel(
                               sdy_c, sdy_h, sdy_w, C_PER_G, K_PER_G, KH, KW, SH, SW, PH, PW, H, W, OH, OW,
                               OFF64, PRECISION, BLOCK_K)
 
+    # ---- write back: one store of the tile
     dx_off = wide(n_img, OFF64) * sdx_n + wide(ih, OFF64) * sdx_h + wide(iw, OFF64) * sdx_w
     dx_chan = wide((group * C_PER_G + chan), OFF64) * sdx_c
     tl.store(dx_ptr + dx_off[:, None] + dx_chan[None, :], acc.to(dx_ptr.dtype.element_ty),

@@ -25,7 +25,8 @@ Two reduction loops, both one flat `for` that Triton software-pipelines (num_sta
   and the bounds mask). In channels_last with groups=1 each kh row (kw, c) is one contiguous
   span of KW*C elements of x, so a chunk is a few contiguous runs; `pad_input` pads conv1's 3
   channels to 4 so the runs are aligned 8-byte vectors (asynchronous, pipelined copies):
-  11*11*4 = 484 -> 512 at BLOCK_K=64.
+  11*11*4 = 484 -> 512 at BLOCK_K=64, and writes its spatial padding into the buffer
+  (`input_layout.py`), so conv1 runs unpadded and its loop tests no image side.
 """
 from __future__ import annotations
 
@@ -130,6 +131,7 @@ def _conv_fwd_kernel(
     """x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`); w OHWI (K, KH, KW, C_PER_G),
     rows W_ROW elements apart (W_PAD: zero-padded, see `_flat_weight`); b (K,); y (N, K, OH, OW)
     via sy_*. Grid: (tiles of (N*OH*OW) x K_PER_G, groups)."""
+    # ---- map programs to tiles: (pixel block, output-channel block) of one group
     group = tl.program_id(1)
     pid_m, pid_n = grouped_tile(tl.program_id(0), n_out_pix, K_PER_G, BLOCK_M, BLOCK_N, GROUP_M)
     EVEN_N: tl.constexpr = K_PER_G % BLOCK_N == 0
@@ -139,6 +141,7 @@ def _conv_fwd_kernel(
     LOW_W: tl.constexpr = PW > 0
     HIGH_H: tl.constexpr = (OH - 1) * SH - PH + KH > H
     HIGH_W: tl.constexpr = (OW - 1) * SW - PW + KW > W
+    # ---- build offsets: the tile's pixels, their windows' corners, the weight's rows
     pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     k_out = group * K_PER_G + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # global output channel
     pix_ok = in_range(pix, n_out_pix, PIX_MULT % BLOCK_M == 0)  # no mask when BLOCK_M divides the pixels
@@ -147,10 +150,11 @@ def _conv_fwd_kernel(
     ih0 = oh * SH - PH
     iw0 = ow * SW - PW
     w_col = wide(k_out, OFF64) * W_ROW
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, H, W, sx_n, sx_c, sx_h, sx_w,
                             NHWC_C if FLAT else 0, OFF64)
+
+    # ---- reduce over (kh, kw, c)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FLAT:
         acc = _fwd_flat_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
                              C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, NHWC_C, W_PAD, PRECISION, BLOCK_K)
@@ -158,6 +162,7 @@ def _conv_fwd_kernel(
         acc = _fwd_tap_loop(acc, x_ptr, w_ptr, x_pix, w_col, ih0, iw0, pix_ok, k_ok, sx_c, sx_h, sx_w,
                             C_PER_G, KH, KW, H, W, LOW_H, HIGH_H, LOW_W, HIGH_W, OFF64, PRECISION, BLOCK_K)
 
+    # ---- write back: bias, ReLU, one store of the tile
     if HAS_BIAS:
         acc += tl.load(b_ptr + k_out, mask=k_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:

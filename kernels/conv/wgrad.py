@@ -13,8 +13,10 @@ split the programs write dw / db directly in the output dtype.
 
 Columns, like the forward's reduction: tap blocks (one tap, BLOCK_N channels: contiguous
 loads of x) for C_PER_G >= 16, or FLAT blocks of BLOCK_N consecutive (kh, kw, c) indices for
-few channels (conv1, padded to 4 channels by `pad_input`: 484 columns -> 4 blocks of 128
-instead of 121 taps of 16), decoded once per program.
+few channels, decoded once per program. conv1 (its image zero-padded to 228x228x4 by
+`pad_input`) is read as 57 column blocks of 4 pixels x 4 channels (`input_layout.wgrad_view`):
+11 x 3 x 16 = 528 columns whose x runs are 48 contiguous elements (16-byte copies, no image
+mask), folded back to the 11x11 weight.
 
 The bias gradient rides along: with BIAS_GRAD the grid holds one extra column of programs
 that only sum dy' over their pixel range (reading the same dy tiles as the GEMM programs of
@@ -49,6 +51,7 @@ from .common import (
     x_tap_offsets,
 )
 from .configs import SPLIT_PIX_QUANTUM, WGRAD, use_flat_reduction, wgrad_splits
+from .input_layout import fold_wgrad_view, wgrad_view
 
 __all__ = ["conv2d_weight_grad"]
 
@@ -85,6 +88,7 @@ def _conv_wgrad_kernel(
     """dy (N, K, OH, OW) via sdy_*; x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`);
     dw (splits, K, C_PER_G, KH, KW) via sdw_* (sdw_split 0 without a split); db (splits, K) via
     sdb_split. Grid: (M blocks x (column blocks + 1 bias column if BIAS_GRAD), splits, groups)."""
+    # ---- map programs to tiles: (output-channel block, column block or bias column), split, group
     M_BLOCKS: tl.constexpr = (K_PER_G + BLOCK_M - 1) // BLOCK_M
     if not WEIGHT_GRAD:
         N_BLOCKS: tl.constexpr = 0
@@ -100,6 +104,7 @@ def _conv_wgrad_kernel(
     pid_n = tl.program_id(0) // M_BLOCKS
     split = tl.program_id(1)
     group = tl.program_id(2)
+    # ---- build offsets: this tile's output channels and this split's pixel range
     k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channel within the group
     k_ok = in_range(k, K_PER_G, K_PER_G % BLOCK_M == 0)
     dy_chan = wide((group * K_PER_G + k), OFF64) * sdy_c
@@ -110,6 +115,7 @@ def _conv_wgrad_kernel(
     EVEN_PIX: tl.constexpr = PIX_MULT % BLOCK_K == 0 and PIX_PER_SPLIT % BLOCK_K == 0
     offs_p = tl.arange(0, BLOCK_K)
 
+    # ---- reduce over the split's pixels: the bias column, or one (kh, kw, c) column block
     if pid_n == N_BLOCKS:  # a bias-gradient program (launched only with BIAS_GRAD)
         if BIAS_GRAD:
             db = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -171,6 +177,7 @@ def _conv_wgrad_kernel(
             b = tl.load(x_ptr + x_pix[:, None] + x_col[None, :], mask=b_mask, other=0.0)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
 
+        # ---- write back: the partial (or, with one split, dw itself)
         dw_row = wide(split, OFF64) * sdw_split + wide((group * K_PER_G + k), OFF64) * sdw_k
         dw_col = kh * sdw_h + kw * sdw_w + c * sdw_c
         tl.store(dw_ptr + dw_row[:, None] + dw_col[None, :], acc.to(dw_ptr.dtype.element_ty),
@@ -222,6 +229,11 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
         return (dw.zero_() if weight_grad else None), (db.zero_() if bias_grad else None)
     if y is not None:
         dy = relu_grad(dy, y)
+    view = wgrad_view(x, geom) if weight_grad else None
+    if view is not None:  # conv1's padded image as SW-pixel column blocks (input_layout.py)
+        dw_view, db = conv2d_weight_grad(dy, *view, weight_grad=True, bias_grad=bias_grad, config=config,
+                                         splits=splits)
+        return fold_wgrad_view(dw_view, geom).contiguous(memory_format=weight_format), db
     flat = use_flat_reduction(geom.c_per_g, "wgrad")
     if config is not None:
         flat = config.kwargs.get("FLAT", flat)

@@ -1,0 +1,160 @@
+"""How the forward and wgrad kernels read inputs with few channels (conv1's 3): `pad_input`
+turns (x, weight, geometry) into what the kernels run, `wgrad_view` re-reads the same buffer
+for the weight gradient, `unpad_weight_grad` turns the weight gradient back into the caller's.
+
+Few channels in one group (the FLAT loops' case, C < 16: conv1) are read from a zero-padded
+image: channels padded to a whole 8-byte word per pixel (3 -> 4) and the spatial padding
+written into the buffer (conv1: 224 + 2*2 = 228 rows and columns), so the kernels run the
+geometry with padding 0 and never test a tap against the image's sides.
+- The forward's FLAT loop reads each window row as one contiguous run of KW*4 elements
+  (11*4 = 44), aligned 8-byte copies, no mask but the reduction's tail (484 -> 512 at
+  BLOCK_K=64: 71% of the MMA work useful, as before the padding moved out of the loop).
+- The weight gradient reads the same buffer as a map of SW-pixel column blocks (`wgrad_view`):
+  conv1's 228x228x4 image as 228x57x16, an 11x3 kernel of stride (4, 1), so its FLAT columns
+  are runs of 3*16 = 48 contiguous elements (16-byte copies; the 12th column, kw = 11, meets
+  a zero weight and its gradient is dropped when folded back, `fold_wgrad_view`).
+`padded_image` builds the buffer (one copy, as the 3 -> 4 channel padding did); a caller that
+already holds one (the augmentation writing conv1's input in this layout) passes a view of it
+(`padded_view`), and `pad_input` recognises it and copies nothing.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import replace
+
+import torch
+
+from .._common import as_format, cdiv
+from .common import ConvGeometry
+from .configs import use_flat_reduction
+
+
+def _padded_channels(chan: int, elem: int) -> int:
+    per_word = max(1, 8 // elem)
+    return cdiv(chan, per_word) * per_word
+
+
+def takes_padded_image(geom: ConvGeometry) -> bool:
+    """Whether the kernels read x as a zero-padded image (few channels, one group)."""
+    return geom.groups == 1 and use_flat_reduction(geom.in_chan)
+
+
+def padded_geometry(geom: ConvGeometry, elem: int) -> ConvGeometry:
+    """The geometry the forward runs on the padded image: channels padded to an 8-byte word,
+    no padding, the width a multiple of the stride (for `wgrad_view`; the columns past the
+    last window are zeros, or dropped when the image is wider than any window reaches)."""
+    width = geom.stride_w * (geom.out_w + cdiv(geom.kernel_w, geom.stride_w) - 1)
+    return replace(geom, in_chan=_padded_channels(geom.in_chan, elem), height=geom.height + 2 * geom.pad_h,
+                   width=width, pad_h=0, pad_w=0)
+
+
+def padded_image(x: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
+    """x (N, C, H, W) in a new zero-padded channels_last buffer of `padded_geometry(geom)`'s
+    input shape (one copy)."""
+    g = padded_geometry(geom, x.element_size())
+    buf = x.new_empty((g.n_img, g.height, g.width, g.in_chan))  # NHWC storage
+    right = g.width - geom.width - geom.pad_w  # may be negative: columns no window reaches
+    inner = buf[:, geom.pad_h:geom.pad_h + geom.height, geom.pad_w:geom.pad_w + geom.width + min(right, 0),
+                :geom.in_chan]
+    inner.copy_(x.permute(0, 2, 3, 1)[:, :, :inner.shape[2]])
+    buf[:, :geom.pad_h] = 0
+    buf[:, geom.pad_h + geom.height:] = 0
+    buf[:, geom.pad_h:geom.pad_h + geom.height, :geom.pad_w] = 0
+    if right > 0:
+        buf[:, geom.pad_h:geom.pad_h + geom.height, geom.pad_w + geom.width:] = 0
+    buf[:, geom.pad_h:geom.pad_h + geom.height, geom.pad_w:geom.pad_w + geom.width + min(right, 0),
+        geom.in_chan:] = 0
+    return buf.permute(0, 3, 1, 2)
+
+
+# Padded buffers registered by `padded_view`: id of the storage tensor -> (a weak reference
+# to it, its version counter when registered). In-place writes through any view bump the
+# version the views share with their base, so a buffer written since (its padding possibly no
+# longer zero) is not trusted; the weak reference drops the entry when the buffer is freed.
+_PADDED: dict = {}
+
+
+def _register(root: torch.Tensor) -> None:
+    key = id(root)
+    _PADDED[key] = (weakref.ref(root, lambda _, key=key: _PADDED.pop(key, None)), root._version)
+
+
+def _registered(root: torch.Tensor) -> bool:
+    entry = _PADDED.get(id(root))
+    return entry is not None and entry[0]() is root and entry[1] == root._version
+
+
+def padded_view(buf: torch.Tensor, chan: int, pad: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """The (N, chan, H, W) image inside `buf`, a dense channels_last (N, C', H + 2*pad_h, W')
+    buffer as `padded_image` makes it (the caller guarantees zeros outside the image and in
+    channels past `chan`), registered so that `pad_input` of a conv with that padding reads
+    `buf` instead of copying the image."""
+    if not buf.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError("padded_view needs a dense channels_last buffer")
+    _register(buf if buf._base is None else buf._base)
+    (ph, pw), (h, w) = pad, size
+    return buf[:, :chan, ph:ph + h, pw:pw + w]
+
+
+def _registered_buffer(x: torch.Tensor, geom: ConvGeometry) -> torch.Tensor | None:
+    """The padded buffer x is a view of (`padded_view`), as (N, C', H', W') channels_last, if
+    its zeros are intact and it is the one `padded_geometry(geom)` describes; else None."""
+    root = x._base
+    if root is None or not _registered(root):
+        return None
+    g = padded_geometry(geom, x.element_size())
+    n, c, h, w = g.input_shape
+    if tuple(root.shape) == (n, h, w, c) and root.is_contiguous():
+        buf = root.permute(0, 3, 1, 2)
+    elif tuple(root.shape) == (n, c, h, w) and root.is_contiguous(memory_format=torch.channels_last):
+        buf = root
+    else:
+        return None
+    expect = buf[:, :geom.in_chan, geom.pad_h:geom.pad_h + geom.height, geom.pad_w:geom.pad_w + geom.width]
+    if (x.shape, x.stride(), x.storage_offset()) != (expect.shape, expect.stride(), expect.storage_offset()):
+        return None
+    return buf
+
+
+def pad_input(x: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry):
+    """(x, weight, geom) as the forward and wgrad kernels read them: x in channels_last; few
+    channels in one group (conv1): the zero-padded image (`padded_image`, or the registered
+    buffer x is a view of), the weight with zero channels to match, and `padded_geometry`."""
+    if not takes_padded_image(geom):
+        return as_format(x, torch.channels_last), weight, geom
+    g = padded_geometry(geom, x.element_size())
+    buf = _registered_buffer(x, geom)
+    if buf is None:
+        buf = padded_image(x, geom)
+    return buf, torch.nn.functional.pad(weight, (0, 0, 0, 0, 0, g.in_chan - geom.in_chan)), g
+
+
+def wgrad_view(x: torch.Tensor, geom: ConvGeometry):
+    """(x, geom) re-read for the weight gradient, or None: a padded image (dense channels_last,
+    no padding, few channels, horizontal stride SW > 1 dividing the width) as a map of SW-pixel
+    column blocks of SW*C channels, its kernel ceil(KW/SW) blocks wide at stride (SH, 1): the
+    same storage, a view. Its weight gradient is folded back by `fold_wgrad_view`."""
+    sw = geom.stride_w
+    if (sw == 1 or geom.pad_h or geom.pad_w or not takes_padded_image(geom) or geom.width % sw
+            or not x.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    n, c, h, w = x.shape
+    g = replace(geom, in_chan=sw * c, width=w // sw, kernel_w=cdiv(geom.kernel_w, sw), stride_w=1)
+    if g.out_w != geom.out_w:
+        return None
+    return x.permute(0, 2, 3, 1).reshape(n, h, w // sw, sw * c).permute(0, 3, 1, 2), g
+
+
+def fold_wgrad_view(dw: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
+    """dw (K, SW*C, KH, KW') of `wgrad_view`'s geometry as (K, C, KH, KW) of `geom`:
+    dw[k, c, kh, b*SW + s] = dw'[k, s*C + c, kh, b]; columns past KW are dropped."""
+    k, sw, c = geom.out_chan, geom.stride_w, geom.in_chan
+    kh, tw = dw.shape[2], dw.shape[3]
+    out = dw.reshape(k, sw, c, kh, tw).permute(0, 2, 3, 4, 1).reshape(k, c, kh, tw * sw)
+    return out[..., :geom.kernel_w]
+
+
+def unpad_weight_grad(dw: torch.Tensor, geom: ConvGeometry, fmt: torch.memory_format) -> torch.Tensor:
+    """The gradient of the caller's weight (geometry `geom`) from the one `pad_input`'s kernels
+    computed (zero channels added), in memory format `fmt`."""
+    return dw if dw.shape[1] == geom.c_per_g else dw[:, :geom.c_per_g].contiguous(memory_format=fmt)
