@@ -115,17 +115,18 @@ def _eager(x: torch.Tensor) -> bool:
     return True
 
 
-def call(name: str, *args):
+def call(name: str, *args, out=None):
     """Op `alexnet_triton::name` on args: through the fast path where `_eager` allows it (the
     implementation `implementation` picks, with the op's autograd as a plain Function), else
-    through the custom op. The same outputs either way."""
+    through the custom op. The same outputs either way. `out` (fast path only, the weight-
+    gradient op): buffers the implementation writes its outputs into."""
     x = args[0]
     if _eager(x):
         impl = implementation(name, x.device)
         if impl is not None:
             if not torch.is_grad_enabled() or not any(isinstance(a, torch.Tensor) and a.requires_grad
                                                        for a in args):
-                return impl(*args)
+                return impl(*args) if out is None else impl(*args, out=out)
             function = _EAGER.get(name)
             if function is not None:
                 return function.apply(*args)
@@ -141,6 +142,7 @@ def _register_autograd(name: str, backward, setup_context, n_outputs: int = 1):
         return implementation(name, args[0].device)(*args)
 
     def setup(ctx, inputs, output):
+        ctx.fast = True  # the backward may write gradients into their owners' buffers (`_grad_into`)
         ctx.set_materialize_grads(False)
         if n_outputs > 1:  # only the first output is differentiable (the rest: u, argmax)
             ctx.mark_non_differentiable(*output[1:])
@@ -218,7 +220,7 @@ _define("conv2d_input_grad", "(Tensor dy, Tensor weight, Tensor? y, SymInt[4] in
         "int[2] padding, int groups, bool channels_last) -> Tensor", _dgrad_triton, _dgrad_reference, _dgrad_fake)
 
 
-def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad):
+def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad, out=None):
     geom = _conv.conv_geometry(x, weight, None, tuple(stride), tuple(padding), groups)
     x_k, geom_k = None, geom  # only the bias gradient: x is never read
     if weight_grad:
@@ -226,19 +228,25 @@ def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_g
     dy = dy.contiguous(memory_format=torch.channels_last)
     y = y.contiguous(memory_format=torch.channels_last) if y is not None else None
     fmt = memory_format(weight)
+    dw_out, db_out = out or (None, None)
+    padded = geom_k is not geom and geom_k.in_chan != geom.in_chan
     dw, db = _conv.conv2d_weight_grad(dy, x_k, geom_k, y=y, weight_grad=weight_grad, bias_grad=bias_grad,
-                                      weight_format=fmt)
+                                      weight_format=fmt, out=(None if padded else dw_out, db_out))
+    if weight_grad and padded and dw_out is not None:  # conv1: the unpadded channels into the buffer
+        dw = dw_out.copy_(dw[:, :geom.c_per_g])
     return (_conv.unpad_weight_grad(dw, geom, fmt) if weight_grad else dy.new_empty(0),
             db if bias_grad else dy.new_empty(0))
 
 
-def _wgrad_reference(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad):
+def _wgrad_reference(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad, out=None):
     if y is not None:
         dy = torch.where(y > 0, dy, 0)
     _, dw, db = torch.ops.aten.convolution_backward(dy, x, weight, [weight.shape[0]], stride, padding, [1, 1],
                                                     False, [0, 0], groups, [False, weight_grad, bias_grad])
-    return (_in_format(dw, memory_format(weight)) if weight_grad else dy.new_empty(0),
-            db if bias_grad else dy.new_empty(0))
+    grads = (_in_format(dw, memory_format(weight)) if weight_grad else dy.new_empty(0),
+             db if bias_grad else dy.new_empty(0))
+    # the fast path's buffers (see `_grad_into`)
+    return tuple(g if dest is None else dest.copy_(g) for g, dest in zip(grads, out or (None, None), strict=True))
 
 
 def _wgrad_fake(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad):
@@ -263,10 +271,19 @@ def _relu_grad_fake(dy, y):
 _define("relu_grad", "(Tensor dy, Tensor y) -> Tensor", _conv.relu_grad, _relu_grad_reference, _relu_grad_fake)
 
 
+def _grad_into(t):
+    """Where t's gradient may be written directly (eager fast path only): a fresh view of its
+    optimizer's flat gradient buffer while t.grad is None (alexnet.optim.FlatPaperSGD sets
+    `grad_into`; autograd then adopts the view as t.grad, no accumulation launch), else None."""
+    into = getattr(t, "grad_into", None)
+    return into() if into is not None else None
+
+
 def _conv2d_setup(ctx, inputs, output):
-    x, weight, _bias, stride, padding, groups, relu = inputs
+    x, weight, bias, stride, padding, groups, relu = inputs
     ctx.save_for_backward(x, weight, output if relu else None)
     ctx.params = (stride, padding, groups)
+    ctx.owners = (weight, bias) if getattr(ctx, "fast", False) else None  # the leaves, for `_grad_into`
 
 
 def _conv2d_backward(ctx, dy):
@@ -280,7 +297,10 @@ def _conv2d_backward(ctx, dy):
         dx = call("conv2d_input_grad", dy, weight, y, x.shape, stride, padding, groups,
                   memory_format(x) == torch.channels_last)
     if need_w or need_b:
-        dw, db = call("conv2d_weight_grad", dy, x, weight, y, stride, padding, groups, need_w, need_b)
+        out = None
+        if ctx.owners is not None:  # the eager fast path: straight into the optimizer's buffer
+            out = (_grad_into(ctx.owners[0]) if need_w else None, _grad_into(ctx.owners[1]) if need_b else None)
+        dw, db = call("conv2d_weight_grad", dy, x, weight, y, stride, padding, groups, need_w, need_b, out=out)
     return dx, dw if need_w else None, db if need_b else None, None, None, None, None
 
 

@@ -344,7 +344,8 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
       its kwargs may also override entries of `meta` (e.g. FLAT);
     - on the CPU interpreter: `tuning.interpreter`, one small config (fast tests);
     - problems under `tuning.min_flops`: `tuning.small` (not worth a tuning run);
-    - otherwise `tuned`, the autotuner over `tuning.configs`, keyed by the problem shape.
+    - otherwise `tuned`, the autotuner over `tuning.configs`, keyed by the problem shape,
+      once per launch plan (`_PLANS`); later calls launch the chosen config directly.
     `grid(meta)` maps the meta-parameters (incl. the tile) to the launch grid.
     """
     if config is None and interpreting():
@@ -352,7 +353,21 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
     if config is None and flops < tuning.min_flops:
         config = tuning.small
     if config is None:
-        tuned[grid](*args, **meta)
+        plan = (kernel, tuple(meta.items()), tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in args))
+        config = _PLANS.get(plan)
+        if config is None:  # first call of this plan: the autotuner picks (or finds its pick) and launches
+            tuned[grid](*args, **meta)
+            _PLANS[plan] = tuned.best_config
+            return
+        # Autotuner.run's key/dict work skipped (~37 us per launch): the same config, the same launch
+        kernel[grid({**meta, **config.kwargs})](*args, **meta, **config.all_kwargs())
         return
     meta = {**meta, **config.kwargs}
     kernel[grid(meta)](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+# Launch plans: the autotuner's choice per (kernel, constexprs, the arguments' dtypes and
+# integers: shapes, strides, pixel bucket). A finer key than the autotuner's own, so a plan
+# never reuses a choice made for another problem; strides and shapes in the key also mean a
+# new layout gets its own plan. Tests clear it with `_PLANS.clear()`.
+_PLANS: dict = {}
