@@ -138,15 +138,14 @@ def _register_autograd(name: str, backward, setup_context, n_outputs: int = 1):
     """register_autograd for op `name`, and the same autograd as a plain Function for `call`."""
     torch.library.register_autograd(f"{NAMESPACE}::{name}", backward, setup_context=setup_context)
 
-    def forward(*args):
-        return implementation(name, args[0].device)(*args)
-
-    def setup(ctx, inputs, output):
+    def forward(ctx, *args):  # ctx in forward, no setup_context: Function.apply then skips a
+        output = implementation(name, args[0].device)(*args)  # per-call inspect.signature (~40 us)
         ctx.fast = True  # the backward may write gradients into their owners' buffers (`_grad_into`)
         ctx.set_materialize_grads(False)
         if n_outputs > 1:  # only the first output is differentiable (the rest: u, argmax)
             ctx.mark_non_differentiable(*output[1:])
-        setup_context(ctx, inputs, output)
+        setup_context(ctx, args, output)
+        return output
 
     def fast_backward(ctx, dy, *_unused):
         if dy is None:  # the output did not reach the loss
@@ -154,8 +153,7 @@ def _register_autograd(name: str, backward, setup_context, n_outputs: int = 1):
         return backward(ctx, dy, *_unused)
 
     _EAGER[name] = type(f"{name}_eager", (torch.autograd.Function,),
-                        dict(forward=staticmethod(forward), setup_context=staticmethod(setup),
-                             backward=staticmethod(fast_backward)))
+                        dict(forward=staticmethod(forward), backward=staticmethod(fast_backward)))
 
 
 def _empty(shape, like: torch.Tensor, fmt=torch.contiguous_format, dtype=None) -> torch.Tensor:
@@ -224,7 +222,7 @@ def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_g
     geom = _conv.conv_geometry(x, weight, None, tuple(stride), tuple(padding), groups)
     x_k, geom_k = None, geom  # only the bias gradient: x is never read
     if weight_grad:
-        x_k, _, geom_k = _conv.pad_input(x, weight, geom)  # as the forward read it
+        x_k, _, geom_k = _conv.pad_input(x, None, geom)  # as the forward read it (the weight is not read)
     dy = dy.contiguous(memory_format=torch.channels_last)
     y = y.contiguous(memory_format=torch.channels_last) if y is not None else None
     fmt = memory_format(weight)

@@ -182,7 +182,8 @@ def pad_input(x: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry):
         return x, weight, geom
     padded = cdiv(chan, per_word) * per_word
     x = F.pad(x.permute(0, 2, 3, 1), (0, padded - chan)).permute(0, 3, 1, 2)  # NHWC, C padded
-    weight = F.pad(weight, (0, 0, 0, 0, 0, padded - chan))
+    if weight is not None:  # None: the caller does not read it (wgrad)
+        weight = F.pad(weight, (0, 0, 0, 0, 0, padded - chan))
     return x, weight, replace(geom, in_chan=padded)
 
 
@@ -353,7 +354,7 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
     if config is None and flops < tuning.min_flops:
         config = tuning.small
     if config is None:
-        plan = (kernel, tuple(meta.items()), tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in args))
+        plan = (id(kernel), tuple(meta.items()), tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in args))
         config = _PLANS.get(plan)
         if config is None:  # first call of this plan: the autotuner picks (or finds its pick) and launches
             tuned[grid](*args, **meta)
@@ -366,8 +367,8 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
     kernel[grid(meta)](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
-# Launch plans: the autotuner's choice per (kernel, constexprs, the arguments' dtypes and
-# integers: shapes, strides, pixel bucket). A finer key than the autotuner's own, so a plan
-# never reuses a choice made for another problem; strides and shapes in the key also mean a
-# new layout gets its own plan. Tests clear it with `_PLANS.clear()`.
+# Launch plans: the autotuner's choice per (kernel, by id: hashing a JITFunction takes a lock;
+# constexprs; the arguments' dtypes and integers: shapes, strides, pixel bucket). A finer key
+# than the autotuner's own, so a plan never reuses a choice made for another problem, and a
+# new layout gets its own plan.
 _PLANS: dict = {}
