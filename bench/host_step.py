@@ -183,8 +183,12 @@ def _training_step_before_issue_13(model, optimizer, images, labels, finite, syn
 def conv_side(dtype: torch.dtype, calls: int = 200) -> dict:
     """Host costs inside the convolution that the meta step cannot show (see Limits)."""
     try:
-        from kernels import conv_configs
-        from kernels._conv_common import ConvGeometry
+        try:
+            from kernels.conv import configs as conv_configs
+            from kernels.conv.common import ConvGeometry
+        except ImportError:  # before the kernels/conv package
+            from kernels import conv_configs
+            from kernels._conv_common import ConvGeometry
 
         conv_configs.wgrad_splits  # noqa: B018 (present?)
     except (ImportError, AttributeError) as err:  # the convolution's files moved: nothing to time here
@@ -214,6 +218,9 @@ def conv_host_us(step, steps: int = 10) -> float | None:
     functions = {cls for name, mod in list(sys.modules.items()) if name.startswith("kernels.conv") and mod
                  for cls in vars(mod).values()
                  if isinstance(cls, type) and issubclass(cls, torch.autograd.Function) and cls.__module__ == name}
+    ops = sys.modules.get("kernels.ops")
+    if ops is not None and "conv2d" in getattr(ops, "_EAGER", {}):  # the custom op's eager fast path
+        functions.add(ops._EAGER["conv2d"])
     if not functions:
         return None
     spent = [0.0]
