@@ -20,8 +20,10 @@ Counting: one step runs under a TorchDispatchMode that classifies each aten op t
 meta tensor: `alloc` (empty*, not a device launch on a warm caching allocator), `copy`
 (copy_/clone/_to_copy without a dtype change), `cast` (a dtype change), `collective` (c10d),
 `view` (no launch, not counted), `sync` (_local_scalar_dense: a host-device sync; on meta it
-raises, so a step that syncs cannot finish here) and `torch_op` (every other op = one device
-kernel). `launches_per_step` = triton + torch_op + copy + cast (+ collective for the column).
+raises, so a step that syncs cannot finish here), `custom_op` (a call of an alexnet_triton op
+through torch.library: not a launch itself; the census runs its implementation, so the aten
+ops and Triton launches inside are counted; the eager step makes none, kernels.ops.call's
+fast path) and `torch_op` (every other op = one device kernel). `launches_per_step` = triton + torch_op + copy + cast (+ collective for the column).
 `launches_by_origin` attributes each launch to the project file whose code made it (the ops
 autograd runs in C++ during backward, e.g. F.linear's gradients and the accumulation into
 .grad, fall to the caller of backward(), alexnet/trainer.py). `conv_side` gathers what the
