@@ -23,7 +23,9 @@ meta tensor: `alloc` (empty*, not a device launch on a warm caching allocator), 
 raises, so a step that syncs cannot finish here), `custom_op` (a call of an alexnet_triton op
 through torch.library: not a launch itself; the census runs its implementation, so the aten
 ops and Triton launches inside are counted; the eager step makes none, kernels.ops.call's
-fast path) and `torch_op` (every other op = one device kernel). `launches_per_step` = triton + torch_op + copy + cast (+ collective for the column).
+fast path) and `torch_op` (every other op = one device kernel). The step counted is a warm
+one (the second call): first-call work such as autotuning or state made on first use is not
+per step. `launches_per_step` = triton + torch_op + copy + cast (+ collective for the column).
 `launches_by_origin` attributes each launch to the project file whose code made it (the ops
 autograd runs in C++ during backward, e.g. F.linear's gradients and the accumulation into
 .grad, fall to the caller of backward(), alexnet/trainer.py). `conv_side` gathers what the
@@ -258,6 +260,7 @@ def measure(precision: str = "bf16", steps: int = 20, layouts=("single", "column
         row, built = {}, {}
         for stack in ("ours", "eager"):
             built[stack] = build_step(stack, dtype, layout)
+            built[stack]()  # a warm step is counted: first-call work (autotuning, state on first use) is not per step
             row[stack] = count_step(built[stack])
             if not with_ops:
                 row[stack].pop("ops")
