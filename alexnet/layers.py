@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels.launch import interpreting
+from kernels.ops import GRAD_INTO, grad_into
 
 from .seeds import mixed_seed
 
@@ -124,8 +125,7 @@ class Linear(nn.Module):
     def forward(self, x, add_bias: bool = True):
         weight, bias = compute_params(self, x.dtype)
         bias = bias if add_bias else None
-        if getattr(weight, "grad_into", None) is not None and torch.is_grad_enabled() and \
-                not torch.compiler.is_compiling():
+        if id(weight) in GRAD_INTO and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             y = LinearIntoBuffer.apply(x, weight, bias)
         else:
             y = F.linear(x, weight, bias)
@@ -137,14 +137,9 @@ class Linear(nn.Module):
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}, activation={self.activation}"
 
 
-def _into(t: torch.Tensor | None) -> torch.Tensor | None:
-    into = getattr(t, "grad_into", None)
-    return into() if into is not None else None
-
-
 class LinearIntoBuffer(torch.autograd.Function):
     """F.linear for 2-D x whose weight and bias gradients are written straight into the
-    optimizer's flat gradient buffer (alexnet.optim.FlatPaperSGD's `grad_into`): the same
+    optimizer's flat gradient buffer (kernels.ops.grad_into, FlatPaperSGD's slots): the same
     GEMM and sum as F.linear's backward, without the copy into the buffer afterwards."""
 
     @staticmethod
@@ -161,10 +156,10 @@ class LinearIntoBuffer(torch.autograd.Function):
         if need_x:
             dx = dy.mm(weight)
         if need_w:
-            out = _into(ctx.owners[0])
+            out = grad_into(ctx.owners[0])
             dw = dy.t().mm(x) if out is None else torch.mm(dy.t(), x, out=out)
         if need_b:
-            out = _into(ctx.owners[1])
+            out = grad_into(ctx.owners[1])
             db = dy.sum(0) if out is None else torch.sum(dy, 0, out=out)
         return dx, dw, db
 

@@ -24,6 +24,7 @@ import torch
 
 from kernels.launch import SGD_GPU_BLOCK
 from kernels.layout import cdiv, is_dense
+from kernels.ops import set_grad_into
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -72,8 +73,8 @@ class FlatPaperSGD(PaperSGD):
     "equal for all layers"), momentum, and one weight decay or 0.
 
     Gradients without accumulation launches: zero_grad() sets the gradients to None (no
-    launch); each gradient-holding leaf carries `grad_into`, a callable that hands out a
-    fresh view of its slot in the flat buffer while its .grad is None. The custom ops' eager
+    launch); each gradient-holding leaf is registered with `kernels.ops.set_grad_into`: a
+    fresh view of its slot in the flat buffer is handed out while its .grad is None. The custom ops' eager
     backward (kernels/ops.py: the convolution's weight/bias gradients) writes into that view
     and autograd's AccumulateGrad adopts it as .grad without a copy. A gradient that arrives
     anywhere else (F.linear's, a compiled graph's) is copied into its slot by step() (one
@@ -135,7 +136,7 @@ class FlatPaperSGD(PaperSGD):
                     p.grad = None
                 slot = lambda view=view: view(self.flat_grads)  # noqa: E731
                 leaf.grad = slot()
-                leaf.grad_into = lambda leaf=leaf, slot=slot: slot() if leaf.grad is None else None
+                set_grad_into(leaf, slot)
                 self.grad_slots.append((leaf, slot, offset))
                 self.state[p]["velocity"] = view(self.flat_velocity)
                 offset += p.numel()

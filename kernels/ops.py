@@ -43,6 +43,8 @@ needs (LRN's u, pooling's argmax), and the public functions (`kernels.conv2d`,
 `kernels.relu_lrn`, ...) return the first output only. Dropout takes its seed as a tensor, so
 the op is a function of its inputs and its backward applies the same mask again.
 """
+import weakref
+
 import torch
 
 from . import reference
@@ -140,7 +142,7 @@ def _register_autograd(name: str, backward, setup_context, n_outputs: int = 1):
 
     def forward(ctx, *args):  # ctx in forward, no setup_context: Function.apply then skips a
         output = implementation(name, args[0].device)(*args)  # per-call inspect.signature (~40 us)
-        ctx.fast = True  # the backward may write gradients into their owners' buffers (`_grad_into`)
+        ctx.fast = True  # the backward may write gradients into their owners' buffers (`grad_into`)
         ctx.set_materialize_grads(False)
         if n_outputs > 1:  # only the first output is differentiable (the rest: u, argmax)
             ctx.mark_non_differentiable(*output[1:])
@@ -243,7 +245,7 @@ def _wgrad_reference(dy, x, weight, y, stride, padding, groups, weight_grad, bia
                                                     False, [0, 0], groups, [False, weight_grad, bias_grad])
     grads = (_in_format(dw, memory_format(weight)) if weight_grad else dy.new_empty(0),
              db if bias_grad else dy.new_empty(0))
-    # the fast path's buffers (see `_grad_into`)
+    # the fast path's buffers (see `grad_into`)
     return tuple(g if dest is None else dest.copy_(g) for g, dest in zip(grads, out or (None, None), strict=True))
 
 
@@ -269,19 +271,37 @@ def _relu_grad_fake(dy, y):
 _define("relu_grad", "(Tensor dy, Tensor y) -> Tensor", _conv.relu_grad, _relu_grad_reference, _relu_grad_fake)
 
 
-def _grad_into(t):
-    """Where t's gradient may be written directly (eager fast path only): a fresh view of its
-    optimizer's flat gradient buffer while t.grad is None (alexnet.optim.FlatPaperSGD sets
-    `grad_into`; autograd then adopts the view as t.grad, no accumulation launch), else None."""
-    into = getattr(t, "grad_into", None)
-    return into() if into is not None else None
+# Where a leaf's gradient may be written directly (alexnet.optim.FlatPaperSGD registers its
+# leaves): id(leaf) -> (weak reference to the leaf, callable giving a fresh view of the leaf's
+# slot in the optimizer's flat gradient buffer while leaf.grad is None, else None). Kept apart
+# from the tensors (no attribute: a Parameter with a function attached would not pickle);
+# an entry goes when its leaf does.
+GRAD_INTO: dict = {}
+
+
+def set_grad_into(leaf: torch.Tensor, slot) -> None:
+    """Register `slot()` (a fresh view of leaf's shape and strides) as where leaf's gradient
+    is written while leaf.grad is None."""
+    ref = weakref.ref(leaf)
+    key = id(leaf)
+    if key not in GRAD_INTO:
+        weakref.finalize(leaf, GRAD_INTO.pop, key, None)
+    GRAD_INTO[key] = (ref, lambda: slot() if ref().grad is None else None)
+
+
+def grad_into(t):
+    """Where t's gradient may be written directly (eager paths only): a fresh view of its
+    optimizer's flat gradient buffer while t.grad is None (autograd then adopts the view as
+    t.grad, no accumulation launch), else None."""
+    entry = GRAD_INTO.get(id(t))
+    return entry[1]() if entry is not None and entry[0]() is t else None
 
 
 def _conv2d_setup(ctx, inputs, output):
     x, weight, bias, stride, padding, groups, relu = inputs
     ctx.save_for_backward(x, weight, output if relu else None)
     ctx.params = (stride, padding, groups)
-    ctx.owners = (weight, bias) if getattr(ctx, "fast", False) else None  # the leaves, for `_grad_into`
+    ctx.owners = (weight, bias) if getattr(ctx, "fast", False) else None  # the leaves, for `grad_into`
 
 
 def _conv2d_backward(ctx, dy):
@@ -297,7 +317,7 @@ def _conv2d_backward(ctx, dy):
     if need_w or need_b:
         out = None
         if ctx.owners is not None:  # the eager fast path: straight into the optimizer's buffer
-            out = (_grad_into(ctx.owners[0]) if need_w else None, _grad_into(ctx.owners[1]) if need_b else None)
+            out = (grad_into(ctx.owners[0]) if need_w else None, grad_into(ctx.owners[1]) if need_b else None)
         dw, db = call("conv2d_weight_grad", dy, x, weight, y, stride, padding, groups, need_w, need_b, out=out)
     return dx, dw if need_w else None, db if need_b else None, None, None, None, None
 

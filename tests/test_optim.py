@@ -1,4 +1,5 @@
 """The paper's SGD update and the plateau schedule (alexnet/optim.py)."""
+import io
 import math
 
 import pytest
@@ -165,6 +166,7 @@ def test_flat_sgd_gradients_land_in_the_buffer_without_accumulation():
     model(x).square().sum().backward()  # accumulates into the adopted view
     torch.testing.assert_close(model.conv_weight.grad, 2 * once)
     assert _in_buffer(flat, model.conv_weight.grad)
+    torch.save(model, io.BytesIO())  # nothing unpicklable attached to the parameters
 
 
 def test_flat_sgd_refuses_what_it_cannot_flatten():
