@@ -74,11 +74,11 @@ class FlatPaperSGD(PaperSGD):
 
     Gradients without accumulation launches: zero_grad() sets the gradients to None (no
     launch); each gradient-holding leaf is registered with `kernels.ops.set_grad_into`: a
-    fresh view of its slot in the flat buffer is handed out while its .grad is None. The custom ops' eager
-    backward (kernels/ops.py: the convolution's weight/bias gradients) writes into that view
-    and autograd's AccumulateGrad adopts it as .grad without a copy. A gradient that arrives
-    anywhere else (F.linear's, a compiled graph's) is copied into its slot by step() (one
-    launch each), and a leaf without a gradient gets its slot zeroed, so the update reads
+    fresh view of its slot in the flat buffer is handed out while its .grad is None. The
+    eager backward of the conv op (kernels/ops.py) and of alexnet.layers.Linear writes the
+    weight/bias gradients into that view and autograd's AccumulateGrad adopts it as .grad
+    without a copy. A gradient that arrives anywhere else (a compiled graph's, a plain
+    nn.Linear's) is copied into its slot by step() (one launch each), and a leaf without a gradient gets its slot zeroed, so the update reads
     what the old zero_grad + accumulate gave, bit for bit. zero_grad(set_to_none=False)
     zeroes the buffer in place (gradients then accumulate into it).
 
