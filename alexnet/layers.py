@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernels.ops import GRAD_INTO, grad_into
+
 from .config import resolve_ops
 from .seeds import mixed_seed
 
@@ -128,13 +130,44 @@ class Linear(nn.Module):
 
     def forward(self, x, add_bias: bool = True):
         weight, bias = compute_params(self, x.dtype)
-        y = F.linear(x, weight, bias if add_bias else None)
+        bias = bias if add_bias else None
+        if id(weight) in GRAD_INTO and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            y = LinearIntoBuffer.apply(x, weight, bias)
+        else:
+            y = F.linear(x, weight, bias)
         if self.activation == "relu":
             return torch.relu(y)
         return torch.tanh(y) if self.activation == "tanh" else y
 
     def extra_repr(self):
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}, activation={self.activation}"
+
+
+class LinearIntoBuffer(torch.autograd.Function):
+    """F.linear for 2-D x whose weight and bias gradients are written straight into the
+    optimizer's flat gradient buffer (kernels.ops.grad_into, FlatPaperSGD's slots): the same
+    GEMM and sum as F.linear's backward, without the copy into the buffer afterwards."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.owners = (weight, bias)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        dx = dw = db = None
+        if need_x:
+            dx = dy.mm(weight)
+        if need_w:
+            out = grad_into(ctx.owners[0])
+            dw = dy.t().mm(x) if out is None else torch.mm(dy.t(), x, out=out)
+        if need_b:
+            out = grad_into(ctx.owners[1])
+            db = dy.sum(0) if out is None else torch.sum(dy, 0, out=out)
+        return dx, dw, db
 
 
 def column_seed(seed: int, column: int, replica: int = 0) -> int:

@@ -24,6 +24,7 @@ import torch
 
 from kernels.launch import SGD_GPU_BLOCK
 from kernels.layout import cdiv, is_dense
+from kernels.ops import set_grad_into
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -65,12 +66,22 @@ class FlatPaperSGD(PaperSGD):
 
     At construction every parameter is moved into one flat fp32 buffer (weight-decayed groups
     first, then the others, so decay covers a prefix) and replaced by a view of it with the
-    same shape and strides (channels_last weights stay channels_last); gradients accumulate
-    into views of a flat gradient buffer, and the velocity lives in a third one, exposed per
-    parameter as state[p]["velocity"] (views: write them with copy_). Build it after the
-    model is on its device, and do not move the model afterwards. zero_grad zeroes the flat
-    gradients in place (gradients are never set to None: they are views). All groups share
-    one lr (the paper's "equal for all layers"), momentum, and one weight decay or 0.
+    same shape and strides (channels_last weights stay channels_last); gradients live in
+    views of a flat gradient buffer, and the velocity in a third one, exposed per parameter
+    as state[p]["velocity"] (views: write them with copy_). Build it after the model is on
+    its device, and do not move the model afterwards. All groups share one lr (the paper's
+    "equal for all layers"), momentum, and one weight decay or 0.
+
+    Gradients without accumulation launches: zero_grad() sets the gradients to None (no
+    launch); each gradient-holding leaf is registered with `kernels.ops.set_grad_into`: a
+    fresh view of its slot in the flat buffer is handed out while its .grad is None. The
+    eager backward of the conv op (kernels/ops.py) and of alexnet.layers.Linear writes the
+    weight/bias gradients into that view and autograd's AccumulateGrad adopts it as .grad
+    without a copy. A gradient that arrives anywhere else (a compiled graph's, a plain
+    nn.Linear's) is copied into its slot by step() (one launch each), and a leaf without a
+    gradient gets its slot zeroed, so the update reads what the old zero_grad + accumulate
+    gave, bit for bit. zero_grad(set_to_none=False)
+    zeroes the buffer in place (gradients then accumulate into it).
 
     `low_precision` (bf16 or fp16): mixed precision without per-step casts. A flat copy of
     the weights in that dtype is kept up to date by the update kernel itself (it writes the
@@ -112,6 +123,7 @@ class FlatPaperSGD(PaperSGD):
         self.flat_grads = torch.zeros(total, device=device, dtype=grad_dtype)
         self.flat_low = torch.empty(total, device=device, dtype=low_precision) if low_precision else None
         self.low: dict[torch.Tensor, torch.Tensor] = {}  # fp32 parameter -> its low-precision leaf
+        self.grad_slots: list[tuple] = []  # (leaf holding the gradient, its slot's view maker, offset)
         offset = 0
         with torch.no_grad():
             for p in ordered:
@@ -119,15 +131,17 @@ class FlatPaperSGD(PaperSGD):
                 new = view(self.flat_params)
                 new.copy_(p)
                 p.data = new
+                leaf = p
                 if low_precision:
-                    low = view(self.flat_low).requires_grad_(True)
-                    low.grad = view(self.flat_grads)
-                    self.low[p] = low
+                    leaf = self.low[p] = view(self.flat_low).requires_grad_(True)
                     p.grad = None
-                else:
-                    p.grad = view(self.flat_grads)
+                slot = lambda view=view: view(self.flat_grads)  # noqa: E731
+                leaf.grad = slot()
+                set_grad_into(leaf, slot)
+                self.grad_slots.append((leaf, slot, offset))
                 self.state[p]["velocity"] = view(self.flat_velocity)
                 offset += p.numel()
+        self._grad_storage = self.flat_grads.untyped_storage()._cdata
         self.refresh_low_precision()
 
     def refresh_low_precision(self) -> None:
@@ -150,13 +164,30 @@ class FlatPaperSGD(PaperSGD):
         return self.low[p].grad if p in self.low else p.grad
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        self.flat_grads.zero_()
+        if not set_to_none:
+            self.flat_grads.zero_()
+            return
+        for leaf, _slot, _offset in self.grad_slots:
+            leaf.grad = None
+
+    def _gather_gradients(self) -> None:
+        """Every gradient into its slot of the flat buffer (see the class docstring)."""
+        for leaf, slot, offset in self.grad_slots:
+            g = leaf.grad
+            if g is None:
+                slot().zero_()
+            elif (g.untyped_storage()._cdata != self._grad_storage or g.storage_offset() != offset
+                  or g.stride() != leaf.stride()):
+                view = slot()
+                view.copy_(g)
+                leaf.grad = view
 
     @torch.no_grad()
     def step(self, closure=None):
         from kernels.sgd import sgd_step_
 
         loss = closure() if closure is not None else None
+        self._gather_gradients()
         lr = self.param_groups[0]["lr"]
         if lr != self.lr_filled:  # a launch only when lr changes (set lr_filled = None to force one)
             self.lr_tensor.fill_(lr)

@@ -20,8 +20,12 @@ Counting: one step runs under a TorchDispatchMode that classifies each aten op t
 meta tensor: `alloc` (empty*, not a device launch on a warm caching allocator), `copy`
 (copy_/clone/_to_copy without a dtype change), `cast` (a dtype change), `collective` (c10d),
 `view` (no launch, not counted), `sync` (_local_scalar_dense: a host-device sync; on meta it
-raises, so a step that syncs cannot finish here) and `torch_op` (every other op = one device
-kernel). `launches_per_step` = triton + torch_op + copy + cast (+ collective for the column).
+raises, so a step that syncs cannot finish here), `custom_op` (a call of an alexnet_triton op
+through torch.library: not a launch itself; the census runs its implementation, so the aten
+ops and Triton launches inside are counted; the eager step makes none, kernels.ops.call's
+fast path) and `torch_op` (every other op = one device kernel). The step counted is a warm
+one (the second call): first-call work such as autotuning or state made on first use is not
+per step. `launches_per_step` = triton + torch_op + copy + cast (+ collective for the column).
 `launches_by_origin` attributes each launch to the project file whose code made it (the ops
 autograd runs in C++ during backward, e.g. F.linear's gradients and the accumulation into
 .grad, fall to the caller of backward(), alexnet/trainer.py). `conv_side` gathers what the
@@ -183,8 +187,12 @@ def _training_step_before_issue_13(model, optimizer, images, labels, finite, syn
 def conv_side(dtype: torch.dtype, calls: int = 200) -> dict:
     """Host costs inside the convolution that the meta step cannot show (see Limits)."""
     try:
-        from kernels import conv_configs
-        from kernels._conv_common import ConvGeometry
+        try:
+            from kernels.conv import configs as conv_configs
+            from kernels.conv.common import ConvGeometry
+        except ImportError:  # before the kernels/conv package
+            from kernels import conv_configs
+            from kernels._conv_common import ConvGeometry
 
         conv_configs.wgrad_splits  # noqa: B018 (present?)
     except (ImportError, AttributeError) as err:  # the convolution's files moved: nothing to time here
@@ -214,6 +222,9 @@ def conv_host_us(step, steps: int = 10) -> float | None:
     functions = {cls for name, mod in list(sys.modules.items()) if name.startswith("kernels.conv") and mod
                  for cls in vars(mod).values()
                  if isinstance(cls, type) and issubclass(cls, torch.autograd.Function) and cls.__module__ == name}
+    ops = sys.modules.get("kernels.ops")
+    if ops is not None and "conv2d" in getattr(ops, "_EAGER", {}):  # the custom op's eager fast path
+        functions.add(ops._EAGER["conv2d"])
     if not functions:
         return None
     spent = [0.0]
@@ -249,6 +260,7 @@ def measure(precision: str = "bf16", steps: int = 20, layouts=("single", "column
         row, built = {}, {}
         for stack in ("ours", "eager"):
             built[stack] = build_step(stack, dtype, layout)
+            built[stack]()  # a warm step is counted: first-call work (autotuning, state on first use) is not per step
             row[stack] = count_step(built[stack])
             if not with_ops:
                 row[stack].pop("ops")

@@ -18,7 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 DEVICE_KINDS = ("triton", "torch_op", "copy", "cast", "collective")
-ALL_KINDS = (*DEVICE_KINDS, "alloc", "sync")
+ALL_KINDS = (*DEVICE_KINDS, "alloc", "sync", "custom_op")
 
 
 # =========================================================================== launch stubs
@@ -175,6 +175,8 @@ def _triton_impls_on_meta() -> None:
 
     for op, triton_impl in ops.TRITON_IMPLS.values():
         op.register_kernel("meta", triton_impl)
+    if hasattr(ops, "TRITON_DEVICES"):  # and the eager fast path (ops.call) picks the same implementation
+        ops.TRITON_DEVICES.add("meta")
 
 
 def _patch_dropout_generators() -> None:
@@ -248,8 +250,19 @@ def origin() -> str:
     return "torch (autograd, loss)"
 
 
+def _implementation(func):
+    """The implementation a custom op runs on meta tensors here (its Triton one, see
+    `_triton_impls_on_meta`), called directly so that the Census sees the aten ops inside it."""
+    from kernels import ops
+
+    return ops.TRITON_IMPLS[func._schema.name.split("::")[-1]][1]
+
+
 class Census(TorchDispatchMode):
-    """Counts the aten ops of everything run under it: by kind, by name and by origin."""
+    """Counts the aten ops of everything run under it: by kind, by name and by origin. It only
+    observes, so the custom ops' eager fast path (kernels.ops.call) still runs under it."""
+
+    eager_fast_path_ok = True
 
     def __init__(self):
         super().__init__()
@@ -258,6 +271,11 @@ class Census(TorchDispatchMode):
         self.origins: Counter = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "alexnet_triton":  # a custom op is no launch itself: count what runs inside it
+            self.kinds["custom_op"] += 1
+            self.ops[f"custom_op:{func.__name__}"] += 1
+            with self:  # the mode is off while it handles an op: back on for the op's implementation
+                return _implementation(func)(*args, **(kwargs or {}))
         out = func(*args, **(kwargs or {}))
         kind = classify(func, args, kwargs, out)
         self.kinds[kind] += 1

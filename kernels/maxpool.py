@@ -33,6 +33,8 @@ from ._common import (
 )
 from .launch import maxpool_blocks
 
+from . import ops as _ops  # isort: skip (ops imports this module first; looked up at call time)
+
 __all__ = ["max_pool2d"]
 
 
@@ -76,11 +78,13 @@ def _max_pool_bwd_kernel(
     dy_ptr, idx_ptr, dx_ptr,
     n_pix, n_chan, height, width, out_h, out_w,
     sy_n, sy_c, sy_h, sy_w,
+    sd_n, sd_c, sd_h, sd_w,
     sx_n, sx_c, sx_h, sx_w,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """dx (N, C, H, W) through sx_*; dy and idx (N, C, out_h, out_w) through sy_*.
+    """dx (N, C, H, W) through sx_*; idx (N, C, out_h, out_w) through sy_*, dy through sd_*
+    (its own strides: pool5's dy comes NCHW-ordered from the flatten, idx channels_last).
     Input row ih lies in output rows oh with oh*SH <= ih < oh*SH + KH, i.e. the
     ceil(KH/SH) rows ih//SH - i (i = 0, 1, ...) that are >= 0 and < out_h, likewise for w."""
     # -- map programs: axis 0 a block of pixels, axis 1 a block of channels
@@ -90,6 +94,7 @@ def _max_pool_bwd_kernel(
     chan_ok = chan < n_chan
     n, ih, iw = pixel_coords(pix, height, width)
     chan_off = chan.to(tl.int64)[None, :] * sy_c
+    dy_chan_off = chan.to(tl.int64)[None, :] * sd_c
 
     # -- reduce: gather the gradients of every window that chose this input pixel
     dx = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
@@ -104,7 +109,8 @@ def _max_pool_bwd_kernel(
             mask = ok[:, None] & chan_ok[None, :]
             off = (n.to(tl.int64) * sy_n + oh.to(tl.int64) * sy_h + ow.to(tl.int64) * sy_w)[:, None] + chan_off
             chosen = tl.load(idx_ptr + off, mask=mask, other=-1).to(tl.int32)
-            g = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            dy_off = (n.to(tl.int64) * sd_n + oh.to(tl.int64) * sd_h + ow.to(tl.int64) * sd_w)[:, None] + dy_chan_off
+            g = tl.load(dy_ptr + dy_off, mask=mask, other=0.0).to(tl.float32)
             dx += tl.where(chosen == (kh * KW + kw)[:, None], g, 0.0)
 
     # -- write back: dx in the input's layout
@@ -146,8 +152,6 @@ def max_pool2d_forward(x, kernel_size=3, stride=2, blocks=None):
 def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, stride=2, blocks=None):
     """dx (input_shape, input_format) from the upstream gradient and the saved argmax."""
     (kh, kw), (sh, sw) = pair(kernel_size, "kernel_size"), pair(stride, "stride")
-    if dy.stride() != idx.stride():  # the kernel reads dy through idx's strides
-        dy = torch.empty_like(idx, dtype=dy.dtype).copy_(dy)
     dx = empty_4d(input_shape, dy, input_format)
     if dx.numel() == 0:
         return dx
@@ -157,7 +161,7 @@ def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, strid
     n_pix = n_img * height * width
     grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
     _max_pool_bwd_kernel[grid](
-        dy, idx, dx, n_pix, n_chan, height, width, out_h, out_w, *idx.stride(), *dx.stride(),
+        dy, idx, dx, n_pix, n_chan, height, width, out_h, out_w, *idx.stride(), *dy.stride(), *dx.stride(),
         KH=kh, KW=kw, SH=sh, SW=sw, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
     )
     return dx
@@ -170,4 +174,4 @@ def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2):
     (kh, kw), stride = pair(kernel_size, "kernel_size"), pair(stride, "stride")
     if x.shape[2] < kh or x.shape[3] < kw:
         raise ValueError(f"input of {x.shape[2]}x{x.shape[3]} pixels is smaller than the {kh}x{kw} pooling window")
-    return torch.ops.alexnet_triton.max_pool2d(x, (kh, kw), stride)[0]
+    return _ops.call("max_pool2d", x, (kh, kw), stride)[0]

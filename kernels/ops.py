@@ -7,6 +7,7 @@
                                                 bias_grad) -> (dw, db)    (an empty one where not asked)
     torch.ops.alexnet_triton.relu_lrn / local_response_norm(x, size, alpha, beta, k, groups, save_u) -> (y, u)
     torch.ops.alexnet_triton.lrn_backward(dy, x, u, size, alpha, beta, k, relu, groups) -> dx
+    torch.ops.alexnet_triton.relu_grad(dy, y) -> dy * (y > 0)           (the fused ReLU's gradient)
     torch.ops.alexnet_triton.max_pool2d(x, kernel_size, stride) -> (y, argmax)
     torch.ops.alexnet_triton.max_pool2d_backward(dy, argmax, input_size, channels_last, kernel_size, stride) -> dx
     torch.ops.alexnet_triton.dropout(x, seed, p) -> y                   (its own backward: same seed)
@@ -31,12 +32,23 @@ calls at all, these or kernels/reference.py, is its config.ops: alexnet/layers.p
                     through Triton's interpreter when TRITON_INTERPRET=1 (as in the tests).
 The outputs of both implementations have the same shapes, dtypes and strides (the fake's).
 
+The eager fast path (`call`): outside torch.compile/torch.export, with no tracing or fake
+mode active and plain tensors, the public functions skip torch.library's Python dispatch
+(~36-85 us per op call) and run the same implementation through a plain autograd.Function
+made from the op's own setup_context/backward (`_EAGER`), whose backward calls the backward
+ops the same way. Under compile, export, opcheck, FakeTensor or functorch they call the op.
+Both paths run the same implementation, chosen by the same rule (`implementation`), so their
+outputs, strides and gradients are identical (tests/test_ops.py checks it). The fast path
+does not materialise zero gradients for the outputs nobody uses (LRN's u, pooling's argmax).
+
 Non-tensor arguments are in the schema; the multi-output forwards return what their backward
 needs (LRN's u, pooling's argmax), and the public functions (`kernels.conv2d`,
 `kernels.relu_lrn`, ...) return the first output only. Dropout takes its seed as a tensor, so
 the op is a function of its inputs and its backward applies the same mask again; column dropout
 takes its call index as a tensor and returns the next one (see its section for why).
 """
+import weakref
+
 import torch
 
 from . import reference
@@ -57,22 +69,97 @@ __all__ = ["NAMESPACE", "conv2d"]
 NAMESPACE = "alexnet_triton"
 ops = torch.ops.alexnet_triton
 TRITON_IMPLS = {}  # name -> (op, its Triton implementation); bench/launch_stubs.py runs them on meta tensors
+_IMPLS = {}  # name -> (Triton implementation, reference implementation)
+TRITON_DEVICES = {"cuda"}  # device types whose tensors run the Triton kernels (bench/launch_stubs.py adds 'meta')
+
+
+def implementation(name: str, device: torch.device):
+    """The one op-selection rule: the Triton implementation for CUDA tensors; for CPU tensors
+    the reference, or Triton when the interpreter is on (checked per call, so tests can switch
+    it). None for other devices (the op then runs its registered kernel, e.g. the fake on meta)."""
+    triton_impl, reference_impl = _IMPLS[name]
+    if device.type in TRITON_DEVICES:
+        return triton_impl
+    if device.type == "cpu":
+        return triton_impl if interpreting() else reference_impl
+    return None
 
 
 def _define(name: str, schema: str, triton_impl, reference_impl, fake, mutates_args=()):
-    """Register op `alexnet_triton::name` with the op-selection rule: the Triton implementation
-    for CUDA tensors; for CPU tensors the reference, or Triton when the interpreter is on
-    (checked per call, so tests can switch it)."""
+    """Register op `alexnet_triton::name` with the op-selection rule (`implementation`)."""
     op = torch.library.custom_op(f"{NAMESPACE}::{name}", triton_impl, mutates_args=mutates_args,
                                  device_types="cuda", schema=schema)
 
     def cpu_impl(*args):
-        return (triton_impl if interpreting() else reference_impl)(*args)
+        return implementation(name, torch.device("cpu"))(*args)
 
     op.register_kernel("cpu", cpu_impl)
     op.register_fake(fake)
     TRITON_IMPLS[name] = (op, triton_impl)
+    _IMPLS[name] = (triton_impl, reference_impl)
     return op
+
+
+# --------------------------------------------------------------------------- the eager fast path
+FAST_PATH = True  # False: every call goes through the custom op (tests compare the two paths)
+_EAGER = {}  # name -> autograd.Function running the implementation with the op's own autograd
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_dispatch_depth = torch._C._len_torch_dispatch_stack
+_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
+def _eager(x: torch.Tensor) -> bool:
+    """Whether the fast path may run: not compiling/exporting, x a plain tensor (not fake,
+    functional or functorch-wrapped), and no dispatch mode but observers that declare
+    `eager_fast_path_ok` (bench/launch_stubs.py's launch census)."""
+    if not FAST_PATH or torch.compiler.is_compiling() or type(x) not in _PLAIN or _functorch_wrapped(x):
+        return False
+    if _dispatch_depth():
+        from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+        return all(getattr(mode, "eager_fast_path_ok", False) for mode in _get_current_dispatch_mode_stack())
+    return True
+
+
+def call(name: str, *args, out=None):
+    """Op `alexnet_triton::name` on args: through the fast path where `_eager` allows it (the
+    implementation `implementation` picks, with the op's autograd as a plain Function), else
+    through the custom op. The same outputs either way. `out` (fast path only, the weight-
+    gradient op): buffers the implementation writes its outputs into."""
+    x = args[0]
+    if _eager(x):
+        impl = implementation(name, x.device)
+        if impl is not None:
+            if not torch.is_grad_enabled() or not any(isinstance(a, torch.Tensor) and a.requires_grad
+                                                       for a in args):
+                return impl(*args) if out is None else impl(*args, out=out)
+            function = _EAGER.get(name)
+            if function is not None:
+                return function.apply(*args)
+            # no autograd formula (the backward ops): the op raises as it should
+    return getattr(ops, name)(*args)
+
+
+def _register_autograd(name: str, backward, setup_context, n_outputs: int = 1):
+    """register_autograd for op `name`, and the same autograd as a plain Function for `call`."""
+    torch.library.register_autograd(f"{NAMESPACE}::{name}", backward, setup_context=setup_context)
+
+    def forward(ctx, *args):  # ctx in forward, no setup_context: Function.apply then skips a
+        output = implementation(name, args[0].device)(*args)  # per-call inspect.signature (tens of us)
+        ctx.fast = True  # the backward may write gradients into their owners' buffers (`grad_into`)
+        ctx.set_materialize_grads(False)
+        if n_outputs > 1:  # only the first output is differentiable (the rest: u, argmax)
+            ctx.mark_non_differentiable(*output[1:])
+        setup_context(ctx, args, output)
+        return output
+
+    def fast_backward(ctx, dy, *_unused):
+        if dy is None:  # the output did not reach the loss
+            return (None,) * len(ctx.needs_input_grad)
+        return backward(ctx, dy, *_unused)
+
+    _EAGER[name] = type(f"{name}_eager", (torch.autograd.Function,),
+                        dict(forward=staticmethod(forward), backward=staticmethod(fast_backward)))
 
 
 def _empty(shape, like: torch.Tensor, fmt=torch.contiguous_format, dtype=None) -> torch.Tensor:
@@ -137,27 +224,33 @@ _define("conv2d_input_grad", "(Tensor dy, Tensor weight, Tensor? y, SymInt[4] in
         "int[2] padding, int groups, bool channels_last) -> Tensor", _dgrad_triton, _dgrad_reference, _dgrad_fake)
 
 
-def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad):
+def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad, out=None):
     geom = _conv.conv_geometry(x, weight, None, tuple(stride), tuple(padding), groups)
     x_k, geom_k = None, geom  # only the bias gradient: x is never read
     if weight_grad:
-        x_k, _, geom_k = _conv.pad_input(x, weight, geom)  # as the forward read it
+        x_k, _, geom_k = _conv.pad_input(x, None, geom)  # as the forward read it (the weight is not read)
     dy = dy.contiguous(memory_format=torch.channels_last)
     y = y.contiguous(memory_format=torch.channels_last) if y is not None else None
     fmt = memory_format(weight)
+    dw_out, db_out = out or (None, None)
+    padded = geom_k is not geom and geom_k.in_chan != geom.in_chan
     dw, db = _conv.conv2d_weight_grad(dy, x_k, geom_k, y=y, weight_grad=weight_grad, bias_grad=bias_grad,
-                                      weight_format=fmt)
+                                      weight_format=fmt, out=(None if padded else dw_out, db_out))
+    if weight_grad and padded and dw_out is not None:  # conv1: the unpadded channels into the buffer
+        dw = dw_out.copy_(dw[:, :geom.c_per_g])
     return (_conv.unpad_weight_grad(dw, geom, fmt) if weight_grad else dy.new_empty(0),
             db if bias_grad else dy.new_empty(0))
 
 
-def _wgrad_reference(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad):
+def _wgrad_reference(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad, out=None):
     if y is not None:
         dy = torch.where(y > 0, dy, 0)
     _, dw, db = torch.ops.aten.convolution_backward(dy, x, weight, [weight.shape[0]], stride, padding, [1, 1],
                                                     False, [0, 0], groups, [False, weight_grad, bias_grad])
-    return (_in_format(dw, memory_format(weight)) if weight_grad else dy.new_empty(0),
-            db if bias_grad else dy.new_empty(0))
+    grads = (_in_format(dw, memory_format(weight)) if weight_grad else dy.new_empty(0),
+             db if bias_grad else dy.new_empty(0))
+    # the fast path's buffers (see `grad_into`)
+    return tuple(g if dest is None else dest.copy_(g) for g, dest in zip(grads, out or (None, None), strict=True))
 
 
 def _wgrad_fake(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad):
@@ -170,10 +263,49 @@ _define("conv2d_weight_grad", "(Tensor dy, Tensor x, Tensor weight, Tensor? y, i
         _wgrad_fake)
 
 
+def _relu_grad_reference(dy, y):
+    return _in_format(torch.ops.aten.threshold_backward(dy, y, 0), torch.channels_last)
+
+
+def _relu_grad_fake(dy, y):
+    return _empty(dy.shape, dy, torch.channels_last)
+
+
+# dy where y > 0 else 0, as torch's threshold_backward (a NaN y lets dy pass), in channels_last
+_define("relu_grad", "(Tensor dy, Tensor y) -> Tensor", _conv.relu_grad, _relu_grad_reference, _relu_grad_fake)
+
+
+# Where a leaf's gradient may be written directly (alexnet.optim.FlatPaperSGD registers its
+# leaves): id(leaf) -> (weak reference to the leaf, callable giving a fresh view of the leaf's
+# slot in the optimizer's flat gradient buffer while leaf.grad is None, else None). Kept apart
+# from the tensors (no attribute: a Parameter with a function attached would not pickle);
+# an entry goes when its leaf does.
+GRAD_INTO: dict = {}
+
+
+def set_grad_into(leaf: torch.Tensor, slot) -> None:
+    """Register `slot()` (a fresh view of leaf's shape and strides) as where leaf's gradient
+    is written while leaf.grad is None."""
+    ref = weakref.ref(leaf)
+    key = id(leaf)
+    if key not in GRAD_INTO:
+        weakref.finalize(leaf, GRAD_INTO.pop, key, None)
+    GRAD_INTO[key] = (ref, lambda: slot() if ref().grad is None else None)
+
+
+def grad_into(t):
+    """Where t's gradient may be written directly (eager paths only): a fresh view of its
+    optimizer's flat gradient buffer while t.grad is None (autograd then adopts the view as
+    t.grad, no accumulation launch), else None."""
+    entry = GRAD_INTO.get(id(t))
+    return entry[1]() if entry is not None and entry[0]() is t else None
+
+
 def _conv2d_setup(ctx, inputs, output):
-    x, weight, _bias, stride, padding, groups, relu = inputs
+    x, weight, bias, stride, padding, groups, relu = inputs
     ctx.save_for_backward(x, weight, output if relu else None)
     ctx.params = (stride, padding, groups)
+    ctx.owners = (weight, bias) if getattr(ctx, "fast", False) else None  # the leaves, for `grad_into`
 
 
 def _conv2d_backward(ctx, dy):
@@ -181,17 +313,20 @@ def _conv2d_backward(ctx, dy):
     stride, padding, groups = ctx.params
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     dx = dw = db = None
-    if y is not None:  # the fused ReLU's gradient, once for both GEMMs (as torch's threshold_backward)
-        dy, y = torch.where(y > 0, dy, 0), None
+    if y is not None:  # the fused ReLU's gradient, once for both GEMMs: one launch (torch.where took three)
+        dy, y = call("relu_grad", dy, y), None
     if need_x:  # skipped for conv1, whose input is the image
-        dx = ops.conv2d_input_grad(dy, weight, y, x.shape, stride, padding, groups,
-                                   memory_format(x) == torch.channels_last)
+        dx = call("conv2d_input_grad", dy, weight, y, x.shape, stride, padding, groups,
+                  memory_format(x) == torch.channels_last)
     if need_w or need_b:
-        dw, db = ops.conv2d_weight_grad(dy, x, weight, y, stride, padding, groups, need_w, need_b)
+        out = None
+        if ctx.owners is not None:  # the eager fast path: straight into the optimizer's buffer
+            out = (grad_into(ctx.owners[0]) if need_w else None, grad_into(ctx.owners[1]) if need_b else None)
+        dw, db = call("conv2d_weight_grad", dy, x, weight, y, stride, padding, groups, need_w, need_b, out=out)
     return dx, dw if need_w else None, db if need_b else None, None, None, None, None
 
 
-torch.library.register_autograd(f"{NAMESPACE}::conv2d", _conv2d_backward, setup_context=_conv2d_setup)
+_register_autograd("conv2d", _conv2d_backward, _conv2d_setup)
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
@@ -204,7 +339,7 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if bias is not None:
         check_tensor(bias, "bias", ndim=1, kernel_device=False)
     stride, padding, groups = _conv.conv_arguments(stride, padding, groups, dilation)
-    return ops.conv2d(x, weight, bias, stride, padding, groups, relu)
+    return call("conv2d", x, weight, bias, stride, padding, groups, relu)
 
 
 # ============================================================================ LRN
@@ -239,10 +374,10 @@ def _lrn_ops(name: str, relu: bool):
         x, u = ctx.saved_tensors
         size, alpha, beta, k, groups, save_u = ctx.params
         if not save_u:  # run without grad in the forward: recompute u
-            u = getattr(ops, name)(x, size, alpha, beta, k, groups, True)[1]
-        return ops.lrn_backward(dy, x, u, size, alpha, beta, k, relu, groups), None, None, None, None, None, None
+            u = call(name, x, size, alpha, beta, k, groups, True)[1]
+        return call("lrn_backward", dy, x, u, size, alpha, beta, k, relu, groups), None, None, None, None, None, None
 
-    torch.library.register_autograd(f"{NAMESPACE}::{name}", backward, setup_context=setup)
+    _register_autograd(name, backward, setup, n_outputs=2)
 
 
 def _lrn_backward_triton(dy, x, u, size, alpha, beta, k, relu, groups):
@@ -342,10 +477,10 @@ def _pool_setup(ctx, inputs, output):
 
 def _pool_backward(ctx, dy, _didx):
     (idx,) = ctx.saved_tensors
-    return ops.max_pool2d_backward(dy, idx, *ctx.params), None, None
+    return call("max_pool2d_backward", dy, idx, *ctx.params), None, None
 
 
-torch.library.register_autograd(f"{NAMESPACE}::max_pool2d", _pool_backward, setup_context=_pool_setup)
+_register_autograd("max_pool2d", _pool_backward, _pool_setup, n_outputs=2)
 
 
 # ============================================================================ dropout

@@ -48,6 +48,22 @@ def test_forward_and_backward_match_pytorch(dtype, fmt, ties, problem, seed):
     assert x.grad.is_contiguous(memory_format=fmt)
 
 
+@pytest.mark.parametrize("fmt", MEMORY_FORMATS)
+def test_backward_reads_dy_through_its_own_strides(fmt):
+    """The gradient may arrive in another layout than the pooled output (pool5: flatten's
+    backward hands a channels_last map an NCHW-ordered dy); no copy, the same dx."""
+    x = _values(3, (2, 5, 9, 7), torch.float32, fmt, ties=False).requires_grad_()
+    y = kernels.max_pool2d(x)
+    other = torch.channels_last if fmt == torch.contiguous_format else torch.contiguous_format
+    dy = _values(4, y.shape, torch.float32, other, ties=False)
+    assert dy.stride() != y.stride()
+    y.backward(dy)
+    x64 = x.detach().double().cpu().requires_grad_()
+    reference.max_pool2d(x64).backward(dy.double().cpu())
+    assert_close(x.grad, x64.grad, torch.float32, scale=float(dy.abs().max()))  # sums of a few dy in fp32
+    assert x.grad.is_contiguous(memory_format=fmt)
+
+
 def test_paper_default_is_overlapping_3x3_stride_2():
     x = torch.randn(2, 96, 55, 55, device=DEVICE)
     assert kernels.max_pool2d(x).shape == (2, 96, 27, 27)

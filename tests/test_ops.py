@@ -66,6 +66,8 @@ def test_opcheck_conv2d_and_its_backward_ops(device, fmt, xs, ws, stride, paddin
             (dy, w.detach(), mask, list(xs), stride, padding, groups, fmt == torch.channels_last))
     for wanted in ((True, True), (False, True)) if relu else ((True, False),):  # both gradients; one of them
         opcheck(ops.conv2d_weight_grad.default, (dy, x.detach(), w.detach(), mask, stride, padding, groups, *wanted))
+    if relu:  # the fused ReLU's gradient mask the conv's backward applies once for both GEMMs
+        opcheck(ops.relu_grad.default, (dy, y))
 
 
 @pytest.mark.parametrize("fmt", MEMORY_FORMATS)
@@ -150,6 +152,64 @@ def test_cpu_tensors_run_the_reference_without_the_interpreter(monkeypatch):
 def test_public_functions_refuse_devices_without_an_implementation():
     with pytest.raises(ValueError, match="is on meta"):
         kernels.conv2d(torch.empty(1, 3, 5, 5, device="meta"), torch.empty(2, 3, 3, 3, device="meta"))
+
+
+# ---------------------------------------------------------------- the eager fast path
+def _run_both_paths(monkeypatch, fn, inputs):
+    """fn's outputs and the inputs' gradients, through the fast path and through the custom ops."""
+    results = []
+    for fast in (True, False):
+        monkeypatch.setattr(kernels.ops, "FAST_PATH", fast)
+        leaves = [t.detach().clone(memory_format=torch.preserve_format).requires_grad_() for t in inputs]
+        out = fn(*leaves)
+        out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape).to(out.device))
+        results.append((out.detach(), [t.grad for t in leaves], type(out.grad_fn).__name__))
+    return results
+
+
+@pytest.mark.parametrize("fmt", MEMORY_FORMATS)
+def test_fast_path_equals_the_custom_ops(device, monkeypatch, fmt):
+    """kernels.* outside compile/export skip torch.library's dispatch (ops.call) but run the same
+    implementation with the op's own backward: the same outputs, strides and gradients, bit for bit."""
+    x, w, b = _x((2, 4, 7, 6), device, fmt), _x((6, 2, 3, 3), device, fmt), _x((6,), device)
+    cases = {
+        "conv2d": (lambda x, w, b: kernels.conv2d(x, w, b, (1, 2), 1, 2, relu=True), (x, w, b)),
+        "conv2d_no_relu": (lambda x, w: kernels.conv2d(x, w, None, 2, 0, groups=2), (x, w)),
+        "relu_lrn": (lambda x: kernels.relu_lrn(x, 3, 0.5, 0.75, 2.0, groups=2), (x,)),
+        "local_response_norm": (lambda x: kernels.local_response_norm(x, 5, 0.5, 0.75, 2.0), (x,)),
+        "max_pool2d": (lambda x: kernels.max_pool2d(x, (3, 2), (2, 1)), (x,)),
+    }
+    for name, (fn, inputs) in cases.items():
+        (fast, fast_grads, fast_node), (op, op_grads, op_node) = _run_both_paths(monkeypatch, fn, inputs)
+        assert fast_node.endswith("_eagerBackward") and not op_node.endswith("_eagerBackward"), (fast_node, op_node)
+        assert fast.stride() == op.stride(), name
+        assert_close_verbose(fast, op, rtol=0, atol=0, check_dtype=True, reason=f"{name}: {SAME_IMPL}")
+        for g_fast, g_op in zip(fast_grads, op_grads, strict=True):
+            assert g_fast.stride() == g_op.stride(), name
+            assert_close_verbose(g_fast, g_op, rtol=0, atol=0, check_dtype=True, reason=f"{name}: {SAME_IMPL}")
+
+
+SAME_IMPL = "both paths run the same implementation on the same inputs"
+
+
+def test_fast_path_steps_aside_for_tracing_and_fake_tensors(monkeypatch):
+    """Under a dispatch mode (make_fx tracing, FakeTensorMode) the public functions call the
+    custom op, so the graph holds the op; without one they skip it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = _x((1, 4, 7, 7), "cpu", grad=False)
+    graph = make_fx(lambda x: kernels.max_pool2d(kernels.relu_lrn(x)))(x)
+    targets = [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
+    assert "alexnet_triton.relu_lrn.default" in targets and "alexnet_triton.max_pool2d.default" in targets
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(x)
+        assert kernels.relu_lrn(fake).shape == x.shape
+    calls = []
+    monkeypatch.setattr(kernels.ops, "ops", type("Spy", (), {"__getattr__": lambda self, n: calls.append(n)})())
+    kernels.relu_lrn(x.requires_grad_())  # eager: no custom-op call at all
+    assert calls == []
 
 
 # ------------------------------------------------ CPU reference implementations: gradients

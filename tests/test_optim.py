@@ -1,4 +1,5 @@
 """The paper's SGD update and the plateau schedule (alexnet/optim.py)."""
+import io
 import math
 
 import pytest
@@ -115,6 +116,57 @@ def test_flat_sgd_matches_paper_sgd_and_keeps_parameters_as_views():
         start = buffer.data_ptr()
         assert all(start <= t.data_ptr() < start + 4 * buffer.numel() for t in tensors)
     assert flat.n_decay == sum(p.numel() for n, p in flat_model.named_parameters() if n.endswith("weight"))
+
+
+class _KernelConvNet(torch.nn.Module):
+    """A conv through the project's op (kernels.conv2d: its eager backward writes into the
+    optimizer's buffer) and a torch Linear (its gradient arrives elsewhere)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv_weight = torch.nn.Parameter(torch.randn(4, 3, 3, 3).contiguous(memory_format=torch.channels_last))
+        self.conv_bias = torch.nn.Parameter(torch.randn(4))
+        self.fc = torch.nn.Linear(4 * 4 * 4, 5)
+        self.unused_bias = torch.nn.Parameter(torch.ones(3))  # no gradient ever (no decay: stays as PaperSGD leaves it)
+
+    def forward(self, x):
+        import kernels
+
+        return self.fc(kernels.conv2d(x, self.conv_weight, self.conv_bias, relu=True).flatten(1))
+
+
+def _in_buffer(flat, t):
+    return t is not None and t.untyped_storage()._cdata == flat.flat_grads.untyped_storage()._cdata
+
+
+def test_flat_sgd_gradients_land_in_the_buffer_without_accumulation():
+    """zero_grad sets the gradients to None; the conv's backward writes its gradients straight
+    into the flat buffer (no accumulation launch); the Linear's arrive elsewhere and step()
+    copies them into their slots; an unused parameter's slot reads zero. Backward twice
+    without zero_grad accumulates. The update equals PaperSGD's."""
+    model, ref_model = _KernelConvNet().to(DEVICE), _KernelConvNet().to(DEVICE)
+    flat = FlatPaperSGD(param_groups(model), lr=0.1)
+    ref = PaperSGD(param_groups(ref_model), lr=0.1)
+    x = torch.randn(2, 3, 6, 6, device=DEVICE)
+    for _ in range(2):
+        for m, opt in ((model, flat), (ref_model, ref)):
+            opt.zero_grad()
+            m(x).square().sum().backward()
+        assert _in_buffer(flat, model.conv_weight.grad) and _in_buffer(flat, model.conv_bias.grad)
+        assert not _in_buffer(flat, model.fc.weight.grad) and model.unused_bias.grad is None
+        flat.step()
+        ref.step()
+        assert _in_buffer(flat, model.fc.weight.grad) and _in_buffer(flat, model.fc.bias.grad)
+        for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    flat.zero_grad()
+    model(x).square().sum().backward()
+    once = model.conv_weight.grad.clone()
+    model(x).square().sum().backward()  # accumulates into the adopted view
+    torch.testing.assert_close(model.conv_weight.grad, 2 * once)
+    assert _in_buffer(flat, model.conv_weight.grad)
+    torch.save(model, io.BytesIO())  # nothing unpicklable attached to the parameters
 
 
 def test_flat_sgd_refuses_what_it_cannot_flatten():

@@ -134,7 +134,39 @@ def conv_arguments(stride=1, padding=0, groups=1, dilation=1) -> tuple[tuple[int
 
 
 def conv_geometry(x, weight, bias=None, stride=1, padding=0, groups=1, dilation=1) -> ConvGeometry:
-    """Check the arguments of a convolution and return its geometry (clear errors otherwise)."""
+    """Check the arguments of a convolution and return its geometry (clear errors otherwise).
+    Part of the launch plan: a call that passed the checks is remembered by everything they
+    read (shapes, dtypes, devices, the interpreter switch, the arguments), so a repeated
+    shape skips them (~15 us per call, three calls per conv layer and step)."""
+    key = None
+    if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and \
+            (bias is None or isinstance(bias, torch.Tensor)):
+        key = (x.shape, x.dtype, x.device, weight.shape, weight.dtype, weight.device,
+               None if bias is None else (bias.shape, bias.dtype, bias.device),
+               _typed(stride), _typed(padding), _typed(groups), _typed(dilation), interpreting(), check_tensor)
+        try:
+            geom = _CHECKED.get(key)
+        except TypeError:  # an unhashable argument: no plan, the checks will say what is wrong
+            geom = key = None
+        if geom is not None:
+            return geom
+    geom = _check_geometry(x, weight, bias, stride, padding, groups, dilation)
+    if key is not None and len(_CHECKED) < 4096:
+        _CHECKED[key] = geom
+    return geom
+
+
+_CHECKED: dict = {}  # conv_geometry's passed checks -> geometry
+
+
+def _typed(v):
+    """v with the type of each item, so that True or 1.0 (refused) never hit 1's entry."""
+    if isinstance(v, (tuple, list)):
+        return type(v), tuple((type(i), i) for i in v)
+    return type(v), v
+
+
+def _check_geometry(x, weight, bias, stride, padding, groups, dilation) -> ConvGeometry:
     check_tensor(x, "x", ndim=4)
     check_tensor(weight, "weight", ndim=4)
     if weight.dtype != x.dtype:
@@ -319,7 +351,8 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
       its kwargs may also override entries of `meta` (e.g. FLAT);
     - on the CPU interpreter: `tuning.interpreter`, one small config (fast tests);
     - problems under `tuning.min_flops`: `tuning.small` (not worth a tuning run);
-    - otherwise `tuned`, the autotuner over `tuning.configs`, keyed by the problem shape.
+    - otherwise `tuned`, the autotuner over `tuning.configs`, keyed by the problem shape,
+      once per launch plan (`_PLANS`); later calls launch the chosen config directly.
     `grid(meta)` maps the meta-parameters (incl. the tile) to the launch grid.
     """
     if config is None and interpreting():
@@ -327,10 +360,24 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
     if config is None and flops < tuning.min_flops:
         config = tuning.small
     if config is None:
-        tuned[grid](*args, **meta)
+        plan = (id(kernel), tuple(meta.items()), tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in args))
+        config = _PLANS.get(plan)
+        if config is None:  # first call of this plan: the autotuner picks (or finds its pick) and launches
+            tuned[grid](*args, **meta)
+            _PLANS[plan] = tuned.best_config
+            return
+        # Autotuner.run's key/dict work skipped (~37 us per launch): the same config, the same launch
+        kernel[grid({**meta, **config.kwargs})](*args, **meta, **config.all_kwargs())
         return
     meta = {**meta, **config.kwargs}
     kernel[grid(meta)](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+# Launch plans: the autotuner's choice per (kernel, by id: hashing a JITFunction takes a lock;
+# constexprs; the arguments' dtypes and integers: shapes, strides, pixel bucket). A finer key
+# than the autotuner's own, so a plan never reuses a choice made for another problem, and a
+# new layout gets its own plan.
+_PLANS: dict = {}
 
 
 # conv1's input layout lives in input_layout.py; re-exported for the kernels' callers

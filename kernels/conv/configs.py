@@ -160,7 +160,9 @@ class ConvTuning:
         return [c for c in mine if self.fits(c, meta, elem)] or mine[:1]
 
     def autotune(self, kernel):
-        return triton.autotune(configs=self.configs + self.ieee, key=self.key,
+        # cache_results: the choice per key is stored in Triton's cache dir and read back by later
+        # processes (no re-tuning, the same tiles run after run; README "Autotuning")
+        return triton.autotune(configs=self.configs + self.ieee, key=self.key, cache_results=True,
                                prune_configs_by={"early_config_prune": self.prune})(kernel)
 
 

@@ -126,7 +126,9 @@ def pad_input(x: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry):
     buf = _registered_buffer(x, geom)
     if buf is None:
         buf = padded_image(x, geom)
-    return buf, torch.nn.functional.pad(weight, (0, 0, 0, 0, 0, g.in_chan - geom.in_chan)), g
+    if weight is not None:  # None: the caller does not read it (wgrad)
+        weight = torch.nn.functional.pad(weight, (0, 0, 0, 0, 0, g.in_chan - geom.in_chan))
+    return buf, weight, g
 
 
 def wgrad_view(x: torch.Tensor, geom: ConvGeometry):

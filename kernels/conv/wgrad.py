@@ -214,15 +214,19 @@ def _dense_nhwc(t: torch.Tensor) -> bool:
 
 
 def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *, y=None, weight_grad=True,
-                       bias_grad=True, weight_format=torch.contiguous_format, config=None, splits=None):
+                       bias_grad=True, weight_format=torch.contiguous_format, config=None, splits=None, out=None):
     """(dw, db): dw (geom.weight_shape, `weight_format`) if `weight_grad`, db (K,) if `bias_grad`,
     else None (x may be None without `weight_grad`). With `y` (forward output of a fused-ReLU
     conv) dy is masked by y > 0. dy and x may have any strides (channels_last is fast).
     `config` forces a tile config and `splits` the number of pixel ranges (default:
-    `configs.wgrad_splits`, for the forced config's tile)."""
+    `configs.wgrad_splits`, for the forced config's tile). `out` = (dw, db): tensors to write
+    the gradients into (either may be None: a new one), e.g. views of an optimizer's buffer."""
     dev, dtype, kout = dy.device, dy.dtype, geom.out_chan
-    dw = torch.empty(geom.weight_shape, device=dev, dtype=dtype, memory_format=weight_format) if weight_grad else None
-    db = torch.empty(kout, device=dev, dtype=dtype) if bias_grad else None
+    dw, db = out or (None, None)
+    if dw is None and weight_grad:
+        dw = torch.empty(geom.weight_shape, device=dev, dtype=dtype, memory_format=weight_format)
+    if db is None and bias_grad:
+        db = torch.empty(kout, device=dev, dtype=dtype)
     if not (weight_grad or bias_grad):
         return dw, db
     if geom.n_out_pix == 0:  # a sum over no pixels
