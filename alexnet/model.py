@@ -43,7 +43,7 @@ import torch.nn as nn
 from .config import BIAS_ONE_LAYERS, CONV_LAYERS, FC_LAYERS, AlexNetConfig, ConvSpec, input_shape, layer_shapes
 from .layers import ColumnDropout, Conv2d, Linear, LocalResponseNorm, MaxPool2d, compute_params, load_ops
 
-__all__ = ["AlexNet", "paper_init_"]
+__all__ = ["AlexNet", "paper_init_", "relu_mask_moves"]
 
 
 class AlexNet(nn.Module):
@@ -67,12 +67,15 @@ class AlexNet(nn.Module):
         relu = config.activation == "relu"
         lrn_groups = config.columns // split  # LRN normalises each column's maps on their own
 
-        def conv_layer(spec: ConvSpec, in_channels: int, lrn_follows: bool):
-            """A conv layer and the nonlinearity (+LRN) that follows it."""
+        moves = relu_mask_moves(config)
+
+        def conv_layer(i: int, spec: ConvSpec, in_channels: int, lrn_follows: bool):
+            """A conv layer (the i-th, from 0) and the nonlinearity (+LRN) that follows it."""
             with_lrn = lrn_follows and config.lrn
             groups = spec.groups if split == 1 else 1  # a column's own maps need no grouping
             conv = Conv2d(ops.conv2d, in_channels, spec.out_channels // split, spec.kernel_size, spec.stride,
-                          spec.padding, groups, relu=relu and not with_lrn)
+                          spec.padding, groups, relu=relu and not with_lrn,
+                          input_relu=i > 0 and moves[i - 1], dy_masked=moves[i])
             if with_lrn and relu:
                 after = LocalResponseNorm(ops.relu_lrn, **config.lrn_params, groups=lrn_groups)
             elif with_lrn:
@@ -87,7 +90,7 @@ class AlexNet(nn.Module):
         maps = config.in_channels
         for i, (layer, spec) in enumerate(zip(CONV_LAYERS, config.convs), start=1):
             in_channels = maps if i == 1 or layer.exchange_before else maps // split
-            conv, act = conv_layer(spec, in_channels, lrn_follows=layer.lrn)
+            conv, act = conv_layer(i - 1, spec, in_channels, lrn_follows=layer.lrn)
             setattr(self, layer.name, conv)
             setattr(self, f"act{i}", act)
             maps = spec.out_channels
@@ -157,6 +160,22 @@ class AlexNet(nn.Module):
         """Neurons per layer (section 3.5's 253,440-186,624-...-1000; see config.py)."""
         return {name: math.prod(shape) for name, shape in layer_shapes(self.config).items()
                 if not name.startswith("pool")}
+
+
+def relu_mask_moves(config: AlexNetConfig) -> list[bool]:
+    """Per conv layer (CONV_LAYERS order): whether its fused ReLU's gradient mask moves into the
+    next conv's dgrad epilogue (kernels/ops.py: this conv gets dy_masked, the next input_relu).
+    Only where the ReLU output goes straight into the next conv and nowhere else: fused ReLU
+    (no LRN after), no pooling after, and no column exchange before the next conv. With the
+    paper's table: conv3 -> conv4 and conv4 -> conv5. The flags come in pairs from here, so a
+    mask is never skipped without the consumer applying it."""
+    config = config.resolved()
+    moves = []
+    for i, layer in enumerate(CONV_LAYERS):
+        fused_relu = config.activation == "relu" and not (layer.lrn and config.lrn)
+        nxt = CONV_LAYERS[i + 1] if i + 1 < len(CONV_LAYERS) else None
+        moves.append(fused_relu and not layer.pool and nxt is not None and not nxt.exchange_before)
+    return moves
 
 
 @torch.no_grad()

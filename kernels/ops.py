@@ -1,8 +1,9 @@
 """Every kernel of this package as a PyTorch custom op, namespace `alexnet_triton` (torch.library).
 
-    torch.ops.alexnet_triton.conv2d(x, weight, bias, stride, padding, groups, relu) -> y
+    torch.ops.alexnet_triton.conv2d(x, weight, bias, stride, padding, groups, relu, input_relu=False,
+                                    dy_masked=False) -> y
     torch.ops.alexnet_triton.conv2d_input_grad(dy, weight, y, input_size, stride, padding, groups,
-                                               channels_last) -> dx
+                                               channels_last, relu_input=None) -> dx
     torch.ops.alexnet_triton.conv2d_weight_grad(dy, x, weight, y, stride, padding, groups, weight_grad,
                                                 bias_grad) -> (dw, db)    (an empty one where not asked)
     torch.ops.alexnet_triton.relu_lrn / local_response_norm(x, size, alpha, beta, k, groups, save_u) -> (y, u)
@@ -89,48 +90,64 @@ def _conv_out_shape(x, weight, stride, padding):
             (x.shape[3] + 2 * pw - weight.shape[3]) // sw + 1)
 
 
-def _conv2d_triton(x, weight, bias, stride, padding, groups, relu):
+# The ReLU between two convolutions (conv3 -> conv4 -> conv5): its gradient mask, dy * (y > 0), is
+# applied by the consumer's dgrad epilogue (input_relu: dx * (x > 0), with x = the producer's y),
+# and the producer, told so (dy_masked), skips its own elementwise masking pass. Both flags
+# describe the wiring, so they are set together from one place (alexnet/model.py: a conv whose
+# only consumer is a conv with input_relu gets dy_masked); the op's forward ignores them.
+#   input_relu: x is a ReLU's output (>= 0 or NaN); the x-gradient returned is dx * (x > 0)
+#               (the gradient with respect to that ReLU's input; NaN x passes, as torch's).
+#   dy_masked:  with relu, the dy arriving is already zero where y <= 0: no mask pass.
+def _conv2d_triton(x, weight, bias, stride, padding, groups, relu, input_relu=False, dy_masked=False):
     geom = _conv.conv_geometry(x, weight, bias, tuple(stride), tuple(padding), groups)
     x_k, w_k, geom_k = _conv.pad_input(x, weight, geom)  # channels_last; conv1: 3 -> 4 channels
     return _conv.conv2d_forward(x_k, w_k, bias, geom_k, relu=relu, out_format=memory_format(x))
 
 
-def _conv2d_reference(x, weight, bias, stride, padding, groups, relu):
+def _conv2d_reference(x, weight, bias, stride, padding, groups, relu, input_relu=False, dy_masked=False):
     return _in_format(reference.conv2d(x, weight, bias, stride, padding, groups, relu), memory_format(x))
 
 
-def _conv2d_fake(x, weight, bias, stride, padding, groups, relu):
+def _conv2d_fake(x, weight, bias, stride, padding, groups, relu, input_relu=False, dy_masked=False):
     return _empty(_conv_out_shape(x, weight, stride, padding), x, memory_format(x))
 
 
-_define("conv2d", "(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int groups, bool relu)"
-        " -> Tensor", _conv2d_triton, _conv2d_reference, _conv2d_fake)
+_define("conv2d", "(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int groups, bool relu, "
+        "bool input_relu=False, bool dy_masked=False) -> Tensor", _conv2d_triton, _conv2d_reference, _conv2d_fake)
 
 
-def _dgrad_triton(dy, weight, y, input_size, stride, padding, groups, channels_last):
+def _dgrad_triton(dy, weight, y, input_size, stride, padding, groups, channels_last, relu_input=None):
     n, c, h, w = input_size
     k, _, kh, kw = weight.shape
     geom = ConvGeometry(n, c, h, w, k, kh, kw, *stride, *padding, groups)
     dy = dy.contiguous(memory_format=torch.channels_last)
     y = y.contiguous(memory_format=torch.channels_last) if y is not None else None
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return _conv.conv2d_input_grad(dy, weight, geom, y=y, out_format=fmt)
+    return _conv.conv2d_input_grad(dy, weight, geom, y=y, relu_input=relu_input, out_format=fmt)
 
 
-def _dgrad_reference(dy, weight, y, input_size, stride, padding, groups, channels_last):
+def _relu_mask(grad, relu_out):
+    """grad where relu_out > 0, else 0: torch's threshold_backward (a NaN relu_out passes grad)."""
+    return torch.where(relu_out <= 0, 0, grad)
+
+
+def _dgrad_reference(dy, weight, y, input_size, stride, padding, groups, channels_last, relu_input=None):
     if y is not None:
-        dy = torch.where(y > 0, dy, 0)
+        dy = _relu_mask(dy, y)
     dx = torch.ops.aten.convolution_backward(dy, dy.new_empty(input_size), weight, None, stride, padding, [1, 1],
                                              False, [0, 0], groups, [True, False, False])[0]
+    if relu_input is not None:
+        dx = _relu_mask(dx, relu_input)
     return _in_format(dx, torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def _dgrad_fake(dy, weight, y, input_size, stride, padding, groups, channels_last):
+def _dgrad_fake(dy, weight, y, input_size, stride, padding, groups, channels_last, relu_input=None):
     return _empty(input_size, dy, torch.channels_last if channels_last else torch.contiguous_format)
 
 
 _define("conv2d_input_grad", "(Tensor dy, Tensor weight, Tensor? y, SymInt[4] input_size, int[2] stride, "
-        "int[2] padding, int groups, bool channels_last) -> Tensor", _dgrad_triton, _dgrad_reference, _dgrad_fake)
+        "int[2] padding, int groups, bool channels_last, Tensor? relu_input=None) -> Tensor", _dgrad_triton,
+        _dgrad_reference, _dgrad_fake)
 
 
 def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad):
@@ -149,7 +166,7 @@ def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_g
 
 def _wgrad_reference(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad):
     if y is not None:
-        dy = torch.where(y > 0, dy, 0)
+        dy = _relu_mask(dy, y)
     _, dw, db = torch.ops.aten.convolution_backward(dy, x, weight, [weight.shape[0]], stride, padding, [1, 1],
                                                     False, [0, 0], groups, [False, weight_grad, bias_grad])
     return (_in_format(dw, memory_format(weight)) if weight_grad else dy.new_empty(0),
@@ -167,40 +184,47 @@ _define("conv2d_weight_grad", "(Tensor dy, Tensor x, Tensor weight, Tensor? y, i
 
 
 def _conv2d_setup(ctx, inputs, output):
-    x, weight, _bias, stride, padding, groups, relu = inputs
-    ctx.save_for_backward(x, weight, output if relu else None)
-    ctx.params = (stride, padding, groups)
+    x, weight, _bias, stride, padding, groups, relu, *flags = inputs
+    input_relu, dy_masked = (*flags, False, False)[:2]  # the schema's defaults when not passed
+    ctx.save_for_backward(x, weight, output if relu and not dy_masked else None)
+    ctx.params = (stride, padding, groups, input_relu)
 
 
 def _conv2d_backward(ctx, dy):
     x, weight, y = ctx.saved_tensors
-    stride, padding, groups = ctx.params
+    stride, padding, groups, input_relu = ctx.params
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     dx = dw = db = None
-    if y is not None:  # the fused ReLU's gradient, once for both GEMMs (as torch's threshold_backward)
-        dy, y = torch.where(y > 0, dy, 0), None
+    if y is not None:  # the fused ReLU's gradient, once for both GEMMs (unless the consumer's dgrad did it)
+        dy = _relu_mask(dy, y)
     if need_x:  # skipped for conv1, whose input is the image
-        dx = ops.conv2d_input_grad(dy, weight, y, x.shape, stride, padding, groups,
-                                   memory_format(x) == torch.channels_last)
+        dx = ops.conv2d_input_grad(dy, weight, None, x.shape, stride, padding, groups,
+                                   memory_format(x) == torch.channels_last, x if input_relu else None)
     if need_w or need_b:
-        dw, db = ops.conv2d_weight_grad(dy, x, weight, y, stride, padding, groups, need_w, need_b)
-    return dx, dw if need_w else None, db if need_b else None, None, None, None, None
+        dw, db = ops.conv2d_weight_grad(dy, x, weight, None, stride, padding, groups, need_w, need_b)
+    return dx, dw if need_w else None, db if need_b else None, None, None, None, None, None, None
 
 
 torch.library.register_autograd(f"{NAMESPACE}::conv2d", _conv2d_backward, setup_context=_conv2d_setup)
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
-           groups: int = 1, relu: bool = False, *, dilation=1) -> torch.Tensor:
+           groups: int = 1, relu: bool = False, *, dilation=1, input_relu: bool = False,
+           dy_masked: bool = False) -> torch.Tensor:
     """2-D convolution (cross-correlation) with zero padding, optionally followed by ReLU, as
     F.conv2d (+ F.relu); op alexnet_triton::conv2d. `dilation` is accepted only to reject
-    values other than 1. Output in x's dtype and memory format."""
+    values other than 1. Output in x's dtype and memory format. `input_relu` (x is a ReLU's
+    output: the x-gradient is taken through that ReLU) and `dy_masked` (with relu: the incoming
+    gradient is already zero where y <= 0) move the ReLU's gradient mask from the producing
+    conv to the consuming conv's dgrad epilogue; set them together (see above `_conv2d_triton`)."""
     check_tensor(x, "x", ndim=4, kernel_device=False)
     check_tensor(weight, "weight", ndim=4, kernel_device=False)
     if bias is not None:
         check_tensor(bias, "bias", ndim=1, kernel_device=False)
     stride, padding, groups = _conv.conv_arguments(stride, padding, groups, dilation)
-    return ops.conv2d(x, weight, bias, stride, padding, groups, relu)
+    if dy_masked and not relu:
+        raise ValueError("dy_masked=True needs relu=True: it skips the fused ReLU's gradient mask")
+    return ops.conv2d(x, weight, bias, stride, padding, groups, relu, input_relu, dy_masked)
 
 
 # ============================================================================ LRN

@@ -64,8 +64,11 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, generator: t
     return x * keep / (1.0 - p)
 
 
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None, stride=1, padding=0, groups: int = 1, relu: bool = False):
-    """2-D convolution (cross-correlation), optionally followed by ReLU; dilation 1."""
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None, stride=1, padding=0, groups: int = 1, relu: bool = False,
+           *, input_relu: bool = False, dy_masked: bool = False):
+    """2-D convolution (cross-correlation), optionally followed by ReLU; dilation 1.
+    `input_relu` / `dy_masked` (where the Triton op applies a ReLU's gradient mask, see
+    kernels/ops.py) do not change the function or the gradients of a chain of convs: ignored."""
     y = F.conv2d(x, weight, bias, stride, padding, 1, groups)
     return torch.relu(y) if relu else y
 
