@@ -109,7 +109,11 @@ class MaxPool2d(nn.Module):
         super().__init__()
         self.max_pool2d, self.kernel_size, self.stride = max_pool2d, kernel_size, stride
 
-    def forward(self, x):
+    def forward(self, x, input_relu: bool = False):
+        """`input_relu`: x is the output of the conv before, whose fused ReLU's gradient mask
+        this pooling's backward applies (that conv has dy_masked; model.py sets both)."""
+        if input_relu:
+            return self.max_pool2d(x, self.kernel_size, self.stride, input_relu=True)
         return self.max_pool2d(x, self.kernel_size, self.stride)
 
     def extra_repr(self):

@@ -75,7 +75,7 @@ class AlexNet(nn.Module):
             groups = spec.groups if split == 1 else 1  # a column's own maps need no grouping
             conv = Conv2d(ops.conv2d, in_channels, spec.out_channels // split, spec.kernel_size, spec.stride,
                           spec.padding, groups, relu=relu and not with_lrn,
-                          input_relu=i > 0 and moves[i - 1], dy_masked=moves[i])
+                          input_relu=i > 0 and moves[i - 1] == "conv", dy_masked=moves[i] is not None)
             if with_lrn and relu:
                 after = LocalResponseNorm(ops.relu_lrn, **config.lrn_params, groups=lrn_groups)
             elif with_lrn:
@@ -95,6 +95,7 @@ class AlexNet(nn.Module):
             setattr(self, f"act{i}", act)
             maps = spec.out_channels
         self.pool = MaxPool2d(ops.max_pool2d, *config.pool)  # after the layers with `pool` (conv1, conv2, conv5)
+        self.pool_input_relu = [m == "pool" for m in moves]  # per conv layer: the pool after it masks its dy
         for layer in FC_LAYERS:
             inputs = input_shape(config, layer.name)[0]
             last = layer is FC_LAYERS[-1]  # fc8: the logits, whole on every column; no nonlinearity
@@ -133,7 +134,7 @@ class AlexNet(nn.Module):
                 x = self.exchange(x, layer.name)  # the columns cross-connect before conv3 (section 3.2)
             x = getattr(self, f"act{i}")(getattr(self, layer.name)(x))
             if layer.pool:
-                x = self.pool(x)
+                x = self.pool(x, input_relu=self.pool_input_relu[i - 1])
         x = x.flatten(1)                                  # (B, 9216), channel-major (C, H, W) order
         for layer in FC_LAYERS[:-1]:                      # fc6, fc7 (B, 4096); fc8 is forward's
             if layer.exchange_before:
@@ -162,19 +163,28 @@ class AlexNet(nn.Module):
                 if not name.startswith("pool")}
 
 
-def relu_mask_moves(config: AlexNetConfig) -> list[bool]:
-    """Per conv layer (CONV_LAYERS order): whether its fused ReLU's gradient mask moves into the
-    next conv's dgrad epilogue (kernels/ops.py: this conv gets dy_masked, the next input_relu).
-    Only where the ReLU output goes straight into the next conv and nowhere else: fused ReLU
-    (no LRN after), no pooling after, and no column exchange before the next conv. With the
-    paper's table: conv3 -> conv4 and conv4 -> conv5. The flags come in pairs from here, so a
-    mask is never skipped without the consumer applying it."""
+def relu_mask_moves(config: AlexNetConfig) -> list[str | None]:
+    """Per conv layer (CONV_LAYERS order): where its fused ReLU's gradient mask, dy * (y > 0),
+    is applied instead of in its own backward (which then skips it: dy_masked), or None.
+    "conv": the next conv's dgrad epilogue (that conv gets input_relu), where the ReLU output
+    goes straight into the next conv and nowhere else (no pooling after, no column exchange
+    before the next conv); "pool": the max-pooling after it (input_relu: its backward masks by
+    the pooled y > 0, as ReLU and max-pooling commute). Only for a fused ReLU (no LRN after).
+    With the paper's table: conv3 -> conv4, conv4 -> conv5, conv5 -> pool5. The flags come in
+    pairs from here, so a mask is never skipped without its consumer applying it."""
     config = config.resolved()
     moves = []
     for i, layer in enumerate(CONV_LAYERS):
         fused_relu = config.activation == "relu" and not (layer.lrn and config.lrn)
         nxt = CONV_LAYERS[i + 1] if i + 1 < len(CONV_LAYERS) else None
-        moves.append(fused_relu and not layer.pool and nxt is not None and not nxt.exchange_before)
+        if not fused_relu:
+            moves.append(None)
+        elif layer.pool:
+            moves.append("pool")
+        elif nxt is not None and not nxt.exchange_before:
+            moves.append("conv")
+        else:
+            moves.append(None)
     return moves
 
 

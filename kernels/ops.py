@@ -8,8 +8,9 @@
                                                 bias_grad) -> (dw, db)    (an empty one where not asked)
     torch.ops.alexnet_triton.relu_lrn / local_response_norm(x, size, alpha, beta, k, groups, save_u) -> (y, u)
     torch.ops.alexnet_triton.lrn_backward(dy, x, u, size, alpha, beta, k, relu, groups) -> dx
-    torch.ops.alexnet_triton.max_pool2d(x, kernel_size, stride) -> (y, argmax)
-    torch.ops.alexnet_triton.max_pool2d_backward(dy, argmax, input_size, channels_last, kernel_size, stride) -> dx
+    torch.ops.alexnet_triton.max_pool2d(x, kernel_size, stride, input_relu=False) -> (y, argmax)
+    torch.ops.alexnet_triton.max_pool2d_backward(dy, argmax, input_size, channels_last, kernel_size, stride,
+                                                 relu_out=None) -> dx
     torch.ops.alexnet_triton.dropout(x, seed, p) -> y                   (its own backward: same seed)
     torch.ops.alexnet_triton.augment(images, offsets, flips, shift, mean, size, dtype, channels_last) -> y
     torch.ops.alexnet_triton.sgd_step_(weights!, velocity!, grads, lr, momentum, weight_decay, n_decay,
@@ -304,11 +305,11 @@ def _argmax_dtype(kernel_size) -> torch.dtype:
     return argmax_dtype(kernel_size[0] * kernel_size[1])
 
 
-def _pool_triton(x, kernel_size, stride):
+def _pool_triton(x, kernel_size, stride, input_relu=False):
     return max_pool2d_forward(x, tuple(kernel_size), tuple(stride))
 
 
-def _pool_reference(x, kernel_size, stride):
+def _pool_reference(x, kernel_size, stride, input_relu=False):
     (_, kw), (sh, sw) = kernel_size, stride
     y, flat = torch.nn.functional.max_pool2d(x, kernel_size, stride, return_indices=True)
     width = x.shape[3]
@@ -319,23 +320,27 @@ def _pool_reference(x, kernel_size, stride):
     return _in_format(y, fmt), _in_format(local.to(_argmax_dtype(kernel_size)), fmt)
 
 
-def _pool_fake(x, kernel_size, stride):
+def _pool_fake(x, kernel_size, stride, input_relu=False):
     (kh, kw), (sh, sw) = kernel_size, stride
     shape = (x.shape[0], x.shape[1], (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1)
     fmt = memory_format(x)
     return _empty(shape, x, fmt), _empty(shape, x, fmt, _argmax_dtype(kernel_size))
 
 
-_define("max_pool2d", "(Tensor x, int[2] kernel_size, int[2] stride) -> (Tensor, Tensor)",
+# input_relu: x is a ReLU's output (conv5's, whose op then skips its mask: dy_masked); the
+# backward passes dy only where the pooled y > 0, the gradient through that ReLU too.
+_define("max_pool2d", "(Tensor x, int[2] kernel_size, int[2] stride, bool input_relu=False) -> (Tensor, Tensor)",
         _pool_triton, _pool_reference, _pool_fake)
 
 
-def _pool_backward_triton(dy, idx, input_size, channels_last, kernel_size, stride):
+def _pool_backward_triton(dy, idx, input_size, channels_last, kernel_size, stride, relu_out=None):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return max_pool2d_backward(dy, idx, tuple(input_size), fmt, tuple(kernel_size), tuple(stride))
+    return max_pool2d_backward(dy, idx, tuple(input_size), fmt, tuple(kernel_size), tuple(stride), relu_out=relu_out)
 
 
-def _pool_backward_reference(dy, idx, input_size, channels_last, kernel_size, stride):
+def _pool_backward_reference(dy, idx, input_size, channels_last, kernel_size, stride, relu_out=None):
+    if relu_out is not None:
+        dy = _relu_mask(dy, relu_out)
     (_, kw), (sh, sw) = kernel_size, stride
     n, c, height, width = input_size
     idx = idx.long()
@@ -345,24 +350,25 @@ def _pool_backward_reference(dy, idx, input_size, channels_last, kernel_size, st
     return _in_format(dx.view(input_size), torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def _pool_backward_fake(dy, idx, input_size, channels_last, kernel_size, stride):
+def _pool_backward_fake(dy, idx, input_size, channels_last, kernel_size, stride, relu_out=None):
     return _empty(input_size, dy, torch.channels_last if channels_last else torch.contiguous_format)
 
 
 _define("max_pool2d_backward", "(Tensor dy, Tensor argmax, SymInt[4] input_size, bool channels_last, "
-        "int[2] kernel_size, int[2] stride) -> Tensor", _pool_backward_triton, _pool_backward_reference,
+        "int[2] kernel_size, int[2] stride, Tensor? relu_out=None) -> Tensor", _pool_backward_triton, _pool_backward_reference,
         _pool_backward_fake)
 
 
 def _pool_setup(ctx, inputs, output):
-    x, kernel_size, stride = inputs
-    ctx.save_for_backward(output[1])
+    x, kernel_size, stride, *flags = inputs
+    input_relu = (*flags, False)[0]
+    ctx.save_for_backward(output[1], output[0] if input_relu else None)
     ctx.params = (x.shape, memory_format(x) == torch.channels_last, kernel_size, stride)
 
 
 def _pool_backward(ctx, dy, _didx):
-    (idx,) = ctx.saved_tensors
-    return ops.max_pool2d_backward(dy, idx, *ctx.params), None, None
+    idx, y = ctx.saved_tensors
+    return ops.max_pool2d_backward(dy, idx, *ctx.params, y), None, None, None
 
 
 torch.library.register_autograd(f"{NAMESPACE}::max_pool2d", _pool_backward, setup_context=_pool_setup)

@@ -43,8 +43,9 @@ def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 
     return local_response_norm(torch.relu(x), size, alpha, beta, k, groups)
 
 
-def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2):
-    """Max-pooling without padding; the paper's overlapping pooling is 3x3 windows, stride 2."""
+def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, *, input_relu: bool = False):
+    """Max-pooling without padding; the paper's overlapping pooling is 3x3 windows, stride 2.
+    `input_relu` (where the Triton op applies a ReLU's gradient mask) changes nothing here."""
     return F.max_pool2d(x, kernel_size, stride)
 
 
