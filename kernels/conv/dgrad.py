@@ -124,6 +124,26 @@ def _dgrad_flat_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_o
     return acc
 
 
+@triton.jit
+def _relu_input_mask(dx_ptr, x_ptr, pix0, chan, chan_ok, n_in_pix, sdx_n, sdx_c, sdx_h, sdx_w, sx_n, sx_c, sx_h, sx_w,
+                     H: tl.constexpr, W: tl.constexpr, PIX_MULT: tl.constexpr, OFF64: tl.constexpr,
+                     BLOCK_M: tl.constexpr):
+    """dx[pix0 : pix0 + BLOCK_M, chan] = 0 where x <= 0, after dx is stored: x is loaded only
+    then (it may alias dx, so no load moves above the store) and in 32-row slices, so x's tile
+    never lives beside the accumulator (tl.where on the accumulator spilled the tf32 128x128
+    tiles and grew the bf16 loops, bench/conv_sass.py). Costs a second, predicated store."""
+    SUB: tl.constexpr = 32 if BLOCK_M > 32 else BLOCK_M
+    for r in tl.static_range(0, BLOCK_M, SUB):
+        pix = pix0 + r + tl.arange(0, SUB)
+        ok = in_range(pix, n_in_pix, PIX_MULT % BLOCK_M == 0)[:, None] & chan_ok[None, :]
+        n_img, ih, iw = split_pixels(pix, H, W)
+        x_off = wide(n_img, OFF64) * sx_n + wide(ih, OFF64) * sx_h + wide(iw, OFF64) * sx_w
+        xv = tl.load(x_ptr + x_off[:, None] + (wide(chan, OFF64) * sx_c)[None, :], mask=ok, other=1.0)
+        dx_off = wide(n_img, OFF64) * sdx_n + wide(ih, OFF64) * sdx_h + wide(iw, OFF64) * sdx_w
+        tl.store(dx_ptr + dx_off[:, None] + (wide(chan, OFF64) * sdx_c)[None, :],
+                 tl.zeros_like(xv).to(dx_ptr.dtype.element_ty), mask=ok & (xv <= 0))
+
+
 @triton.jit(do_not_specialize=["n_in_pix", "pix_bucket"])
 def _conv_dgrad_kernel(
     dy_ptr, wt_ptr, dx_ptr, x_ptr,
@@ -164,12 +184,10 @@ def _conv_dgrad_kernel(
     dx_off = wide(n_img, OFF64) * sdx_n + wide(ih, OFF64) * sdx_h + wide(iw, OFF64) * sdx_w
     dx_chan = wide((group * C_PER_G + chan), OFF64) * sdx_c
     out_ok = pix_ok[:, None] & chan_ok[None, :]
-    if RELU_INPUT:  # the gradient of the ReLU that produced x, as torch's threshold_backward (NaN x passes)
-        x_off = wide(n_img, OFF64) * sx_n + wide(ih, OFF64) * sx_h + wide(iw, OFF64) * sx_w
-        x_chan = wide((group * C_PER_G + chan), OFF64) * sx_c
-        xv = tl.load(x_ptr + x_off[:, None] + x_chan[None, :], mask=out_ok, other=0.0)
-        acc = tl.where(xv <= 0, 0.0, acc)
     tl.store(dx_ptr + dx_off[:, None] + dx_chan[None, :], acc.to(dx_ptr.dtype.element_ty), mask=out_ok)
+    if RELU_INPUT:  # the gradient of the ReLU that produced x, as torch's threshold_backward (NaN x passes)
+        _relu_input_mask(dx_ptr, x_ptr, pid_m * BLOCK_M, group * C_PER_G + chan, chan_ok, n_in_pix,
+                         sdx_n, sdx_c, sdx_h, sdx_w, sx_n, sx_c, sx_h, sx_w, H, W, PIX_MULT, OFF64, BLOCK_M)
 
 
 _conv_dgrad_tuned = DGRAD.autotune(_conv_dgrad_kernel)
