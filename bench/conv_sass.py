@@ -340,7 +340,7 @@ def readings(layers, passes, dtypes, shapes="single", every=False, arch=90, max_
             mp = ModelPass(LAYERS[shapes][name], name, dtype)
             for pass_ in [p for p in passes_for(name) if p in passes]:
                 tuning, meta = mp.tuning_and_meta(pass_)
-                for cfg in tuning.candidates(dot_precision(dtype))[:max_configs]:
+                for cfg in tuning.candidates(dot_precision(dtype), mp.x.element_size())[:max_configs]:
                     kept = bool(tuning.fits(cfg, meta, mp.x.element_size()))
                     if kept or every:
                         yield read_pass(mp, pass_, dtype_name, Config({**cfg.kwargs, "FLAT": meta["FLAT"]},

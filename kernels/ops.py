@@ -355,8 +355,8 @@ def _pool_backward_fake(dy, idx, input_size, channels_last, kernel_size, stride,
 
 
 _define("max_pool2d_backward", "(Tensor dy, Tensor argmax, SymInt[4] input_size, bool channels_last, "
-        "int[2] kernel_size, int[2] stride, Tensor? relu_out=None) -> Tensor", _pool_backward_triton, _pool_backward_reference,
-        _pool_backward_fake)
+        "int[2] kernel_size, int[2] stride, Tensor? relu_out=None) -> Tensor", _pool_backward_triton,
+        _pool_backward_reference, _pool_backward_fake)
 
 
 def _pool_setup(ctx, inputs, output):

@@ -78,6 +78,25 @@ WGRAD_TILES = [
     (128, 256, 64, 8, 3),   # 8w
     (256, 128, 64, 8, 3),   # 8w; K/g = 384 (conv3) in 1.5 blocks: M = 256 + 128
 ]
+# tf32 (4-byte operands) has its own wgrad list. Both operands are channel-contiguous in
+# channels_last, i.e. M/N-major for wgrad's reduction over pixels, and Hopper's tf32 wgmma
+# reads only K-major shared memory, so each operand streams in 4-byte copies, every element
+# with its own address (and, for x, its own mask): per step the loop's index work grows with
+# the tiles' elements per thread. 8 warps over 256-wide tiles halve that per thread, and
+# 32-deep steps (4 stages) or 2 stages of 64 fit shared memory (196608 B; 3 stages of 64
+# would need 288 KB). bench/conv_sass.py, tf32 issue ratio: 256x128x32/8w 0.53-0.54 and
+# 256x128x64/8w/2s 0.48 for conv3-4 (K/g >= 256), 128x256x32/8w 0.76-0.80 for conv1, conv2,
+# conv5 (K/g <= 128, where 256 rows would be half empty), against 0.81-0.86 for the best of
+# the shared list on conv1-3. 128x128x64/4w (0.74-0.88) and 128x64x64 (0.85-1.03) are not
+# listed. Reading dy pixel-major (K-major, 16-byte copies) would save 2-14% of the loop
+# (0.81 -> 0.71 at 128x128x32, 0.54 -> 0.47 at 256x128x32, conv3) but needs a transposed copy
+# of dy per call (2 x 33 MB for conv3 at batch 128): more traffic than it saves (bench/RESULTS.md).
+WGRAD_TF32_TILES = [
+    (128, 128, 32, 4, 4),
+    (128, 256, 32, 8, 4),   # 8w; K/g <= 128 (conv1, conv2, conv5)
+    (256, 128, 32, 8, 4),   # 8w; K/g >= 256 (conv3, conv4)
+    (256, 128, 64, 8, 2),   # 8w
+]
 
 
 def _np2(n: int) -> int:
@@ -124,27 +143,32 @@ def _wgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
 
 @dataclass
 class ConvTuning:
-    configs: list  # tensor-core candidates (16-bit, tf32)
+    configs: list  # tensor-core candidates (16-bit; tf32 too unless `tf32` is given)
     small: Config
     interpreter: Config
     fits: object  # (config, meta, element_size) -> bool
     ieee: list = field(default_factory=list)  # candidates for true fp32 (FMA)
+    tf32: list = field(default_factory=list)  # candidates for tf32 (4-byte elements), if not `configs`
     key: list = field(default_factory=lambda: ["pix_bucket", "C_PER_G", "K_PER_G", "KH", "KW", "SH", "SW",
                                                "H", "W", "PRECISION"])
     min_flops: float = AUTOTUNE_MIN_FLOPS
 
-    def candidates(self, precision: str) -> list:
-        """The configs the tuner may try for a precision ("ieee": the FMA list)."""
-        return self.ieee if precision == "ieee" else self.configs
+    def candidates(self, precision: str, elem: int | None = None) -> list:
+        """The configs the tuner may try for a precision ("ieee": the FMA list) and element size
+        in bytes (4 with precision "tf32": the tf32 list where there is one; 16-bit inputs also
+        carry precision "tf32", which they ignore)."""
+        if precision == "ieee":
+            return self.ieee
+        return self.tf32 if elem == 4 and self.tf32 else self.configs
 
     def prune(self, configs, named_args, **meta):
         """early_config_prune for triton.autotune: the configs of this precision that fit this shape."""
         elem = next(a for a in named_args.values() if isinstance(a, torch.Tensor)).element_size()
-        mine = [c for c in configs if any(c is d for d in self.candidates(meta["PRECISION"]))]
+        mine = [c for c in configs if any(c is d for d in self.candidates(meta["PRECISION"], elem))]
         return [c for c in mine if self.fits(c, meta, elem)] or mine[:1]
 
     def autotune(self, kernel):
-        return triton.autotune(configs=self.configs + self.ieee, key=self.key,
+        return triton.autotune(configs=self.configs + self.tf32 + self.ieee, key=self.key,
                                prune_configs_by={"early_config_prune": self.prune})(kernel)
 
 
@@ -159,7 +183,7 @@ DGRAD = ConvTuning(
     interpreter=Config(dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, GROUP_M=2), num_warps=4, num_stages=1),
 )
 WGRAD = ConvTuning(
-    configs=_tiles(WGRAD_TILES), fits=_wgrad_fits, ieee=_tiles(IEEE_TILES),
+    configs=_tiles(WGRAD_TILES), fits=_wgrad_fits, ieee=_tiles(IEEE_TILES), tf32=_tiles(WGRAD_TF32_TILES),
     small=Config(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), num_warps=4, num_stages=3),
     interpreter=Config(dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64), num_warps=4, num_stages=1),
 )
@@ -226,9 +250,9 @@ def wgrad_splits(geom, dtype: torch.dtype, precision: str, flat: bool, device: t
         if interpreting() or device.type != "cuda":
             return 1
         n_sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    cfg = config or WGRAD.configs[0]
-    k = cfg.kwargs
     elem = torch.tensor([], dtype=dtype).element_size()
+    cfg = config or WGRAD.candidates(precision, elem)[0]
+    k = cfg.kwargs
     rate = "16bit" if dtype != torch.float32 else precision
     return _split_model(geom, rate, flat, n_sms, k["BLOCK_M"], k["BLOCK_N"], cta_slots(cfg, elem))
 
