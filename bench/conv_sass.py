@@ -303,7 +303,8 @@ def calibration(dtype_name: str, cfg: Config, arch: int) -> Reading:
 def label(cfg: Config) -> str:
     k = cfg.kwargs
     flat = {True: " flat", False: ""}.get(k.get("FLAT"), "")
-    return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}{flat}"
+    regs = " regs" if k.get("STAGE_REGS") else ""  # tf32 wgrad: operands staged through registers
+    return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}{flat}{regs}"
 
 
 def _rate(dtype_name: str, arch: int) -> int:

@@ -193,6 +193,22 @@ def test_every_gpu_config(kind, layer, precision):
                 _close(db, dy64.sum((0, 2, 3)), tol)
 
 
+def test_tf32_wgrad_configs_stage_through_registers():
+    """tf32 (4-byte) wgrad candidates are the register-staged list (K-major operands for tf32
+    wgmma, 16-byte copies); 16-bit inputs, which also carry precision "tf32", never get it (its
+    register move is 32-bit only), nor does true fp32 or the interpreter."""
+    wgrad = conv_configs.WGRAD
+    tf32, half = wgrad.candidates("tf32", 4), wgrad.candidates("tf32", 2)
+    assert tf32 and all(c.kwargs.get("STAGE_REGS") for c in tf32)
+    assert half and not any(c.kwargs.get("STAGE_REGS") for c in half + wgrad.candidates("ieee", 4))
+    assert not wgrad.interpreter.kwargs.get("STAGE_REGS") and not wgrad.small.kwargs.get("STAGE_REGS")
+    x32, x16 = torch.empty(1), torch.empty(1, dtype=torch.bfloat16)
+    meta = dict(KH=3, KW=3, C_PER_G=192, K_PER_G=192, FLAT=False, PRECISION="tf32")
+    every = wgrad.configs + wgrad.tf32 + wgrad.ieee
+    assert all(c.kwargs.get("STAGE_REGS") for c in wgrad.prune(every, {"dy": x32}, **meta))
+    assert not any(c.kwargs.get("STAGE_REGS") for c in wgrad.prune(every, {"dy": x16}, **meta))
+
+
 # ------------------------------------------------------------------- forced paths and splits
 MIXED = (2, 32, 7, 6, 32, 3, 2, 1, 1, 2)  # 16 channels per group in and out: every loop is valid
 

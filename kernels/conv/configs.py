@@ -78,24 +78,22 @@ WGRAD_TILES = [
     (128, 256, 64, 8, 3),   # 8w
     (256, 128, 64, 8, 3),   # 8w; K/g = 384 (conv3) in 1.5 blocks: M = 256 + 128
 ]
-# tf32 (4-byte operands) has its own wgrad list. Both operands are channel-contiguous in
-# channels_last, i.e. M/N-major for wgrad's reduction over pixels, and Hopper's tf32 wgmma
-# reads only K-major shared memory, so each operand streams in 4-byte copies, every element
-# with its own address (and, for x, its own mask): per step the loop's index work grows with
-# the tiles' elements per thread. 8 warps over 256-wide tiles halve that per thread, and
-# 32-deep steps (4 stages) or 2 stages of 64 fit shared memory (196608 B; 3 stages of 64
-# would need 288 KB). bench/conv_sass.py, tf32 issue ratio: 256x128x32/8w 0.53-0.54 and
-# 256x128x64/8w/2s 0.48 for conv3-4 (K/g >= 256), 128x256x32/8w 0.76-0.80 for conv1, conv2,
-# conv5 (K/g <= 128, where 256 rows would be half empty), against 0.81-0.86 for the best of
-# the shared list on conv1-3. 128x128x64/4w (0.74-0.88) and 128x64x64 (0.85-1.03) are not
-# listed. Reading dy pixel-major (K-major, 16-byte copies) would save 2-14% of the loop
-# (0.81 -> 0.71 at 128x128x32, 0.54 -> 0.47 at 256x128x32, conv3) but needs a transposed copy
-# of dy per call (2 x 33 MB for conv3 at batch 128): more traffic than it saves (bench/RESULTS.md).
+# tf32 (4-byte operands) has its own wgrad list, staged through registers (STAGE_REGS, see
+# wgrad.py): both operands are channel-contiguous in channels_last, i.e. M/N-major for
+# wgrad's reduction over pixels, and Hopper's tf32 wgmma reads only K-major shared memory.
+# Streamed straight into it they go 4 bytes per copy, each element with its own address and
+# mask (bench/conv_sass.py: 64 4-byte copies per thread and step at 128x128x32/4w, issue ratio
+# 0.71-0.86). Staged, they come in 16-byte copies and reach the MMA K-major by way of
+# registers (wgmma RS): 0.41-0.79 with these tiles, no 4-byte copies. 8 warps halve the
+# index work per thread; 256 rows only where K/g >= 256 (conv3, conv4); 128x64x64 holds
+# conv4/5's 192 channels per group in whole blocks. Not listed: 64-deep 128x128 (spills
+# inside the loop) and 256x128x64/2 stages (spills).
 WGRAD_TF32_TILES = [
     (128, 128, 32, 4, 4),
-    (128, 256, 32, 8, 4),   # 8w; K/g <= 128 (conv1, conv2, conv5)
+    (128, 256, 32, 8, 4),   # 8w
     (256, 128, 32, 8, 4),   # 8w; K/g >= 256 (conv3, conv4)
-    (256, 128, 64, 8, 2),   # 8w
+    (128, 128, 32, 8, 4),   # 8w
+    (128, 64, 64, 4, 4),    # C/g = 192 (conv4/5) in whole blocks
 ]
 
 
@@ -183,7 +181,9 @@ DGRAD = ConvTuning(
     interpreter=Config(dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, GROUP_M=2), num_warps=4, num_stages=1),
 )
 WGRAD = ConvTuning(
-    configs=_tiles(WGRAD_TILES), fits=_wgrad_fits, ieee=_tiles(IEEE_TILES), tf32=_tiles(WGRAD_TF32_TILES),
+    configs=_tiles(WGRAD_TILES), fits=_wgrad_fits, ieee=_tiles(IEEE_TILES),
+    tf32=[Config({**c.kwargs, "STAGE_REGS": True}, num_warps=c.num_warps, num_stages=c.num_stages)
+          for c in _tiles(WGRAD_TF32_TILES)],
     small=Config(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), num_warps=4, num_stages=3),
     interpreter=Config(dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64), num_warps=4, num_stages=1),
 )
