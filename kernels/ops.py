@@ -94,8 +94,10 @@ def _conv_out_shape(x, weight, stride, padding):
 # The ReLU between two convolutions (conv3 -> conv4 -> conv5): its gradient mask, dy * (y > 0), is
 # applied by the consumer's dgrad epilogue (input_relu: dx * (x > 0), with x = the producer's y),
 # and the producer, told so (dy_masked), skips its own elementwise masking pass. Both flags
-# describe the wiring, so they are set together from one place (alexnet/model.py: a conv whose
-# only consumer is a conv with input_relu gets dy_masked); the op's forward ignores them.
+# describe the wiring, so they are set together from one place (alexnet/model.py
+# `relu_mask_moves`: a conv whose only consumer is a conv with input_relu, or a max-pool with
+# input_relu (conv5 -> pool5), gets dy_masked); the op's forward ignores them. All masks here
+# follow torch's ReLU gradient (threshold_backward): zero where y <= 0, a NaN y passes dy.
 #   input_relu: x is a ReLU's output (>= 0 or NaN); the x-gradient returned is dx * (x > 0)
 #               (the gradient with respect to that ReLU's input; NaN x passes, as torch's).
 #   dy_masked:  with relu, the dy arriving is already zero where y <= 0: no mask pass.
