@@ -128,8 +128,8 @@ def _dgrad_flat_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_o
 def _relu_input_mask(dx_ptr, x_ptr, pix0, chan, chan_ok, n_in_pix, sdx_n, sdx_c, sdx_h, sdx_w, sx_n, sx_c, sx_h, sx_w,
                      H: tl.constexpr, W: tl.constexpr, PIX_MULT: tl.constexpr, OFF64: tl.constexpr,
                      BLOCK_M: tl.constexpr):
-    """dx[pix0 : pix0 + BLOCK_M, chan] = 0 where x <= 0, after dx is stored: x is loaded only
-    then (it may alias dx, so no load moves above the store) and in 32-row slices, so x's tile
+    """dx[pix0 : pix0 + BLOCK_M, chan] = 0 where x <= 0, after dx is stored (and a barrier): x is
+    loaded only then (it may alias dx, so no load moves above the store) and in 32-row slices, so x's tile
     never lives beside the accumulator (tl.where on the accumulator spilled the tf32 128x128
     tiles and grew the bf16 loops, bench/conv_sass.py). Costs a second, predicated store."""
     SUB: tl.constexpr = 32 if BLOCK_M > 32 else BLOCK_M
@@ -186,6 +186,9 @@ def _conv_dgrad_kernel(
     out_ok = pix_ok[:, None] & chan_ok[None, :]
     tl.store(dx_ptr + dx_off[:, None] + dx_chan[None, :], acc.to(dx_ptr.dtype.element_ty), mask=out_ok)
     if RELU_INPUT:  # the gradient of the ReLU that produced x, as torch's threshold_backward (NaN x passes)
+        # The zeros are stored in another layout than dx was, so an element may be written by
+        # two threads: the barrier orders the second store after every thread's first.
+        tl.debug_barrier()
         _relu_input_mask(dx_ptr, x_ptr, pid_m * BLOCK_M, group * C_PER_G + chan, chan_ok, n_in_pix,
                          sdx_n, sdx_c, sdx_h, sdx_w, sx_n, sx_c, sx_h, sx_w, H, W, PIX_MULT, OFF64, BLOCK_M)
 
