@@ -57,26 +57,36 @@ def compute_params(layer: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, 
 
 class Conv2d(nn.Module):
     """Convolution, with the ReLU fused into its epilogue when `relu` (conv3-5, and conv1-2
-    when no LRN follows). weight (out, in / groups, k, k) ~ N(0, std), bias (out,)."""
+    when no LRN follows). weight (out, in / groups, k, k) ~ N(0, std), bias (out,).
+
+    `input_relu` (this layer's input is the previous conv's fused ReLU output) and
+    `dy_masked` (this layer's only consumer is such a conv) move that ReLU's gradient mask into
+    the consumer's dgrad epilogue (kernels/ops.py); the model sets them in pairs from its
+    layer table (model.py, `relu_mask_moves`). Passed to the op only when set."""
 
     def __init__(self, conv2d, in_channels: int, out_channels: int, kernel_size: int,
-                 stride: int = 1, padding: int = 0, groups: int = 1, relu: bool = False):
+                 stride: int = 1, padding: int = 0, groups: int = 1, relu: bool = False,
+                 input_relu: bool = False, dy_masked: bool = False):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        if dy_masked and not relu:
+            raise ValueError("dy_masked=True needs relu=True: it skips the fused ReLU's gradient mask")
         self.conv2d, self.stride, self.padding, self.groups, self.relu = conv2d, stride, padding, groups, relu
+        self.mask_flags = {k: v for k, v in dict(input_relu=input_relu, dy_masked=dy_masked).items() if v}
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
         self.compute_params = None  # persistent low-precision copies (FlatPaperSGD.attach)
 
     def forward(self, x):
         weight, bias = compute_params(self, x.dtype)
-        return self.conv2d(x, weight, bias, self.stride, self.padding, self.groups, self.relu)
+        return self.conv2d(x, weight, bias, self.stride, self.padding, self.groups, self.relu, **self.mask_flags)
 
     def extra_repr(self):
         out, per_group, k, _ = self.weight.shape
+        flags = "".join(f", {k}=True" for k in self.mask_flags)
         return (f"{per_group * self.groups}, {out}, kernel_size={k}, stride={self.stride}, "
-                f"padding={self.padding}, groups={self.groups}, relu={self.relu}")
+                f"padding={self.padding}, groups={self.groups}, relu={self.relu}{flags}")
 
 
 class LocalResponseNorm(nn.Module):
@@ -106,7 +116,11 @@ class MaxPool2d(nn.Module):
         super().__init__()
         self.max_pool2d, self.kernel_size, self.stride = max_pool2d, kernel_size, stride
 
-    def forward(self, x):
+    def forward(self, x, input_relu: bool = False):
+        """`input_relu`: x is the output of the conv before, whose fused ReLU's gradient mask
+        this pooling's backward applies (that conv has dy_masked; model.py sets both)."""
+        if input_relu:
+            return self.max_pool2d(x, self.kernel_size, self.stride, input_relu=True)
         return self.max_pool2d(x, self.kernel_size, self.stride)
 
     def extra_repr(self):

@@ -43,7 +43,7 @@ import torch.nn as nn
 from .config import BIAS_ONE_LAYERS, CONV_LAYERS, FC_LAYERS, AlexNetConfig, ConvSpec, input_shape, layer_shapes
 from .layers import ColumnDropout, Conv2d, Linear, LocalResponseNorm, MaxPool2d, compute_params, load_ops
 
-__all__ = ["AlexNet", "paper_init_"]
+__all__ = ["AlexNet", "paper_init_", "relu_mask_moves"]
 
 
 class AlexNet(nn.Module):
@@ -67,12 +67,15 @@ class AlexNet(nn.Module):
         relu = config.activation == "relu"
         lrn_groups = config.columns // split  # LRN normalises each column's maps on their own
 
-        def conv_layer(spec: ConvSpec, in_channels: int, lrn_follows: bool):
-            """A conv layer and the nonlinearity (+LRN) that follows it."""
+        moves = relu_mask_moves(config)
+
+        def conv_layer(i: int, spec: ConvSpec, in_channels: int, lrn_follows: bool):
+            """A conv layer (the i-th, from 0) and the nonlinearity (+LRN) that follows it."""
             with_lrn = lrn_follows and config.lrn
             groups = spec.groups if split == 1 else 1  # a column's own maps need no grouping
             conv = Conv2d(ops.conv2d, in_channels, spec.out_channels // split, spec.kernel_size, spec.stride,
-                          spec.padding, groups, relu=relu and not with_lrn)
+                          spec.padding, groups, relu=relu and not with_lrn,
+                          input_relu=i > 0 and moves[i - 1] == "conv", dy_masked=moves[i] is not None)
             if with_lrn and relu:
                 after = LocalResponseNorm(ops.relu_lrn, **config.lrn_params, groups=lrn_groups)
             elif with_lrn:
@@ -87,11 +90,12 @@ class AlexNet(nn.Module):
         maps = config.in_channels
         for i, (layer, spec) in enumerate(zip(CONV_LAYERS, config.convs), start=1):
             in_channels = maps if i == 1 or layer.exchange_before else maps // split
-            conv, act = conv_layer(spec, in_channels, lrn_follows=layer.lrn)
+            conv, act = conv_layer(i - 1, spec, in_channels, lrn_follows=layer.lrn)
             setattr(self, layer.name, conv)
             setattr(self, f"act{i}", act)
             maps = spec.out_channels
         self.pool = MaxPool2d(ops.max_pool2d, *config.pool)  # after the layers with `pool` (conv1, conv2, conv5)
+        self.pool_input_relu = [m == "pool" for m in moves]  # per conv layer: the pool after it masks its dy
         for layer in FC_LAYERS:
             inputs = input_shape(config, layer.name)[0]
             last = layer is FC_LAYERS[-1]  # fc8: the logits, whole on every column; no nonlinearity
@@ -130,7 +134,7 @@ class AlexNet(nn.Module):
                 x = self.exchange(x, layer.name)  # the columns cross-connect before conv3 (section 3.2)
             x = getattr(self, f"act{i}")(getattr(self, layer.name)(x))
             if layer.pool:
-                x = self.pool(x)
+                x = self.pool(x, input_relu=self.pool_input_relu[i - 1])
         x = x.flatten(1)                                  # (B, 9216), channel-major (C, H, W) order
         for layer in FC_LAYERS[:-1]:                      # fc6, fc7 (B, 4096); fc8 is forward's
             if layer.exchange_before:
@@ -157,6 +161,31 @@ class AlexNet(nn.Module):
         """Neurons per layer (section 3.5's 253,440-186,624-...-1000; see config.py)."""
         return {name: math.prod(shape) for name, shape in layer_shapes(self.config).items()
                 if not name.startswith("pool")}
+
+
+def relu_mask_moves(config: AlexNetConfig) -> list[str | None]:
+    """Per conv layer (CONV_LAYERS order): where its fused ReLU's gradient mask, dy * (y > 0),
+    is applied instead of in its own backward (which then skips it: dy_masked), or None.
+    "conv": the next conv's dgrad epilogue (that conv gets input_relu), where the ReLU output
+    goes straight into the next conv and nowhere else (no pooling after, no column exchange
+    before the next conv); "pool": the max-pooling after it (input_relu: its backward masks by
+    the pooled y > 0, as ReLU and max-pooling commute). Only for a fused ReLU (no LRN after).
+    With the paper's table: conv3 -> conv4, conv4 -> conv5, conv5 -> pool5. The flags come in
+    pairs from here, so a mask is never skipped without its consumer applying it."""
+    config = config.resolved()
+    moves = []
+    for i, layer in enumerate(CONV_LAYERS):
+        fused_relu = config.activation == "relu" and not (layer.lrn and config.lrn)
+        nxt = CONV_LAYERS[i + 1] if i + 1 < len(CONV_LAYERS) else None
+        if not fused_relu:
+            moves.append(None)
+        elif layer.pool:
+            moves.append("pool")
+        elif nxt is not None and not nxt.exchange_before:
+            moves.append("conv")
+        else:
+            moves.append(None)
+    return moves
 
 
 @torch.no_grad()

@@ -59,6 +59,9 @@ FMA_PER_CYCLE = {90: {"16bit": 2048, "tf32": 1024, "ieee": 128}, 80: {"16bit": 1
 DTYPES = {"bf16": (torch.bfloat16, True), "tf32": (torch.float32, True), "fp16": (torch.float16, True),
           "fp32": (torch.float32, False)}  # name -> (dtype, cudnn.allow_tf32)
 RELU_LAYERS = ("conv3", "conv4", "conv5")  # the model fuses ReLU into these (conv1-2: ReLU + LRN after)
+# ... and their ReLU's gradient mask is applied by the consumer (alexnet/model.py relu_mask_moves):
+# conv4's and conv5's dgrad epilogues write dx * (x > 0) for conv3 and conv4, pool5's backward for conv5
+INPUT_RELU_LAYERS = ("conv4", "conv5")
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
@@ -221,7 +224,7 @@ class ModelPass:
 
     def __init__(self, layer, name: str, dtype: torch.dtype):
         L, cl = layer, torch.channels_last
-        self.name, self.relu = name, name in RELU_LAYERS
+        self.name, self.relu, self.input_relu = name, name in RELU_LAYERS, name in INPUT_RELU_LAYERS
         self.geom = ConvGeometry(BATCH, L.in_chan, L.size, L.size, L.out_chan, L.kernel, L.kernel, L.stride,
                                  L.stride, L.pad, L.pad, L.groups)
         self.x = torch.empty(self.geom.input_shape, dtype=dtype).contiguous(memory_format=cl)
@@ -239,8 +242,11 @@ class ModelPass:
             parts.append(f"{g.height}x{g.width}x{g.in_chan} unpadded {g.kernel_h}x{g.kernel_w}")
         if pass_ == "fwd":
             parts.append("bias+relu" if self.relu else "bias")
-        elif self.relu:
-            parts.append("relu mask outside")
+        else:
+            if self.relu:
+                parts.append("dy pre-masked")
+            if pass_ == "dgrad" and self.input_relu:
+                parts.append("dx*(x>0) epilogue")
         return " ".join(parts)
 
     def tuning_and_meta(self, pass_: str):
@@ -261,12 +267,14 @@ class ModelPass:
 
     def compile(self, pass_: str, cfg: Config):
         """The GEMM kernel of the pass; after a fused ReLU the backward GEMMs read dy already
-        masked (kernels.conv.common.relu_grad, an elementwise pass, not read here)."""
+        masked (by the consumer: the next conv's dgrad epilogue or pool5's backward); conv4's
+        and conv5's dgrad epilogues apply the mask of the ReLU before them (dx * (x > 0))."""
         if pass_ == "fwd":
             conv_fwd.conv2d_forward(self.x_k, self.w_k, self.b, self.geom_k, relu=self.relu,
                                     out_format=torch.channels_last, config=cfg)
         elif pass_ == "dgrad":
-            conv_dgrad.conv2d_input_grad(self.dy, self.w, self.geom, config=cfg)
+            conv_dgrad.conv2d_input_grad(self.dy, self.w, self.geom, config=cfg,
+                                         relu_input=self.x if self.input_relu else None)
         else:
             conv_wgrad.conv2d_weight_grad(self.dy, self.x_k, self.geom_k, weight_format=torch.channels_last,
                                           config=cfg, splits=self.splits(cfg))
@@ -327,7 +335,8 @@ def calibration(dtype_name: str, cfg: Config, arch: int) -> Reading:
 def label(cfg: Config) -> str:
     k = cfg.kwargs
     flat = {True: " flat", False: ""}.get(k.get("FLAT"), "")
-    return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}{flat}"
+    regs = " regs" if k.get("STAGE_REGS") else ""  # tf32 wgrad: operands staged through registers
+    return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}{flat}{regs}"
 
 
 def _rate(dtype_name: str, arch: int) -> int:
@@ -364,7 +373,7 @@ def readings(layers, passes, dtypes, shapes="single", every=False, arch=90, max_
             mp = ModelPass(LAYERS[shapes][name], name, dtype)
             for pass_ in [p for p in passes_for(name) if p in passes]:
                 tuning, meta = mp.tuning_and_meta(pass_)
-                for cfg in tuning.candidates(dot_precision(dtype))[:max_configs]:
+                for cfg in tuning.candidates(dot_precision(dtype), mp.x.element_size())[:max_configs]:
                     kept = bool(tuning.fits(cfg, meta, mp.x.element_size()))
                     if kept or every:
                         yield read_pass(mp, pass_, dtype_name, Config({**cfg.kwargs, "FLAT": meta["FLAT"]},

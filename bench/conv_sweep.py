@@ -53,7 +53,7 @@ def candidates(p: ConvProblem, pass_: str, flat_mode: str) -> list[Config]:
     out = []
     for flat in flats:
         meta = dict(g.constexprs(), FLAT=flat, PRECISION=dot_precision(p.x.dtype))
-        for c in tuning.candidates(meta["PRECISION"]):
+        for c in tuning.candidates(meta["PRECISION"], p.x.element_size()):
             if tuning.fits(c, meta, p.x.element_size()):
                 out.append(Config({**c.kwargs, "FLAT": flat}, num_warps=c.num_warps, num_stages=c.num_stages))
     return out

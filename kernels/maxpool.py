@@ -75,16 +75,18 @@ def _max_pool_fwd_kernel(
 
 @triton.jit
 def _max_pool_bwd_kernel(
-    dy_ptr, idx_ptr, dx_ptr,
+    dy_ptr, idx_ptr, dx_ptr, y_ptr,
     n_pix, n_chan, height, width, out_h, out_w,
     sy_n, sy_c, sy_h, sy_w,
     sd_n, sd_c, sd_h, sd_w,
     sx_n, sx_c, sx_h, sx_w,
-    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, RELU_INPUT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """dx (N, C, H, W) through sx_*; idx (N, C, out_h, out_w) through sy_*, dy through sd_*
-    (its own strides: pool5's dy comes NCHW-ordered from the flatten, idx channels_last).
+    (its own strides: pool5's dy comes NCHW-ordered from the flatten, idx channels_last); with
+    RELU_INPUT (x is a ReLU's output) also the pooled y through sy_*, and a window passes dy
+    only where y > 0 (or NaN): the gradient of that ReLU at the chosen position, whose value y is.
     Input row ih lies in output rows oh with oh*SH <= ih < oh*SH + KH, i.e. the
     ceil(KH/SH) rows ih//SH - i (i = 0, 1, ...) that are >= 0 and < out_h, likewise for w."""
     # -- map programs: axis 0 a block of pixels, axis 1 a block of channels
@@ -111,6 +113,8 @@ def _max_pool_bwd_kernel(
             chosen = tl.load(idx_ptr + off, mask=mask, other=-1).to(tl.int32)
             dy_off = (n.to(tl.int64) * sd_n + oh.to(tl.int64) * sd_h + ow.to(tl.int64) * sd_w)[:, None] + dy_chan_off
             g = tl.load(dy_ptr + dy_off, mask=mask, other=0.0).to(tl.float32)
+            if RELU_INPUT:
+                g = tl.where(tl.load(y_ptr + off, mask=mask, other=0.0) <= 0, 0.0, g)
             dx += tl.where(chosen == (kh * KW + kw)[:, None], g, 0.0)
 
     # -- write back: dx in the input's layout
@@ -149,9 +153,13 @@ def max_pool2d_forward(x, kernel_size=3, stride=2, blocks=None):
     return y, idx
 
 
-def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, stride=2, blocks=None):
-    """dx (input_shape, input_format) from the upstream gradient and the saved argmax."""
+def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, stride=2, blocks=None, relu_out=None):
+    """dx (input_shape, input_format) from the upstream gradient and the saved argmax. With
+    `relu_out` (the pooled output y, when the pooled input was a ReLU's output) dy passes only
+    where y > 0: the gradient through that ReLU too (max-pooling and ReLU commute)."""
     (kh, kw), (sh, sw) = pair(kernel_size, "kernel_size"), pair(stride, "stride")
+    if relu_out is not None and relu_out.stride() != idx.stride():  # the kernel reads y through idx's strides
+        relu_out = torch.empty_like(idx, dtype=relu_out.dtype).copy_(relu_out)
     dx = empty_4d(input_shape, dy, input_format)
     if dx.numel() == 0:
         return dx
@@ -161,17 +169,20 @@ def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, strid
     n_pix = n_img * height * width
     grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
     _max_pool_bwd_kernel[grid](
-        dy, idx, dx, n_pix, n_chan, height, width, out_h, out_w, *idx.stride(), *dy.stride(), *dx.stride(),
-        KH=kh, KW=kw, SH=sh, SW=sw, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
+        dy, idx, dx, relu_out if relu_out is not None else dy, n_pix, n_chan, height, width, out_h, out_w,
+        *idx.stride(), *dy.stride(), *dx.stride(), KH=kh, KW=kw, SH=sh, SW=sw, RELU_INPUT=relu_out is not None,
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
     )
     return dx
 
 
-def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2):
+def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, *, input_relu: bool = False):
     """Max-pooling, no padding, floor output size; the paper's overlapping 3x3/2 by default.
-    Op alexnet_triton::max_pool2d (kernels/ops.py: the device picks Triton or the reference)."""
+    Op alexnet_triton::max_pool2d (kernels/ops.py: the device picks Triton or the reference).
+    `input_relu`: x is a ReLU's output (the conv before it has relu and dy_masked): the
+    x-gradient is taken through that ReLU (kernels/ops.py, the conv op's `dy_masked`)."""
     check_tensor(x, "x", ndim=4, kernel_device=False)
     (kh, kw), stride = pair(kernel_size, "kernel_size"), pair(stride, "stride")
     if x.shape[2] < kh or x.shape[3] < kw:
         raise ValueError(f"input of {x.shape[2]}x{x.shape[3]} pixels is smaller than the {kh}x{kw} pooling window")
-    return _ops.call("max_pool2d", x, (kh, kw), stride)[0]
+    return _ops.call("max_pool2d", x, (kh, kw), stride, input_relu)[0]

@@ -1,15 +1,17 @@
 """Every kernel of this package as a PyTorch custom op, namespace `alexnet_triton` (torch.library).
 
-    torch.ops.alexnet_triton.conv2d(x, weight, bias, stride, padding, groups, relu) -> y
+    torch.ops.alexnet_triton.conv2d(x, weight, bias, stride, padding, groups, relu, input_relu=False,
+                                    dy_masked=False) -> y
     torch.ops.alexnet_triton.conv2d_input_grad(dy, weight, y, input_size, stride, padding, groups,
-                                               channels_last) -> dx
+                                               channels_last, relu_input=None) -> dx
     torch.ops.alexnet_triton.conv2d_weight_grad(dy, x, weight, y, stride, padding, groups, weight_grad,
                                                 bias_grad) -> (dw, db)    (an empty one where not asked)
     torch.ops.alexnet_triton.relu_lrn / local_response_norm(x, size, alpha, beta, k, groups, save_u) -> (y, u)
     torch.ops.alexnet_triton.lrn_backward(dy, x, u, size, alpha, beta, k, relu, groups) -> dx
     torch.ops.alexnet_triton.relu_grad(dy, y) -> dy * (y > 0)           (the fused ReLU's gradient)
-    torch.ops.alexnet_triton.max_pool2d(x, kernel_size, stride) -> (y, argmax)
-    torch.ops.alexnet_triton.max_pool2d_backward(dy, argmax, input_size, channels_last, kernel_size, stride) -> dx
+    torch.ops.alexnet_triton.max_pool2d(x, kernel_size, stride, input_relu=False) -> (y, argmax)
+    torch.ops.alexnet_triton.max_pool2d_backward(dy, argmax, input_size, channels_last, kernel_size, stride,
+                                                 relu_out=None) -> dx
     torch.ops.alexnet_triton.dropout(x, seed, p) -> y                   (its own backward: same seed)
     torch.ops.alexnet_triton.column_dropout(x, seeds, call, p) -> (y, next_call)
     torch.ops.alexnet_triton.column_dropout_backward(dy, seeds, next_call, p) -> dx
@@ -180,48 +182,66 @@ def _conv_out_shape(x, weight, stride, padding):
             (x.shape[3] + 2 * pw - weight.shape[3]) // sw + 1)
 
 
-def _conv2d_triton(x, weight, bias, stride, padding, groups, relu):
+# The ReLU between two convolutions (conv3 -> conv4 -> conv5): its gradient mask, dy * (y > 0), is
+# applied by the consumer's dgrad epilogue (input_relu: dx * (x > 0), with x = the producer's y),
+# and the producer, told so (dy_masked), skips its own elementwise masking pass. Both flags
+# describe the wiring, so they are set together from one place (alexnet/model.py
+# `relu_mask_moves`: a conv whose only consumer is a conv with input_relu, or a max-pool with
+# input_relu (conv5 -> pool5), gets dy_masked); the op's forward ignores them. All masks here
+# follow torch's ReLU gradient (threshold_backward): zero where y <= 0, a NaN y passes dy.
+#   input_relu: x is a ReLU's output (>= 0 or NaN); the x-gradient returned is dx * (x > 0)
+#               (the gradient with respect to that ReLU's input; NaN x passes, as torch's).
+#   dy_masked:  with relu, the dy arriving is already zero where y <= 0: no mask pass.
+def _conv2d_triton(x, weight, bias, stride, padding, groups, relu, input_relu=False, dy_masked=False):
     geom = _conv.conv_geometry(x, weight, bias, tuple(stride), tuple(padding), groups)
     x_k, w_k, geom_k = _conv.pad_input(x, weight, geom)  # channels_last; conv1: 3 -> 4 channels
     return _conv.conv2d_forward(x_k, w_k, bias, geom_k, relu=relu, out_format=memory_format(x))
 
 
-def _conv2d_reference(x, weight, bias, stride, padding, groups, relu):
+def _conv2d_reference(x, weight, bias, stride, padding, groups, relu, input_relu=False, dy_masked=False):
     return _in_format(reference.conv2d(x, weight, bias, stride, padding, groups, relu), memory_format(x))
 
 
-def _conv2d_fake(x, weight, bias, stride, padding, groups, relu):
+def _conv2d_fake(x, weight, bias, stride, padding, groups, relu, input_relu=False, dy_masked=False):
     return _empty(_conv_out_shape(x, weight, stride, padding), x, memory_format(x))
 
 
-_define("conv2d", "(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int groups, bool relu)"
-        " -> Tensor", _conv2d_triton, _conv2d_reference, _conv2d_fake)
+_define("conv2d", "(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int groups, bool relu, "
+        "bool input_relu=False, bool dy_masked=False) -> Tensor", _conv2d_triton, _conv2d_reference, _conv2d_fake)
 
 
-def _dgrad_triton(dy, weight, y, input_size, stride, padding, groups, channels_last):
+def _dgrad_triton(dy, weight, y, input_size, stride, padding, groups, channels_last, relu_input=None):
     n, c, h, w = input_size
     k, _, kh, kw = weight.shape
     geom = ConvGeometry(n, c, h, w, k, kh, kw, *stride, *padding, groups)
     dy = dy.contiguous(memory_format=torch.channels_last)
     y = y.contiguous(memory_format=torch.channels_last) if y is not None else None
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return _conv.conv2d_input_grad(dy, weight, geom, y=y, out_format=fmt)
+    return _conv.conv2d_input_grad(dy, weight, geom, y=y, relu_input=relu_input, out_format=fmt)
 
 
-def _dgrad_reference(dy, weight, y, input_size, stride, padding, groups, channels_last):
+def _relu_mask(grad, relu_out):
+    """grad where relu_out > 0, else 0: torch's threshold_backward (a NaN relu_out passes grad)."""
+    return torch.where(relu_out <= 0, 0, grad)
+
+
+def _dgrad_reference(dy, weight, y, input_size, stride, padding, groups, channels_last, relu_input=None):
     if y is not None:
-        dy = torch.where(y > 0, dy, 0)
+        dy = _relu_mask(dy, y)
     dx = torch.ops.aten.convolution_backward(dy, dy.new_empty(input_size), weight, None, stride, padding, [1, 1],
                                              False, [0, 0], groups, [True, False, False])[0]
+    if relu_input is not None:
+        dx = _relu_mask(dx, relu_input)
     return _in_format(dx, torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def _dgrad_fake(dy, weight, y, input_size, stride, padding, groups, channels_last):
+def _dgrad_fake(dy, weight, y, input_size, stride, padding, groups, channels_last, relu_input=None):
     return _empty(input_size, dy, torch.channels_last if channels_last else torch.contiguous_format)
 
 
 _define("conv2d_input_grad", "(Tensor dy, Tensor weight, Tensor? y, SymInt[4] input_size, int[2] stride, "
-        "int[2] padding, int groups, bool channels_last) -> Tensor", _dgrad_triton, _dgrad_reference, _dgrad_fake)
+        "int[2] padding, int groups, bool channels_last, Tensor? relu_input=None) -> Tensor", _dgrad_triton,
+        _dgrad_reference, _dgrad_fake)
 
 
 def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad, out=None):
@@ -244,7 +264,7 @@ def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_g
 
 def _wgrad_reference(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad, out=None):
     if y is not None:
-        dy = torch.where(y > 0, dy, 0)
+        dy = _relu_mask(dy, y)
     _, dw, db = torch.ops.aten.convolution_backward(dy, x, weight, [weight.shape[0]], stride, padding, [1, 1],
                                                     False, [0, 0], groups, [False, weight_grad, bias_grad])
     grads = (_in_format(dw, memory_format(weight)) if weight_grad else dy.new_empty(0),
@@ -302,44 +322,51 @@ def grad_into(t):
 
 
 def _conv2d_setup(ctx, inputs, output):
-    x, weight, bias, stride, padding, groups, relu = inputs
-    ctx.save_for_backward(x, weight, output if relu else None)
-    ctx.params = (stride, padding, groups)
+    x, weight, bias, stride, padding, groups, relu, *flags = inputs
+    input_relu, dy_masked = (*flags, False, False)[:2]  # the schema's defaults when not passed
+    ctx.save_for_backward(x, weight, output if relu and not dy_masked else None)
+    ctx.params = (stride, padding, groups, input_relu)
     ctx.owners = (weight, bias) if getattr(ctx, "fast", False) else None  # the leaves, for `grad_into`
 
 
 def _conv2d_backward(ctx, dy):
     x, weight, y = ctx.saved_tensors
-    stride, padding, groups = ctx.params
+    stride, padding, groups, input_relu = ctx.params
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     dx = dw = db = None
-    if y is not None:  # the fused ReLU's gradient, once for both GEMMs: one launch (torch.where took three)
-        dy, y = call("relu_grad", dy, y), None
+    if y is not None:  # the fused ReLU's gradient, once for both GEMMs (unless the consumer's dgrad did it):
+        dy, y = call("relu_grad", dy, y), None  # one launch (torch.where took three)
     if need_x:  # skipped for conv1, whose input is the image
-        dx = call("conv2d_input_grad", dy, weight, y, x.shape, stride, padding, groups,
-                  memory_format(x) == torch.channels_last)
+        dx = call("conv2d_input_grad", dy, weight, None, x.shape, stride, padding, groups,
+                  memory_format(x) == torch.channels_last, x if input_relu else None)
     if need_w or need_b:
         out = None
         if ctx.owners is not None:  # the eager fast path: straight into the optimizer's buffer
             out = (grad_into(ctx.owners[0]) if need_w else None, grad_into(ctx.owners[1]) if need_b else None)
-        dw, db = call("conv2d_weight_grad", dy, x, weight, y, stride, padding, groups, need_w, need_b, out=out)
-    return dx, dw if need_w else None, db if need_b else None, None, None, None, None
+        dw, db = call("conv2d_weight_grad", dy, x, weight, None, stride, padding, groups, need_w, need_b, out=out)
+    return dx, dw if need_w else None, db if need_b else None, None, None, None, None, None, None
 
 
 _register_autograd("conv2d", _conv2d_backward, _conv2d_setup)
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
-           groups: int = 1, relu: bool = False, *, dilation=1) -> torch.Tensor:
+           groups: int = 1, relu: bool = False, *, dilation=1, input_relu: bool = False,
+           dy_masked: bool = False) -> torch.Tensor:
     """2-D convolution (cross-correlation) with zero padding, optionally followed by ReLU, as
     F.conv2d (+ F.relu); op alexnet_triton::conv2d. `dilation` is accepted only to reject
-    values other than 1. Output in x's dtype and memory format."""
+    values other than 1. Output in x's dtype and memory format. `input_relu` (x is a ReLU's
+    output: the x-gradient is taken through that ReLU) and `dy_masked` (with relu: the incoming
+    gradient is already zero where y <= 0) move the ReLU's gradient mask from the producing
+    conv to the consuming conv's dgrad epilogue; set them together (see above `_conv2d_triton`)."""
     check_tensor(x, "x", ndim=4, kernel_device=False)
     check_tensor(weight, "weight", ndim=4, kernel_device=False)
     if bias is not None:
         check_tensor(bias, "bias", ndim=1, kernel_device=False)
     stride, padding, groups = _conv.conv_arguments(stride, padding, groups, dilation)
-    return call("conv2d", x, weight, bias, stride, padding, groups, relu)
+    if dy_masked and not relu:
+        raise ValueError("dy_masked=True needs relu=True: it skips the fused ReLU's gradient mask")
+    return call("conv2d", x, weight, bias, stride, padding, groups, relu, input_relu, dy_masked)
 
 
 # ============================================================================ LRN
@@ -419,11 +446,11 @@ def _argmax_dtype(kernel_size) -> torch.dtype:
     return argmax_dtype(kernel_size[0] * kernel_size[1])
 
 
-def _pool_triton(x, kernel_size, stride):
+def _pool_triton(x, kernel_size, stride, input_relu=False):
     return max_pool2d_forward(x, tuple(kernel_size), tuple(stride))
 
 
-def _pool_reference(x, kernel_size, stride):
+def _pool_reference(x, kernel_size, stride, input_relu=False):
     (_, kw), (sh, sw) = kernel_size, stride
     y, flat = torch.nn.functional.max_pool2d(x, kernel_size, stride, return_indices=True)
     width = x.shape[3]
@@ -434,23 +461,27 @@ def _pool_reference(x, kernel_size, stride):
     return _in_format(y, fmt), _in_format(local.to(_argmax_dtype(kernel_size)), fmt)
 
 
-def _pool_fake(x, kernel_size, stride):
+def _pool_fake(x, kernel_size, stride, input_relu=False):
     (kh, kw), (sh, sw) = kernel_size, stride
     shape = (x.shape[0], x.shape[1], (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1)
     fmt = memory_format(x)
     return _empty(shape, x, fmt), _empty(shape, x, fmt, _argmax_dtype(kernel_size))
 
 
-_define("max_pool2d", "(Tensor x, int[2] kernel_size, int[2] stride) -> (Tensor, Tensor)",
+# input_relu: x is a ReLU's output (conv5's, whose op then skips its mask: dy_masked); the
+# backward passes dy only where the pooled y > 0, the gradient through that ReLU too.
+_define("max_pool2d", "(Tensor x, int[2] kernel_size, int[2] stride, bool input_relu=False) -> (Tensor, Tensor)",
         _pool_triton, _pool_reference, _pool_fake)
 
 
-def _pool_backward_triton(dy, idx, input_size, channels_last, kernel_size, stride):
+def _pool_backward_triton(dy, idx, input_size, channels_last, kernel_size, stride, relu_out=None):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return max_pool2d_backward(dy, idx, tuple(input_size), fmt, tuple(kernel_size), tuple(stride))
+    return max_pool2d_backward(dy, idx, tuple(input_size), fmt, tuple(kernel_size), tuple(stride), relu_out=relu_out)
 
 
-def _pool_backward_reference(dy, idx, input_size, channels_last, kernel_size, stride):
+def _pool_backward_reference(dy, idx, input_size, channels_last, kernel_size, stride, relu_out=None):
+    if relu_out is not None:
+        dy = _relu_mask(dy, relu_out)
     (_, kw), (sh, sw) = kernel_size, stride
     n, c, height, width = input_size
     idx = idx.long()
@@ -460,24 +491,25 @@ def _pool_backward_reference(dy, idx, input_size, channels_last, kernel_size, st
     return _in_format(dx.view(input_size), torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def _pool_backward_fake(dy, idx, input_size, channels_last, kernel_size, stride):
+def _pool_backward_fake(dy, idx, input_size, channels_last, kernel_size, stride, relu_out=None):
     return _empty(input_size, dy, torch.channels_last if channels_last else torch.contiguous_format)
 
 
 _define("max_pool2d_backward", "(Tensor dy, Tensor argmax, SymInt[4] input_size, bool channels_last, "
-        "int[2] kernel_size, int[2] stride) -> Tensor", _pool_backward_triton, _pool_backward_reference,
-        _pool_backward_fake)
+        "int[2] kernel_size, int[2] stride, Tensor? relu_out=None) -> Tensor", _pool_backward_triton,
+        _pool_backward_reference, _pool_backward_fake)
 
 
 def _pool_setup(ctx, inputs, output):
-    x, kernel_size, stride = inputs
-    ctx.save_for_backward(output[1])
+    x, kernel_size, stride, *flags = inputs
+    input_relu = (*flags, False)[0]
+    ctx.save_for_backward(output[1], output[0] if input_relu else None)
     ctx.params = (x.shape, memory_format(x) == torch.channels_last, kernel_size, stride)
 
 
 def _pool_backward(ctx, dy, _didx):
-    (idx,) = ctx.saved_tensors
-    return call("max_pool2d_backward", dy, idx, *ctx.params), None, None
+    idx, y = ctx.saved_tensors
+    return call("max_pool2d_backward", dy, idx, *ctx.params, y), None, None, None
 
 
 _register_autograd("max_pool2d", _pool_backward, _pool_setup, n_outputs=2)

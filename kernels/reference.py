@@ -44,8 +44,9 @@ def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 
     return local_response_norm(torch.relu(x), size, alpha, beta, k, groups)
 
 
-def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2):
-    """Max-pooling without padding; the paper's overlapping pooling is 3x3 windows, stride 2."""
+def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, *, input_relu: bool = False):
+    """Max-pooling without padding; the paper's overlapping pooling is 3x3 windows, stride 2.
+    `input_relu` (where the Triton op applies a ReLU's gradient mask) changes nothing here."""
     return F.max_pool2d(x, kernel_size, stride)
 
 
@@ -110,8 +111,12 @@ def column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: 
     scale = torch.where(keep, 1.0 / (1.0 - p), 0.0)  # float32, as the kernel's; x * 0 keeps NaN/inf NaN
     return (x.to(torch.promote_types(x.dtype, torch.float32)) * scale).to(x.dtype), call + 1
 
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None, stride=1, padding=0, groups: int = 1, relu: bool = False):
-    """2-D convolution (cross-correlation), optionally followed by ReLU; dilation 1."""
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None, stride=1, padding=0, groups: int = 1, relu: bool = False,
+           *, input_relu: bool = False, dy_masked: bool = False):
+    """2-D convolution (cross-correlation), optionally followed by ReLU; dilation 1.
+    `input_relu` / `dy_masked` (where the Triton op applies a ReLU's gradient mask, see
+    kernels/ops.py) do not change the function or the gradients of a chain of convs: ignored."""
     y = F.conv2d(x, weight, bias, stride, padding, 1, groups)
     return torch.relu(y) if relu else y
 

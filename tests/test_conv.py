@@ -156,8 +156,9 @@ def _forced(configs, **extra):
 def test_every_gpu_config(kind, layer, precision):
     """Each autotuning candidate of the precision forced in turn, in the variant the model runs:
     channels_last, conv1's input padded to 4 channels, bias, and for conv4 (as conv3-5) the fused
-    ReLU, its mask applied to dy in backward (a config that miscompiles or overflows shared
-    memory fails here)."""
+    ReLU, whose mask the backward GEMMs find already applied to dy (by the consumer), and
+    conv4's dgrad epilogue masking dx by its input > 0 (as conv4-5 do for the ReLU before them;
+    a config that miscompiles or overflows shared memory fails here)."""
     dtype, tf32, tol = PRECISIONS[precision]
     problem, relu = ALEXNET_LIKE[layer], layer == "conv4"
     x, weight, b = _inputs(problem, dtype, torch.channels_last, seed=7)
@@ -168,25 +169,44 @@ def test_every_gpu_config(kind, layer, precision):
     y64 = reference.conv2d(x64, w64, b64, geom.stride_h, geom.pad_h, geom.groups, relu)
     y = y64.to(dtype).to(DEVICE).contiguous(memory_format=torch.channels_last) if relu else None  # the mask's source
     dy64 = dy.double().cpu() * (y.double().cpu() > 0) if relu else dy.double().cpu()
+    dz = dy64.to(dtype).to(DEVICE).contiguous(memory_format=torch.channels_last)  # dy as the backward GEMMs get it
     tuning = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}[kind]
     red_chan = geom.k_per_g if kind == "dgrad" else geom_k.c_per_g
     with allow_tf32(tf32):
         meta = dict((geom if kind == "dgrad" else geom_k).constexprs(),
                     FLAT=conv_configs.use_flat_reduction(red_chan, kind),
                     PRECISION=dot_precision(dtype))
-        configs = [c for c in tuning.candidates(meta["PRECISION"]) if tuning.fits(c, meta, x.element_size())]
+        configs = [c for c in tuning.candidates(meta["PRECISION"], x.element_size())
+                   if tuning.fits(c, meta, x.element_size())]
         assert configs
         for config in configs:
             if kind == "fwd":
                 _close(conv2d_forward(x_k, w_k, b, geom_k, relu=relu, config=config), y64, tol)
             elif kind == "dgrad":
                 ref = torch.nn.grad.conv2d_input(x64.shape, w64, dy64, geom.stride_h, geom.pad_h, 1, geom.groups)
-                _close(conv2d_input_grad(dy, weight, geom, y=y, config=config), ref, tol)
+                ref = ref * (x64 > 0) if relu else ref
+                _close(conv2d_input_grad(dz, weight, geom, relu_input=x if relu else None, config=config), ref, tol)
             else:
                 ref = torch.nn.grad.conv2d_weight(x64, w64.shape, dy64, geom.stride_h, geom.pad_h, 1, geom.groups)
-                dw, db = conv2d_weight_grad(dy, x_k, geom_k, y=y, config=config)
+                dw, db = conv2d_weight_grad(dz, x_k, geom_k, config=config)
                 _close(unpad_weight_grad(dw, geom, torch.contiguous_format), ref, tol)
                 _close(db, dy64.sum((0, 2, 3)), tol)
+
+
+def test_tf32_wgrad_configs_stage_through_registers():
+    """tf32 (4-byte) wgrad candidates are the register-staged list (K-major operands for tf32
+    wgmma, 16-byte copies); 16-bit inputs, which also carry precision "tf32", never get it (its
+    register move is 32-bit only), nor does true fp32 or the interpreter."""
+    wgrad = conv_configs.WGRAD
+    tf32, half = wgrad.candidates("tf32", 4), wgrad.candidates("tf32", 2)
+    assert tf32 and all(c.kwargs.get("STAGE_REGS") for c in tf32)
+    assert half and not any(c.kwargs.get("STAGE_REGS") for c in half + wgrad.candidates("ieee", 4))
+    assert not wgrad.interpreter.kwargs.get("STAGE_REGS") and not wgrad.small.kwargs.get("STAGE_REGS")
+    x32, x16 = torch.empty(1), torch.empty(1, dtype=torch.bfloat16)
+    meta = dict(KH=3, KW=3, C_PER_G=192, K_PER_G=192, FLAT=False, PRECISION="tf32")
+    every = wgrad.configs + wgrad.tf32 + wgrad.ieee
+    assert all(c.kwargs.get("STAGE_REGS") for c in wgrad.prune(every, {"dy": x32}, **meta))
+    assert not any(c.kwargs.get("STAGE_REGS") for c in wgrad.prune(every, {"dy": x16}, **meta))
 
 
 # ------------------------------------------------------------------- forced paths and splits

@@ -83,6 +83,25 @@ def test_opcheck_lrn(device, fmt, shape, groups, relu_saves_u):
 
 
 @pytest.mark.parametrize("fmt", MEMORY_FORMATS)
+def test_opcheck_relu_mask_flags(device, fmt):
+    """The flags that move a ReLU's gradient mask (conv3 -> conv4 -> conv5 -> pool5): the conv
+    with input_relu and dy_masked, the dgrad op with relu_input, the pool and its backward
+    with input_relu / relu_out; inputs are ReLU outputs, as the model passes them."""
+    x = torch.relu(_x((2, 4, 5, 7), device, fmt)).detach().requires_grad_()
+    w, b = _x((6, 2, 3, 3), device, fmt), _x((6,), device)
+    opcheck(ops.conv2d.default, (x, w, b, (1, 1), (1, 1), 2, True, True, True))
+    y = ops.conv2d(x, w, b, (1, 1), (1, 1), 2, True, True, True).detach()
+    dy = _x(y.shape, device, fmt, grad=False)
+    opcheck(ops.conv2d_input_grad.default,
+            (dy, w.detach(), None, list(x.shape), (1, 1), (1, 1), 2, fmt == torch.channels_last, x.detach()))
+    yg = y.clone().requires_grad_()
+    opcheck(ops.max_pool2d.default, (yg, (2, 3), (2, 1), True))
+    p, idx = ops.max_pool2d(y, (2, 3), (2, 1), True)
+    opcheck(ops.max_pool2d_backward.default, (_x(p.shape, device, fmt, grad=False), idx, list(y.shape),
+                                              fmt == torch.channels_last, (2, 3), (2, 1), p))
+
+
+@pytest.mark.parametrize("fmt", MEMORY_FORMATS)
 @pytest.mark.parametrize("shape, kernel, stride", [((2, 3, 7, 6), (3, 3), (2, 2)), ((1, 5, 4, 5), (2, 3), (2, 1))])
 def test_opcheck_max_pool2d(device, fmt, shape, kernel, stride):
     x = _x(shape, device, fmt)

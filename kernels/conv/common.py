@@ -298,7 +298,10 @@ def relu(acc):
 # A conv with fused ReLU gets dy for its output y = relu(z); its GEMMs need dz = dy * (y > 0).
 # Masking inside the dgrad/wgrad loops costs a third load stream, forces wgmma's A operand
 # through registers and spills (bench/conv_sass.py), so the mask is applied once per backward,
-# here, and both GEMMs read the masked dz (one elementwise pass over dy and y).
+# here, and both GEMMs read the masked dz (one elementwise pass over dy and y). In the model
+# even that pass is gone where the ReLU output feeds one consumer (conv3 -> conv4 -> conv5 ->
+# pool5): the consumer applies the mask (dgrad.py's `relu_input` epilogue, the pool's backward)
+# and the producer's op is told so (kernels/ops.py `dy_masked`).
 @triton.jit
 def _relu_grad_kernel(dy_ptr, y_ptr, dz_ptr, numel, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)

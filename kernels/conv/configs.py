@@ -78,6 +78,23 @@ WGRAD_TILES = [
     (128, 256, 64, 8, 3),   # 8w
     (256, 128, 64, 8, 3),   # 8w; K/g = 384 (conv3) in 1.5 blocks: M = 256 + 128
 ]
+# tf32 (4-byte operands) has its own wgrad list, staged through registers (STAGE_REGS, see
+# wgrad.py): both operands are channel-contiguous in channels_last, i.e. M/N-major for
+# wgrad's reduction over pixels, and Hopper's tf32 wgmma reads only K-major shared memory.
+# Streamed straight into it they go 4 bytes per copy, each element with its own address and
+# mask (bench/conv_sass.py: 64 4-byte copies per thread and step at 128x128x32/4w, issue ratio
+# 0.71-0.86). Staged, they come in 16-byte copies and reach the MMA K-major by way of
+# registers (wgmma RS): 0.41-0.79 with these tiles, no 4-byte copies. 8 warps halve the
+# index work per thread; 256 rows only where K/g >= 256 (conv3, conv4); 128x64x64 holds
+# conv4/5's 192 channels per group in whole blocks. Not listed: 64-deep 128x128 (spills
+# inside the loop) and 256x128x64/2 stages (spills).
+WGRAD_TF32_TILES = [
+    (128, 128, 32, 4, 4),
+    (128, 256, 32, 8, 4),   # 8w
+    (256, 128, 32, 8, 4),   # 8w; K/g >= 256 (conv3, conv4)
+    (128, 128, 32, 8, 4),   # 8w
+    (128, 64, 64, 4, 4),    # C/g = 192 (conv4/5) in whole blocks
+]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -134,35 +151,44 @@ def _wgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
     # 0.67 in bf16, 0.90 in tf32)
     flat_fit = elem == 2 and meta["FLAT"] and 11 * _cdiv(cols, 64) * 64 <= 10 * _cdiv(cols, 128) * 128
     narrow_ok = k["BLOCK_N"] >= 128 or _np2(cols) <= 64 or flat_fit
+    # conv1's FLAT columns (4 padded channels per tap) in tf32: with 128 accumulators per thread
+    # the register-staged loop spills 168-176 B (bench/conv_sass.py; conv2's FLAT columns do not)
+    roomy = not (elem == 4 and meta["FLAT"] and meta["C_PER_G"] < 8
+                 and k["BLOCK_M"] * k["BLOCK_N"] > 64 * 32 * cfg.num_warps)
     return (_smem_ok(cfg, elem) and k["BLOCK_M"] <= _np2(meta["K_PER_G"]) and k["BLOCK_N"] <= _np2(cols)
-            and narrow_ok)
+            and narrow_ok and roomy)
 
 
 @dataclass
 class ConvTuning:
-    configs: list  # tensor-core candidates (16-bit, tf32)
+    configs: list  # tensor-core candidates (16-bit; tf32 too unless `tf32` is given)
     small: Config
     interpreter: Config
     fits: object  # (config, meta, element_size) -> bool
     ieee: list = field(default_factory=list)  # candidates for true fp32 (FMA)
+    tf32: list = field(default_factory=list)  # candidates for tf32 (4-byte elements), if not `configs`
     key: list = field(default_factory=lambda: ["pix_bucket", "C_PER_G", "K_PER_G", "KH", "KW", "SH", "SW",
                                                "H", "W", "PRECISION"])
     min_flops: float = AUTOTUNE_MIN_FLOPS
 
-    def candidates(self, precision: str) -> list:
-        """The configs the tuner may try for a precision ("ieee": the FMA list)."""
-        return self.ieee if precision == "ieee" else self.configs
+    def candidates(self, precision: str, elem: int | None = None) -> list:
+        """The configs the tuner may try for a precision ("ieee": the FMA list) and element size
+        in bytes (4 with precision "tf32": the tf32 list where there is one; 16-bit inputs also
+        carry precision "tf32", which they ignore)."""
+        if precision == "ieee":
+            return self.ieee
+        return self.tf32 if elem == 4 and self.tf32 else self.configs
 
     def prune(self, configs, named_args, **meta):
         """early_config_prune for triton.autotune: the configs of this precision that fit this shape."""
         elem = next(a for a in named_args.values() if isinstance(a, torch.Tensor)).element_size()
-        mine = [c for c in configs if any(c is d for d in self.candidates(meta["PRECISION"]))]
+        mine = [c for c in configs if any(c is d for d in self.candidates(meta["PRECISION"], elem))]
         return [c for c in mine if self.fits(c, meta, elem)] or mine[:1]
 
     def autotune(self, kernel):
         # cache_results: the choice per key is stored in Triton's cache dir and read back by later
         # processes (no re-tuning, the same tiles run after run; README "Autotuning")
-        return triton.autotune(configs=self.configs + self.ieee, key=self.key, cache_results=True,
+        return triton.autotune(configs=self.configs + self.tf32 + self.ieee, key=self.key, cache_results=True,
                                prune_configs_by={"early_config_prune": self.prune})(kernel)
 
 
@@ -178,6 +204,8 @@ DGRAD = ConvTuning(
 )
 WGRAD = ConvTuning(
     configs=_tiles(WGRAD_TILES), fits=_wgrad_fits, ieee=_tiles(IEEE_TILES),
+    tf32=[Config({**c.kwargs, "STAGE_REGS": True}, num_warps=c.num_warps, num_stages=c.num_stages)
+          for c in _tiles(WGRAD_TF32_TILES)],
     small=Config(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), num_warps=4, num_stages=3),
     interpreter=Config(dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64), num_warps=4, num_stages=1),
 )
@@ -244,9 +272,9 @@ def wgrad_splits(geom, dtype: torch.dtype, precision: str, flat: bool, device: t
         if interpreting() or device.type != "cuda":
             return 1
         n_sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    cfg = config or WGRAD.configs[0]
-    k = cfg.kwargs
     elem = torch.tensor([], dtype=dtype).element_size()
+    cfg = config or WGRAD.candidates(precision, elem)[0]
+    k = cfg.kwargs
     rate = "16bit" if dtype != torch.float32 else precision
     return _split_model(geom, rate, flat, n_sms, k["BLOCK_M"], k["BLOCK_N"], cta_slots(cfg, elem))
 

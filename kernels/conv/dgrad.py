@@ -2,6 +2,7 @@
 
     dx[n, ih, iw, g*C_PER_G + c] = sum_{kh, kw, k} dy'[n, oh, ow, g*K_PER_G + k] * w[g*K_PER_G + k, c, kh, kw]
     where oh*SH = ih + PH - kh, ow*SW = iw + PW - kw;     dy' = dy * (y > 0) after a fused ReLU
+    with `relu_input` (x, the conv's input, is a ReLU's output): dx' = dx * (x > 0), written instead
 
 GEMM per group g: M = N*H*W input pixels, N = C_PER_G input channels, reduction over
 (kh, kw, k). For stride 1 it is the convolution of dy (padded by K-1-P) with the flipped,
@@ -11,7 +12,11 @@ input being the image).
 
 Layouts: dy' (masked once per backward by `common.relu_grad` when the forward fused a ReLU,
 never inside the loop) through its strides, fast as channels_last (k contiguous);
-dx through its strides. The weight is re-laid out once per call as wt (groups, KH, KW,
+dx through its strides.
+The epilogue mask (`relu_input`) is the gradient of the ReLU that produced x: the producing
+conv (conv3, conv4 in AlexNet) then reads its dy already masked and skips its own
+elementwise mask pass (kernels/ops.py, `dy_masked`). It costs one read of x in the epilogue,
+outside the loop. The weight is re-laid out once per call as wt (groups, KH, KW,
 C_PER_G, K_PER_G), k contiguous, so both GEMM operands are contiguous along the reduction
 (what tf32 wgmma needs). The reduction loop, one pipelined `for`, runs over (tap, k chunk)
 steps, or for few output channels (FLAT, K_PER_G < 16) over BLOCK_K-wide chunks of the
@@ -119,21 +124,43 @@ def _dgrad_flat_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_o
     return acc
 
 
+@triton.jit
+def _relu_input_mask(dx_ptr, x_ptr, pix0, chan, chan_ok, n_in_pix, sdx_n, sdx_c, sdx_h, sdx_w, sx_n, sx_c, sx_h, sx_w,
+                     H: tl.constexpr, W: tl.constexpr, PIX_MULT: tl.constexpr, OFF64: tl.constexpr,
+                     BLOCK_M: tl.constexpr):
+    """dx[pix0 : pix0 + BLOCK_M, chan] = 0 where x <= 0, after dx is stored (and a barrier): x is
+    loaded only then (it may alias dx, so no load moves above the store) and in 32-row slices, so x's tile
+    never lives beside the accumulator (tl.where on the accumulator spilled the tf32 128x128
+    tiles and grew the bf16 loops, bench/conv_sass.py). Costs a second, predicated store."""
+    SUB: tl.constexpr = 32 if BLOCK_M > 32 else BLOCK_M
+    for r in tl.static_range(0, BLOCK_M, SUB):
+        pix = pix0 + r + tl.arange(0, SUB)
+        ok = in_range(pix, n_in_pix, PIX_MULT % BLOCK_M == 0)[:, None] & chan_ok[None, :]
+        n_img, ih, iw = split_pixels(pix, H, W)
+        x_off = wide(n_img, OFF64) * sx_n + wide(ih, OFF64) * sx_h + wide(iw, OFF64) * sx_w
+        xv = tl.load(x_ptr + x_off[:, None] + (wide(chan, OFF64) * sx_c)[None, :], mask=ok, other=1.0)
+        dx_off = wide(n_img, OFF64) * sdx_n + wide(ih, OFF64) * sdx_h + wide(iw, OFF64) * sdx_w
+        tl.store(dx_ptr + dx_off[:, None] + (wide(chan, OFF64) * sdx_c)[None, :],
+                 tl.zeros_like(xv).to(dx_ptr.dtype.element_ty), mask=ok & (xv <= 0))
+
+
 @triton.jit(do_not_specialize=["n_in_pix", "pix_bucket"])
 def _conv_dgrad_kernel(
-    dy_ptr, wt_ptr, dx_ptr,
+    dy_ptr, wt_ptr, dx_ptr, x_ptr,
     n_in_pix,
     sdy_n, sdy_c, sdy_h, sdy_w,
     sdx_n, sdx_c, sdx_h, sdx_w,
+    sx_n, sx_c, sx_h, sx_w,
     pix_bucket,  # autotuning key only
     C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, PIX_MULT: tl.constexpr,
-    FLAT: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr,
+    FLAT: tl.constexpr, RELU_INPUT: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """dy (N, K, OH, OW) via sdy_*; wt (groups, KH, KW, C_PER_G, K_PER_G) contiguous;
-    dx (N, C, H, W) via sdx_*. Grid: (tiles of (N*H*W) x C_PER_G, groups)."""
+    dx (N, C, H, W) via sdx_*; with RELU_INPUT x (N, C, H, W) via sx_*, dx zeroed where x <= 0.
+    Grid: (tiles of (N*H*W) x C_PER_G, groups)."""
     # ---- map programs to tiles: (input-pixel block, input-channel block) of one group
     group = tl.program_id(1)
     pid_m, pid_n = grouped_tile(tl.program_id(0), n_in_pix, C_PER_G, BLOCK_M, BLOCK_N, GROUP_M)
@@ -160,34 +187,46 @@ def _conv_dgrad_kernel(
     # ---- write back: one store of the tile
     dx_off = wide(n_img, OFF64) * sdx_n + wide(ih, OFF64) * sdx_h + wide(iw, OFF64) * sdx_w
     dx_chan = wide((group * C_PER_G + chan), OFF64) * sdx_c
-    tl.store(dx_ptr + dx_off[:, None] + dx_chan[None, :], acc.to(dx_ptr.dtype.element_ty),
-             mask=pix_ok[:, None] & chan_ok[None, :])
+    out_ok = pix_ok[:, None] & chan_ok[None, :]
+    tl.store(dx_ptr + dx_off[:, None] + dx_chan[None, :], acc.to(dx_ptr.dtype.element_ty), mask=out_ok)
+    if RELU_INPUT:  # the gradient of the ReLU that produced x, as torch's threshold_backward (NaN x passes)
+        # The zeros are stored in another layout than dx was, so an element may be written by
+        # two threads: the barrier orders the second store after every thread's first.
+        tl.debug_barrier()
+        _relu_input_mask(dx_ptr, x_ptr, pid_m * BLOCK_M, group * C_PER_G + chan, chan_ok, n_in_pix,
+                         sdx_n, sdx_c, sdx_h, sdx_w, sx_n, sx_c, sx_h, sx_w, H, W, PIX_MULT, OFF64, BLOCK_M)
 
 
 _conv_dgrad_tuned = DGRAD.autotune(_conv_dgrad_kernel)
 
 
-def conv2d_input_grad(dy: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry, *, y=None,
+def conv2d_input_grad(dy: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry, *, y=None, relu_input=None,
                       out_format=torch.channels_last, config=None) -> torch.Tensor:
     """dx (geom.input_shape, `out_format`) from dy; with `y` (the forward output of a conv with
     fused ReLU) dy is first masked by y > 0 (`relu_grad`; the autograd Function masks once for
-    both GEMMs). dy may have any strides (channels_last is the fast layout); `config` forces a
-    tile config (see configs.py)."""
+    both GEMMs). With `relu_input` (the conv's input x, when x is a ReLU's output) the epilogue
+    writes dx * (x > 0) (NaN x passes, as torch's ReLU gradient), the gradient with respect
+    to that ReLU's input. dy and relu_input may have any strides (channels_last is the fast
+    layout); `config` forces a tile config (see configs.py)."""
     dx = empty_4d(geom.input_shape, dy, out_format)
     if dx.numel() == 0:
         return dx
     if y is not None:
         dy = relu_grad(dy, y)
+    if relu_input is not None and tuple(relu_input.shape) != tuple(geom.input_shape):
+        raise ValueError(f"relu_input has shape {tuple(relu_input.shape)}, expected the conv's input shape "
+                         f"{tuple(geom.input_shape)}")
     g, kg, cg, kh, kw = geom.groups, geom.k_per_g, geom.c_per_g, geom.kernel_h, geom.kernel_w
     wt = weight.reshape(g, kg, cg, kh, kw).permute(0, 3, 4, 2, 1).contiguous()  # (g, KH, KW, C/g, K/g)
     meta = dict(geom.constexprs(), PIX_MULT=pix_multiple(geom.n_in_pix), FLAT=use_flat_reduction(kg),
-                OFF64=needs_int64(dy, wt, dx),
+                RELU_INPUT=relu_input is not None, OFF64=needs_int64(dy, wt, dx, relu_input),
                 PRECISION=dot_precision(dy.dtype))
     n_in_pix = geom.n_in_pix
 
     def grid(m):
         return cdiv(n_in_pix, m["BLOCK_M"]) * cdiv(cg, m["BLOCK_N"]), g
 
-    args = (dy, wt, dx, n_in_pix, *dy.stride(), *dx.stride(), pix_bucket(n_in_pix))
+    mask_src = relu_input if relu_input is not None else dx  # dx stands in for the absent pointer (never read)
+    args = (dy, wt, dx, mask_src, n_in_pix, *dy.stride(), *dx.stride(), *mask_src.stride(), pix_bucket(n_in_pix))
     launch(_conv_dgrad_kernel, _conv_dgrad_tuned, DGRAD, grid, args, meta, flops=geom.flops, config=config)
     return dx

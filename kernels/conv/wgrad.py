@@ -26,6 +26,17 @@ Layouts: dy' (masked once per backward by `common.relu_grad` after a fused ReLU,
 the loop) and x through their strides; channels_last is the fast layout for both (dense
 channels_last dy' is addressed by pixel index, without decoding (n, oh, ow)).
 dw through its strides (any dense layout).
+
+tf32 (STAGE_REGS, set by the tf32 configs in configs.py): channels_last makes both operands
+contiguous along M or N, not along the pixels they are reduced over, and Hopper's tf32 wgmma
+reads only K-major shared memory; streamed straight from global into it they would go 4 bytes
+per copy, each with its own address and mask. The operands instead pass through an opaque
+register move (`_through_registers`), so the compiler copies them into shared memory in 16-byte
+pieces along the channels, reads them into registers and feeds A from registers and B from a
+K-major buffer it writes (wgmma RS): fewer instructions per step and no 4-byte copies
+(bench/conv_sass.py; bench/RESULTS.md weighs the extra shared-memory traffic). A pixel-major copy
+of dy and x per call would do the same with 2 x (|dy| + |x|) more memory traffic, and x's tap
+shifts would still leave its rows unaligned.
 """
 from __future__ import annotations
 
@@ -69,6 +80,14 @@ def _dy_tile_t(dy_ptr, dy_chan, k_ok, p, p_ok, sdy_n, sdy_h, sdy_w, OH: tl.const
     return tl.load(dy_ptr + dy_chan[:, None] + pix_off[None, :], mask=k_ok[:, None] & p_ok[None, :], other=0.0)
 
 
+@triton.jit
+def _through_registers(t):
+    """t unchanged, through an opaque register move, so the compiler cannot stream this operand
+    from global into the MMA's shared memory directly (tf32 only: a 32-bit move). See STAGE_REGS."""
+    tl.static_assert(t.dtype.primitive_bitwidth == 32, "register staging is for tf32 (32-bit) operands")
+    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [t], dtype=t.dtype, is_pure=True, pack=1)
+
+
 @triton.jit(do_not_specialize=["n_out_pix", "pix_bucket"])
 def _conv_wgrad_kernel(
     dy_ptr, x_ptr, dw_ptr, db_ptr,
@@ -83,7 +102,7 @@ def _conv_wgrad_kernel(
     PIX_MULT: tl.constexpr,
     WEIGHT_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, FLAT: tl.constexpr, DY_DENSE: tl.constexpr,
     NHWC_C: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGE_REGS: tl.constexpr = False,
 ):
     """dy (N, K, OH, OW) via sdy_*; x (N, C, H, W) via sx_* (or NHWC_C, see `x_pixel_offsets`);
     dw (splits, K, C_PER_G, KH, KW) via sdw_* (sdw_split 0 without a split); db (splits, K) via
@@ -175,6 +194,9 @@ def _conv_wgrad_kernel(
                 row_ok = p_ok & in_image(ih0 + kh, H, LOW_H, HIGH_H) & in_image(iw0 + kw, W, LOW_W, HIGH_W)
                 b_mask = row_ok[:, None] & col_ok[None, :]
             b = tl.load(x_ptr + x_pix[:, None] + x_col[None, :], mask=b_mask, other=0.0)
+            if STAGE_REGS:  # tf32 configs: K-major operands by way of registers (see the module docstring)
+                a = _through_registers(a)
+                b = _through_registers(b)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
 
         # ---- write back: the partial (or, with one split, dw itself)
