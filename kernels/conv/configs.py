@@ -151,9 +151,10 @@ def _wgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
     # 0.67 in bf16, 0.90 in tf32)
     flat_fit = elem == 2 and meta["FLAT"] and 11 * _cdiv(cols, 64) * 64 <= 10 * _cdiv(cols, 128) * 128
     narrow_ok = k["BLOCK_N"] >= 128 or _np2(cols) <= 64 or flat_fit
-    # conv1's FLAT columns (4 padded channels per tap) in tf32: with 128 accumulators per thread
-    # the register-staged loop spills 168-176 B (bench/conv_sass.py; conv2's FLAT columns do not)
-    roomy = not (elem == 4 and meta["FLAT"] and meta["C_PER_G"] < 8
+    # conv1's FLAT columns in tf32 (4 padded channels per tap, or 16 in its column-block view,
+    # input_layout.wgrad_view): with 128 accumulators per thread the register-staged loop spills
+    # 16-176 B (bench/conv_sass.py; conv2's 48-channel FLAT columns do not)
+    roomy = not (elem == 4 and meta["FLAT"] and meta["C_PER_G"] < 32
                  and k["BLOCK_M"] * k["BLOCK_N"] > 64 * 32 * cfg.num_warps)
     return (_smem_ok(cfg, elem) and k["BLOCK_M"] <= _np2(meta["K_PER_G"]) and k["BLOCK_N"] <= _np2(cols)
             and narrow_ok and roomy)
