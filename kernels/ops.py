@@ -214,7 +214,10 @@ def _take_padded(x):
 
 def _conv2d_triton(x, weight, bias, stride, padding, groups, relu):
     geom = _conv.conv_geometry(x, weight, bias, tuple(stride), tuple(padding), groups)
-    x_k, w_k, geom_k = _conv.pad_input(x, weight, geom)  # channels_last; conv1: 3 -> 4 channels
+    # channels_last; conv1: its padded image (3 -> 4 channels), the weight's channel padding is
+    # written by the forward's weight matrix (kernels/conv/fwd.py _flat_weight), not padded here
+    x_k, _, geom_k = _conv.pad_input(x, None, geom)
+    w_k = weight
     if _fast_forward and geom_k is not geom and weight.requires_grad and x_k._base is not x._base:
         _keep_padded(x, x_k, geom_k)  # a padded image made here (not a caller's buffer): wgrad reads it
     return _conv.conv2d_forward(x_k, w_k, bias, geom_k, relu=relu, out_format=memory_format(x))
