@@ -192,24 +192,25 @@ def _conv_out_shape(x, weight, stride, padding):
 
 # conv1's zero-padded image (kernels/conv/input_layout.py), kept from the fast path's forward
 # for its weight gradient instead of being built again there: id(x) -> (a weak reference to x,
-# x's version, the padded image, its geometry). Only on the fast path: under torch.compile a
+# x's version, the conv's geometry, the padded image, its geometry). Only on the fast path: under torch.compile a
 # buffer held outside the graph's outputs could outlive its memory pool (CUDA graphs). The
 # backward takes the entry (freeing the buffer); a dead x drops its entry.
 _PADDED_INPUTS: dict = {}
 
 
-def _keep_padded(x, x_k, geom_k) -> None:
+def _keep_padded(x, geom, x_k, geom_k) -> None:
     key = id(x)
-    _PADDED_INPUTS[key] = (weakref.ref(x, lambda _, key=key: _PADDED_INPUTS.pop(key, None)), x._version, x_k,
-                           geom_k)
+    _PADDED_INPUTS[key] = (weakref.ref(x, lambda _, key=key: _PADDED_INPUTS.pop(key, None)), x._version, geom,
+                           x_k, geom_k)
 
 
-def _take_padded(x):
-    """(padded image, geometry) `_keep_padded` kept for x as it is now, or None."""
+def _take_padded(x, geom):
+    """(padded image, its geometry) `_keep_padded` kept for x as it is now and a conv of
+    geometry `geom` (another conv may read the same x differently padded), or None."""
     entry = _PADDED_INPUTS.pop(id(x), None)
-    if entry is None or entry[0]() is not x or entry[1] != x._version:
+    if entry is None or entry[0]() is not x or entry[1] != x._version or entry[2] != geom:
         return None
-    return entry[2], entry[3]
+    return entry[3], entry[4]
 
 
 def _conv2d_triton(x, weight, bias, stride, padding, groups, relu):
@@ -219,7 +220,7 @@ def _conv2d_triton(x, weight, bias, stride, padding, groups, relu):
     x_k, _, geom_k = _conv.pad_input(x, None, geom)
     w_k = weight
     if _fast_forward and geom_k is not geom and weight.requires_grad and x_k._base is not x._base:
-        _keep_padded(x, x_k, geom_k)  # a padded image made here (not a caller's buffer): wgrad reads it
+        _keep_padded(x, geom, x_k, geom_k)  # a padded image made here (not a caller's buffer): wgrad reads it
     return _conv.conv2d_forward(x_k, w_k, bias, geom_k, relu=relu, out_format=memory_format(x))
 
 
@@ -265,7 +266,7 @@ def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_g
     geom = _conv.conv_geometry(x, weight, None, tuple(stride), tuple(padding), groups)
     x_k, geom_k = None, geom  # only the bias gradient: x is never read
     if weight_grad:
-        kept = _take_padded(x) if _PADDED_INPUTS else None  # the fast forward kept it
+        kept = _take_padded(x, geom) if _PADDED_INPUTS else None  # the fast forward kept it
         x_k, _, geom_k = (kept[0], None, kept[1]) if kept else _conv.pad_input(x, None, geom)  # as the forward read it
     dy = dy.contiguous(memory_format=torch.channels_last)
     y = y.contiguous(memory_format=torch.channels_last) if y is not None else None
