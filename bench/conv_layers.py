@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `kernels` when run as a script
-from kernels.conv.common import ConvGeometry, pad_input, unpad_weight_grad  # noqa: E402
+from kernels.conv.common import ConvGeometry  # noqa: E402
 from kernels.conv.dgrad import conv2d_input_grad  # noqa: E402
 from kernels.conv.fwd import conv2d_forward  # noqa: E402
+from kernels.conv.input_layout import pad_input, unpad_weight_grad  # noqa: E402
 from kernels.conv.wgrad import conv2d_weight_grad  # noqa: E402
 
 BATCH = 128

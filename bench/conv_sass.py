@@ -50,8 +50,8 @@ from kernels.conv import configs as conv_configs
 from kernels.conv import dgrad as conv_dgrad
 from kernels.conv import fwd as conv_fwd
 from kernels.conv import wgrad as conv_wgrad
-from kernels.conv.common import ConvGeometry, dot_precision, pad_input
-from kernels.conv.input_layout import wgrad_view
+from kernels.conv.common import ConvGeometry, dot_precision
+from kernels.conv.input_layout import pad_input, wgrad_view
 
 BATCH = 128
 SMEM_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one block may hold (opt-in maximum)

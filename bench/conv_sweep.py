@@ -27,8 +27,11 @@ from conv_layers import BATCH, DTYPES, LAYERS, ConvProblem, passes_for, rel_erro
 from harness import median_ms  # noqa: E402
 
 from kernels.conv import configs as conv_configs  # noqa: E402
-from kernels.conv.common import dot_precision, pad_input  # noqa: E402
-from kernels.conv.input_layout import wgrad_view  # noqa: E402
+from kernels.conv.common import dot_precision  # noqa: E402
+from kernels.conv.input_layout import (
+    pad_input,  # noqa: E402
+    wgrad_view,  # noqa: E402
+)
 
 TUNINGS = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}
 MAX_ERROR = {"bf16": 2e-2, "tf32": 5e-3}

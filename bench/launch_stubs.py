@@ -220,7 +220,7 @@ def classify(func, args, kwargs, out) -> str:
         return "collective"
     if name == "_local_scalar_dense":
         return "sync"
-    if func.is_view or name in ("detach", "lift_fresh", "alias"):
+    if func.is_view or name in ("detach", "lift_fresh", "alias", "_unsafe_view"):  # metadata only, no kernel
         return "view"
     if not _touches_meta(args, kwargs, out):
         return "host"

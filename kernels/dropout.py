@@ -185,4 +185,6 @@ def column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: 
         raise ValueError(f"need at least one seed and one call index, got {seeds.numel()} and {call.numel()}")
     if x.shape[1] % seeds.numel():
         raise ValueError(f"{x.shape[1]} features do not split into {seeds.numel()} equal columns")
-    return torch.ops.alexnet_triton.column_dropout(x, seeds, call, float(p))
+    from .ops import call as _call  # ops imports this module: looked up at call time
+
+    return _call("column_dropout", x, seeds, call, float(p))

@@ -147,7 +147,12 @@ def _register_autograd(name: str, backward, setup_context, n_outputs: int = 1):
     torch.library.register_autograd(f"{NAMESPACE}::{name}", backward, setup_context=setup_context)
 
     def forward(ctx, *args):  # ctx in forward, no setup_context: Function.apply then skips a
-        output = implementation(name, args[0].device)(*args)  # per-call inspect.signature (tens of us)
+        global _fast_forward  # per-call inspect.signature (tens of us)
+        _fast_forward = True
+        try:
+            output = implementation(name, args[0].device)(*args)
+        finally:
+            _fast_forward = False
         ctx.fast = True  # the backward may write gradients into their owners' buffers (`grad_into`)
         ctx.set_materialize_grads(False)
         if n_outputs > 1:  # only the first output is differentiable (the rest: u, argmax)
@@ -162,6 +167,11 @@ def _register_autograd(name: str, backward, setup_context, n_outputs: int = 1):
 
     _EAGER[name] = type(f"{name}_eager", (torch.autograd.Function,),
                         dict(forward=staticmethod(forward), backward=staticmethod(fast_backward)))
+
+
+# Set while the fast path runs an implementation (its autograd Function's forward): only then
+# may an implementation keep something for its backward outside the op's outputs (`_keep_padded`).
+_fast_forward = False
 
 
 def _empty(shape, like: torch.Tensor, fmt=torch.contiguous_format, dtype=None) -> torch.Tensor:
@@ -182,6 +192,29 @@ def _conv_out_shape(x, weight, stride, padding):
             (x.shape[3] + 2 * pw - weight.shape[3]) // sw + 1)
 
 
+# conv1's zero-padded image (kernels/conv/input_layout.py), kept from the fast path's forward
+# for its weight gradient instead of being built again there: id(x) -> (a weak reference to x,
+# x's version, the conv's geometry, the padded image, its geometry). Only on the fast path: under torch.compile a
+# buffer held outside the graph's outputs could outlive its memory pool (CUDA graphs). The
+# backward takes the entry (freeing the buffer); a dead x drops its entry.
+_PADDED_INPUTS: dict = {}
+
+
+def _keep_padded(x, geom, x_k, geom_k) -> None:
+    key = id(x)
+    _PADDED_INPUTS[key] = (weakref.ref(x, lambda _, key=key: _PADDED_INPUTS.pop(key, None)), x._version, geom,
+                           x_k, geom_k)
+
+
+def _take_padded(x, geom):
+    """(padded image, its geometry) `_keep_padded` kept for x as it is now and a conv of
+    geometry `geom` (another conv may read the same x differently padded), or None."""
+    entry = _PADDED_INPUTS.pop(id(x), None)
+    if entry is None or entry[0]() is not x or entry[1] != x._version or entry[2] != geom:
+        return None
+    return entry[3], entry[4]
+
+
 # The ReLU between two convolutions (conv3 -> conv4 -> conv5): its gradient mask, dy * (y > 0), is
 # applied by the consumer's dgrad epilogue (input_relu: dx * (x > 0), with x = the producer's y),
 # and the producer, told so (dy_masked), skips its own elementwise masking pass. Both flags
@@ -194,7 +227,12 @@ def _conv_out_shape(x, weight, stride, padding):
 #   dy_masked:  with relu, the dy arriving is already zero where y <= 0: no mask pass.
 def _conv2d_triton(x, weight, bias, stride, padding, groups, relu, input_relu=False, dy_masked=False):
     geom = _conv.conv_geometry(x, weight, bias, tuple(stride), tuple(padding), groups)
-    x_k, w_k, geom_k = _conv.pad_input(x, weight, geom)  # channels_last; conv1: 3 -> 4 channels
+    # channels_last; conv1: its padded image (3 -> 4 channels), the weight's channel padding is
+    # written by the forward's weight matrix (kernels/conv/fwd.py _flat_weight), not padded here
+    x_k, _, geom_k = _conv.pad_input(x, None, geom)
+    w_k = weight
+    if _fast_forward and geom_k is not geom and weight.requires_grad and x_k._base is not x._base:
+        _keep_padded(x, geom, x_k, geom_k)  # a padded image made here (not a caller's buffer): wgrad reads it
     return _conv.conv2d_forward(x_k, w_k, bias, geom_k, relu=relu, out_format=memory_format(x))
 
 
@@ -248,7 +286,8 @@ def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_g
     geom = _conv.conv_geometry(x, weight, None, tuple(stride), tuple(padding), groups)
     x_k, geom_k = None, geom  # only the bias gradient: x is never read
     if weight_grad:
-        x_k, _, geom_k = _conv.pad_input(x, None, geom)  # as the forward read it (the weight is not read)
+        kept = _take_padded(x, geom) if _PADDED_INPUTS else None  # the fast forward kept it
+        x_k, _, geom_k = (kept[0], None, kept[1]) if kept else _conv.pad_input(x, None, geom)  # as the forward read it
     dy = dy.contiguous(memory_format=torch.channels_last)
     y = y.contiguous(memory_format=torch.channels_last) if y is not None else None
     fmt = memory_format(weight)
@@ -606,7 +645,7 @@ def _column_dropout_setup(ctx, inputs, output):
 
 def _column_dropout_backward(ctx, dy, _dnext):
     seeds, next_call = ctx.saved_tensors
-    dx = None if dy is None else ops.column_dropout_backward(dy, seeds, next_call, ctx.p)
+    dx = None if dy is None else call("column_dropout_backward", dy, seeds, next_call, ctx.p)
     return dx, None, None, None
 
 
@@ -618,13 +657,13 @@ def _column_dropout_backward_setup(ctx, inputs, output):
 
 def _column_dropout_double_backward(ctx, ddx):
     seeds, next_call = ctx.saved_tensors
-    return ops.column_dropout_backward(ddx, seeds, next_call, ctx.p), None, None, None
+    return call("column_dropout_backward", ddx, seeds, next_call, ctx.p), None, None, None
 
 
-torch.library.register_autograd(f"{NAMESPACE}::column_dropout", _column_dropout_backward,
-                                setup_context=_column_dropout_setup)
-torch.library.register_autograd(f"{NAMESPACE}::column_dropout_backward", _column_dropout_double_backward,
-                                setup_context=_column_dropout_backward_setup)
+# Both through `call` (kernels.dropout.column_dropout): the eager fast path skips the custom-op
+# dispatch, ~4 of them per training step.
+_register_autograd("column_dropout", _column_dropout_backward, _column_dropout_setup, n_outputs=2)
+_register_autograd("column_dropout_backward", _column_dropout_double_backward, _column_dropout_backward_setup)
 
 
 # ============================================================================ augmentation

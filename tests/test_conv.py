@@ -17,9 +17,10 @@ import kernels
 import kernels.conv as conv_module
 from kernels import reference
 from kernels.conv import configs as conv_configs
-from kernels.conv.common import MAX_PIXELS, conv_geometry, dot_precision, pad_input, unpad_weight_grad
+from kernels.conv.common import MAX_PIXELS, conv_geometry, dot_precision
 from kernels.conv.dgrad import conv2d_input_grad
 from kernels.conv.fwd import conv2d_forward
+from kernels.conv.input_layout import pad_input, unpad_weight_grad
 from kernels.conv.wgrad import conv2d_weight_grad
 
 # precision name -> (dtype, torch.backends.cudnn.allow_tf32, (atol relative to the tensor's max, rtol))

@@ -61,6 +61,10 @@ def test_lean_step(single):
     assert ours["launches_by_kind"]["custom_op"] == 0
     assert not any(op.startswith(("torch_op:add_", "torch_op:zero_", "torch_op:where")) for op in ops)
     assert ops["triton:_relu_grad_kernel"] == 3  # conv3-5 fuse their ReLU
+    # conv1: its padded image made once per step (zeroing + copy; wgrad reads the forward's),
+    # its weight's channel padding written into the forward's weight matrix (zeroing + copy)
+    assert ops.get("torch_op:new_zeros.default", 0) == 2
+    assert not any(op.startswith(("torch_op:constant_pad_nd", "torch_op:scalar_tensor")) for op in ops)
     assert ours["launches_per_step"] < single["single"]["eager"]["launches_per_step"]
 
 

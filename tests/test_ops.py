@@ -191,12 +191,18 @@ def test_fast_path_equals_the_custom_ops(device, monkeypatch, fmt):
     """kernels.* outside compile/export skip torch.library's dispatch (ops.call) but run the same
     implementation with the op's own backward: the same outputs, strides and gradients, bit for bit."""
     x, w, b = _x((2, 4, 7, 6), device, fmt), _x((6, 2, 3, 3), device, fmt), _x((6,), device)
+    x3, w3, b3 = _x((2, 3, 9, 10), device, fmt, grad=False), _x((5, 3, 3, 5), device, fmt), _x((5,), device)
+    x2, seeds = _x((3, 8), device), torch.tensor([11, 12], device=device)
+    call = torch.tensor([4], device=device)
     cases = {
         "conv2d": (lambda x, w, b: kernels.conv2d(x, w, b, (1, 2), 1, 2, relu=True), (x, w, b)),
         "conv2d_no_relu": (lambda x, w: kernels.conv2d(x, w, None, 2, 0, groups=2), (x, w)),
         "relu_lrn": (lambda x: kernels.relu_lrn(x, 3, 0.5, 0.75, 2.0, groups=2), (x,)),
         "local_response_norm": (lambda x: kernels.local_response_norm(x, 5, 0.5, 0.75, 2.0), (x,)),
         "max_pool2d": (lambda x: kernels.max_pool2d(x, (3, 2), (2, 1)), (x,)),
+        # few channels (conv1's case): the padded image, kept from the fast forward for wgrad
+        "conv2d_padded_image": (lambda w, b: kernels.conv2d(x3, w, b, (2, 4), 2), (w3, b3)),
+        "column_dropout": (lambda x: kernels.column_dropout(x, seeds, call, 0.5)[0], (x2,)),
     }
     for name, (fn, inputs) in cases.items():
         (fast, fast_grads, fast_node), (op, op_grads, op_node) = _run_both_paths(monkeypatch, fn, inputs)
@@ -209,6 +215,22 @@ def test_fast_path_equals_the_custom_ops(device, monkeypatch, fmt):
 
 
 SAME_IMPL = "both paths run the same implementation on the same inputs"
+
+
+def test_fast_path_keeps_conv1s_padded_image_for_its_weight_gradient(monkeypatch):
+    """The fast forward of a few-channel conv keeps the padded image it built, and the weight
+    gradient reads that one (taking it) instead of padding the image again."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(kernels.ops, "FAST_PATH", True)
+    x, w = _x((2, 3, 9, 10), "cpu", torch.channels_last, grad=False), _x((4, 3, 3, 5), "cpu", torch.channels_last)
+    pads = []
+    monkeypatch.setattr(kernels.conv, "pad_input", lambda *a, real=kernels.conv.pad_input: pads.append(1) or real(*a))
+    y = kernels.conv2d(x, w, None, (2, 4), 2)
+    assert len(kernels.ops._PADDED_INPUTS) == 1 and len(pads) == 1
+    y.sum().backward()
+    assert not kernels.ops._PADDED_INPUTS and len(pads) == 1  # taken, not built again
+    ref = reference.conv2d(x.double(), w.detach().double(), None, (2, 4), (2, 2), 1, False)
+    assert_close_verbose(y.double(), ref, rtol=1e-4, atol=1e-4, reason="the padded image is the image")
 
 
 def test_fast_path_steps_aside_for_tracing_and_fake_tensors(monkeypatch):

@@ -382,6 +382,3 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
 # new layout gets its own plan.
 _PLANS: dict = {}
 
-
-# conv1's input layout lives in input_layout.py; re-exported for the kernels' callers
-from .input_layout import pad_input, unpad_weight_grad  # noqa: E402,F401

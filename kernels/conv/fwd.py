@@ -175,13 +175,18 @@ def _conv_fwd_kernel(
 _conv_fwd_tuned = FWD.autotune(_conv_fwd_kernel)
 
 
-def _flat_weight(weight: torch.Tensor):
-    """(w, True): the weight as a (K + 256, R) matrix of OHWI rows, R = KH*KW*C/g rounded up to
-    64, zero past the real (K, KH*KW*C/g): the FLAT loop then reads whole, 16-byte aligned rows
-    without masks for any tile (BLOCK_N <= 256, BLOCK_K <= 64). Tiny: conv1's is 352 x 512."""
-    k, red = weight.shape[0], weight[0].numel()
+def _flat_weight(weight: torch.Tensor, chan: int | None = None):
+    """(w, True): the weight as a (K + 256, R) matrix of OHWI rows, R = KH*KW*chan rounded up to
+    64, zero past the real (K, KH*KW*chan): the FLAT loop then reads whole, 16-byte aligned rows
+    without masks for any tile (BLOCK_N <= 256, BLOCK_K <= 64). Tiny: conv1's is 352 x 512.
+    `chan` (default C/g): the channels per pixel the kernel reads, more than the weight's for a
+    padded image (conv1: 4 of 3), the extra ones zero: the channel padding is written here, in the
+    same copy (one zeroing, one copy per forward instead of a padded weight and then its matrix)."""
+    k, c, kh, kw = weight.shape
+    chan = chan or c
+    red = kh * kw * chan
     w = weight.new_zeros(k + 256, cdiv(red, 64) * 64)
-    w[:k, :red] = weight.permute(0, 2, 3, 1).reshape(k, red)
+    w[:k, :red].view(k, kh, kw, chan)[..., :c] = weight.permute(0, 2, 3, 1)
     return w, True
 
 
@@ -195,7 +200,7 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeomet
         return y
     flat = use_flat_reduction(geom.c_per_g) if config is None else config.kwargs.get(
         "FLAT", use_flat_reduction(geom.c_per_g))
-    w_ohwi, w_pad = _flat_weight(weight) if flat else (weight.permute(0, 2, 3, 1).contiguous(), False)
+    w_ohwi, w_pad = _flat_weight(weight, geom.c_per_g) if flat else (weight.permute(0, 2, 3, 1).contiguous(), False)
     meta = dict(geom.constexprs(), PIX_MULT=pix_multiple(geom.n_out_pix), HAS_BIAS=bias is not None, RELU=relu,
                 FLAT=flat, W_ROW=w_ohwi.stride(0), W_PAD=w_pad,
                 NHWC_C=nhwc_channels(x), OFF64=needs_int64(x, w_ohwi, y), PRECISION=dot_precision(x.dtype))
