@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 from compare import assert_close_verbose
-from conftest import DEVICE, MEMORY_FORMATS, TINY_CROP
+from conftest import DEVICE, MEMORY_FORMATS, TINY_CROP, requires_gpu
 from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.testing import CompileCounterWithBackend
@@ -120,7 +120,7 @@ def test_opcheck_augment(device, channels_last):
     opcheck(ops.augment.default, (images, offsets, flips, shift, mean, 7, torch.float32, channels_last))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=requires_gpu)])
 def test_opcheck_augment_padded(device, dtype):
     """conv1's padded input written by the augmentation: crop at (2, 1) in a 4-channel 12x10 buffer."""
     g = torch.Generator().manual_seed(1)
