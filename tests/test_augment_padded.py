@@ -17,7 +17,6 @@ from kernels import reference
 from kernels.augment import augment_padded
 from kernels.conv.input_layout import padded_geometry, padded_image
 
-
 # bf16 only on a GPU: the Triton interpreter computes bf16 wrongly (conftest.requires_gpu).
 TEST_DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
 
