@@ -99,18 +99,28 @@ def conv_input_geometry(conv: ConvSpec, batch: int, size: int, in_channels: int 
     return ConvGeometry(batch, in_channels, size, size, conv.out_channels, k, k, s, s, p, p, conv.groups)
 
 
-def padded_input(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, shift: torch.Tensor,
-                 mean: torch.Tensor, size: int, dtype: torch.dtype, conv1: ConvSpec) -> torch.Tensor | None:
-    """The channels_last crops (B, 3, size, size) as the registered view of conv1's zero-padded
-    input buffer (`padded_geometry`'s shape, written whole by kernels.augment.augment_padded),
-    or None where conv1 does not read a padded image or the buffer would not hold the whole
-    crop (the caller then makes today's plain output)."""
-    geom = conv_input_geometry(conv1, images.shape[0], size)
+def padded_layout(conv1: ConvSpec, batch: int, size: int, dtype: torch.dtype):
+    """(pad, padded_size, channels) of conv1's zero-padded input buffer for a batch of
+    (3, size, size) crops in `dtype` (kernels/conv/input_layout.py padded_geometry), or None
+    where conv1 does not read a padded image or the buffer would not hold the whole crop."""
+    geom = conv_input_geometry(conv1, batch, size)
     if geom.out_h < 1 or geom.out_w < 1 or not takes_padded_image(geom):
         return None
     g = padded_geometry(geom, dtype.itemsize)
     pad = (geom.pad_h, geom.pad_w)
     if g.height < pad[0] + size or g.width < pad[1] + size:  # columns no window reaches are cut off
         return None
-    buf = augment_padded(images, offsets, flips, shift, mean, size, dtype, pad, (g.height, g.width), g.in_chan)
+    return pad, (g.height, g.width), g.in_chan
+
+
+def padded_input(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, shift: torch.Tensor,
+                 mean: torch.Tensor, size: int, dtype: torch.dtype, conv1: ConvSpec) -> torch.Tensor | None:
+    """The channels_last crops (B, 3, size, size) as the registered view of conv1's zero-padded
+    input buffer (`padded_layout`, written whole by kernels.augment.augment_padded), or None
+    where there is no such buffer (the caller then makes today's plain output)."""
+    layout = padded_layout(conv1, images.shape[0], size, dtype)
+    if layout is None:
+        return None
+    pad, padded_size, channels = layout
+    buf = augment_padded(images, offsets, flips, shift, mean, size, dtype, pad, padded_size, channels)
     return padded_view(buf, 3, pad, (size, size))
