@@ -16,7 +16,10 @@ the device is used), so seeded runs repeat exactly, and the kernel never sees an
 feed the same draws to the kernel and the reference. `crop_batch` calls the `augment` of the
 ops the run chose (`ops`, the model's config.ops: the one rule, alexnet/layers.py load_ops):
 "triton" the alexnet_triton op (the Triton kernel on CUDA tensors, the reference inside it on
-CPU ones), "reference" the plain-PyTorch reference on any device.
+CPU ones), "reference" the plain-PyTorch reference on any device. Given the model's conv1
+(config.convs[0]) with "triton" ops and channels_last, the kernel writes conv1's zero-padded
+input buffer and crop_batch returns the (B, 3, size, size) view of it: the same values, and
+conv1 reads the buffer without padding a copy (`padded_input`).
 """
 from __future__ import annotations
 

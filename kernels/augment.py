@@ -12,6 +12,12 @@ contiguous NCHW or channels_last. The random draws are made elsewhere
 (`alexnet.augment.draw`), so the kernel and its reference `kernels.reference.augment` can
 be fed the same ones.
 
+`augment_padded` writes the same crops, channels_last, into a zero-padded buffer instead:
+conv1's input as kernels/conv/input_layout.py lays it out (224x224x3 inside 228x228x4 for the
+paper's 11x11 stride-4 padding-2 conv1), the padding ring and the 4th channel written as zeros
+by the same launch, so conv1 reads the buffer with no padding copy of its own
+(alexnet/augment.py crop_batch hands the model `padded_view` of it).
+
 Each program writes BLOCK consecutive elements of one image's output in storage order
 (coalesced stores, either layout) and reads the matching input bytes, which are contiguous
 runs of the input row (reversed runs when flipped). Offsets outside [0, H - size] x
