@@ -16,7 +16,10 @@ the device is used), so seeded runs repeat exactly, and the kernel never sees an
 feed the same draws to the kernel and the reference. `crop_batch` calls the `augment` of the
 ops the run chose (`ops`, the model's config.ops: the one rule, alexnet/layers.py load_ops):
 "triton" the alexnet_triton op (the Triton kernel on CUDA tensors, the reference inside it on
-CPU ones), "reference" the plain-PyTorch reference on any device.
+CPU ones), "reference" the plain-PyTorch reference on any device. Given the model's conv1
+(config.convs[0]) with "triton" ops and channels_last, the kernel writes conv1's zero-padded
+input buffer and crop_batch returns the (B, 3, size, size) view of it: the same values, and
+conv1 reads the buffer without padding a copy (`padded_input`).
 """
 from __future__ import annotations
 
@@ -24,6 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.augment import augment_padded
+from kernels.conv.common import ConvGeometry
+from kernels.conv.input_layout import padded_geometry, padded_view, takes_padded_image
+
+from .config import ConvSpec, resolve_ops
 from .layers import load_ops
 
 
@@ -72,7 +80,50 @@ def lighting_shift(alphas: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors
 
 def crop_batch(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, shift: torch.Tensor,
                mean: torch.Tensor, size: int = 224, dtype: torch.dtype = torch.float32,
-               channels_last: bool = False, ops: str = "auto") -> torch.Tensor:
+               channels_last: bool = False, ops: str = "auto", conv1: ConvSpec | None = None) -> torch.Tensor:
     """`load_ops(ops).augment`: kernels.augment for "triton", kernels.reference.augment for
-    "reference" (see there for what it computes); "auto" as AlexNetConfig resolves it."""
+    "reference" (see there for what it computes); "auto" as AlexNetConfig resolves it.
+
+    With `conv1` (the model's first conv, config.convs[0]), "triton" ops and channels_last,
+    where conv1 reads a zero-padded image (few input channels: kernels/conv/input_layout.py),
+    the kernel writes its crops straight into that padded buffer (`padded_input`) and the
+    result is the registered view of it: the same values and shape, and conv1's forward and
+    weight gradient read the buffer with no copy of their own."""
+    if conv1 is not None and channels_last and resolve_ops(ops) == "triton":
+        x = padded_input(images, offsets, flips, shift, mean, size, dtype, conv1)
+        if x is not None:
+            return x
     return load_ops(ops).augment(images, offsets, flips, shift, mean, size, dtype, channels_last)
+
+
+def conv_input_geometry(conv: ConvSpec, batch: int, size: int, in_channels: int = 3) -> ConvGeometry:
+    """The geometry of `conv` on a batch of (in_channels, size, size) images."""
+    k, s, p = conv.kernel_size, conv.stride, conv.padding
+    return ConvGeometry(batch, in_channels, size, size, conv.out_channels, k, k, s, s, p, p, conv.groups)
+
+
+def padded_layout(conv1: ConvSpec, batch: int, size: int, dtype: torch.dtype):
+    """(pad, padded_size, channels) of conv1's zero-padded input buffer for a batch of
+    (3, size, size) crops in `dtype` (kernels/conv/input_layout.py padded_geometry), or None
+    where conv1 does not read a padded image or the buffer would not hold the whole crop."""
+    geom = conv_input_geometry(conv1, batch, size)
+    if geom.out_h < 1 or geom.out_w < 1 or not takes_padded_image(geom):
+        return None
+    g = padded_geometry(geom, dtype.itemsize)
+    pad = (geom.pad_h, geom.pad_w)
+    if g.height < pad[0] + size or g.width < pad[1] + size:  # columns no window reaches are cut off
+        return None
+    return pad, (g.height, g.width), g.in_chan
+
+
+def padded_input(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, shift: torch.Tensor,
+                 mean: torch.Tensor, size: int, dtype: torch.dtype, conv1: ConvSpec) -> torch.Tensor | None:
+    """The channels_last crops (B, 3, size, size) as the registered view of conv1's zero-padded
+    input buffer (`padded_layout`, written whole by kernels.augment.augment_padded), or None
+    where there is no such buffer (the caller then makes today's plain output)."""
+    layout = padded_layout(conv1, images.shape[0], size, dtype)
+    if layout is None:
+        return None
+    pad, padded_size, channels = layout
+    buf = augment_padded(images, offsets, flips, shift, mean, size, dtype, pad, padded_size, channels)
+    return padded_view(buf, 3, pad, (size, size))

@@ -13,7 +13,10 @@ pinned memory; the GIL is released) in a background thread that runs `prefetch` 
 ahead; the batch is copied to the GPU on a side stream while the previous batch trains;
 the augmentation turns the uint8 crop into the model's input on the current stream. Which
 augmentation runs follows `ops`, the model's config.ops (alexnet/layers.py load_ops, the one
-op-selection rule): "triton" the augmentation kernel, "reference" plain PyTorch. On a CPU
+op-selection rule): "triton" the augmentation kernel, "reference" plain PyTorch. Given the
+model's `conv1` (config.convs[0]) with "triton" ops and channels_last, the kernel writes the
+batch straight into conv1's zero-padded input buffer and the loader yields the (B, 3, 224, 224)
+view of it, which conv1 reads with no copy (alexnet/augment.py crop_batch). On a CPU
 device the same runs without pinned memory or streams.
 
 Order and sharding: each epoch has one permutation of the split, drawn from (seed, epoch),
@@ -37,7 +40,7 @@ import torch
 from kernels.layout import cdiv
 
 from .augment import AugmentConfig, crop_batch, draw, lighting_shift
-from .config import resolve_ops
+from .config import ConvSpec, resolve_ops
 from .seeds import mixed_seed
 from .store import Split, Store
 
@@ -225,11 +228,12 @@ class TrainLoader(_Loader):
     def __init__(self, store: Store, batch_size: int, device, *, rank: int = 0, world: int = 1, seed: int = 0,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False, drop_last: bool = True,
                  augment: AugmentConfig = AugmentConfig(), split: str = "train", ops: str = "auto",
-                 threads: int | None = None, prefetch: int = 3):
+                 conv1: ConvSpec | None = None, threads: int | None = None, prefetch: int = 3):
         super().__init__(store, split, batch_size, device, rank=rank, world=world, dtype=dtype,
                          channels_last=channels_last, crop_size=augment.crop_size, ops=ops, threads=threads,
                          prefetch=prefetch)
         self.seed, self.drop_last, self.augment = seed, drop_last, augment
+        self.conv1 = conv1  # the model's conv1 (config.convs[0]): crop_batch may write its padded input
         self.eigenvalues = torch.from_numpy(store.pca.eigenvalues).float().to(self.device)
         self.eigenvectors = torch.from_numpy(store.pca.eigenvectors).float().to(self.device)
         self.generator = torch.Generator(self.device)
@@ -263,7 +267,7 @@ class TrainLoader(_Loader):
                 d = draw(len(labels), size, self.augment, self.device, self.generator)
                 shift = lighting_shift(d.alphas, self.eigenvalues, self.eigenvectors)
                 x = crop_batch(images, d.offsets, d.flips, shift, self.mean, self.crop_size, self.dtype,
-                               self.channels_last, self.ops)
+                               self.channels_last, self.ops, self.conv1)
                 self.position = i + 1
                 yield x, labels
         finally:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .augment import crop_batch
+from .config import ConvSpec
 
 VIEWS = ("centre", "ten")
 
@@ -39,25 +40,30 @@ def view_offsets(views: str, image_size: tuple[int, int], size: int = 224) -> li
 
 
 def crop_views(images: torch.Tensor, mean: torch.Tensor, views: str = "centre", size: int = 224,
-               dtype: torch.dtype = torch.float32, channels_last: bool = False, ops: str = "auto"):
+               dtype: torch.dtype = torch.float32, channels_last: bool = False, ops: str = "auto",
+               conv1: ConvSpec | None = None):
     """Yield each view of uint8 images (B, H, W, 3) as a (B, 3, size, size) network input,
-    cropped by `ops`'s augmentation (crop_batch)."""
+    cropped by `ops`'s augmentation (crop_batch; with the model's `conv1`, written into its
+    padded input buffer where that applies)."""
     batch, height, width, _ = images.shape
     shift = torch.zeros(batch, 3, device=images.device)
     for top, left, flip in view_offsets(views, (height, width), size):
         offsets = torch.tensor([top, left], dtype=torch.int32, device=images.device).expand(batch, 2)
         flips = torch.full((batch,), flip, dtype=torch.bool, device=images.device)
-        yield crop_batch(images, offsets, flips, shift, mean, size, dtype, channels_last, ops)
+        yield crop_batch(images, offsets, flips, shift, mean, size, dtype, channels_last, ops, conv1)
 
 
 @torch.no_grad()
 def predict(model, images: torch.Tensor, mean: torch.Tensor, views: str = "centre", size: int = 224,
             dtype: torch.dtype = torch.float32, channels_last: bool = False, ops: str = "auto") -> torch.Tensor:
     """Class probabilities (B, classes), float32: the softmax of the model's logits, averaged
-    over the views (cropped by `ops`'s augmentation: pass the model's config.ops)."""
+    over the views (cropped by `ops`'s augmentation: pass the model's config.ops; written into
+    conv1's padded input where that applies, conv1 taken from the model's config)."""
     probs = None
     n = 0
-    for x in crop_views(images, mean, views, size, dtype, channels_last, ops):
+    config = getattr(model, "config", None)
+    conv1 = config.convs[0] if config is not None and hasattr(config, "convs") else None
+    for x in crop_views(images, mean, views, size, dtype, channels_last, ops, conv1):
         p = torch.softmax(model(x).float(), dim=1)
         probs = p if probs is None else probs + p
         n += 1

@@ -40,6 +40,8 @@ import math
 import torch
 import torch.nn as nn
 
+from kernels.layout import channels_last_block
+
 from .config import BIAS_ONE_LAYERS, CONV_LAYERS, FC_LAYERS, AlexNetConfig, ConvSpec, input_shape, layer_shapes
 from .layers import ColumnDropout, Conv2d, Linear, LocalResponseNorm, MaxPool2d, compute_params, load_ops
 
@@ -126,7 +128,7 @@ class AlexNet(nn.Module):
     # ------------------------------------------------------------------ forward
     def _hidden(self, x: torch.Tensor) -> torch.Tensor:
         """fc7's activations (after ReLU and dropout) of this device's column(s)."""
-        if self.config.channels_last:
+        if self.config.channels_last and not channels_last_block(x):  # a block: conv1's padded input, no copy
             x = x.contiguous(memory_format=torch.channels_last)
         # conv1 (B, 96, 55, 55) -> pool (B, 96, 27, 27) ... conv5 (B, 256, 13, 13) -> pool (B, 256, 6, 6)
         for i, layer in enumerate(CONV_LAYERS, start=1):

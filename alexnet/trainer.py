@@ -121,7 +121,7 @@ class Trainer:
         self.train_loader = TrainLoader(self.store, config.batch_size, session.device, rank=session.data_rank,
                                         world=session.data_world, seed=config.seed, dtype=self.dtype,
                                         channels_last=channels_last, augment=augment, ops=self.model_config.ops,
-                                        threads=config.threads)
+                                        conv1=self.model_config.convs[0], threads=config.threads)
         self.val_loader = EvalLoader(self.store, config.batch_size, session.device, rank=session.data_rank,
                                      world=session.data_world, dtype=self.dtype, channels_last=channels_last,
                                      crop_size=config.image_size, ops=self.model_config.ops, threads=config.threads)

@@ -158,7 +158,7 @@ def build_step(stack: str, dtype: torch.dtype, layout: str = "single", batch: in
         optimizer = trainer.build_optimizer(model, config.ops, dtype, 0.01, 0.9, 5e-4)
     else:  # before issue 13
         optimizer = (FlatPaperSGD if stack == "ours" else PaperSGD)(param_groups(model), lr=0.01)
-    images = torch.empty(batch, 3, 224, 224, device="meta", dtype=dtype, memory_format=torch.channels_last)
+    images = _model_input(config, batch, dtype)
     labels = torch.empty(batch, device="meta", dtype=torch.int64)
     finite = torch.ones((), dtype=torch.bool, device="meta")
     sync = getattr(model, "sync_gradients", None)
@@ -169,6 +169,25 @@ def build_step(stack: str, dtype: torch.dtype, layout: str = "single", batch: in
         training_step(model, optimizer, images, labels, finite, sync)
 
     return step
+
+
+def _model_input(config, batch: int, dtype: torch.dtype) -> torch.Tensor:
+    """The batch as TrainLoader hands it to the model (channels_last): with the Triton ops the
+    view of conv1's zero-padded input that the augmentation wrote (alexnet/augment.py
+    padded_layout, kernels/conv/input_layout.py padded_view), which conv1 reads with no copy."""
+    size = config.image_size
+    fmt = torch.channels_last
+    try:
+        from alexnet.augment import padded_layout
+        from kernels.conv.input_layout import padded_view
+    except ImportError:  # a tree before the augmentation wrote conv1's input
+        padded_layout = None
+    layout = padded_layout(config.convs[0], batch, size, dtype) if padded_layout and config.ops == "triton" else None
+    if layout is None:
+        return torch.empty(batch, 3, size, size, device="meta", dtype=dtype, memory_format=fmt)
+    pad, padded_size, channels = layout
+    buf = torch.empty(batch, channels, *padded_size, device="meta", dtype=dtype, memory_format=fmt)
+    return padded_view(buf, 3, pad, (size, size))
 
 
 def _training_step_before_issue_13(model, optimizer, images, labels, finite, sync_gradients=None):

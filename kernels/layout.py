@@ -16,6 +16,23 @@ def memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def channels_last_block(x: torch.Tensor) -> bool:
+    """True if x is 4-D, channels_last or a block of a channels_last tensor: strides in NHWC
+    order, channels adjacent, rows and images apart by at least their extent (gaps allowed).
+    conv1's input as the augmentation hands it (kernels/conv/input_layout.py padded_view: the
+    3-channel image inside a zero-padded 4-channel buffer) is one; its conv writes
+    channels_last as for a dense channels_last input (`conv_out_format`)."""
+    if x.dim() != 4 or x.shape[1] < 2:
+        return memory_format(x) == torch.channels_last
+    (_, c, h, w), (sn, sc, sh, sw) = x.shape, x.stride()
+    return sc == 1 and sw >= c and sh >= sw * w and sn >= sh * h and not x.is_contiguous()
+
+
+def conv_out_format(x: torch.Tensor) -> torch.memory_format:
+    """`memory_format(x)`, and channels_last also for a block of a channels_last tensor."""
+    return torch.channels_last if channels_last_block(x) else memory_format(x)
+
+
 def empty_4d(shape, like: torch.Tensor, fmt: torch.memory_format, dtype=None) -> torch.Tensor:
     return torch.empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=fmt)
 

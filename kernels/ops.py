@@ -16,6 +16,8 @@
     torch.ops.alexnet_triton.column_dropout(x, seeds, call, p) -> (y, next_call)
     torch.ops.alexnet_triton.column_dropout_backward(dy, seeds, next_call, p) -> dx
     torch.ops.alexnet_triton.augment(images, offsets, flips, shift, mean, size, dtype, channels_last) -> y
+    torch.ops.alexnet_triton.augment_padded(images, offsets, flips, shift, mean, size, dtype, pad, padded_size,
+                                            channels) -> y   (conv1's zero-padded input buffer)
     torch.ops.alexnet_triton.sgd_step_(weights!, velocity!, grads, lr, momentum, weight_decay, n_decay,
                                        low_precision_out!?) -> ()
 
@@ -55,8 +57,9 @@ import torch
 
 from . import reference
 from ._common import check_tensor, interpreting, is_dense, memory_format
-from .augment import launch_augment
+from .augment import launch_augment, launch_augment_padded
 from .dropout import apply_dropout_mask, launch_column_dropout
+from .layout import conv_out_format
 from .lrn import relu_lrn_backward, relu_lrn_forward
 from .maxpool import argmax_dtype, max_pool2d_backward, max_pool2d_forward
 from .sgd import launch_sgd_step
@@ -233,15 +236,15 @@ def _conv2d_triton(x, weight, bias, stride, padding, groups, relu, input_relu=Fa
     w_k = weight
     if _fast_forward and geom_k is not geom and weight.requires_grad and x_k._base is not x._base:
         _keep_padded(x, geom, x_k, geom_k)  # a padded image made here (not a caller's buffer): wgrad reads it
-    return _conv.conv2d_forward(x_k, w_k, bias, geom_k, relu=relu, out_format=memory_format(x))
+    return _conv.conv2d_forward(x_k, w_k, bias, geom_k, relu=relu, out_format=conv_out_format(x))
 
 
 def _conv2d_reference(x, weight, bias, stride, padding, groups, relu, input_relu=False, dy_masked=False):
-    return _in_format(reference.conv2d(x, weight, bias, stride, padding, groups, relu), memory_format(x))
+    return _in_format(reference.conv2d(x, weight, bias, stride, padding, groups, relu), conv_out_format(x))
 
 
 def _conv2d_fake(x, weight, bias, stride, padding, groups, relu, input_relu=False, dy_masked=False):
-    return _empty(_conv_out_shape(x, weight, stride, padding), x, memory_format(x))
+    return _empty(_conv_out_shape(x, weight, stride, padding), x, conv_out_format(x))
 
 
 _define("conv2d", "(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int groups, bool relu, "
@@ -678,6 +681,22 @@ def _augment_fake(images, offsets, flips, shift, mean, size, dtype, channels_las
 
 _define("augment", "(Tensor images, Tensor offsets, Tensor flips, Tensor shift, Tensor mean, int size, "
         "ScalarType dtype, bool channels_last) -> Tensor", launch_augment, _augment_reference, _augment_fake)
+
+
+# conv1's zero-padded input written by the augmentation (kernels/augment.py augment_padded):
+# a fresh dense channels_last buffer; the model's (B, 3, size, size) view of it is taken
+# outside the op (alexnet/augment.py crop_batch, kernels/conv/input_layout.py padded_view).
+def _augment_padded_reference(images, offsets, flips, shift, mean, size, dtype, pad, padded_size, channels):
+    return reference.augment_padded(images, offsets, flips, shift, mean, size, dtype, pad, padded_size, channels)
+
+
+def _augment_padded_fake(images, offsets, flips, shift, mean, size, dtype, pad, padded_size, channels):
+    return _empty((images.shape[0], channels, *padded_size), images, torch.channels_last, dtype)
+
+
+_define("augment_padded", "(Tensor images, Tensor offsets, Tensor flips, Tensor shift, Tensor mean, int size, "
+        "ScalarType dtype, int[2] pad, int[2] padded_size, int channels) -> Tensor", launch_augment_padded,
+        _augment_padded_reference, _augment_padded_fake)
 
 
 # ============================================================================ SGD step

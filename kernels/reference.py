@@ -157,3 +157,16 @@ def augment(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, sh
     y = crop - mean.to(compute)[r, c] + shift.to(compute)[:, None, None, :]          # (B, size, size, 3)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return y.permute(0, 3, 1, 2).to(dtype).contiguous(memory_format=fmt)
+
+
+def augment_padded(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, shift: torch.Tensor,
+                   mean: torch.Tensor, size: int, dtype: torch.dtype, pad, padded_size, channels: int) -> torch.Tensor:
+    """`augment`'s crops in a new zero-filled channels_last (B, channels, *padded_size)
+    buffer at [:, :3, pad_h:pad_h + size, pad_w:pad_w + size] (kernels/augment.py
+    augment_padded: conv1's padded input)."""
+    (ph, pw), (height, width) = pad, padded_size
+    y = augment(images, offsets, flips, shift, mean, size, dtype, channels_last=True)
+    buf = torch.zeros((images.shape[0], height, width, channels), dtype=dtype, device=images.device)
+    buf = buf.permute(0, 3, 1, 2)  # channels_last storage
+    buf[:, :3, ph:ph + size, pw:pw + size] = y
+    return buf

@@ -8,6 +8,7 @@ from conftest import DEVICE, requires_gpu
 
 import kernels
 from alexnet.augment import AugmentConfig, draw, lighting_shift
+from alexnet.config import ConvSpec
 from alexnet.data import EvalLoader, TrainLoader, _seed, read_rows
 from alexnet.evaluate import evaluate
 from alexnet.store import Store, write_arrays
@@ -203,3 +204,18 @@ def test_the_augmentation_follows_ops_not_the_device(random_store, monkeypatch, 
     assert evaluate(model, val, "ten")[0].item() == len(random_store.split("train"))
     assert calls == [ops] * (10 * len(val))  # ten views of each of the 2 batches
     val.close()
+
+
+def test_given_conv1_the_batches_are_views_of_its_padded_input(random_store, monkeypatch):
+    """With the model's conv1 ("triton" ops, channels_last) each batch is the (B, 3, CROP,
+    CROP) view of conv1's zero-padded input, the same values as without it, bit for bit."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    conv1 = ConvSpec(4, 3, stride=2, padding=1)
+    loaders = [TrainLoader(random_store, 6, DEVICE, seed=3, channels_last=True, augment=CONFIG, ops="triton",
+                           conv1=c, threads=1) for c in (conv1, None)]
+    (x, labels), (plain, plain_labels) = (next(iter(loader)) for loader in loaders)
+    assert x._base is not None and x._base.shape == (6, 4, CROP + 2, CROP + 2)  # 3x3 stride 2: 10 columns
+    assert x.shape == plain.shape and torch.equal(x, plain) and torch.equal(labels, plain_labels)
+    torch.testing.assert_close(x.double(), _expected(loaders[0], 0, 0)[0], rtol=0, atol=1e-4)
+    for loader in loaders:
+        loader.close()

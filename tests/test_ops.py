@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 from compare import assert_close_verbose
-from conftest import DEVICE, MEMORY_FORMATS, TINY_CROP
+from conftest import DEVICE, MEMORY_FORMATS, TINY_CROP, requires_gpu
 from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.testing import CompileCounterWithBackend
@@ -137,6 +137,17 @@ def test_opcheck_augment(device, channels_last):
     flips = torch.tensor([True, False], device=device)
     shift, mean = _t((2, 3), (9, 11, 3), device=device)
     opcheck(ops.augment.default, (images, offsets, flips, shift, mean, 7, torch.float32, channels_last))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=requires_gpu)])
+def test_opcheck_augment_padded(device, dtype):
+    """conv1's padded input written by the augmentation: crop at (2, 1) in a 4-channel 12x10 buffer."""
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (2, 9, 11, 3), dtype=torch.uint8, generator=g).to(device)
+    offsets = torch.tensor([[0, 3], [2, 1]], dtype=torch.int32, device=device)
+    flips = torch.tensor([True, False], device=device)
+    shift, mean = _t((2, 3), (9, 11, 3), device=device)
+    opcheck(ops.augment_padded.default, (images, offsets, flips, shift, mean, 7, dtype, [2, 1], [12, 10], 4))
 
 
 def test_opcheck_sgd_step(device):
