@@ -260,7 +260,7 @@ def _implementation(func):
 
 class Census(TorchDispatchMode):
     """Counts the aten ops of everything run under it: by kind, by name and by origin. It only
-    observes, so the custom ops' eager fast path (kernels.ops.call) still runs under it."""
+    observes, so the custom ops' eager fast path (kernels.dispatch.call) still runs under it."""
 
     eager_fast_path_ok = True
 

@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from ._common import cdiv, check_tensor
+from .dispatch import call as _call
 from .launch import dropout_launch
 
 __all__ = ["dropout", "column_dropout"]
@@ -185,6 +186,5 @@ def column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: 
         raise ValueError(f"need at least one seed and one call index, got {seeds.numel()} and {call.numel()}")
     if x.shape[1] % seeds.numel():
         raise ValueError(f"{x.shape[1]} features do not split into {seeds.numel()} equal columns")
-    from .ops import call as _call  # ops imports this module: looked up at call time
 
     return _call("column_dropout", x, seeds, call, float(p))

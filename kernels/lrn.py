@@ -44,9 +44,8 @@ from ._common import (
     memory_format,
     pixel_offsets,
 )
+from .dispatch import call as _call
 from .launch import lrn_blocks
-
-from . import ops as _ops  # isort: skip (ops imports this module first; looked up at call time)
 
 __all__ = ["relu_lrn", "local_response_norm"]
 
@@ -277,7 +276,7 @@ def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 
     a block boundary), as each GPU column of the paper does with its own maps.
     Op alexnet_triton::relu_lrn (kernels/ops.py: the device picks Triton or the reference)."""
     check_tensor(x, "x", ndim=4, kernel_device=False)
-    return _ops.call("relu_lrn", x, size, alpha, beta, k, groups, _needs_grad(x))[0]
+    return _call("relu_lrn", x, size, alpha, beta, k, groups, _needs_grad(x))[0]
 
 
 def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
@@ -285,7 +284,7 @@ def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, bet
     """Local response normalisation without the ReLU (for the tanh ablation); alpha is
     not divided by size. Op alexnet_triton::local_response_norm."""
     check_tensor(x, "x", ndim=4, kernel_device=False)
-    return _ops.call("local_response_norm", x, size, alpha, beta, k, groups, _needs_grad(x))[0]
+    return _call("local_response_norm", x, size, alpha, beta, k, groups, _needs_grad(x))[0]
 
 
 def _needs_grad(x: torch.Tensor) -> bool:

@@ -31,9 +31,8 @@ from ._common import (
     pixel_coords,
     pixel_offsets,
 )
+from .dispatch import call as _call
 from .launch import maxpool_blocks
-
-from . import ops as _ops  # isort: skip (ops imports this module first; looked up at call time)
 
 __all__ = ["max_pool2d"]
 
@@ -185,4 +184,4 @@ def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, *, input_relu: bool = F
     (kh, kw), stride = pair(kernel_size, "kernel_size"), pair(stride, "stride")
     if x.shape[2] < kh or x.shape[3] < kw:
         raise ValueError(f"input of {x.shape[2]}x{x.shape[3]} pixels is smaller than the {kh}x{kw} pooling window")
-    return _ops.call("max_pool2d", x, (kh, kw), stride, input_relu)[0]
+    return _call("max_pool2d", x, (kh, kw), stride, input_relu)[0]

@@ -18,9 +18,8 @@ import triton
 import triton.language as tl
 
 from ._common import cdiv, check_same_device, check_tensor
+from .dispatch import call as _call
 from .launch import sgd_launch
-
-from . import ops as _ops  # isort: skip (ops imports this module first; looked up at call time)
 
 __all__ = ["launch_sgd_step", "sgd_step_"]
 
@@ -72,7 +71,7 @@ def sgd_step_(weights: torch.Tensor, velocity: torch.Tensor, grads: torch.Tensor
     n_decay = n_elem if n_decay is None else n_decay
     if not 0 <= n_decay <= n_elem:
         raise ValueError(f"n_decay must be in [0, {n_elem}], got {n_decay}")
-    _ops.call("sgd_step_", weights, velocity, grads, lr, float(momentum), float(weight_decay), n_decay,
+    _call("sgd_step_", weights, velocity, grads, lr, float(momentum), float(weight_decay), n_decay,
                                        low_precision_out)
 
 
