@@ -7,6 +7,7 @@ import torch
 from conftest import DEVICE, assert_close, requires_gpu
 from hypothesis import given
 from hypothesis import strategies as st
+from test_augment import _inputs  # the same random batches as the plain augmentation's tests
 
 import kernels
 import kernels.conv.input_layout as input_layout
@@ -19,16 +20,6 @@ from kernels.conv.input_layout import padded_geometry, padded_image
 
 # bf16 only on a GPU: the Triton interpreter computes bf16 wrongly (conftest.requires_gpu).
 TEST_DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
-
-
-def _inputs(batch, height, width, size, gen):
-    images = torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=gen)
-    mean = torch.rand(height, width, 3, generator=gen) * 255
-    offsets = torch.stack([torch.randint(0, height - size + 1, (batch,), generator=gen),
-                           torch.randint(0, width - size + 1, (batch,), generator=gen)], dim=1).int()
-    flips = torch.rand(batch, generator=gen) < 0.5
-    shift = torch.randn(batch, 3, generator=gen) * 20
-    return [t.to(DEVICE) for t in (images, offsets, flips, shift, mean)]
 
 
 def _outside(buf, pad, size):

@@ -129,25 +129,24 @@ def test_opcheck_column_dropout(device, shape, seeds, call):
     opcheck(ops.column_dropout_backward.default, (_x(shape, device), seeds, next_call, 0.25))
 
 
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_opcheck_augment(device, channels_last):
-    g = torch.Generator().manual_seed(0)
+def _augment_inputs(device, seed):
+    """(images, offsets, flips, shift, mean): two 9x11 images, crops of 7 at (0, 3) and (2, 1)."""
+    g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (2, 9, 11, 3), dtype=torch.uint8, generator=g).to(device)
     offsets = torch.tensor([[0, 3], [2, 1]], dtype=torch.int32, device=device)
     flips = torch.tensor([True, False], device=device)
-    shift, mean = _t((2, 3), (9, 11, 3), device=device)
-    opcheck(ops.augment.default, (images, offsets, flips, shift, mean, 7, torch.float32, channels_last))
+    return (images, offsets, flips, *_t((2, 3), (9, 11, 3), device=device))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_opcheck_augment(device, channels_last):
+    opcheck(ops.augment.default, (*_augment_inputs(device, 0), 7, torch.float32, channels_last))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=requires_gpu)])
 def test_opcheck_augment_padded(device, dtype):
     """conv1's padded input written by the augmentation: crop at (2, 1) in a 4-channel 12x10 buffer."""
-    g = torch.Generator().manual_seed(1)
-    images = torch.randint(0, 256, (2, 9, 11, 3), dtype=torch.uint8, generator=g).to(device)
-    offsets = torch.tensor([[0, 3], [2, 1]], dtype=torch.int32, device=device)
-    flips = torch.tensor([True, False], device=device)
-    shift, mean = _t((2, 3), (9, 11, 3), device=device)
-    opcheck(ops.augment_padded.default, (images, offsets, flips, shift, mean, 7, dtype, [2, 1], [12, 10], 4))
+    opcheck(ops.augment_padded.default, (*_augment_inputs(device, 1), 7, dtype, [2, 1], [12, 10], 4))
 
 
 def test_opcheck_sgd_step(device):
