@@ -36,8 +36,9 @@ calls at all, these or kernels/reference.py, is its config.ops: alexnet/layers.p
                     through Triton's interpreter when TRITON_INTERPRET=1 (as in the tests).
 The outputs of both implementations have the same shapes, dtypes and strides (the fake's).
 
-The eager fast path (`call`, kernels/dispatch.py with the selection rule): outside torch.compile/torch.export, with no tracing or fake
-mode active and plain tensors, the public functions skip torch.library's Python dispatch
+The eager fast path (`call`, in kernels/dispatch.py with the selection rule): outside
+torch.compile/torch.export, with no tracing or fake mode active and plain tensors, the public
+functions skip torch.library's Python dispatch
 (~36-85 us per op call) and run the same implementation through a plain autograd.Function
 made from the op's own setup_context/backward (`_EAGER`), whose backward calls the backward
 ops the same way. Under compile, export, opcheck, FakeTensor or functorch they call the op.
