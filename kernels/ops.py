@@ -38,13 +38,13 @@ The outputs of both implementations have the same shapes, dtypes and strides (th
 
 The eager fast path (`call`, in kernels/dispatch.py with the selection rule): outside
 torch.compile/torch.export, with no tracing or fake mode active and plain tensors, the public
-functions skip torch.library's Python dispatch
-(~36-85 us per op call) and run the same implementation through a plain autograd.Function
-made from the op's own setup_context/backward (`_EAGER`), whose backward calls the backward
-ops the same way. Under compile, export, opcheck, FakeTensor or functorch they call the op.
-Both paths run the same implementation, chosen by the same rule (`implementation`), so their
-outputs, strides and gradients are identical (tests/test_ops.py checks it). The fast path
-does not materialise zero gradients for the outputs nobody uses (LRN's u, pooling's argmax).
+functions skip torch.library's Python dispatch (~36-85 us per op call) and run the same
+implementation through a plain autograd.Function made from the op's own setup_context/backward
+(`_EAGER`), whose backward calls the backward ops the same way. Under compile, export, opcheck,
+FakeTensor or functorch they call the op. Both paths run the same implementation, chosen by the
+same rule (`implementation`), so their outputs, strides and gradients are identical
+(tests/test_ops.py checks it). The fast path does not materialise zero gradients for the
+outputs nobody uses (LRN's u, pooling's argmax).
 
 Non-tensor arguments are in the schema; the multi-output forwards return what their backward
 needs (LRN's u, pooling's argmax), and the public functions (`kernels.conv2d`,
