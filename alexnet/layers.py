@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.ops import GRAD_INTO, grad_into
+from kernels.dispatch import GRAD_INTO, grad_into
 
 from .config import resolve_ops
 from .seeds import mixed_seed
@@ -61,7 +61,7 @@ class Conv2d(nn.Module):
 
     `input_relu` (this layer's input is the previous conv's fused ReLU output) and
     `dy_masked` (this layer's only consumer is such a conv) move that ReLU's gradient mask into
-    the consumer's dgrad epilogue (kernels/ops.py); the model sets them in pairs from its
+    the consumer's dgrad epilogue (kernels/conv/op.py); the model sets them in pairs from its
     layer table (model.py, `relu_mask_moves`). Passed to the op only when set."""
 
     def __init__(self, conv2d, in_channels: int, out_channels: int, kernel_size: int,
@@ -159,7 +159,7 @@ class Linear(nn.Module):
 
 class LinearIntoBuffer(torch.autograd.Function):
     """F.linear for 2-D x whose weight and bias gradients are written straight into the
-    optimizer's flat gradient buffer (kernels.ops.grad_into, FlatPaperSGD's slots): the same
+    optimizer's flat gradient buffer (kernels.dispatch.grad_into, FlatPaperSGD's slots): the same
     GEMM and sum as F.linear's backward, without the copy into the buffer afterwards."""
 
     @staticmethod

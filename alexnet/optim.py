@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from kernels.dispatch import set_grad_into
 from kernels.launch import SGD_GPU_BLOCK
 from kernels.layout import cdiv, is_dense
-from kernels.ops import set_grad_into
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -73,9 +73,9 @@ class FlatPaperSGD(PaperSGD):
     "equal for all layers"), momentum, and one weight decay or 0.
 
     Gradients without accumulation launches: zero_grad() sets the gradients to None (no
-    launch); each gradient-holding leaf is registered with `kernels.ops.set_grad_into`: a
+    launch); each gradient-holding leaf is registered with `kernels.dispatch.set_grad_into`: a
     fresh view of its slot in the flat buffer is handed out while its .grad is None. The
-    eager backward of the conv op (kernels/ops.py) and of alexnet.layers.Linear writes the
+    eager backward of the conv op (kernels/conv/op.py) and of alexnet.layers.Linear writes the
     weight/bias gradients into that view and autograd's AccumulateGrad adopts it as .grad
     without a copy. A gradient that arrives anywhere else (a compiled graph's, a plain
     nn.Linear's) is copied into its slot by step() (one launch each), and a leaf without a

@@ -1,8 +1,12 @@
-"""Which implementation of an `alexnet_triton` op runs, and the eager fast path that runs it
-without torch.library's dispatch. Kept apart from kernels/ops.py (which registers the ops and
-imports every kernel module) so the kernel modules' public functions can call `call` without
-an import cycle: this module imports no kernel module.
+"""How an `alexnet_triton` op is registered and run: `_define` / `_register_autograd` (the
+custom op with its fake and autograd), the op-selection rule (`implementation`), the eager
+fast path that runs it without torch.library's dispatch (`call`), and where the fast path may
+write a leaf's gradient (`grad_into`). The ops themselves are defined in kernels/ops.py and
+kernels/conv/op.py; this module imports no kernel module, so the kernels' public functions
+can call `call` without an import cycle.
 """
+import weakref
+
 import torch
 
 from ._common import interpreting
@@ -64,3 +68,93 @@ def call(name: str, *args, out=None):
                 return function.apply(*args)
             # no autograd formula (the backward ops): the op raises as it should
     return getattr(ops, name)(*args)
+
+
+def _define(name: str, schema: str, triton_impl, reference_impl, fake, mutates_args=()):
+    """Register op `alexnet_triton::name` with the op-selection rule (`implementation`)."""
+    op = torch.library.custom_op(f"{NAMESPACE}::{name}", triton_impl, mutates_args=mutates_args,
+                                 device_types="cuda", schema=schema)
+
+    def cpu_impl(*args):
+        return implementation(name, torch.device("cpu"))(*args)
+
+    op.register_kernel("cpu", cpu_impl)
+    op.register_fake(fake)
+    TRITON_IMPLS[name] = (op, triton_impl)
+    _IMPLS[name] = (triton_impl, reference_impl)
+    return op
+
+
+def _register_autograd(name: str, backward, setup_context, n_outputs: int = 1):
+    """register_autograd for op `name`, and the same autograd as a plain Function for `call`."""
+    torch.library.register_autograd(f"{NAMESPACE}::{name}", backward, setup_context=setup_context)
+
+    def forward(ctx, *args):  # ctx in forward, no setup_context: Function.apply then skips a
+        global _fast_forward  # per-call inspect.signature (tens of us)
+        _fast_forward = True
+        try:
+            output = implementation(name, args[0].device)(*args)
+        finally:
+            _fast_forward = False
+        ctx.fast = True  # the backward may write gradients into their owners' buffers (`grad_into`)
+        ctx.set_materialize_grads(False)
+        if n_outputs > 1:  # only the first output is differentiable (the rest: u, argmax)
+            ctx.mark_non_differentiable(*output[1:])
+        setup_context(ctx, args, output)
+        return output
+
+    def fast_backward(ctx, dy, *_unused):
+        if dy is None:  # the output did not reach the loss
+            return (None,) * len(ctx.needs_input_grad)
+        return backward(ctx, dy, *_unused)
+
+    _EAGER[name] = type(f"{name}_eager", (torch.autograd.Function,),
+                        dict(forward=staticmethod(forward), backward=staticmethod(fast_backward)))
+
+
+# Set while the fast path runs an implementation (its autograd Function's forward): only then
+# may an implementation keep something for its backward outside the op's outputs (the conv
+# op's kept padded image, kernels/conv/op.py).
+_fast_forward = False
+
+
+def in_fast_forward() -> bool:
+    """Whether an implementation is running inside the fast path's forward (see above)."""
+    return _fast_forward
+
+
+def _empty(shape, like: torch.Tensor, fmt=torch.contiguous_format, dtype=None) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
+
+
+def _in_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """t copied into a fresh dense tensor of format `fmt` (the strides the fake promises)
+    unless it already has exactly those strides."""
+    out = _empty(t.shape, t, fmt)
+    return t if t.stride() == out.stride() else out.copy_(t)
+
+
+# Where a leaf's gradient may be written directly (alexnet.optim.FlatPaperSGD registers its
+# leaves): id(leaf) -> (weak reference to the leaf, callable giving a fresh view of the leaf's
+# slot in the optimizer's flat gradient buffer while leaf.grad is None, else None). Kept apart
+# from the tensors (no attribute: a Parameter with a function attached would not pickle);
+# an entry goes when its leaf does.
+GRAD_INTO: dict = {}
+
+
+def set_grad_into(leaf: torch.Tensor, slot) -> None:
+    """Register `slot()` (a fresh view of leaf's shape and strides) as where leaf's gradient
+    is written while leaf.grad is None."""
+    ref = weakref.ref(leaf)
+    key = id(leaf)
+    if key not in GRAD_INTO:
+        weakref.finalize(leaf, GRAD_INTO.pop, key, None)
+    GRAD_INTO[key] = (ref, lambda: slot() if ref().grad is None else None)
+
+
+def grad_into(t):
+    """Where t's gradient may be written directly (eager paths only): a fresh view of its
+    optimizer's flat gradient buffer while t.grad is None (autograd then adopts the view as
+    t.grad, no accumulation launch), else None."""
+    entry = GRAD_INTO.get(id(t))
+    return entry[1]() if entry is not None and entry[0]() is t else None

@@ -179,7 +179,7 @@ def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, *, input_relu: bool = F
     """Max-pooling, no padding, floor output size; the paper's overlapping 3x3/2 by default.
     Op alexnet_triton::max_pool2d (kernels/ops.py: the device picks Triton or the reference).
     `input_relu`: x is a ReLU's output (the conv before it has relu and dy_masked): the
-    x-gradient is taken through that ReLU (kernels/ops.py, the conv op's `dy_masked`)."""
+    x-gradient is taken through that ReLU (kernels/conv/op.py, the conv op's `dy_masked`)."""
     check_tensor(x, "x", ndim=4, kernel_device=False)
     (kh, kw), stride = pair(kernel_size, "kernel_size"), pair(stride, "stride")
     if x.shape[2] < kh or x.shape[3] < kw:

@@ -1,4 +1,6 @@
-"""Every kernel of this package as a PyTorch custom op, namespace `alexnet_triton` (torch.library).
+"""Every kernel of this package as a PyTorch custom op, namespace `alexnet_triton` (torch.library);
+the convolution's four (conv2d, its two gradients, relu_grad) are defined in kernels/conv/op.py,
+the registration helpers and the fast path in kernels/dispatch.py.
 
     torch.ops.alexnet_triton.conv2d(x, weight, bias, stride, padding, groups, relu, input_relu=False,
                                     dy_masked=False) -> y
@@ -52,306 +54,33 @@ needs (LRN's u, pooling's argmax), and the public functions (`kernels.conv2d`,
 the op is a function of its inputs and its backward applies the same mask again; column dropout
 takes its call index as a tensor and returns the next one (see its section for why).
 """
-import weakref
-
 import torch
 
 from . import reference
-from ._common import check_tensor, is_dense, memory_format
+from ._common import is_dense, memory_format
 from .augment import launch_augment, launch_augment_padded
-from .dispatch import _EAGER, _IMPLS, NAMESPACE, TRITON_DEVICES, TRITON_IMPLS, call, implementation, ops  # noqa: F401
+from .dispatch import (  # noqa: F401  (re-exported: bench/launch_stubs.py, bench/host_step.py)
+    _EAGER,
+    NAMESPACE,
+    TRITON_DEVICES,
+    TRITON_IMPLS,
+    _define,
+    _empty,
+    _in_format,
+    _register_autograd,
+    call,
+    implementation,
+    ops,
+)
 from .dropout import apply_dropout_mask, launch_column_dropout
-from .layout import conv_out_format
 from .lrn import relu_lrn_backward, relu_lrn_forward
 from .maxpool import argmax_dtype, max_pool2d_backward, max_pool2d_forward
 from .sgd import launch_sgd_step
 
-# The convolution: its launchers are looked up on the conv package at call time (tests patch
-# them there).
-from . import conv as _conv  # isort: skip
-from .conv import ConvGeometry  # isort: skip
+# The convolution's ops live beside its kernels (kernels/conv/op.py); importing it registers them.
+from .conv.op import conv2d  # isort: skip
 
 __all__ = ["NAMESPACE", "conv2d", "call", "implementation"]
-
-def _define(name: str, schema: str, triton_impl, reference_impl, fake, mutates_args=()):
-    """Register op `alexnet_triton::name` with the op-selection rule (`implementation`)."""
-    op = torch.library.custom_op(f"{NAMESPACE}::{name}", triton_impl, mutates_args=mutates_args,
-                                 device_types="cuda", schema=schema)
-
-    def cpu_impl(*args):
-        return implementation(name, torch.device("cpu"))(*args)
-
-    op.register_kernel("cpu", cpu_impl)
-    op.register_fake(fake)
-    TRITON_IMPLS[name] = (op, triton_impl)
-    _IMPLS[name] = (triton_impl, reference_impl)
-    return op
-
-
-def _register_autograd(name: str, backward, setup_context, n_outputs: int = 1):
-    """register_autograd for op `name`, and the same autograd as a plain Function for `call`."""
-    torch.library.register_autograd(f"{NAMESPACE}::{name}", backward, setup_context=setup_context)
-
-    def forward(ctx, *args):  # ctx in forward, no setup_context: Function.apply then skips a
-        global _fast_forward  # per-call inspect.signature (tens of us)
-        _fast_forward = True
-        try:
-            output = implementation(name, args[0].device)(*args)
-        finally:
-            _fast_forward = False
-        ctx.fast = True  # the backward may write gradients into their owners' buffers (`grad_into`)
-        ctx.set_materialize_grads(False)
-        if n_outputs > 1:  # only the first output is differentiable (the rest: u, argmax)
-            ctx.mark_non_differentiable(*output[1:])
-        setup_context(ctx, args, output)
-        return output
-
-    def fast_backward(ctx, dy, *_unused):
-        if dy is None:  # the output did not reach the loss
-            return (None,) * len(ctx.needs_input_grad)
-        return backward(ctx, dy, *_unused)
-
-    _EAGER[name] = type(f"{name}_eager", (torch.autograd.Function,),
-                        dict(forward=staticmethod(forward), backward=staticmethod(fast_backward)))
-
-
-# Set while the fast path runs an implementation (its autograd Function's forward): only then
-# may an implementation keep something for its backward outside the op's outputs (`_keep_padded`).
-_fast_forward = False
-
-
-def _empty(shape, like: torch.Tensor, fmt=torch.contiguous_format, dtype=None) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
-
-
-def _in_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
-    """t copied into a fresh dense tensor of format `fmt` (the strides the fake promises)
-    unless it already has exactly those strides."""
-    out = _empty(t.shape, t, fmt)
-    return t if t.stride() == out.stride() else out.copy_(t)
-
-
-# =========================================================================== convolution
-def _conv_out_shape(x, weight, stride, padding):
-    (sh, sw), (ph, pw) = stride, padding
-    return (x.shape[0], weight.shape[0], (x.shape[2] + 2 * ph - weight.shape[2]) // sh + 1,
-            (x.shape[3] + 2 * pw - weight.shape[3]) // sw + 1)
-
-
-# conv1's zero-padded image (kernels/conv/input_layout.py), kept from the fast path's forward
-# for its weight gradient instead of being built again there: id(x) -> (a weak reference to x,
-# x's version, the conv's geometry, the padded image, its geometry). Only on the fast path: under torch.compile a
-# buffer held outside the graph's outputs could outlive its memory pool (CUDA graphs). The
-# backward takes the entry (freeing the buffer); a dead x drops its entry.
-_PADDED_INPUTS: dict = {}
-
-
-def _keep_padded(x, geom, x_k, geom_k) -> None:
-    key = id(x)
-    _PADDED_INPUTS[key] = (weakref.ref(x, lambda _, key=key: _PADDED_INPUTS.pop(key, None)), x._version, geom,
-                           x_k, geom_k)
-
-
-def _take_padded(x, geom):
-    """(padded image, its geometry) `_keep_padded` kept for x as it is now and a conv of
-    geometry `geom` (another conv may read the same x differently padded), or None."""
-    entry = _PADDED_INPUTS.pop(id(x), None)
-    if entry is None or entry[0]() is not x or entry[1] != x._version or entry[2] != geom:
-        return None
-    return entry[3], entry[4]
-
-
-# The ReLU between two convolutions (conv3 -> conv4 -> conv5): its gradient mask, dy * (y > 0), is
-# applied by the consumer's dgrad epilogue (input_relu: dx * (x > 0), with x = the producer's y),
-# and the producer, told so (dy_masked), skips its own elementwise masking pass. Both flags
-# describe the wiring, so they are set together from one place (alexnet/model.py
-# `relu_mask_moves`: a conv whose only consumer is a conv with input_relu, or a max-pool with
-# input_relu (conv5 -> pool5), gets dy_masked); the op's forward ignores them. All masks here
-# follow torch's ReLU gradient (threshold_backward): zero where y <= 0, a NaN y passes dy.
-#   input_relu: x is a ReLU's output (>= 0 or NaN); the x-gradient returned is dx * (x > 0)
-#               (the gradient with respect to that ReLU's input; NaN x passes, as torch's).
-#   dy_masked:  with relu, the dy arriving is already zero where y <= 0: no mask pass.
-def _conv2d_triton(x, weight, bias, stride, padding, groups, relu, input_relu=False, dy_masked=False):
-    geom = _conv.conv_geometry(x, weight, bias, tuple(stride), tuple(padding), groups)
-    # channels_last; conv1: its padded image (3 -> 4 channels), the weight's channel padding is
-    # written by the forward's weight matrix (kernels/conv/fwd.py _flat_weight), not padded here
-    x_k, _, geom_k = _conv.pad_input(x, None, geom)
-    w_k = weight
-    if _fast_forward and geom_k is not geom and weight.requires_grad and x_k._base is not x._base:
-        _keep_padded(x, geom, x_k, geom_k)  # a padded image made here (not a caller's buffer): wgrad reads it
-    return _conv.conv2d_forward(x_k, w_k, bias, geom_k, relu=relu, out_format=conv_out_format(x))
-
-
-def _conv2d_reference(x, weight, bias, stride, padding, groups, relu, input_relu=False, dy_masked=False):
-    return _in_format(reference.conv2d(x, weight, bias, stride, padding, groups, relu), conv_out_format(x))
-
-
-def _conv2d_fake(x, weight, bias, stride, padding, groups, relu, input_relu=False, dy_masked=False):
-    return _empty(_conv_out_shape(x, weight, stride, padding), x, conv_out_format(x))
-
-
-_define("conv2d", "(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int groups, bool relu, "
-        "bool input_relu=False, bool dy_masked=False) -> Tensor", _conv2d_triton, _conv2d_reference, _conv2d_fake)
-
-
-def _dgrad_triton(dy, weight, y, input_size, stride, padding, groups, channels_last, relu_input=None):
-    n, c, h, w = input_size
-    k, _, kh, kw = weight.shape
-    geom = ConvGeometry(n, c, h, w, k, kh, kw, *stride, *padding, groups)
-    dy = dy.contiguous(memory_format=torch.channels_last)
-    y = y.contiguous(memory_format=torch.channels_last) if y is not None else None
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return _conv.conv2d_input_grad(dy, weight, geom, y=y, relu_input=relu_input, out_format=fmt)
-
-
-def _relu_mask(grad, relu_out):
-    """grad where relu_out > 0, else 0: torch's threshold_backward (a NaN relu_out passes grad)."""
-    return torch.where(relu_out <= 0, 0, grad)
-
-
-def _dgrad_reference(dy, weight, y, input_size, stride, padding, groups, channels_last, relu_input=None):
-    if y is not None:
-        dy = _relu_mask(dy, y)
-    dx = torch.ops.aten.convolution_backward(dy, dy.new_empty(input_size), weight, None, stride, padding, [1, 1],
-                                             False, [0, 0], groups, [True, False, False])[0]
-    if relu_input is not None:
-        dx = _relu_mask(dx, relu_input)
-    return _in_format(dx, torch.channels_last if channels_last else torch.contiguous_format)
-
-
-def _dgrad_fake(dy, weight, y, input_size, stride, padding, groups, channels_last, relu_input=None):
-    return _empty(input_size, dy, torch.channels_last if channels_last else torch.contiguous_format)
-
-
-_define("conv2d_input_grad", "(Tensor dy, Tensor weight, Tensor? y, SymInt[4] input_size, int[2] stride, "
-        "int[2] padding, int groups, bool channels_last, Tensor? relu_input=None) -> Tensor", _dgrad_triton,
-        _dgrad_reference, _dgrad_fake)
-
-
-def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad, out=None):
-    geom = _conv.conv_geometry(x, weight, None, tuple(stride), tuple(padding), groups)
-    x_k, geom_k = None, geom  # only the bias gradient: x is never read
-    if weight_grad:
-        kept = _take_padded(x, geom) if _PADDED_INPUTS else None  # the fast forward kept it
-        x_k, _, geom_k = (kept[0], None, kept[1]) if kept else _conv.pad_input(x, None, geom)  # as the forward read it
-    dy = dy.contiguous(memory_format=torch.channels_last)
-    y = y.contiguous(memory_format=torch.channels_last) if y is not None else None
-    fmt = memory_format(weight)
-    dw_out, db_out = out or (None, None)
-    padded = geom_k is not geom and geom_k.in_chan != geom.in_chan
-    dw, db = _conv.conv2d_weight_grad(dy, x_k, geom_k, y=y, weight_grad=weight_grad, bias_grad=bias_grad,
-                                      weight_format=fmt, out=(None if padded else dw_out, db_out))
-    if weight_grad and padded and dw_out is not None:  # conv1: the unpadded channels into the buffer
-        dw = dw_out.copy_(dw[:, :geom.c_per_g])
-    return (_conv.unpad_weight_grad(dw, geom, fmt) if weight_grad else dy.new_empty(0),
-            db if bias_grad else dy.new_empty(0))
-
-
-def _wgrad_reference(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad, out=None):
-    if y is not None:
-        dy = _relu_mask(dy, y)
-    _, dw, db = torch.ops.aten.convolution_backward(dy, x, weight, [weight.shape[0]], stride, padding, [1, 1],
-                                                    False, [0, 0], groups, [False, weight_grad, bias_grad])
-    grads = (_in_format(dw, memory_format(weight)) if weight_grad else dy.new_empty(0),
-             db if bias_grad else dy.new_empty(0))
-    # the fast path's buffers (see `grad_into`)
-    return tuple(g if dest is None else dest.copy_(g) for g, dest in zip(grads, out or (None, None), strict=True))
-
-
-def _wgrad_fake(dy, x, weight, y, stride, padding, groups, weight_grad, bias_grad):
-    return (_empty(weight.shape, dy, memory_format(weight)) if weight_grad else dy.new_empty(0),
-            _empty(weight.shape[:1], dy) if bias_grad else dy.new_empty(0))
-
-
-_define("conv2d_weight_grad", "(Tensor dy, Tensor x, Tensor weight, Tensor? y, int[2] stride, int[2] padding, "
-        "int groups, bool weight_grad, bool bias_grad) -> (Tensor, Tensor)", _wgrad_triton, _wgrad_reference,
-        _wgrad_fake)
-
-
-def _relu_grad_reference(dy, y):
-    return _in_format(torch.ops.aten.threshold_backward(dy, y, 0), torch.channels_last)
-
-
-def _relu_grad_fake(dy, y):
-    return _empty(dy.shape, dy, torch.channels_last)
-
-
-# dy where y > 0 else 0, as torch's threshold_backward (a NaN y lets dy pass), in channels_last
-_define("relu_grad", "(Tensor dy, Tensor y) -> Tensor", _conv.relu_grad, _relu_grad_reference, _relu_grad_fake)
-
-
-# Where a leaf's gradient may be written directly (alexnet.optim.FlatPaperSGD registers its
-# leaves): id(leaf) -> (weak reference to the leaf, callable giving a fresh view of the leaf's
-# slot in the optimizer's flat gradient buffer while leaf.grad is None, else None). Kept apart
-# from the tensors (no attribute: a Parameter with a function attached would not pickle);
-# an entry goes when its leaf does.
-GRAD_INTO: dict = {}
-
-
-def set_grad_into(leaf: torch.Tensor, slot) -> None:
-    """Register `slot()` (a fresh view of leaf's shape and strides) as where leaf's gradient
-    is written while leaf.grad is None."""
-    ref = weakref.ref(leaf)
-    key = id(leaf)
-    if key not in GRAD_INTO:
-        weakref.finalize(leaf, GRAD_INTO.pop, key, None)
-    GRAD_INTO[key] = (ref, lambda: slot() if ref().grad is None else None)
-
-
-def grad_into(t):
-    """Where t's gradient may be written directly (eager paths only): a fresh view of its
-    optimizer's flat gradient buffer while t.grad is None (autograd then adopts the view as
-    t.grad, no accumulation launch), else None."""
-    entry = GRAD_INTO.get(id(t))
-    return entry[1]() if entry is not None and entry[0]() is t else None
-
-
-def _conv2d_setup(ctx, inputs, output):
-    x, weight, bias, stride, padding, groups, relu, *flags = inputs
-    input_relu, dy_masked = (*flags, False, False)[:2]  # the schema's defaults when not passed
-    ctx.save_for_backward(x, weight, output if relu and not dy_masked else None)
-    ctx.params = (stride, padding, groups, input_relu)
-    ctx.owners = (weight, bias) if getattr(ctx, "fast", False) else None  # the leaves, for `grad_into`
-
-
-def _conv2d_backward(ctx, dy):
-    x, weight, y = ctx.saved_tensors
-    stride, padding, groups, input_relu = ctx.params
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    dx = dw = db = None
-    if y is not None:  # the fused ReLU's gradient, once for both GEMMs (unless the consumer's dgrad did it):
-        dy, y = call("relu_grad", dy, y), None  # one launch (torch.where took three)
-    if need_x:  # skipped for conv1, whose input is the image
-        dx = call("conv2d_input_grad", dy, weight, None, x.shape, stride, padding, groups,
-                  memory_format(x) == torch.channels_last, x if input_relu else None)
-    if need_w or need_b:
-        out = None
-        if ctx.owners is not None:  # the eager fast path: straight into the optimizer's buffer
-            out = (grad_into(ctx.owners[0]) if need_w else None, grad_into(ctx.owners[1]) if need_b else None)
-        dw, db = call("conv2d_weight_grad", dy, x, weight, None, stride, padding, groups, need_w, need_b, out=out)
-    return dx, dw if need_w else None, db if need_b else None, None, None, None, None, None, None
-
-
-_register_autograd("conv2d", _conv2d_backward, _conv2d_setup)
-
-
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
-           groups: int = 1, relu: bool = False, *, dilation=1, input_relu: bool = False,
-           dy_masked: bool = False) -> torch.Tensor:
-    """2-D convolution (cross-correlation) with zero padding, optionally followed by ReLU, as
-    F.conv2d (+ F.relu); op alexnet_triton::conv2d. `dilation` is accepted only to reject
-    values other than 1. Output in x's dtype and memory format. `input_relu` (x is a ReLU's
-    output: the x-gradient is taken through that ReLU) and `dy_masked` (with relu: the incoming
-    gradient is already zero where y <= 0) move the ReLU's gradient mask from the producing
-    conv to the consuming conv's dgrad epilogue; set them together (see above `_conv2d_triton`)."""
-    check_tensor(x, "x", ndim=4, kernel_device=False)
-    check_tensor(weight, "weight", ndim=4, kernel_device=False)
-    if bias is not None:
-        check_tensor(bias, "bias", ndim=1, kernel_device=False)
-    stride, padding, groups = _conv.conv_arguments(stride, padding, groups, dilation)
-    if dy_masked and not relu:
-        raise ValueError("dy_masked=True needs relu=True: it skips the fused ReLU's gradient mask")
-    return call("conv2d", x, weight, bias, stride, padding, groups, relu, input_relu, dy_masked)
 
 
 # ============================================================================ LRN
@@ -466,7 +195,7 @@ def _pool_backward_triton(dy, idx, input_size, channels_last, kernel_size, strid
 
 def _pool_backward_reference(dy, idx, input_size, channels_last, kernel_size, stride, relu_out=None):
     if relu_out is not None:
-        dy = _relu_mask(dy, relu_out)
+        dy = reference.relu_mask(dy, relu_out)
     (_, kw), (sh, sw) = kernel_size, stride
     n, c, height, width = input_size
     idx = idx.long()

@@ -112,11 +112,16 @@ def column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: 
     return (x.to(torch.promote_types(x.dtype, torch.float32)) * scale).to(x.dtype), call + 1
 
 
+def relu_mask(grad: torch.Tensor, relu_out: torch.Tensor) -> torch.Tensor:
+    """grad where relu_out > 0, else 0: torch's threshold_backward (a NaN relu_out passes grad)."""
+    return torch.where(relu_out <= 0, 0, grad)
+
+
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None, stride=1, padding=0, groups: int = 1, relu: bool = False,
            *, input_relu: bool = False, dy_masked: bool = False):
     """2-D convolution (cross-correlation), optionally followed by ReLU; dilation 1.
     `input_relu` / `dy_masked` (where the Triton op applies a ReLU's gradient mask, see
-    kernels/ops.py) do not change the function or the gradients of a chain of convs: ignored."""
+    kernels/conv/op.py) do not change the function or the gradients of a chain of convs: ignored."""
     y = F.conv2d(x, weight, bias, stride, padding, 1, groups)
     return torch.relu(y) if relu else y
 

@@ -88,7 +88,7 @@ def test_crop_batch_hands_conv1_the_padded_buffer(monkeypatch, dtype):
     y_plain = kernels.conv2d(plain, w2, bias, 4, 2)
     y_plain.float().square().sum().backward()
     # the plain crop: one padded copy (the spy counts), made by the forward and kept for the weight
-    # gradient on the eager fast path (kernels/ops.py _keep_padded)
+    # gradient on the eager fast path (kernels/conv/op.py _keep_padded)
     assert len(copies) == 1
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(y, y_plain) and torch.equal(w1.grad, w2.grad)

@@ -1,4 +1,4 @@
-"""The ReLU's gradient mask moved out of the producing conv (kernels/ops.py `input_relu` /
+"""The ReLU's gradient mask moved out of the producing conv (kernels/conv/op.py `input_relu` /
 `dy_masked`, max_pool2d's `input_relu`, alexnet/model.py `relu_mask_moves`): chains wired as
 the model wires conv3 -> conv4 -> conv5 -> pool5, against float64 autograd, and the model's
 flags pairing up. On the CPU the kernels run through the interpreter in fp32."""

@@ -236,9 +236,9 @@ def test_fast_path_keeps_conv1s_padded_image_for_its_weight_gradient(monkeypatch
     pads = []
     monkeypatch.setattr(kernels.conv, "pad_input", lambda *a, real=kernels.conv.pad_input: pads.append(1) or real(*a))
     y = kernels.conv2d(x, w, None, (2, 4), 2)
-    assert len(kernels.ops._PADDED_INPUTS) == 1 and len(pads) == 1
+    assert len(kernels.conv.op._PADDED_INPUTS) == 1 and len(pads) == 1
     y.sum().backward()
-    assert not kernels.ops._PADDED_INPUTS and len(pads) == 1  # taken, not built again
+    assert not kernels.conv.op._PADDED_INPUTS and len(pads) == 1  # taken, not built again
     ref = reference.conv2d(x.double(), w.detach().double(), None, (2, 4), (2, 2), 1, False)
     assert_close_verbose(y.double(), ref, rtol=1e-4, atol=1e-4, reason="the padded image is the image")
 
@@ -258,7 +258,7 @@ def test_fast_path_steps_aside_for_tracing_and_fake_tensors(monkeypatch):
         fake = mode.from_tensor(x)
         assert kernels.relu_lrn(fake).shape == x.shape
     calls = []
-    monkeypatch.setattr(kernels.ops, "ops", type("Spy", (), {"__getattr__": lambda self, n: calls.append(n)})())
+    monkeypatch.setattr(kernels.dispatch, "ops", type("Spy", (), {"__getattr__": lambda self, n: calls.append(n)})())
     kernels.relu_lrn(x.requires_grad_())  # eager: no custom-op call at all
     assert calls == []
 

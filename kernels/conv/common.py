@@ -301,7 +301,7 @@ def relu(acc):
 # here, and both GEMMs read the masked dz (one elementwise pass over dy and y). In the model
 # even that pass is gone where the ReLU output feeds one consumer (conv3 -> conv4 -> conv5 ->
 # pool5): the consumer applies the mask (dgrad.py's `relu_input` epilogue, the pool's backward)
-# and the producer's op is told so (kernels/ops.py `dy_masked`).
+# and the producer's op is told so (kernels/conv/op.py `dy_masked`).
 @triton.jit
 def _relu_grad_kernel(dy_ptr, y_ptr, dz_ptr, numel, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)

@@ -15,7 +15,7 @@ never inside the loop) through its strides, fast as channels_last (k contiguous)
 dx through its strides.
 The epilogue mask (`relu_input`) is the gradient of the ReLU that produced x: the producing
 conv (conv3, conv4 in AlexNet) then reads its dy already masked and skips its own
-elementwise mask pass (kernels/ops.py, `dy_masked`). It costs one read of x in the epilogue,
+elementwise mask pass (kernels/conv/op.py, `dy_masked`). It costs one read of x in the epilogue,
 outside the loop. The weight is re-laid out once per call as wt (groups, KH, KW,
 C_PER_G, K_PER_G), k contiguous, so both GEMM operands are contiguous along the reduction
 (what tf32 wgmma needs). The reduction loop, one pipelined `for`, runs over (tap, k chunk)
