@@ -78,16 +78,25 @@ def build_optimizer(model, ops: str, dtype: torch.dtype, lr: float, momentum: fl
 def training_step(model, optimizer, images, labels, finite: torch.Tensor, sync_gradients=None):
     """Forward, loss, backward, (gradient sync,) update: the step as trained and as measured
     (bench/host_step.py). Returns the loss and the count of wrong top-1 guesses as device
-    tensors; `finite` is and-ed in place with the loss's finiteness. No host-device sync."""
+    tensors; `finite` is and-ed in place with the loss's finiteness. No host-device sync.
+    With the Triton ops the loss, its gradient, the count and the finiteness test are one
+    launch (kernels/cross_entropy.py) and the backward starts from that gradient; the
+    reference ops keep torch's loss (the eager yardstick)."""
     logits = model(images)
-    loss = F.cross_entropy(logits.float(), labels)
-    finite &= loss.abs() < math.inf  # isfinite (NaN < inf is False) in 3 launches where torch.isfinite takes 5
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if model.config.ops == "triton":
+        from kernels.cross_entropy import softmax_cross_entropy
+
+        loss, dlogits, wrong = softmax_cross_entropy(logits.detach(), labels, finite)
+        logits.backward(dlogits)
+    else:
+        loss = F.cross_entropy(logits.float(), labels)
+        finite &= loss.abs() < math.inf  # isfinite (NaN < inf is False) in 3 launches where torch.isfinite takes 5
+        loss.backward()
+        wrong = (logits.argmax(1) != labels).sum()
     if sync_gradients is not None:
         sync_gradients()
     optimizer.step()
-    wrong = (logits.argmax(1) != labels).sum()
     return loss.detach(), wrong
 
 

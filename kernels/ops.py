@@ -17,6 +17,7 @@ the registration helpers and the fast path in kernels/dispatch.py.
     torch.ops.alexnet_triton.dropout(x, seed, p) -> y                   (its own backward: same seed)
     torch.ops.alexnet_triton.column_dropout(x, seeds, call, p) -> (y, next_call)
     torch.ops.alexnet_triton.column_dropout_backward(dy, seeds, next_call, p) -> dx
+    torch.ops.alexnet_triton.softmax_cross_entropy(logits, labels, finite!) -> (loss, dlogits, wrong)
     torch.ops.alexnet_triton.augment(images, offsets, flips, shift, mean, size, dtype, channels_last) -> y
     torch.ops.alexnet_triton.augment_padded(images, offsets, flips, shift, mean, size, dtype, pad, padded_size,
                                             channels) -> y   (conv1's zero-padded input buffer)
@@ -59,6 +60,7 @@ import torch
 from . import reference
 from ._common import is_dense, memory_format
 from .augment import launch_augment, launch_augment_padded
+from .cross_entropy import launch_softmax_cross_entropy
 from .dispatch import (  # noqa: F401  (re-exported: bench/launch_stubs.py, bench/host_step.py)
     _EAGER,
     NAMESPACE,
@@ -369,6 +371,24 @@ def _augment_padded_fake(images, offsets, flips, shift, mean, size, dtype, pad, 
 _define("augment_padded", "(Tensor images, Tensor offsets, Tensor flips, Tensor shift, Tensor mean, int size, "
         "ScalarType dtype, int[2] pad, int[2] padded_size, int channels) -> Tensor", launch_augment_padded,
         _augment_padded_reference, _augment_padded_fake)
+
+
+# ============================================================================ loss
+# The step's loss, its gradient and metrics in one launch (kernels/cross_entropy.py); `finite`
+# (the run's guard) is and-ed in place. No autograd formula: the step passes dlogits to
+# logits.backward.
+def _cross_entropy_reference(logits, labels, finite):
+    loss, dlogits, wrong = reference.softmax_cross_entropy(logits, labels, finite)
+    return loss.float(), dlogits.contiguous(), wrong
+
+
+def _cross_entropy_fake(logits, labels, finite):
+    return (_empty((), logits, dtype=torch.float32), _empty(logits.shape, logits),
+            _empty((), logits, dtype=torch.int64))
+
+
+_define("softmax_cross_entropy", "(Tensor logits, Tensor labels, Tensor(a!) finite) -> (Tensor, Tensor, Tensor)",
+        launch_softmax_cross_entropy, _cross_entropy_reference, _cross_entropy_fake, mutates_args=("finite",))
 
 
 # ============================================================================ SGD step

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from ._checks import check_augment_args  # the checks the kernel makes, minus the device
 
-__all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "column_dropout", "conv2d", "sgd_step_",
-           "augment"]
+__all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "column_dropout", "softmax_cross_entropy",
+           "conv2d", "sgd_step_", "augment"]
 
 
 def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
@@ -110,6 +110,26 @@ def column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: 
     keep = (draws >= round(p * 2**16)).view(columns, n_rows, width).permute(1, 0, 2).reshape(x.shape)
     scale = torch.where(keep, 1.0 / (1.0 - p), 0.0)  # float32, as the kernel's; x * 0 keeps NaN/inf NaN
     return (x.to(torch.promote_types(x.dtype, torch.float32)) * scale).to(x.dtype), call + 1
+
+
+def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, finite: torch.Tensor | None = None):
+    """(loss, dlogits, wrong) as kernels.cross_entropy computes them: the mean of
+    F.cross_entropy in (at least) fp32, its gradient (softmax - onehot) / B in the logits' dtype,
+    the count of rows whose argmax is not the label; `finite` and-ed in place with
+    isfinite(loss). A label outside [0, C) makes its row's loss and gradient NaN."""
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    n_rows, n_classes = x.shape
+    ok = (labels >= 0) & (labels < n_classes)
+    safe = torch.where(ok, labels, 0)
+    logp = torch.log_softmax(x, 1)
+    rows = torch.where(ok, -logp.gather(1, safe[:, None]).squeeze(1), float("nan"))
+    loss = rows.mean()
+    grad = (logp.exp() - F.one_hot(safe, n_classes).to(x.dtype)) / n_rows
+    grad = torch.where(ok[:, None], grad, float("nan")).to(logits.dtype)
+    wrong = (x.argmax(1) != labels).sum() if n_rows else torch.zeros((), dtype=torch.int64, device=x.device)
+    if finite is not None:
+        finite &= torch.isfinite(loss)
+    return loss, grad, wrong
 
 
 def relu_mask(grad: torch.Tensor, relu_out: torch.Tensor) -> torch.Tensor:
