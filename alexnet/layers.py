@@ -116,11 +116,13 @@ class MaxPool2d(nn.Module):
         super().__init__()
         self.max_pool2d, self.kernel_size, self.stride = max_pool2d, kernel_size, stride
 
-    def forward(self, x, input_relu: bool = False):
+    def forward(self, x, input_relu: bool = False, contiguous_out: bool = False):
         """`input_relu`: x is the output of the conv before, whose fused ReLU's gradient mask
-        this pooling's backward applies (that conv has dy_masked; model.py sets both)."""
-        if input_relu:
-            return self.max_pool2d(x, self.kernel_size, self.stride, input_relu=True)
+        this pooling's backward applies (that conv has dy_masked; model.py sets both).
+        `contiguous_out`: the output in NCHW order (pool5's, flattened for fc6 with no copy)."""
+        if input_relu or contiguous_out:
+            return self.max_pool2d(x, self.kernel_size, self.stride, input_relu=input_relu,
+                                   contiguous_out=contiguous_out)
         return self.max_pool2d(x, self.kernel_size, self.stride)
 
     def extra_repr(self):
@@ -142,13 +144,16 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features))
         self.compute_params = None  # persistent low-precision copies (FlatPaperSGD.attach)
 
-    def forward(self, x, add_bias: bool = True):
+    def forward(self, x, add_bias: bool = True, activate: bool = True):
+        """`activate=False`: without the activation (the ReLU fused into the dropout after)."""
         weight, bias = compute_params(self, x.dtype)
         bias = bias if add_bias else None
         if id(weight) in GRAD_INTO and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             y = LinearIntoBuffer.apply(x, weight, bias)
         else:
             y = F.linear(x, weight, bias)
+        if not activate:
+            return y
         if self.activation == "relu":
             return torch.relu(y)
         return torch.tanh(y) if self.activation == "tanh" else y
@@ -287,7 +292,10 @@ class ColumnDropout(nn.Module):
         else:  # a new tensor: the current one may be saved for a backward still to come
             self._calls[device] = states[0].reshape(1).to(device, copy=True)
 
-    def forward(self, x):
+    def forward(self, x, relu: bool = False):
+        """Dropout of x, or of relu(x) with `relu` (with the column op: in the same launch)."""
+        if relu and not (self.fused and self.training and 0.0 < self.p < 1.0):
+            x = torch.relu(x)
         if not self.training or self.p == 0.0:
             return x
         if self.p == 1.0:  # everything dropped, no stream needed
@@ -295,7 +303,7 @@ class ColumnDropout(nn.Module):
         streams = self.streams(x.device)
         if self.fused:
             seeds, calls = streams
-            y, next_call = self._column_dropout(x, seeds, calls, self.p)
+            y, next_call = self._column_dropout(x, seeds, calls, self.p, relu=relu)
             if self.pinned:
                 calls.copy_(next_call)
             else:

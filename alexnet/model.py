@@ -135,20 +135,23 @@ class AlexNet(nn.Module):
             if layer.exchange_before:
                 x = self.exchange(x, layer.name)  # the columns cross-connect before conv3 (section 3.2)
             x = getattr(self, f"act{i}")(getattr(self, layer.name)(x))
-            if layer.pool:
-                x = self.pool(x, input_relu=self.pool_input_relu[i - 1])
+            if layer.pool:  # the last one in NCHW order: the flatten below is then a view, not a copy
+                x = self.pool(x, input_relu=self.pool_input_relu[i - 1], contiguous_out=i == len(CONV_LAYERS))
         x = x.flatten(1)                                  # (B, 9216), channel-major (C, H, W) order
         for layer in FC_LAYERS[:-1]:                      # fc6, fc7 (B, 4096); fc8 is forward's
             if layer.exchange_before:
                 x = self.exchange(x, layer.name)
-            x = getattr(self, layer.name)(x)
+            fuse_relu = layer.dropout and self.config.activation == "relu"  # the dropout applies the ReLU
+            x = getattr(self, layer.name)(x, activate=not fuse_relu)
             if layer.dropout:
-                x = self.dropout(x)
+                x = self.dropout(x, relu=fuse_relu)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of images x (B, 3, H, W); softmax is left to the loss."""
         x = self._hidden(x)
+        if self.column is None:  # one device: fc8 whole, its bias in the GEMM (no add, no separate bias sum)
+            return self.fc8(x)
         # fc8 = sum over columns of (column's fc7 features) @ (its columns of W8)^T, plus the bias.
         # The bias in the compute dtype, as every layer's (the optimizer's 16-bit copy when attached).
         _, bias = compute_params(self.fc8, x.dtype)

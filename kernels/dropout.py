@@ -67,8 +67,9 @@ def _dropout_kernel(x_ptr, y_ptr, seed_ptr, n_elem, keep_threshold, scale, BLOCK
 
 
 @triton.jit
-def _column_dropout_kernel(x_ptr, y_ptr, seeds_ptr, call_ptr, next_ptr, n_rows, width, row_stride, keep_threshold,
-                           scale, CALL_OFFSET: tl.constexpr, WRITE_NEXT: tl.constexpr, BLOCK: tl.constexpr):
+def _column_dropout_kernel(x_ptr, y_ptr, seeds_ptr, call_ptr, next_ptr, relu_ptr, n_rows, width, row_stride,
+                           keep_threshold, scale, CALL_OFFSET: tl.constexpr, WRITE_NEXT: tl.constexpr,
+                           RELU: tl.constexpr, RELU_GRAD: tl.constexpr, BLOCK: tl.constexpr):
     """Dropout of a (n_rows, columns * width) tensor with unit column stride, column c =
     program_id(1) drawing from its own stream: Philox key seeds[c], counter (element group of
     8 within the column's (n_rows, width) block, call index). Element (r, j) of column c is
@@ -76,7 +77,10 @@ def _column_dropout_kernel(x_ptr, y_ptr, seeds_ptr, call_ptr, next_ptr, n_rows, 
     columns share the tensor: the single-device (B, 2F) launch and a rank's (B, F) launch agree.
     The call index is call_ptr's value + CALL_OFFSET (the backward reads the forward's next
     index and draws at -1). WRITE_NEXT (forward): program (0, 0) also writes call + 1 to
-    next_ptr, a fresh output, so the op stays functional and needs no second launch."""
+    next_ptr, a fresh output, so the op stays functional and needs no second launch.
+    RELU (forward): y = relu(x) * keep * scale, the fc layer's ReLU fused in. RELU_GRAD
+    (backward): the gradient also passes only where relu_ptr's element (that ReLU's input, laid
+    out as dy) is > 0 (a NaN passes, as torch's threshold_backward)."""
     pid = tl.program_id(0).to(tl.int64)
     column = tl.program_id(1)
     call = tl.load(call_ptr) + CALL_OFFSET
@@ -91,7 +95,11 @@ def _column_dropout_kernel(x_ptr, y_ptr, seeds_ptr, call_ptr, next_ptr, n_rows, 
     row = offs // width
     addr = row * row_stride + column * width + (offs - row * width)
     x = tl.load(x_ptr + addr, mask=mask, other=0.0).to(tl.float32)
+    if RELU:
+        x = tl.where(x < 0, 0.0, x)  # torch.relu: NaN stays NaN
     y = x * tl.where(draws >= keep_threshold, scale, 0.0)  # x * 0 where dropped: NaN/inf stay NaN, as torch
+    if RELU_GRAD:
+        y = tl.where(tl.load(relu_ptr + addr, mask=mask, other=0.0) <= 0, 0.0, y)
     tl.store(y_ptr + addr, y.to(y_ptr.dtype.element_ty), mask=mask)
     if WRITE_NEXT:
         tl.store(next_ptr, call + 1, mask=(pid == 0) & (column == 0))
@@ -148,11 +156,15 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True,
 
 # ------------------------------------------------------------------------------ column streams
 def launch_column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: float,
-                          backward: bool = False):
+                          backward: bool = False, relu: bool = False, relu_input: torch.Tensor | None = None):
     """The Triton implementation of ops alexnet_triton::column_dropout (forward: (y, call + 1),
-    masks drawn at `call`) and ::column_dropout_backward (backward=True: dx, masks drawn at
-    call - 1, `call` being the forward's next index). One launch, all columns; y contiguous."""
+    masks drawn at `call`; `relu`: of relu(x)) and ::column_dropout_backward (backward=True:
+    dx, masks drawn at call - 1, `call` being the forward's next index; `relu_input`: the
+    forward's x when it had `relu`, whose ReLU gradient is applied too). One launch, all
+    columns; y contiguous."""
     x = x.contiguous()  # y's layout: element (r, j) at the same offset in both
+    if relu_input is not None:
+        relu_input = relu_input.contiguous()  # laid out as x
     n_rows, features = x.shape
     columns = seeds.numel()
     width = features // columns
@@ -160,14 +172,16 @@ def launch_column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tens
     next_call = torch.empty_like(call) if not backward else call
     launch = dropout_launch(n_rows * width)
     grid = (max(1, cdiv(n_rows * width, launch.block)), columns)  # >= 1 program: the next index is written
-    _column_dropout_kernel[grid](x, y, seeds, call, next_call, n_rows, width, x.stride(0), int(round(p * 2**16)),
-                                 1.0 / (1.0 - p), CALL_OFFSET=-1 if backward else 0, WRITE_NEXT=not backward,
-                                 BLOCK=launch.block, num_warps=launch.num_warps)
+    _column_dropout_kernel[grid](x, y, seeds, call, next_call, relu_input if relu_input is not None else x, n_rows,
+                                 width, x.stride(0), int(round(p * 2**16)), 1.0 / (1.0 - p),
+                                 CALL_OFFSET=-1 if backward else 0, WRITE_NEXT=not backward, RELU=relu,
+                                 RELU_GRAD=relu_input is not None, BLOCK=launch.block, num_warps=launch.num_warps)
     return y if backward else (y, next_call)
 
 
-def column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: float = 0.5):
-    """Inverted dropout of x (B, columns * F) in training, column c's (B, F) block drawn from
+def column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: float = 0.5, *, relu: bool = False):
+    """Inverted dropout of x (B, columns * F) in training (of relu(x) with `relu`: the ReLU
+    fused into the same launch, its gradient into the backward's), column c's (B, F) block drawn from
     the Philox stream keyed by seeds[c] (int64, one per column) at call index `call` (int64,
     one element, on x's device). Returns (y, next_call): next_call = call + 1, a new tensor,
     to pass as `call` next time (alexnet.layers.ColumnDropout keeps it). One launch forward and
@@ -187,4 +201,4 @@ def column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: 
     if x.shape[1] % seeds.numel():
         raise ValueError(f"{x.shape[1]} features do not split into {seeds.numel()} equal columns")
 
-    return _call("column_dropout", x, seeds, call, float(p))
+    return _call("column_dropout", x, seeds, call, float(p), bool(relu))

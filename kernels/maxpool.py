@@ -127,8 +127,9 @@ def argmax_dtype(positions: int) -> torch.dtype:
     return torch.int8 if positions <= 128 else torch.int16 if positions <= 32768 else torch.int32
 
 
-def max_pool2d_forward(x, kernel_size=3, stride=2, blocks=None):
-    """Returns (y, idx): the pooled output and the int8/int16/int32 window-local argmax.
+def max_pool2d_forward(x, kernel_size=3, stride=2, blocks=None, out_format=None):
+    """Returns (y, idx): the pooled output and the int8/int16/int32 window-local argmax, in
+    `out_format` (default: x's memory format).
     blocks = (BLOCK_P, BLOCK_C, num_warps) overrides the tile choice (bench/sweep_memory.py)."""
     check_tensor(x, "x", ndim=4)
     check_pixel_count(x, "x")
@@ -138,8 +139,8 @@ def max_pool2d_forward(x, kernel_size=3, stride=2, blocks=None):
         raise ValueError(f"input of {height}x{width} pixels is smaller than the {kh}x{kw} pooling window")
     out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
     fmt = memory_format(x)
-    y = empty_4d((n_img, n_chan, out_h, out_w), x, fmt)
-    idx = empty_4d(y.shape, x, fmt, dtype=argmax_dtype(kh * kw))
+    y = empty_4d((n_img, n_chan, out_h, out_w), x, out_format or fmt)
+    idx = empty_4d(y.shape, x, out_format or fmt, dtype=argmax_dtype(kh * kw))
     if y.numel() == 0:
         return y, idx
     block_p, block_c, warps = blocks or maxpool_blocks(n_chan, fmt, backward=False)
@@ -175,13 +176,14 @@ def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, strid
     return dx
 
 
-def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, *, input_relu: bool = False):
+def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, *, input_relu: bool = False, contiguous_out: bool = False):
     """Max-pooling, no padding, floor output size; the paper's overlapping 3x3/2 by default.
     Op alexnet_triton::max_pool2d (kernels/ops.py: the device picks Triton or the reference).
     `input_relu`: x is a ReLU's output (the conv before it has relu and dy_masked): the
-    x-gradient is taken through that ReLU (kernels/conv/op.py, the conv op's `dy_masked`)."""
+    x-gradient is taken through that ReLU (kernels/conv/op.py, the conv op's `dy_masked`).
+    `contiguous_out`: the output in NCHW order whatever x's layout (flattening it is a view)."""
     check_tensor(x, "x", ndim=4, kernel_device=False)
     (kh, kw), stride = pair(kernel_size, "kernel_size"), pair(stride, "stride")
     if x.shape[2] < kh or x.shape[3] < kw:
         raise ValueError(f"input of {x.shape[2]}x{x.shape[3]} pixels is smaller than the {kh}x{kw} pooling window")
-    return _call("max_pool2d", x, (kh, kw), stride, input_relu)[0]
+    return _call("max_pool2d", x, (kh, kw), stride, input_relu, contiguous_out)[0]

@@ -15,8 +15,8 @@ the registration helpers and the fast path in kernels/dispatch.py.
     torch.ops.alexnet_triton.max_pool2d_backward(dy, argmax, input_size, channels_last, kernel_size, stride,
                                                  relu_out=None) -> dx
     torch.ops.alexnet_triton.dropout(x, seed, p) -> y                   (its own backward: same seed)
-    torch.ops.alexnet_triton.column_dropout(x, seeds, call, p) -> (y, next_call)
-    torch.ops.alexnet_triton.column_dropout_backward(dy, seeds, next_call, p) -> dx
+    torch.ops.alexnet_triton.column_dropout(x, seeds, call, p, relu=False) -> (y, next_call)
+    torch.ops.alexnet_triton.column_dropout_backward(dy, seeds, next_call, p, relu_input=None) -> dx
     torch.ops.alexnet_triton.softmax_cross_entropy(logits, labels, finite!) -> (loss, dlogits, wrong)
     torch.ops.alexnet_triton.augment(images, offsets, flips, shift, mean, size, dtype, channels_last) -> y
     torch.ops.alexnet_triton.augment_padded(images, offsets, flips, shift, mean, size, dtype, pad, padded_size,
@@ -162,31 +162,38 @@ def _argmax_dtype(kernel_size) -> torch.dtype:
     return argmax_dtype(kernel_size[0] * kernel_size[1])
 
 
-def _pool_triton(x, kernel_size, stride, input_relu=False):
-    return max_pool2d_forward(x, tuple(kernel_size), tuple(stride))
+def _pool_format(x, contiguous_out):
+    return torch.contiguous_format if contiguous_out else memory_format(x)
 
 
-def _pool_reference(x, kernel_size, stride, input_relu=False):
+def _pool_triton(x, kernel_size, stride, input_relu=False, contiguous_out=False):
+    return max_pool2d_forward(x, tuple(kernel_size), tuple(stride), out_format=_pool_format(x, contiguous_out))
+
+
+def _pool_reference(x, kernel_size, stride, input_relu=False, contiguous_out=False):
     (_, kw), (sh, sw) = kernel_size, stride
     y, flat = torch.nn.functional.max_pool2d(x, kernel_size, stride, return_indices=True)
     width = x.shape[3]
     oh = torch.arange(y.shape[2], device=x.device)[:, None] * sh
     ow = torch.arange(y.shape[3], device=x.device)[None, :] * sw
     local = (flat // width - oh) * kw + (flat % width - ow)  # window-local kh * KW + kw, as the kernel
-    fmt = memory_format(x)
+    fmt = _pool_format(x, contiguous_out)
     return _in_format(y, fmt), _in_format(local.to(_argmax_dtype(kernel_size)), fmt)
 
 
-def _pool_fake(x, kernel_size, stride, input_relu=False):
+def _pool_fake(x, kernel_size, stride, input_relu=False, contiguous_out=False):
     (kh, kw), (sh, sw) = kernel_size, stride
     shape = (x.shape[0], x.shape[1], (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1)
-    fmt = memory_format(x)
+    fmt = _pool_format(x, contiguous_out)
     return _empty(shape, x, fmt), _empty(shape, x, fmt, _argmax_dtype(kernel_size))
 
 
 # input_relu: x is a ReLU's output (conv5's, whose op then skips its mask: dy_masked); the
 # backward passes dy only where the pooled y > 0, the gradient through that ReLU too.
-_define("max_pool2d", "(Tensor x, int[2] kernel_size, int[2] stride, bool input_relu=False) -> (Tensor, Tensor)",
+# contiguous_out: y (and argmax) in NCHW order whatever x's layout (pool5 of a channels_last
+# model: its flatten for fc6 is then a view, not a copy).
+_define("max_pool2d", "(Tensor x, int[2] kernel_size, int[2] stride, bool input_relu=False, "
+        "bool contiguous_out=False) -> (Tensor, Tensor)",
         _pool_triton, _pool_reference, _pool_fake)
 
 
@@ -225,7 +232,7 @@ def _pool_setup(ctx, inputs, output):
 
 def _pool_backward(ctx, dy, _didx):
     idx, y = ctx.saved_tensors
-    return call("max_pool2d_backward", dy, idx, *ctx.params, y), None, None, None
+    return (call("max_pool2d_backward", dy, idx, *ctx.params, y),) + (None,) * (len(ctx.needs_input_grad) - 1)
 
 
 _register_autograd("max_pool2d", _pool_backward, _pool_setup, n_outputs=2)
@@ -279,62 +286,69 @@ torch.library.register_autograd(f"{NAMESPACE}::dropout", _dropout_backward, setu
 # launch each way, nothing mask-sized kept. The backward is linear in dy with the same mask,
 # so its own autograd formula is itself (an exact double backward). Where the counter must
 # keep one address (a CUDA graph), ColumnDropout copies next_call into it (ColumnDropout.pin).
-def _column_dropout_triton(x, seeds, call, p):
-    return launch_column_dropout(x, seeds, call, p)
+def _column_dropout_triton(x, seeds, call, p, relu=False):
+    return launch_column_dropout(x, seeds, call, p, relu=relu)
 
 
-def _column_dropout_reference(x, seeds, call, p):
+def _column_dropout_reference(x, seeds, call, p, relu=False):
     """The same masks as the kernel, Philox in torch ops (kernels.reference.column_dropout)."""
-    y, next_call = reference.column_dropout(x, seeds, call, p)
+    y, next_call = reference.column_dropout(x, seeds, call, p, relu)
     return y.contiguous(), next_call
 
 
-def _column_dropout_fake(x, seeds, call, p):
+def _column_dropout_fake(x, seeds, call, p, relu=False):
     return _empty(x.shape, x), torch.empty_like(call)
 
 
-_define("column_dropout", "(Tensor x, Tensor seeds, Tensor call, float p) -> (Tensor, Tensor)",
+# relu: dropout of relu(x) (fc6/fc7's ReLU fused in); the backward then gets x as relu_input.
+_define("column_dropout", "(Tensor x, Tensor seeds, Tensor call, float p, bool relu=False) -> (Tensor, Tensor)",
         _column_dropout_triton, _column_dropout_reference, _column_dropout_fake)
 
 
-def _column_dropout_backward_triton(dy, seeds, next_call, p):
-    return launch_column_dropout(dy, seeds, next_call, p, backward=True)
+def _column_dropout_backward_triton(dy, seeds, next_call, p, relu_input=None):
+    return launch_column_dropout(dy, seeds, next_call, p, backward=True, relu_input=relu_input)
 
 
-def _column_dropout_backward_reference(dy, seeds, next_call, p):
-    return reference.column_dropout(dy, seeds, next_call - 1, p)[0].contiguous()
+def _column_dropout_backward_reference(dy, seeds, next_call, p, relu_input=None):
+    dx = reference.column_dropout(dy, seeds, next_call - 1, p)[0]
+    return (dx if relu_input is None else reference.relu_mask(dx, relu_input)).contiguous()
 
 
-def _column_dropout_backward_fake(dy, seeds, next_call, p):
+def _column_dropout_backward_fake(dy, seeds, next_call, p, relu_input=None):
     return _empty(dy.shape, dy)
 
 
-_define("column_dropout_backward", "(Tensor dy, Tensor seeds, Tensor next_call, float p) -> Tensor",
-        _column_dropout_backward_triton, _column_dropout_backward_reference, _column_dropout_backward_fake)
+_define("column_dropout_backward", "(Tensor dy, Tensor seeds, Tensor next_call, float p, Tensor? relu_input=None) "
+        "-> Tensor", _column_dropout_backward_triton, _column_dropout_backward_reference,
+        _column_dropout_backward_fake)
 
 
 def _column_dropout_setup(ctx, inputs, output):
-    _x, seeds, _call, p = inputs
-    ctx.save_for_backward(seeds, output[1])  # next_call: a fresh tensor, never mutated afterwards
+    x, seeds, _call, p, *relu = inputs
+    relu = (*relu, False)[0]
+    ctx.save_for_backward(seeds, output[1], *([x] if relu else []))  # next_call: fresh, never mutated afterwards
     ctx.p = p
     ctx.set_materialize_grads(False)  # next_call (int64) has no gradient: no zeros made for it
 
 
 def _column_dropout_backward(ctx, dy, _dnext):
-    seeds, next_call = ctx.saved_tensors
-    dx = None if dy is None else call("column_dropout_backward", dy, seeds, next_call, ctx.p)
-    return dx, None, None, None
+    seeds, next_call, *relu_input = ctx.saved_tensors
+    relu_input = (*relu_input, None)[0]
+    dx = None if dy is None else call("column_dropout_backward", dy, seeds, next_call, ctx.p, relu_input)
+    return (dx,) + (None,) * (len(ctx.needs_input_grad) - 1)
 
 
 def _column_dropout_backward_setup(ctx, inputs, output):
-    _dy, seeds, next_call, p = inputs
-    ctx.save_for_backward(seeds, next_call)
+    _dy, seeds, next_call, p, *relu_input = inputs
+    ctx.save_for_backward(seeds, next_call, *[t for t in relu_input if t is not None])
     ctx.p = p
 
 
 def _column_dropout_double_backward(ctx, ddx):
-    seeds, next_call = ctx.saved_tensors
-    return call("column_dropout_backward", ddx, seeds, next_call, ctx.p), None, None, None
+    seeds, next_call, *relu_input = ctx.saved_tensors  # linear in dy with the same mask: itself
+    relu_input = (*relu_input, None)[0]
+    return (call("column_dropout_backward", ddx, seeds, next_call, ctx.p, relu_input),) + (None,) * (
+        len(ctx.needs_input_grad) - 1)
 
 
 # Both through `call` (kernels.dropout.column_dropout): the eager fast path skips the custom-op

@@ -44,10 +44,12 @@ def relu_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 
     return local_response_norm(torch.relu(x), size, alpha, beta, k, groups)
 
 
-def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, *, input_relu: bool = False):
+def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2, *, input_relu: bool = False, contiguous_out: bool = False):
     """Max-pooling without padding; the paper's overlapping pooling is 3x3 windows, stride 2.
-    `input_relu` (where the Triton op applies a ReLU's gradient mask) changes nothing here."""
-    return F.max_pool2d(x, kernel_size, stride)
+    `input_relu` (where the Triton op applies a ReLU's gradient mask) changes nothing here;
+    `contiguous_out` asks for the output in NCHW order."""
+    y = F.max_pool2d(x, kernel_size, stride)
+    return y.contiguous() if contiguous_out else y
 
 
 def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, generator: torch.Generator | None = None):
@@ -92,13 +94,15 @@ def philox(key: torch.Tensor, c0, c1, c2, c3, rounds: int = 10):
     return c0, c1, c2, c3
 
 
-def column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: float):
+def column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: float, relu: bool = False):
     """Dropout of x (B, columns * F), column c's (B, F) block drawn from its own stream, and the
     next call index: (y, call + 1). The mask is kernels/dropout.py's, bit for bit: element i
     of a column's block (row-major) is kept when 16-bit draw i % 8 of Philox(key seeds[c],
     counter (i // 8, call)) is at least round(p * 2**16) (the draws in the kernel's order:
     low halves of words 0, 2, 1, 3, then their high halves). A pure function of (seeds,
-    call, shape, p) with no host read, so torch.compile traces it."""
+    call, shape, p) with no host read, so torch.compile traces it. `relu`: of relu(x)."""
+    if relu:
+        x = torch.relu(x)
     n_rows, columns = x.shape[0], seeds.numel()
     width = x.shape[1] // columns
     groups = -(-n_rows * width // 8)

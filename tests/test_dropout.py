@@ -128,6 +128,31 @@ def test_column_dropout_kernel_draws_the_reference_masks_bit_for_bit(rows, width
     assert int(calls) == call  # the input is not advanced in place
 
 
+@given(rows=st.integers(1, 9), width=st.integers(1, 70), columns=st.integers(1, 3), p=st.sampled_from([0.1, 0.5]),
+       seed=st.integers(0, 2**62))
+def test_column_dropout_with_relu_is_relu_then_dropout_both_ways(rows, width, columns, p, seed):
+    """relu=True (the fc layers' ReLU fused into the launch): y and the gradient are exactly
+    those of torch.relu followed by column dropout, NaN included; the reference agrees."""
+    from kernels import reference
+
+    g = torch.Generator().manual_seed(seed % 1000)
+    x = (torch.randn(rows, columns * width, generator=g) + 0.1).to(DEVICE)
+    x.view(-1)[:: 7] = float("nan")
+    seeds, calls = _streams([seed + c for c in range(columns)], 3)
+    fused_x = x.clone().requires_grad_()
+    y, _ = kernels.column_dropout(fused_x, seeds, calls, p, relu=True)
+    plain_x = x.clone().requires_grad_()
+    expected, _ = kernels.column_dropout(torch.relu(plain_x), seeds, calls, p)
+    assert torch.equal(y.isnan(), expected.isnan()) and torch.equal(y.nan_to_num(), expected.nan_to_num())
+    ref = reference.column_dropout(x.cpu(), seeds.cpu(), calls.cpu(), p, relu=True)[0]
+    assert torch.equal(y.cpu().isnan(), ref.isnan()) and torch.equal(y.cpu().nan_to_num(), ref.nan_to_num())
+    dy = torch.randn(x.shape, generator=g).to(DEVICE)
+    y.backward(dy)
+    expected.backward(dy)
+    assert torch.equal(fused_x.grad.nan_to_num(), plain_x.grad.nan_to_num())
+    assert torch.equal(fused_x.grad.isnan(), plain_x.grad.isnan())
+
+
 def test_column_dropout_at_call_0_is_the_plain_kernel_per_column():
     """One launch for all columns: column c's block gets exactly the mask the plain dropout
     kernel draws for that block with seed c, so the single-device (B, 2F) launch and a rank's

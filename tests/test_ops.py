@@ -127,6 +127,10 @@ def test_opcheck_column_dropout(device, shape, seeds, call):
     opcheck(ops.column_dropout.default, (x, seeds, call, 0.5))
     next_call = ops.column_dropout(x, seeds, call, 0.5)[1]
     opcheck(ops.column_dropout_backward.default, (_x(shape, device), seeds, next_call, 0.25))
+    # the fc layers' ReLU fused in: forward relu=True, backward with the ReLU's input
+    signed = _x(shape, device) - 0.5
+    opcheck(ops.column_dropout.default, (signed, seeds, call, 0.5, True))
+    opcheck(ops.column_dropout_backward.default, (_x(shape, device), seeds, next_call, 0.25, signed))
 
 
 def _augment_inputs(device, seed):
