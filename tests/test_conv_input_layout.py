@@ -15,6 +15,7 @@ from kernels import reference
 from kernels.conv.common import ConvGeometry, conv_geometry
 from kernels.conv.input_layout import (
     fold_wgrad_view,
+    folded_wgrad_buffer,
     pad_input,
     padded_image,
     padded_view,
@@ -73,6 +74,11 @@ def test_regrouping_is_exact(geom, seed, dtype):
                                        (g_v.stride_h, g_v.stride_w))
     dw = unpad_weight_grad(fold_wgrad_view(dw_v, g_k), geom, torch.contiguous_format)
     torch.testing.assert_close(dw, torch.nn.grad.conv2d_weight(x64, w.shape, dy, stride, padding))
+    # the buffer the kernel writes the view's gradient into folds it by its strides: the same map
+    folded, into = folded_wgrad_buffer(g_k, g_v, dw_v)
+    into.copy_(dw_v)
+    assert into.data_ptr() == folded.data_ptr() and folded.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(folded[..., :g_k.kernel_w], fold_wgrad_view(dw_v, g_k))
 
 
 SMALL_CONV1 = (2, 3, 27, 23, 5, 11, 11, 4, 2)  # n, C, H, W, K, kernel, kernel, stride, padding

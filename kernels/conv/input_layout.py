@@ -142,6 +142,21 @@ def wgrad_view(x: torch.Tensor, geom: ConvGeometry):
     return x.permute(0, 2, 3, 1).reshape(n, h, w // sw, sw * c).permute(0, 3, 1, 2), g
 
 
+def folded_wgrad_buffer(geom: ConvGeometry, view_geom: ConvGeometry, like: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                                     torch.Tensor]:
+    """(folded, dw_view): a channels_last buffer (K, C, KH, KW' * SW) of `geom`'s weight
+    gradient (its width rounded up to whole SW-column blocks) and the view of it as `wgrad_view`'s
+    (K, SW*C, KH, KW') gradient. In channels_last the w and c of a (kh) row are adjacent, so
+    element (k, s*C + c, kh, b) of the view is (k, c, kh, b*SW + s) of the buffer: the
+    kernel writing the view through its strides folds it, with no copy (`fold_wgrad_view` is
+    the same map as a copy)."""
+    k, sw, c, kh = geom.out_chan, geom.stride_w, geom.in_chan, geom.kernel_h
+    tw = view_geom.kernel_w
+    folded = torch.empty((k, c, kh, tw * sw), device=like.device, dtype=like.dtype, memory_format=torch.channels_last)
+    s_k, _, s_h, _ = folded.stride()
+    return folded, folded.as_strided((k, sw * c, kh, tw), (s_k, 1, s_h, sw * c))
+
+
 def fold_wgrad_view(dw: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
     """dw (K, SW*C, KH, KW') of `wgrad_view`'s geometry as (K, C, KH, KW) of `geom`:
     dw[k, c, kh, b*SW + s] = dw'[k, s*C + c, kh, b]; columns past KW are dropped."""

@@ -127,7 +127,8 @@ def _wgrad_triton(dy, x, weight, y, stride, padding, groups, weight_grad, bias_g
     dw_out, db_out = out or (None, None)
     padded = geom_k is not geom and geom_k.in_chan != geom.in_chan
     dw, db = _conv.conv2d_weight_grad(dy, x_k, geom_k, y=y, weight_grad=weight_grad, bias_grad=bias_grad,
-                                      weight_format=fmt, out=(None if padded else dw_out, db_out))
+                                      weight_format=fmt, out=(None if padded else dw_out, db_out),
+                                      dense=not padded)  # padded: copied below, as a view is enough
     if weight_grad and padded and dw_out is not None:  # conv1: the unpadded channels into the buffer
         dw = dw_out.copy_(dw[:, :geom.c_per_g])
     return (_conv.unpad_weight_grad(dw, geom, fmt) if weight_grad else dy.new_empty(0),

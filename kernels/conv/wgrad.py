@@ -62,7 +62,7 @@ from .common import (
     x_tap_offsets,
 )
 from .configs import SPLIT_PIX_QUANTUM, WGRAD, use_flat_reduction, wgrad_splits
-from .input_layout import fold_wgrad_view, wgrad_view
+from .input_layout import folded_wgrad_buffer, wgrad_view
 
 __all__ = ["conv2d_weight_grad"]
 
@@ -236,30 +236,36 @@ def _dense_nhwc(t: torch.Tensor) -> bool:
 
 
 def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *, y=None, weight_grad=True,
-                       bias_grad=True, weight_format=torch.contiguous_format, config=None, splits=None, out=None):
+                       bias_grad=True, weight_format=torch.contiguous_format, config=None, splits=None, out=None,
+                       dense=True):
     """(dw, db): dw (geom.weight_shape, `weight_format`) if `weight_grad`, db (K,) if `bias_grad`,
     else None (x may be None without `weight_grad`). With `y` (forward output of a fused-ReLU
     conv) dy is masked by y > 0. dy and x may have any strides (channels_last is fast).
     `config` forces a tile config and `splits` the number of pixel ranges (default:
     `configs.wgrad_splits`, for the forced config's tile). `out` = (dw, db): tensors to write
-    the gradients into (either may be None: a new one), e.g. views of an optimizer's buffer."""
+    the gradients into (either may be None: a new one), e.g. views of an optimizer's buffer.
+    `dense=False`: conv1's folded gradient may come back as a strided view (the caller copies it)."""
     dev, dtype, kout = dy.device, dy.dtype, geom.out_chan
     dw, db = out or (None, None)
-    if dw is None and weight_grad:
+    view = wgrad_view(x, geom) if weight_grad else None
+    if dw is None and weight_grad and (dense or view is None):
         dw = torch.empty(geom.weight_shape, device=dev, dtype=dtype, memory_format=weight_format)
     if db is None and bias_grad:
         db = torch.empty(kout, device=dev, dtype=dtype)
     if not (weight_grad or bias_grad):
         return dw, db
     if geom.n_out_pix == 0:  # a sum over no pixels
+        if weight_grad and dw is None:
+            dw = torch.empty(geom.weight_shape, device=dev, dtype=dtype, memory_format=weight_format)
         return (dw.zero_() if weight_grad else None), (db.zero_() if bias_grad else None)
     if y is not None:
         dy = relu_grad(dy, y)
-    view = wgrad_view(x, geom) if weight_grad else None
     if view is not None:  # conv1's padded image as SW-pixel column blocks (input_layout.py)
-        dw_view, db = conv2d_weight_grad(dy, *view, weight_grad=True, bias_grad=bias_grad, config=config,
-                                         splits=splits)
-        return fold_wgrad_view(dw_view, geom).contiguous(memory_format=weight_format), db
+        folded, dw_view = folded_wgrad_buffer(geom, view[1], dy)
+        conv2d_weight_grad(dy, *view, weight_grad=True, bias_grad=bias_grad, config=config, splits=splits,
+                           out=(dw_view, db))
+        dw_folded = folded[..., :geom.kernel_w]
+        return (dw.copy_(dw_folded) if dw is not None else dw_folded), db
     flat = use_flat_reduction(geom.c_per_g, "wgrad")
     if config is not None:
         flat = config.kwargs.get("FLAT", flat)
