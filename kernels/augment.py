@@ -32,6 +32,7 @@ import triton.language as tl
 
 from ._checks import check_augment_args
 from ._common import FLOAT_DTYPES, cdiv, check_tensor
+from .fastlaunch import launch as fast_launch
 from .launch import augment_launch
 
 __all__ = ["augment", "augment_padded", "launch_augment", "launch_augment_padded"]
@@ -158,8 +159,8 @@ def _launch(images, offsets, flips, shift, mean, size, y, pad, padded: bool, cha
     _, channels, out_h, out_w = y.shape
     launch = augment_launch()
     grid = (cdiv(channels * out_h * out_w, launch.block), batch)
-    _augment_kernel[grid](images, mean, offsets, flips, shift, y, height, width, height - size, width - size,
-                          SIZE=size, CHANNELS=channels, OUT_H=out_h, OUT_W=out_w, PAD_H=pad[0], PAD_W=pad[1],
-                          PADDED=padded, CHANNELS_LAST=channels_last, BLOCK=launch.block,
-                          num_warps=launch.num_warps)
+    fast_launch(_augment_kernel, grid,
+                (images, mean, offsets, flips, shift, y, height, width, height - size, width - size),
+                dict(SIZE=size, CHANNELS=channels, OUT_H=out_h, OUT_W=out_w, PAD_H=pad[0], PAD_W=pad[1],
+                     PADDED=padded, CHANNELS_LAST=channels_last, BLOCK=launch.block, num_warps=launch.num_warps))
     return y

@@ -36,6 +36,7 @@ import triton.language as tl
 
 from ._common import check_same_device, check_tensor, interpreting
 from .dispatch import call as _call
+from .fastlaunch import launch as fast_launch
 
 __all__ = ["softmax_cross_entropy", "launch_softmax_cross_entropy"]
 
@@ -145,9 +146,9 @@ def launch_softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, fin
         finite.zero_()
         return loss.fill_(float("nan")), dlogits, wrong.zero_()
     block_r, block_c, warps = _blocks(n_classes)
-    _cross_entropy_kernel[(1,)](logits, labels, loss, dlogits, wrong, finite, n_rows, n_classes, logits.stride(0),
-                                dlogits.stride(0), BLOCK_R=block_r, BLOCK_C=block_c,
-                                ONE_CHUNK=n_classes <= block_c, num_warps=warps)
+    fast_launch(_cross_entropy_kernel, (1,),
+                (logits, labels, loss, dlogits, wrong, finite, n_rows, n_classes, logits.stride(0), dlogits.stride(0)),
+                dict(BLOCK_R=block_r, BLOCK_C=block_c, ONE_CHUNK=n_classes <= block_c, num_warps=warps))
     return loss, dlogits, wrong
 
 

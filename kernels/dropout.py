@@ -35,6 +35,7 @@ import triton.language as tl
 
 from ._common import cdiv, check_tensor
 from .dispatch import call as _call
+from .fastlaunch import launch as fast_launch
 from .launch import dropout_launch
 
 __all__ = ["dropout", "column_dropout"]
@@ -172,10 +173,11 @@ def launch_column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tens
     next_call = torch.empty_like(call) if not backward else call
     launch = dropout_launch(n_rows * width)
     grid = (max(1, cdiv(n_rows * width, launch.block)), columns)  # >= 1 program: the next index is written
-    _column_dropout_kernel[grid](x, y, seeds, call, next_call, relu_input if relu_input is not None else x, n_rows,
-                                 width, x.stride(0), int(round(p * 2**16)), 1.0 / (1.0 - p),
-                                 CALL_OFFSET=-1 if backward else 0, WRITE_NEXT=not backward, RELU=relu,
-                                 RELU_GRAD=relu_input is not None, BLOCK=launch.block, num_warps=launch.num_warps)
+    fast_launch(_column_dropout_kernel, grid,
+                (x, y, seeds, call, next_call, relu_input if relu_input is not None else x, n_rows, width, x.stride(0),
+                 int(round(p * 2**16)), 1.0 / (1.0 - p)),
+                dict(CALL_OFFSET=-1 if backward else 0, WRITE_NEXT=not backward, RELU=relu,
+                     RELU_GRAD=relu_input is not None, BLOCK=launch.block, num_warps=launch.num_warps))
     return y if backward else (y, next_call)
 
 

@@ -45,6 +45,7 @@ from ._common import (
     pixel_offsets,
 )
 from .dispatch import call as _call
+from .fastlaunch import launch as fast_launch
 from .launch import lrn_blocks
 
 __all__ = ["relu_lrn", "local_response_norm"]
@@ -233,11 +234,10 @@ def _launch(kernel, first_args, x, out, n_chan_per_group, groups, size, alpha, b
     n_pix = n_img * height * width
     block_p, block_c, warps = blocks or lrn_blocks(n_chan_per_group, memory_format(out))
     grid = (cdiv(n_pix, block_p), groups * cdiv(n_chan_per_group, block_c))
-    kernel[grid](
-        *first_args, n_pix, n_chan_per_group, height, width, *x.stride(), *out.stride(),
-        float(k), float(alpha), float(beta),
-        LO=size // 2, HI=(size - 1) // 2, RELU=relu, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps, **flags,
-    )
+    fast_launch(kernel, grid, (*first_args, n_pix, n_chan_per_group, height, width, *x.stride(), *out.stride(),
+                               float(k), float(alpha), float(beta)),
+                dict(LO=size // 2, HI=(size - 1) // 2, RELU=relu, BLOCK_P=block_p, BLOCK_C=block_c, **flags,
+                     num_warps=warps))
 
 
 def relu_lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, groups=1, save_u=False, blocks=None):

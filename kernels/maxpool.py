@@ -32,6 +32,7 @@ from ._common import (
     pixel_offsets,
 )
 from .dispatch import call as _call
+from .fastlaunch import launch as fast_launch
 from .launch import maxpool_blocks
 
 __all__ = ["max_pool2d"]
@@ -146,10 +147,9 @@ def max_pool2d_forward(x, kernel_size=3, stride=2, blocks=None, out_format=None)
     block_p, block_c, warps = blocks or maxpool_blocks(n_chan, fmt, backward=False)
     n_out_pix = n_img * out_h * out_w
     grid = (cdiv(n_out_pix, block_p), cdiv(n_chan, block_c))
-    _max_pool_fwd_kernel[grid](
-        x, y, idx, n_out_pix, n_chan, height, width, out_h, out_w, *x.stride(), *y.stride(),
-        KH=kh, KW=kw, SH=sh, SW=sw, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
-    )
+    fast_launch(_max_pool_fwd_kernel, grid,
+                (x, y, idx, n_out_pix, n_chan, height, width, out_h, out_w, *x.stride(), *y.stride()),
+                dict(KH=kh, KW=kw, SH=sh, SW=sw, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps))
     return y, idx
 
 
@@ -168,11 +168,11 @@ def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, strid
     block_p, block_c, warps = blocks or maxpool_blocks(n_chan, input_format, backward=True)
     n_pix = n_img * height * width
     grid = (cdiv(n_pix, block_p), cdiv(n_chan, block_c))
-    _max_pool_bwd_kernel[grid](
-        dy, idx, dx, relu_out if relu_out is not None else dy, n_pix, n_chan, height, width, out_h, out_w,
-        *idx.stride(), *dy.stride(), *dx.stride(), KH=kh, KW=kw, SH=sh, SW=sw, RELU_INPUT=relu_out is not None,
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
-    )
+    fast_launch(_max_pool_bwd_kernel, grid,
+                (dy, idx, dx, relu_out if relu_out is not None else dy, n_pix, n_chan, height, width, out_h, out_w,
+                 *idx.stride(), *dy.stride(), *dx.stride()),
+                dict(KH=kh, KW=kw, SH=sh, SW=sw, RELU_INPUT=relu_out is not None, BLOCK_P=block_p, BLOCK_C=block_c,
+                     num_warps=warps))
     return dx
 
 

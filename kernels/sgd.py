@@ -19,6 +19,7 @@ import triton.language as tl
 
 from ._common import cdiv, check_same_device, check_tensor
 from .dispatch import call as _call
+from .fastlaunch import launch as fast_launch
 from .launch import sgd_launch
 
 __all__ = ["launch_sgd_step", "sgd_step_"]
@@ -89,8 +90,7 @@ def launch_sgd_step(weights, velocity, grads, lr, momentum: float, weight_decay:
     n_main = n_elem - n_elem % block
     for start, length in ((0, n_main), (n_main, n_elem - n_main)):
         if length:
-            _sgd_step_kernel[(cdiv(length, block),)](
-                weights[start:], velocity[start:], grads[start:], out[start:], lr, length, n_decay - start,
-                float(momentum), float(weight_decay),
-                WRITE_LOW=low_precision_out is not None, BLOCK=block, num_warps=launch.num_warps,
-            )
+            fast_launch(_sgd_step_kernel, (cdiv(length, block),),
+                        (weights[start:], velocity[start:], grads[start:], out[start:], lr, length, n_decay - start,
+                         float(momentum), float(weight_decay)),
+                        dict(WRITE_LOW=low_precision_out is not None, BLOCK=block, num_warps=launch.num_warps))
