@@ -237,6 +237,7 @@ def classify(func, args, kwargs, out) -> str:
 
 _ROOT = str(Path(__file__).resolve().parent.parent) + os.sep
 _BENCH = _ROOT + "bench" + os.sep
+_FASTLAUNCH = _ROOT + os.path.join("kernels", "fastlaunch.py")  # a launch's origin is whoever called it
 
 
 def origin() -> str:
@@ -244,7 +245,7 @@ def origin() -> str:
     frame = sys._getframe(2)
     while frame is not None:
         name = frame.f_code.co_filename
-        if name.startswith(_ROOT) and not name.startswith(_BENCH):
+        if name.startswith(_ROOT) and not name.startswith(_BENCH) and name != _FASTLAUNCH:
             return name[len(_ROOT):]
         frame = frame.f_back
     return "torch (autograd, loss)"
