@@ -257,8 +257,11 @@ class ModelPass:
         if pass_ == "wgrad":  # conv1: the padded image as column blocks (wgrad_view)
             geom = self.wgrad_geom
             red_chan = geom.c_per_g
-        return tuning, dict(geom.constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan, pass_),
-                            HAS_BIAS=pass_ == "fwd", PRECISION=dot_precision(self.x.dtype))
+        meta = dict(geom.constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan, pass_),
+                    HAS_BIAS=pass_ == "fwd", PRECISION=dot_precision(self.x.dtype))
+        if pass_ == "dgrad":  # how it reads the weight: in place (16-bit channels_last) or a copy
+            meta.update(zip(("WT_SG", "WT_SK", "WT_SC", "WT_SH", "WT_SW"), conv_dgrad._weight_operand(self.w, geom)[1]))
+        return tuning, meta
 
     def splits(self, cfg: Config) -> int:
         """wgrad's split count as its model picks it on an H100 (132 SMs)."""

@@ -413,3 +413,22 @@ def test_relu_keeps_nan_and_inf(specials, nan_weight, seed):
 def test_mixed_devices_raise():
     with pytest.raises(ValueError, match="CUDA tensor|is on"):
         kernels.conv2d(torch.randn(1, 4, 8, 8, device="cuda"), torch.randn(6, 4, 3, 3))
+
+
+@settings(max_examples=EXAMPLES)
+@given(problem=conv_problems(), seed=st.integers(0, 2**31 - 1), flat=st.booleans())
+def test_dgrad_reads_a_16_bit_channels_last_weight_in_place(problem, seed, flat):
+    """In 16 bits the dgrad reads a channels_last weight through its strides (no per-call
+    re-layout); an OIHW weight is copied to the k-contiguous layout first. Both give the same
+    dx, bit for bit, close to float64 (fp16: the interpreter computes it; bf16 it cannot)."""
+    x, weight, _ = _inputs(problem, torch.float16, torch.channels_last, seed, bias=False)
+    geom = conv_geometry(x, weight, None, *problem[7:])
+    dy = torch.randn(geom.output_shape, generator=torch.Generator().manual_seed(seed + 1)).to(torch.float16)
+    dy = dy.to(DEVICE).contiguous(memory_format=torch.channels_last)
+    config = _forced([conv_configs.DGRAD.interpreter], FLAT=flat)[0] if DEVICE == "cpu" else None
+    in_place = conv2d_input_grad(dy, weight.contiguous(memory_format=torch.channels_last), geom, config=config)
+    copied = conv2d_input_grad(dy, weight.contiguous(), geom, config=config)
+    assert torch.equal(in_place, copied)
+    ref = torch.nn.grad.conv2d_input(geom.input_shape, weight.double().cpu(), dy.double().cpu(), problem[7],
+                                     problem[8], 1, problem[9])
+    _close(in_place, ref, TOLERANCES[torch.float16])

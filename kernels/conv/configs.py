@@ -139,7 +139,11 @@ def _fwd_fits(cfg: Config, meta: dict, elem: int) -> bool:
 def _dgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
     k = cfg.kwargs
     red = meta["KH"] * meta["KW"] * meta["K_PER_G"] if meta["FLAT"] else meta["K_PER_G"]
-    return _smem_ok(cfg, elem) and k["BLOCK_N"] <= _np2(meta["C_PER_G"]) and k["BLOCK_K"] <= _np2(red)
+    # a 16-bit weight read in place (dgrad.py `_weight_operand`, k not contiguous): 8 warps on a
+    # 32-deep step read 0.73-0.76 of the MMA time in bench/conv_sass.py (conv3-5, bf16)
+    in_place_ok = meta.get("WT_SK", 1) == 1 or not (cfg.num_warps == 8 and k["BLOCK_K"] == 32)
+    return (_smem_ok(cfg, elem) and k["BLOCK_N"] <= _np2(meta["C_PER_G"]) and k["BLOCK_K"] <= _np2(red)
+            and in_place_ok)
 
 
 def _wgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:

@@ -18,7 +18,8 @@ conv (conv3, conv4 in AlexNet) then reads its dy already masked and skips its ow
 elementwise mask pass (kernels/conv/op.py, `dy_masked`). It costs one read of x in the epilogue,
 outside the loop. The weight is re-laid out once per call as wt (groups, KH, KW,
 C_PER_G, K_PER_G), k contiguous, so both GEMM operands are contiguous along the reduction
-(what tf32 wgmma needs). The reduction loop, one pipelined `for`, runs over (tap, k chunk)
+(what tf32 wgmma needs), except in 16 bits, where a channels_last weight is read in place
+(`_weight_operand`). The reduction loop, one pipelined `for`, runs over (tap, k chunk)
 steps, or for few output channels (FLAT, K_PER_G < 16) over BLOCK_K-wide chunks of the
 flattened (kh, kw, k) index, as in the forward.
 """
@@ -61,7 +62,8 @@ def _source_row(i, tap, PAD: tl.constexpr, S: tl.constexpr, n_out: tl.constexpr)
 
 @triton.jit
 def _dgrad_tap_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok,
-                    sdy_c, sdy_h, sdy_w, C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr,
+                    sdy_c, sdy_h, sdy_w, WT_SK: tl.constexpr, WT_SH: tl.constexpr, WT_SW: tl.constexpr,
+                    C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr,
                     KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                     H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr,
                     OFF64: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -92,7 +94,7 @@ def _dgrad_tap_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok
             row_ok = pix_ok & oh_ok & ow_ok
             dy_row = dy_img + wide(oh, OFF64) * sdy_h + wide(ow, OFF64) * sdy_w + k0 * sdy_c
         a = tl.load(dy_ptr + dy_row[:, None] + a_cols[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(wt_ptr + wt_col[None, :] + (tap * C_PER_G * K_PER_G + k0 + offs_k)[:, None],
+        b = tl.load(wt_ptr + wt_col[None, :] + (kh * WT_SH + kw * WT_SW + (k0 + offs_k) * WT_SK)[:, None],
                     mask=k_ok[:, None] & chan_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     return acc
@@ -100,7 +102,8 @@ def _dgrad_tap_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok
 
 @triton.jit
 def _dgrad_flat_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok,
-                     sdy_c, sdy_h, sdy_w, C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr,
+                     sdy_c, sdy_h, sdy_w, WT_SK: tl.constexpr, WT_SH: tl.constexpr, WT_SW: tl.constexpr,
+                    C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr,
                      KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                      OH: tl.constexpr, OW: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr,
                      BLOCK_K: tl.constexpr):
@@ -118,7 +121,7 @@ def _dgrad_flat_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_o
         a_mask = pix_ok[:, None] & r_ok[None, :] & oh_ok & ow_ok
         dy_off = dy_img[:, None] + wide(oh, OFF64) * sdy_h + wide(ow, OFF64) * sdy_w + (k * sdy_c)[None, :]
         a = tl.load(dy_ptr + dy_off, mask=a_mask, other=0.0)
-        b = tl.load(wt_ptr + wt_col[None, :] + ((r - k) * C_PER_G + k)[:, None],
+        b = tl.load(wt_ptr + wt_col[None, :] + (kh * WT_SH + kw * WT_SW + k * WT_SK)[:, None],
                     mask=r_ok[:, None] & chan_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     return acc
@@ -155,10 +158,13 @@ def _conv_dgrad_kernel(
     C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, PIX_MULT: tl.constexpr,
+    WT_SG: tl.constexpr, WT_SK: tl.constexpr, WT_SC: tl.constexpr, WT_SH: tl.constexpr, WT_SW: tl.constexpr,
     FLAT: tl.constexpr, RELU_INPUT: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """dy (N, K, OH, OW) via sdy_*; wt (groups, KH, KW, C_PER_G, K_PER_G) contiguous;
+    """dy (N, K, OH, OW) via sdy_*; the weight, element (group, k, c, kh, kw) via SW_* (the
+    layer's (K, C_PER_G, KH, KW) weight, or its k-contiguous copy: strides fixed by the layer's
+    shape, compile-time constants as its sizes are);
     dx (N, C, H, W) via sdx_*; with RELU_INPUT x (N, C, H, W) via sx_*, dx zeroed where x <= 0.
     Grid: (tiles of (N*H*W) x C_PER_G, groups)."""
     # ---- map programs to tiles: (input-pixel block, input-channel block) of one group
@@ -171,18 +177,18 @@ def _conv_dgrad_kernel(
     chan_ok = in_range(chan, C_PER_G, C_PER_G % BLOCK_N == 0)
     n_img, ih, iw = split_pixels(pix, H, W)
     dy_img = wide(n_img, OFF64) * sdy_n + wide((group * K_PER_G), OFF64) * sdy_c
-    wt_col = wide((group * KH * KW * C_PER_G + chan), OFF64) * K_PER_G  # wt[group, 0, 0, chan, 0]
+    wt_col = wide(group, OFF64) * WT_SG + wide(chan, OFF64) * WT_SC  # the weight's [group, 0, chan, 0, 0]
 
     # ---- reduce over (kh, kw, k)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FLAT:
         acc = _dgrad_flat_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok,
-                               sdy_c, sdy_h, sdy_w, C_PER_G, K_PER_G, KH, KW, SH, SW, PH, PW, OH, OW,
-                               OFF64, PRECISION, BLOCK_K)
+                               sdy_c, sdy_h, sdy_w, WT_SK, WT_SH, WT_SW, C_PER_G, K_PER_G, KH, KW, SH, SW, PH, PW,
+                               OH, OW, OFF64, PRECISION, BLOCK_K)
     else:
         acc = _dgrad_tap_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok,
-                              sdy_c, sdy_h, sdy_w, C_PER_G, K_PER_G, KH, KW, SH, SW, PH, PW, H, W, OH, OW,
-                              OFF64, PRECISION, BLOCK_K)
+                              sdy_c, sdy_h, sdy_w, WT_SK, WT_SH, WT_SW, C_PER_G, K_PER_G, KH, KW, SH, SW, PH, PW,
+                              H, W, OH, OW, OFF64, PRECISION, BLOCK_K)
 
     # ---- write back: one store of the tile
     dx_off = wide(n_img, OFF64) * sdx_n + wide(ih, OFF64) * sdx_h + wide(iw, OFF64) * sdx_w
@@ -198,6 +204,21 @@ def _conv_dgrad_kernel(
 
 
 _conv_dgrad_tuned = DGRAD.autotune(_conv_dgrad_kernel)
+
+
+def _weight_operand(weight: torch.Tensor, geom: ConvGeometry):
+    """(tensor, strides (group, k, c, kh, kw)) the kernel reads the weight through. 16-bit
+    weights stored channels_last (the model's: (K, KH, KW, C/g) in memory, c contiguous) are
+    read in place: for one tap a [k, c] tile is contiguous along c, a B operand that 16-bit
+    wgmma takes from shared memory in either major order. Other weights (tf32 wgmma needs
+    the B operand k-contiguous in shared memory; fp32; an OIHW weight) are copied once per
+    call to (groups, KH, KW, C/g, K/g), k contiguous."""
+    g, kg, cg, kh, kw = geom.groups, geom.k_per_g, geom.c_per_g, geom.kernel_h, geom.kernel_w
+    if weight.dtype in (torch.bfloat16, torch.float16) and weight.stride(1) == 1 and weight.dim() == 4:
+        s_k, s_c, s_h, s_w = weight.stride()
+        return weight, (kg * s_k, s_k, s_c, s_h, s_w)
+    wt = weight.reshape(g, kg, cg, kh, kw).permute(0, 3, 4, 2, 1).contiguous()  # (g, KH, KW, C/g, K/g)
+    return wt, (kh * kw * cg * kg, 1, kg, kw * cg * kg, cg * kg)
 
 
 def conv2d_input_grad(dy: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry, *, y=None, relu_input=None,
@@ -216,9 +237,10 @@ def conv2d_input_grad(dy: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry
     if relu_input is not None and tuple(relu_input.shape) != tuple(geom.input_shape):
         raise ValueError(f"relu_input has shape {tuple(relu_input.shape)}, expected the conv's input shape "
                          f"{tuple(geom.input_shape)}")
-    g, kg, cg, kh, kw = geom.groups, geom.k_per_g, geom.c_per_g, geom.kernel_h, geom.kernel_w
-    wt = weight.reshape(g, kg, cg, kh, kw).permute(0, 3, 4, 2, 1).contiguous()  # (g, KH, KW, C/g, K/g)
-    meta = dict(geom.constexprs(), PIX_MULT=pix_multiple(geom.n_in_pix), FLAT=use_flat_reduction(kg),
+    g, kg, cg = geom.groups, geom.k_per_g, geom.c_per_g
+    wt, w_strides = _weight_operand(weight, geom)
+    meta = dict(geom.constexprs(), **dict(zip(("WT_SG", "WT_SK", "WT_SC", "WT_SH", "WT_SW"), w_strides)),
+                PIX_MULT=pix_multiple(geom.n_in_pix), FLAT=use_flat_reduction(kg),
                 RELU_INPUT=relu_input is not None, OFF64=needs_int64(dy, wt, dx, relu_input),
                 PRECISION=dot_precision(dy.dtype))
     n_in_pix = geom.n_in_pix
