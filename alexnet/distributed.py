@@ -31,7 +31,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["ParallelLayout", "ExchangeError", "choose_backend", "init_distributed", "guard"]
+__all__ = ["ParallelLayout", "ExchangeError", "choose_backend", "init_distributed", "guard", "share_tuning"]
 
 
 class ExchangeError(RuntimeError):
@@ -144,3 +144,18 @@ def init_distributed(backend: str = "auto", timeout_s: float = 600.0, device: st
     timeout = timedelta(seconds=timeout_s)
     dist.init_process_group(backend, rank=int(os.environ["RANK"]), world_size=world, timeout=timeout)
     return ParallelLayout.create(device, timeout)
+
+
+def share_tuning(group=None) -> int:
+    """Every rank adopts rank 0's autotuning choices (the convolution's launch plans,
+    kernels/conv/common.py), so all ranks run the same tiles, i.e. the same summation order:
+    call it on every rank after each has run the same warm-up pass (which tunes) and before
+    the first step that counts. Returns the number of plans adopted (0 with one process)."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return 0
+    from kernels.conv.common import adopt_plans, export_plans
+
+    rows = [export_plans() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(rows, src=0, group=group)
+    return adopt_plans(rows[0]) if dist.get_rank() != 0 else len(rows[0])
+

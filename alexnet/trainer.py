@@ -147,9 +147,36 @@ class Trainer:
         self.runner = StepRunner(training_step, self.model, self.optimizer, self.finite,
                                  self.model.sync_gradients if session.layout is not None else None,
                                  capture=config.cuda_graph, distributed=session.layout is not None, log=session.print)
+        self._share_tuning()
         self.resumed_from = self._maybe_resume()
 
     # -------------------------------------------------------------- checkpoints
+    def _share_tuning(self) -> None:
+        """Distributed on CUDA with the Triton ops: every rank runs one forward and backward of
+        a blank batch laid out as the loader's (the convolutions tune their tiles), then adopts
+        rank 0's choices (alexnet.distributed.share_tuning), so every rank of the run sums in
+        the same order. The pass changes no weight (its gradients are dropped, eval mode: no
+        dropout draw)."""
+        s, c = self.session, self.config
+        if s.layout is None or s.device.type != "cuda" or self.model_config.ops != "triton":
+            return
+        from .augment import crop_batch
+        from .distributed import share_tuning
+
+        size, n = c.image_size, c.batch_size
+        images = torch.zeros(n, size, size, 3, dtype=torch.uint8, device=s.device)
+        x = crop_batch(images, torch.zeros(n, 2, dtype=torch.int32, device=s.device),
+                       torch.zeros(n, dtype=torch.bool, device=s.device), torch.zeros(n, 3, device=s.device),
+                       torch.zeros(size, size, 3, device=s.device), size, self.dtype,
+                       bool(self.model_config.channels_last), ops="triton", conv1=self.model_config.convs[0])
+        self.model.eval()
+        try:
+            self.model(x).float().sum().backward()
+        finally:
+            self.model.train()
+            self.optimizer.zero_grad(set_to_none=True)
+        s.print(f"alexnet.train: {share_tuning()} convolution launch plans shared from rank 0")
+
     def _maybe_resume(self) -> str | None:
         path = self.config.resume
         if path == "auto":

@@ -131,6 +131,34 @@ def _data_parallel_worker(rank, config, batch):
                 layout=(layout.column, layout.replica, layout.replicas, layout.data_rank, layout.data_world))
 
 
+def _share_tuning_worker(rank):
+    """Each rank has its own choice for the same conv problem; after share_tuning both hold
+    rank 0's, and a plan only rank 0 made arrives too."""
+    from triton import Config
+
+    from alexnet.distributed import share_tuning
+    from kernels.conv import common
+    from kernels.conv.fwd import _conv_fwd_kernel
+
+    init_distributed(backend="gloo", timeout_s=120, device="cpu")
+    common._PLAN_KERNELS["_conv_fwd_kernel"] = _conv_fwd_kernel
+    problem = (("C_PER_G", 48), ("KH", 5)), (torch.bfloat16, 128, 27)
+    common._PLANS[(id(_conv_fwd_kernel), *problem)] = Config({"BLOCK_M": 64 * (rank + 1)}, num_warps=4 * (rank + 1))
+    if rank == 0:
+        common._PLANS[(id(_conv_fwd_kernel), (("C_PER_G", 8),), (7,))] = Config({"BLOCK_M": 16}, num_warps=2)
+    shared = share_tuning()
+    mine = common._PLANS[(id(_conv_fwd_kernel), *problem)]
+    only0 = common._PLANS.get((id(_conv_fwd_kernel), (("C_PER_G", 8),), (7,)))
+    return dict(shared=shared, block_m=mine.kwargs["BLOCK_M"], warps=mine.num_warps,
+                only0=None if only0 is None else only0.kwargs["BLOCK_M"])
+
+
+def test_every_rank_adopts_rank_0s_tuning(tmp_path):
+    results = assert_all_ok(run_ranks(_share_tuning_worker, 2, tmp_path))
+    for r in results:
+        assert (r["shared"], r["block_m"], r["warps"], r["only0"]) == (2, 64, 4, 16), results
+
+
 def _failing_worker(rank, how):
     """Rank 1 crashes (or stalls) before the first collective; rank 0 runs a step."""
     layout = init_distributed(backend="gloo", timeout_s=5, device="cpu")

@@ -369,6 +369,7 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
         if config is None:  # first call of this plan: the autotuner picks (or finds its pick) and launches
             tuned[grid](*args, **meta)
             _PLANS[plan] = tuned.best_config
+            _PLAN_KERNELS.setdefault(kernel.fn.__name__, kernel)
             return
         # Autotuner.run's key/dict work skipped (~37 us per launch): the same config, the same launch;
         # and Triton's argument binding (kernels/fastlaunch.py, ~12 us more)
@@ -383,4 +384,26 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
 # than the autotuner's own, so a plan never reuses a choice made for another problem, and a
 # new layout gets its own plan.
 _PLANS: dict = {}
+_PLAN_KERNELS: dict = {}  # name -> kernel, for plans that cross processes (export_plans / adopt_plans)
+
+
+def export_plans() -> list:
+    """The launch plans made so far as picklable rows (kernel name, constexprs, argument key,
+    chosen triton.Config): what `adopt_plans` takes in another process (alexnet.distributed
+    share_tuning sends rank 0's to every rank)."""
+    names = {id(kernel): name for name, kernel in _PLAN_KERNELS.items()}
+    return [(names[plan[0]], plan[1], plan[2], config) for plan, config in _PLANS.items()]
+
+
+def adopt_plans(rows) -> int:
+    """Make `export_plans` rows this process's plans (replacing its own choice for the same
+    problem); returns how many. A row's kernel must have been launched here already (its plan
+    key holds the kernel's id in this process)."""
+    for name, meta, args, config in rows:
+        kernel = _PLAN_KERNELS.get(name)
+        if kernel is None:
+            raise ValueError(f"a launch plan for {name}, which this process has not launched: run the same "
+                             "warm-up pass on every rank before sharing plans")
+        _PLANS[(id(kernel), meta, args)] = config
+    return len(rows)
 
