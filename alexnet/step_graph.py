@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels.conv.input_layout import clone_padded, refill_padded
+
 __all__ = ["StepRunner"]
 
 
@@ -66,7 +68,8 @@ class StepRunner:
         static_images, static_labels, loss, wrong = self.static
         if images.shape != static_images.shape or labels.shape != static_labels.shape:
             return self.plain(images, labels)  # a short last batch: its own shapes, uncaptured
-        static_images.copy_(images, non_blocking=True)
+        if not refill_padded(static_images, images):  # conv1's padded buffer whole, else the batch
+            static_images.copy_(images, non_blocking=True)
         static_labels.copy_(labels, non_blocking=True)
         self.graph.replay()
         return loss, wrong
@@ -78,7 +81,11 @@ class StepRunner:
         if hasattr(dropout, "pin"):
             dropout.pin()  # the graph reads and advances the dropout call count at one address
         try:
-            static_images, static_labels = images.clone(), labels.clone()
+            # conv1's padded input (the augmentation's registered view) stays a view of a padded
+            # buffer, so the captured conv1 reads it with no copy of its own
+            static_images = clone_padded(images)
+            static_images = images.clone() if static_images is None else static_images
+            static_labels = labels.clone()
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):

@@ -14,11 +14,13 @@ import kernels
 from kernels import reference
 from kernels.conv.common import ConvGeometry, conv_geometry
 from kernels.conv.input_layout import (
+    clone_padded,
     fold_wgrad_view,
     folded_wgrad_buffer,
     pad_input,
     padded_image,
     padded_view,
+    refill_padded,
     unpad_weight_grad,
     wgrad_view,
 )
@@ -139,3 +141,21 @@ def test_a_registered_padded_buffer_is_read_without_a_copy():
     assert pad_input(view, weight, geom)[0].data_ptr() != buf.data_ptr()
     with pytest.raises(ValueError, match="channels_last"):
         padded_view(torch.zeros(1, 4, 8, 8), 3, (2, 2), (4, 4))
+
+
+def test_a_cuda_graphs_static_input_keeps_the_padded_buffer():
+    """alexnet/step_graph.py's static input: `clone_padded` of a padded view is read without a
+    copy as well; `refill_padded` copies the next batch's whole buffer into it and keeps it
+    trusted (every replay's conv1 reads it directly); a plain tensor is no such pair."""
+    x, weight, b, stride, pad = _small_conv1(8)
+    x = x.to(DEVICE)
+    geom = conv_geometry(x, weight.to(DEVICE), b.to(DEVICE), stride, pad)
+    view = padded_view(padded_image(x, geom), 3, (pad, pad), tuple(x.shape[2:]))
+    static = clone_padded(view)
+    assert torch.equal(static, x) and static._base.data_ptr() != view._base.data_ptr()
+    assert pad_input(static, weight, geom)[0].data_ptr() == static._base.data_ptr()
+    x2 = x.flip(0)
+    view2 = padded_view(padded_image(x2, geom), 3, (pad, pad), tuple(x.shape[2:]))
+    assert refill_padded(static, view2) and torch.equal(static, x2)
+    assert pad_input(static, weight, geom)[0].data_ptr() == static._base.data_ptr()
+    assert clone_padded(x) is None and not refill_padded(static, x)

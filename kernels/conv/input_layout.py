@@ -91,6 +91,32 @@ def padded_view(buf: torch.Tensor, chan: int, pad: tuple[int, int], size: tuple[
     return buf[:, :chan, ph:ph + h, pw:pw + w]
 
 
+def clone_padded(x: torch.Tensor) -> torch.Tensor | None:
+    """For x a `padded_view`: a clone of its whole buffer, registered, and the same view of it
+    (a CUDA graph's static input that conv1 still reads with no copy: alexnet/step_graph.py);
+    None for any other x."""
+    root = x._base
+    if root is None or not _registered(root):
+        return None
+    clone = root.clone()  # dense: the same strides
+    _register(clone)
+    return clone.as_strided(x.shape, x.stride(), x.storage_offset())
+
+
+def refill_padded(static: torch.Tensor, x: torch.Tensor) -> bool:
+    """Copy x's padded buffer into static's (static from `clone_padded`, x a `padded_view` of
+    the same layout), zeros included, keeping static's registration; False (nothing copied)
+    where they are not such a pair."""
+    root, static_root = x._base, static._base
+    if (root is None or static_root is None or not _registered(root) or static_root.shape != root.shape
+            or static_root.stride() != root.stride() or static.stride() != x.stride()
+            or static.storage_offset() != x.storage_offset()):
+        return False
+    static_root.copy_(root, non_blocking=True)
+    _register(static_root)  # its zeros are the source's, intact
+    return True
+
+
 def _registered_buffer(x: torch.Tensor, geom: ConvGeometry) -> torch.Tensor | None:
     """The padded buffer x is a view of (`padded_view`), as (N, C', H', W') channels_last, if
     its zeros are intact and it is the one `padded_geometry(geom)` describes; else None."""
