@@ -48,7 +48,8 @@ def _chunk_stats(x, cols, label, m, s, picked, best, best_idx, nan_idx, BIG: tl.
     """Fold one (BLOCK_R, BLOCK_C) chunk of logits (fp32, -inf where masked) into each row's
     running max m and sum of exp(x - m), the label's logit, and the argmax state."""
     new_m = tl.maximum(m, tl.max(x, 1))
-    s = s * tl.exp(m - new_m) + tl.sum(tl.exp(x - new_m[:, None]), 1)
+    shift = tl.where(new_m == float("-inf"), 0.0, new_m)  # no -inf - -inf = NaN for a chunk of -inf so far
+    s = s * tl.exp(m - shift) + tl.sum(tl.exp(x - shift[:, None]), 1)
     picked += tl.sum(tl.where(cols[None, :] == label[:, None], x, 0.0), 1)
     # argmax as torch: the first NaN wins; else the first maximum (a later chunk only by >)
     is_nan = x != x

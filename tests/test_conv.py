@@ -18,7 +18,7 @@ import kernels.conv as conv_module
 from kernels import reference
 from kernels.conv import configs as conv_configs
 from kernels.conv.common import MAX_PIXELS, conv_geometry, dot_precision
-from kernels.conv.dgrad import conv2d_input_grad
+from kernels.conv.dgrad import _weight_operand, conv2d_input_grad
 from kernels.conv.fwd import conv2d_forward
 from kernels.conv.input_layout import pad_input, unpad_weight_grad
 from kernels.conv.wgrad import conv2d_weight_grad
@@ -163,6 +163,7 @@ def test_every_gpu_config(kind, layer, precision):
     dtype, tf32, tol = PRECISIONS[precision]
     problem, relu = ALEXNET_LIKE[layer], layer == "conv4"
     x, weight, b = _inputs(problem, dtype, torch.channels_last, seed=7)
+    weight = weight.contiguous(memory_format=torch.channels_last)  # the model's (dgrad reads 16-bit ones in place)
     geom = conv_geometry(x, weight, b, *problem[7:])
     x_k, w_k, geom_k = pad_input(x, weight, geom)  # as the autograd Function runs fwd and wgrad
     dy = torch.randn(geom.output_shape, device=DEVICE, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -177,6 +178,8 @@ def test_every_gpu_config(kind, layer, precision):
         meta = dict((geom if kind == "dgrad" else geom_k).constexprs(),
                     FLAT=conv_configs.use_flat_reduction(red_chan, kind),
                     PRECISION=dot_precision(dtype))
+        if kind == "dgrad":  # the tiles kept for how it reads this weight
+            meta.update(zip(("WT_SG", "WT_SK", "WT_SC", "WT_SH", "WT_SW"), _weight_operand(weight, geom)[1]))
         configs = [c for c in tuning.candidates(meta["PRECISION"], x.element_size())
                    if tuning.fits(c, meta, x.element_size())]
         assert configs
@@ -415,15 +418,16 @@ def test_mixed_devices_raise():
         kernels.conv2d(torch.randn(1, 4, 8, 8, device="cuda"), torch.randn(6, 4, 3, 3))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=requires_gpu)])
 @settings(max_examples=EXAMPLES)
 @given(problem=conv_problems(), seed=st.integers(0, 2**31 - 1), flat=st.booleans())
-def test_dgrad_reads_a_16_bit_channels_last_weight_in_place(problem, seed, flat):
+def test_dgrad_reads_a_16_bit_channels_last_weight_in_place(dtype, problem, seed, flat):
     """In 16 bits the dgrad reads a channels_last weight through its strides (no per-call
     re-layout); an OIHW weight is copied to the k-contiguous layout first. Both give the same
     dx, bit for bit, close to float64 (fp16: the interpreter computes it; bf16 it cannot)."""
-    x, weight, _ = _inputs(problem, torch.float16, torch.channels_last, seed, bias=False)
+    x, weight, _ = _inputs(problem, dtype, torch.channels_last, seed, bias=False)
     geom = conv_geometry(x, weight, None, *problem[7:])
-    dy = torch.randn(geom.output_shape, generator=torch.Generator().manual_seed(seed + 1)).to(torch.float16)
+    dy = torch.randn(geom.output_shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
     dy = dy.to(DEVICE).contiguous(memory_format=torch.channels_last)
     config = _forced([conv_configs.DGRAD.interpreter], FLAT=flat)[0] if DEVICE == "cpu" else None
     in_place = conv2d_input_grad(dy, weight.contiguous(memory_format=torch.channels_last), geom, config=config)
@@ -431,4 +435,4 @@ def test_dgrad_reads_a_16_bit_channels_last_weight_in_place(problem, seed, flat)
     assert torch.equal(in_place, copied)
     ref = torch.nn.grad.conv2d_input(geom.input_shape, weight.double().cpu(), dy.double().cpu(), problem[7],
                                      problem[8], 1, problem[9])
-    _close(in_place, ref, TOLERANCES[torch.float16])
+    _close(in_place, ref, TOLERANCES[dtype])

@@ -59,6 +59,22 @@ def test_argmax_ties_and_non_finite_rows_follow_torch():
         assert bool(finite) == bool(torch.isfinite(ref_loss)), rows
 
 
+def test_a_whole_chunk_of_minus_inf_before_the_finite_logits():
+    """Past 4096 classes a row is read in chunks: a first chunk all -inf must not poison the
+    running sum (exp(-inf - -inf) is NaN)."""
+    x = torch.randn(2, 5000, device=DEVICE)
+    x[0, :4200] = float("-inf")
+    labels = torch.tensor([4500, 3], device=DEVICE)
+    loss, dlogits, wrong = softmax_cross_entropy(x, labels)
+    x64 = x.double().requires_grad_()
+    expected = F.cross_entropy(x64, labels)
+    expected.backward()
+    assert torch.isfinite(loss)
+    assert_close_verbose(loss.double(), expected.detach(), atol=1e-5, rtol=1e-5, reason="mean loss")
+    assert_close_verbose(dlogits.double(), x64.grad, atol=1e-7, rtol=1e-5, reason="dlogits")
+    assert int(wrong) == int((x.argmax(1) != labels).sum())
+
+
 def test_finite_is_anded_in_place_and_never_set_back():
     logits, labels = _problem(8, 10, torch.float32, 1)
     finite = torch.zeros((), dtype=torch.bool, device=DEVICE)
