@@ -71,14 +71,19 @@ def _all_gather_dim1(x, layout: ParallelLayout, point: str, traffic: Counter) ->
     in x's memory format."""
     ranks = dist.get_world_size(layout.pair_group)
     fmt = memory_format(x)
-    local = x.contiguous().to(_comm_device(layout, x))
+    nhwc = x.dim() == 4 and fmt == torch.channels_last  # gathered as its (B, H, W, C) storage: no copy first
+    local = (x.permute(0, 2, 3, 1) if nhwc else x.contiguous()).to(_comm_device(layout, x))
     stacked = local.new_empty((ranks * local.shape[0], *local.shape[1:]))  # rank-major
     with guard(f"all-gather before {point}", layout.timeout):
         dist.all_gather_into_tensor(stacked, local, group=layout.pair_group)
     traffic[(point, "forward")] += bytes_sent("all-gather", local.numel(), local.element_size(), ranks)
-    full = torch.empty((local.shape[0], ranks * local.shape[1], *local.shape[2:]), dtype=x.dtype,
-                       device=x.device, memory_format=fmt)
-    full.unflatten(1, (ranks, local.shape[1])).copy_(stacked.unflatten(0, (ranks, local.shape[0])).movedim(0, 1))
+    c = x.shape[1]
+    full = torch.empty((x.shape[0], ranks * c, *x.shape[2:]), dtype=x.dtype, device=x.device, memory_format=fmt)
+    shares = stacked.unflatten(0, (ranks, x.shape[0])).movedim(0, 1)  # (B, ranks, ...) rank r's share at [:, r]
+    if nhwc:  # (B, ranks, H, W, C) into full's (B, H, W, ranks, C) storage
+        full.permute(0, 2, 3, 1).unflatten(3, (ranks, c)).copy_(shares.permute(0, 2, 3, 1, 4))
+    else:
+        full.unflatten(1, (ranks, c)).copy_(shares)
     return full
 
 
@@ -112,11 +117,17 @@ class _SumColumns(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, layout, point, traffic):
-        total = x.to(_comm_device(layout, x), copy=True)
+        # in place where the collective works on x's device (NCCL; gloo on the CPU): x is fc8's
+        # fresh partial product, which nothing saved, so no copy is needed
+        in_place = _comm_device(layout, x) == x.device and x.is_contiguous()
+        total = x if in_place else x.to(_comm_device(layout, x), copy=True)
         with guard(f"all-reduce at {point}", layout.timeout):
             dist.all_reduce(total, group=layout.pair_group)
         traffic[(point, "forward")] += bytes_sent("all-reduce", total.numel(), total.element_size(),
                                                   dist.get_world_size(layout.pair_group))
+        if in_place:
+            ctx.mark_dirty(x)
+            return x
         return total.to(x.device)
 
     @staticmethod
