@@ -31,7 +31,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["ParallelLayout", "ExchangeError", "choose_backend", "init_distributed", "guard", "share_tuning"]
+__all__ = ["ParallelLayout", "ExchangeError", "choose_backend", "init_distributed", "guard", "share_tuning",
+           "tune_and_share"]
 
 
 class ExchangeError(RuntimeError):
@@ -158,4 +159,26 @@ def share_tuning(group=None) -> int:
     rows = [export_plans() if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(rows, src=0, group=group)
     return adopt_plans(rows[0]) if dist.get_rank() != 0 else len(rows[0])
+
+
+def tune_and_share(model, optimizer, batch_size: int, image_size: int, dtype: torch.dtype, channels_last: bool,
+                   conv1, device) -> int:
+    """One forward and backward of a blank batch laid out as the training loader's (conv1's
+    padded input: alexnet.augment.crop_batch), so that every rank tunes the convolutions it
+    will run, then `share_tuning`. Changes no weight: eval mode (no dropout draw), the
+    gradients dropped. Call on every rank, before the first step."""
+    from .augment import crop_batch
+
+    n, size = batch_size, image_size
+    x = crop_batch(torch.zeros(n, size, size, 3, dtype=torch.uint8, device=device),
+                   torch.zeros(n, 2, dtype=torch.int32, device=device), torch.zeros(n, dtype=torch.bool, device=device),
+                   torch.zeros(n, 3, device=device), torch.zeros(size, size, 3, device=device), size, dtype,
+                   channels_last, ops="triton", conv1=conv1)
+    model.eval()
+    try:
+        model(x).float().sum().backward()
+    finally:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+    return share_tuning()
 

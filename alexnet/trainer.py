@@ -152,30 +152,16 @@ class Trainer:
 
     # -------------------------------------------------------------- checkpoints
     def _share_tuning(self) -> None:
-        """Distributed on CUDA with the Triton ops: every rank runs one forward and backward of
-        a blank batch laid out as the loader's (the convolutions tune their tiles), then adopts
-        rank 0's choices (alexnet.distributed.share_tuning), so every rank of the run sums in
-        the same order. The pass changes no weight (its gradients are dropped, eval mode: no
-        dropout draw)."""
-        s, c = self.session, self.config
-        if s.layout is None or s.device.type != "cuda" or self.model_config.ops != "triton":
+        """Distributed on CUDA with the Triton ops: every rank tunes on a blank batch, then
+        takes rank 0's choices (alexnet.distributed.tune_and_share)."""
+        s, m = self.session, self.model_config
+        if s.layout is None or s.device.type != "cuda" or m.ops != "triton":
             return
-        from .augment import crop_batch
-        from .distributed import share_tuning
+        from .distributed import tune_and_share
 
-        size, n = c.image_size, c.batch_size
-        images = torch.zeros(n, size, size, 3, dtype=torch.uint8, device=s.device)
-        x = crop_batch(images, torch.zeros(n, 2, dtype=torch.int32, device=s.device),
-                       torch.zeros(n, dtype=torch.bool, device=s.device), torch.zeros(n, 3, device=s.device),
-                       torch.zeros(size, size, 3, device=s.device), size, self.dtype,
-                       bool(self.model_config.channels_last), ops="triton", conv1=self.model_config.convs[0])
-        self.model.eval()
-        try:
-            self.model(x).float().sum().backward()
-        finally:
-            self.model.train()
-            self.optimizer.zero_grad(set_to_none=True)
-        s.print(f"alexnet.train: {share_tuning()} convolution launch plans shared from rank 0")
+        shared = tune_and_share(self.model, self.optimizer, self.config.batch_size, self.config.image_size,
+                                self.dtype, bool(m.channels_last), m.convs[0], s.device)
+        s.print(f"alexnet.train: {shared} convolution launch plans shared from rank 0")
 
     def _maybe_resume(self) -> str | None:
         path = self.config.resume

@@ -294,3 +294,21 @@ def test_two_ranks_match_the_grouped_model_with_triton_on_one_gpu(tmp_path, monk
     configs = [replace(PAPER, ops="triton", channels_last=True), replace(SMALL, ops="triton", channels_last=False)]
     results = assert_all_ok(run_ranks(_equivalence_worker, 2, tmp_path, configs, 4, torch.float32, "cuda"))
     _check_equivalence(results, configs, 4, torch.float32, "cuda", rtol=1e-4, atol=1e-5)
+
+
+def test_tune_and_share_changes_no_weight_and_draws_no_dropout():
+    """The trainer's pre-training pass (one blank forward/backward, then share_tuning): in one
+    process nothing to share, and the weights, gradients and dropout state are as before."""
+    from alexnet.distributed import tune_and_share
+    from alexnet.model import AlexNet
+    from alexnet.optim import FlatPaperSGD, param_groups
+
+    config = replace(SMALL, channels_last=True)  # the reference ops: quick on the CPU (the batch: Triton's augment)
+    model = AlexNet(config).train()
+    optimizer = FlatPaperSGD(param_groups(model, 5e-4), lr=0.01)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dropout_state = model.dropout.get_rng_state("cpu")
+    assert tune_and_share(model, optimizer, 2, config.image_size, torch.float32, True, config.convs[0], "cpu") == 0
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [torch.equal(a, b) for a, b in zip(dropout_state, model.dropout.get_rng_state("cpu"))] == [True] * 2
