@@ -219,6 +219,20 @@ def split_pixels(pix, HEIGHT: tl.constexpr, WIDTH: tl.constexpr):
     return n, h, rem - h * WIDTH
 
 
+@triton.jit
+def image_block(tile, HEIGHT: tl.constexpr, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+    """(n0, h, w), scalars, of pixel block `tile` in image-major order: BLOCK images
+    n0 .. n0 + BLOCK - 1 at one position (h, w); tile = image block * HEIGHT*WIDTH + position,
+    so neighbouring tiles are neighbouring positions, whose windows overlap in L2.
+    For launches where BLOCK divides the batch (IMAGE_MAJOR, from IMG_MULT). A tap's bounds
+    test is then one scalar for the whole block, and a step's offsets one scalar added to the
+    images' loop-invariant offsets: the loops do a GEMM's index work (bench/conv_sass.py)."""
+    block = tile // (HEIGHT * WIDTH)
+    pos = tile - block * (HEIGHT * WIDTH)
+    h = pos // WIDTH
+    return block * BLOCK, h, pos - h * WIDTH
+
+
 def needs_int64(*tensors) -> bool:
     """Whether element offsets into any of `tensors` can reach 2**31 (with a tile's margin):
     then the kernels compute offsets in int64 (OFF64), else in int32, which halves the

@@ -34,6 +34,7 @@ from .common import (
     ConvGeometry,
     dot_precision,
     grouped_tile,
+    image_block,
     in_image,
     in_range,
     launch,
@@ -128,18 +129,23 @@ def _dgrad_flat_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_o
 
 
 @triton.jit
-def _relu_input_mask(dx_ptr, x_ptr, pix0, chan, chan_ok, n_in_pix, sdx_n, sdx_c, sdx_h, sdx_w, sx_n, sx_c, sx_h, sx_w,
-                     H: tl.constexpr, W: tl.constexpr, PIX_MULT: tl.constexpr, OFF64: tl.constexpr,
-                     BLOCK_M: tl.constexpr):
-    """dx[pix0 : pix0 + BLOCK_M, chan] = 0 where x <= 0, after dx is stored (and a barrier): x is
+def _relu_input_mask(dx_ptr, x_ptr, pid_m, chan, chan_ok, n_in_pix, sdx_n, sdx_c, sdx_h, sdx_w, sx_n, sx_c, sx_h, sx_w,
+                     H: tl.constexpr, W: tl.constexpr, PIX_MULT: tl.constexpr, IMAGE_MAJOR: tl.constexpr,
+                     OFF64: tl.constexpr, BLOCK_M: tl.constexpr):
+    """dx[tile pid_m's rows, chan] = 0 where x <= 0, after dx is stored (and a barrier): x is
     loaded only then (it may alias dx, so no load moves above the store) and in 32-row slices, so x's tile
     never lives beside the accumulator (tl.where on the accumulator spilled the tf32 128x128
     tiles and grew the bf16 loops, bench/conv_sass.py). Costs a second, predicated store."""
     SUB: tl.constexpr = 32 if BLOCK_M > 32 else BLOCK_M
     for r in tl.static_range(0, BLOCK_M, SUB):
-        pix = pix0 + r + tl.arange(0, SUB)
-        ok = in_range(pix, n_in_pix, PIX_MULT % BLOCK_M == 0)[:, None] & chan_ok[None, :]
-        n_img, ih, iw = split_pixels(pix, H, W)
+        if IMAGE_MAJOR:
+            n0, ih, iw = image_block(pid_m, H, W, BLOCK_M)
+            n_img = n0 + r + tl.arange(0, SUB)
+            ok = chan_ok[None, :]
+        else:
+            pix = pid_m * BLOCK_M + r + tl.arange(0, SUB)
+            ok = in_range(pix, n_in_pix, PIX_MULT % BLOCK_M == 0)[:, None] & chan_ok[None, :]
+            n_img, ih, iw = split_pixels(pix, H, W)
         x_off = wide(n_img, OFF64) * sx_n + wide(ih, OFF64) * sx_h + wide(iw, OFF64) * sx_w
         xv = tl.load(x_ptr + x_off[:, None] + (wide(chan, OFF64) * sx_c)[None, :], mask=ok, other=1.0)
         dx_off = wide(n_img, OFF64) * sdx_n + wide(ih, OFF64) * sdx_h + wide(iw, OFF64) * sdx_w
@@ -158,6 +164,7 @@ def _conv_dgrad_kernel(
     C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, PIX_MULT: tl.constexpr,
+    IMG_MULT: tl.constexpr,
     WT_SG: tl.constexpr, WT_SK: tl.constexpr, WT_SC: tl.constexpr, WT_SH: tl.constexpr, WT_SW: tl.constexpr,
     FLAT: tl.constexpr, RELU_INPUT: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -171,11 +178,19 @@ def _conv_dgrad_kernel(
     group = tl.program_id(1)
     pid_m, pid_n = grouped_tile(tl.program_id(0), n_in_pix, C_PER_G, BLOCK_M, BLOCK_N, GROUP_M)
     # ---- build offsets: the tile's pixels and channels, dy's image and wt's columns
-    pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    # IMAGE_MAJOR (BLOCK_M divides the batch; see common.image_block): the tile is BLOCK_M images at
+    # one position, so (ih, iw) are scalars and a tap's bounds test is one scalar per step
+    IMAGE_MAJOR: tl.constexpr = IMG_MULT % BLOCK_M == 0 and not FLAT
     chan = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel within the group
-    pix_ok = in_range(pix, n_in_pix, PIX_MULT % BLOCK_M == 0)  # no mask when BLOCK_M divides the pixels
     chan_ok = in_range(chan, C_PER_G, C_PER_G % BLOCK_N == 0)
-    n_img, ih, iw = split_pixels(pix, H, W)
+    if IMAGE_MAJOR:
+        n0, ih, iw = image_block(pid_m, H, W, BLOCK_M)
+        n_img = n0 + tl.arange(0, BLOCK_M)
+        pix_ok = tl.full((BLOCK_M,), 1, tl.int1)
+    else:
+        pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        pix_ok = in_range(pix, n_in_pix, PIX_MULT % BLOCK_M == 0)  # no mask when BLOCK_M divides the pixels
+        n_img, ih, iw = split_pixels(pix, H, W)
     dy_img = wide(n_img, OFF64) * sdy_n + wide((group * K_PER_G), OFF64) * sdy_c
     wt_col = wide(group, OFF64) * WT_SG + wide(chan, OFF64) * WT_SC  # the weight's [group, 0, chan, 0, 0]
 
@@ -199,8 +214,8 @@ def _conv_dgrad_kernel(
         # The zeros are stored in another layout than dx was, so an element may be written by
         # two threads: the barrier orders the second store after every thread's first.
         tl.debug_barrier()
-        _relu_input_mask(dx_ptr, x_ptr, pid_m * BLOCK_M, group * C_PER_G + chan, chan_ok, n_in_pix,
-                         sdx_n, sdx_c, sdx_h, sdx_w, sx_n, sx_c, sx_h, sx_w, H, W, PIX_MULT, OFF64, BLOCK_M)
+        _relu_input_mask(dx_ptr, x_ptr, pid_m, group * C_PER_G + chan, chan_ok, n_in_pix, sdx_n, sdx_c, sdx_h,
+                         sdx_w, sx_n, sx_c, sx_h, sx_w, H, W, PIX_MULT, IMAGE_MAJOR, OFF64, BLOCK_M)
 
 
 _conv_dgrad_tuned = DGRAD.autotune(_conv_dgrad_kernel)
@@ -240,7 +255,7 @@ def conv2d_input_grad(dy: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry
     g, kg, cg = geom.groups, geom.k_per_g, geom.c_per_g
     wt, w_strides = _weight_operand(weight, geom)
     meta = dict(geom.constexprs(), **dict(zip(("WT_SG", "WT_SK", "WT_SC", "WT_SH", "WT_SW"), w_strides)),
-                PIX_MULT=pix_multiple(geom.n_in_pix), FLAT=use_flat_reduction(kg),
+                PIX_MULT=pix_multiple(geom.n_in_pix), IMG_MULT=pix_multiple(geom.n_img), FLAT=use_flat_reduction(kg),
                 RELU_INPUT=relu_input is not None, OFF64=needs_int64(dy, wt, dx, relu_input),
                 PRECISION=dot_precision(dy.dtype))
     n_in_pix = geom.n_in_pix

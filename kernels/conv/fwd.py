@@ -39,6 +39,7 @@ from .common import (
     ConvGeometry,
     dot_precision,
     grouped_tile,
+    image_block,
     in_image,
     in_range,
     launch,
@@ -123,6 +124,7 @@ def _conv_fwd_kernel(
     C_PER_G: tl.constexpr, K_PER_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, PIX_MULT: tl.constexpr,
+    IMG_MULT: tl.constexpr,
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, FLAT: tl.constexpr, NHWC_C: tl.constexpr, OFF64: tl.constexpr,
     W_ROW: tl.constexpr, W_PAD: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -142,11 +144,19 @@ def _conv_fwd_kernel(
     HIGH_H: tl.constexpr = (OH - 1) * SH - PH + KH > H
     HIGH_W: tl.constexpr = (OW - 1) * SW - PW + KW > W
     # ---- build offsets: the tile's pixels, their windows' corners, the weight's rows
-    pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    # IMAGE_MAJOR (BLOCK_M divides the batch; see common.image_block): the tile is BLOCK_M images
+    # at one output position, so (oh, ow) are scalars and a tap's bounds test is one scalar per step
+    IMAGE_MAJOR: tl.constexpr = IMG_MULT % BLOCK_M == 0 and not FLAT
     k_out = group * K_PER_G + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # global output channel
-    pix_ok = in_range(pix, n_out_pix, PIX_MULT % BLOCK_M == 0)  # no mask when BLOCK_M divides the pixels
     k_ok = in_range(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), K_PER_G, EVEN_N)
-    n_img, oh, ow = split_pixels(pix, OH, OW)
+    if IMAGE_MAJOR:
+        n0, oh, ow = image_block(pid_m, OH, OW, BLOCK_M)
+        n_img = n0 + tl.arange(0, BLOCK_M)
+        pix_ok = tl.full((BLOCK_M,), 1, tl.int1)
+    else:
+        pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        pix_ok = in_range(pix, n_out_pix, PIX_MULT % BLOCK_M == 0)  # no mask when BLOCK_M divides the pixels
+        n_img, oh, ow = split_pixels(pix, OH, OW)
     ih0 = oh * SH - PH
     iw0 = ow * SW - PW
     w_col = wide(k_out, OFF64) * W_ROW
@@ -201,7 +211,8 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeomet
     flat = use_flat_reduction(geom.c_per_g) if config is None else config.kwargs.get(
         "FLAT", use_flat_reduction(geom.c_per_g))
     w_ohwi, w_pad = _flat_weight(weight, geom.c_per_g) if flat else (weight.permute(0, 2, 3, 1).contiguous(), False)
-    meta = dict(geom.constexprs(), PIX_MULT=pix_multiple(geom.n_out_pix), HAS_BIAS=bias is not None, RELU=relu,
+    meta = dict(geom.constexprs(), PIX_MULT=pix_multiple(geom.n_out_pix),
+                IMG_MULT=pix_multiple(geom.n_img), HAS_BIAS=bias is not None, RELU=relu,
                 FLAT=flat, W_ROW=w_ohwi.stride(0), W_PAD=w_pad,
                 NHWC_C=nhwc_channels(x), OFF64=needs_int64(x, w_ohwi, y), PRECISION=dot_precision(x.dtype))
     n_out_pix, k_per_g = geom.n_out_pix, geom.k_per_g
