@@ -50,7 +50,7 @@ from kernels.conv import configs as conv_configs
 from kernels.conv import dgrad as conv_dgrad
 from kernels.conv import fwd as conv_fwd
 from kernels.conv import wgrad as conv_wgrad
-from kernels.conv.common import ConvGeometry, dot_precision
+from kernels.conv.common import ConvGeometry, dot_precision, pix_multiple
 from kernels.conv.input_layout import pad_input, wgrad_view
 
 BATCH = 128
@@ -219,6 +219,16 @@ def _compile_only(kernel, tuned, tuning, grid, args, meta, *, flops, config=None
                                   num_stages=config.num_stages))
 
 
+def image_major(pass_: str, cfg: Config, batch: int) -> bool:
+    """Whether the kernel of `pass_` runs image-major tiles with `cfg` (kernels/conv/common.py
+    image_block): its block of pixels (the tile's rows; wgrad: a step's pixels) divides the batch,
+    and the forward/dgrad loop is the tap loop (the FLAT ones keep the pixel order)."""
+    k = cfg.kwargs
+    if pass_ == "wgrad":
+        return batch % k["BLOCK_K"] == 0
+    return batch % k["BLOCK_M"] == 0 and not k.get("FLAT")
+
+
 class ModelPass:
     """One layer's pass with the model's inputs (random CPU tensors, never read)."""
 
@@ -235,8 +245,10 @@ class ModelPass:
         view = wgrad_view(self.x_k, self.geom_k)
         self.wgrad_geom = view[1] if view is not None else self.geom_k
 
-    def variant(self, pass_: str) -> str:
+    def variant(self, pass_: str, cfg: Config | None = None) -> str:
         parts = ["NHWC"]
+        if cfg is not None and image_major(pass_, cfg, BATCH):
+            parts.append("image-major")
         g = self.wgrad_geom if pass_ == "wgrad" else self.geom_k
         if g != self.geom and pass_ != "dgrad":
             parts.append(f"{g.height}x{g.width}x{g.in_chan} unpadded {g.kernel_h}x{g.kernel_w}")
@@ -258,7 +270,7 @@ class ModelPass:
             geom = self.wgrad_geom
             red_chan = geom.c_per_g
         meta = dict(geom.constexprs(), FLAT=conv_configs.use_flat_reduction(red_chan, pass_),
-                    HAS_BIAS=pass_ == "fwd", PRECISION=dot_precision(self.x.dtype))
+                    HAS_BIAS=pass_ == "fwd", IMG_MULT=pix_multiple(BATCH), PRECISION=dot_precision(self.x.dtype))
         if pass_ == "dgrad":  # how it reads the weight: in place (16-bit channels_last) or a copy
             meta.update(zip(("WT_SG", "WT_SK", "WT_SC", "WT_SH", "WT_SW"), conv_dgrad._weight_operand(self.w, geom)[1]))
         return tuning, meta
@@ -349,7 +361,7 @@ def _rate(dtype_name: str, arch: int) -> int:
 
 def read_pass(mp: ModelPass, pass_: str, dtype_name: str, cfg: Config, kept: bool, arch: int) -> Reading:
     k = cfg.kwargs
-    r = Reading(mp.name, pass_, dtype_name, label(cfg), kept, variant=mp.variant(pass_))
+    r = Reading(mp.name, pass_, dtype_name, label(cfg), kept, variant=mp.variant(pass_, cfg))
     try:
         if pass_ == "wgrad":
             r.splits = mp.splits(cfg)

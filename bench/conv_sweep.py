@@ -27,7 +27,7 @@ from conv_layers import BATCH, DTYPES, LAYERS, ConvProblem, passes_for, rel_erro
 from harness import median_ms  # noqa: E402
 
 from kernels.conv import configs as conv_configs  # noqa: E402
-from kernels.conv.common import dot_precision  # noqa: E402
+from kernels.conv.common import dot_precision, pix_multiple  # noqa: E402
 from kernels.conv.input_layout import (
     pad_input,  # noqa: E402
     wgrad_view,  # noqa: E402
@@ -55,7 +55,7 @@ def candidates(p: ConvProblem, pass_: str, flat_mode: str) -> list[Config]:
     flats = [auto, not auto] if flat_mode == "both" else [auto]
     out = []
     for flat in flats:
-        meta = dict(g.constexprs(), FLAT=flat, PRECISION=dot_precision(p.x.dtype))
+        meta = dict(g.constexprs(), FLAT=flat, IMG_MULT=pix_multiple(g.n_img), PRECISION=dot_precision(p.x.dtype))
         for c in tuning.candidates(meta["PRECISION"], p.x.element_size()):
             if tuning.fits(c, meta, p.x.element_size()):
                 out.append(Config({**c.kwargs, "FLAT": flat}, num_warps=c.num_warps, num_stages=c.num_stages))

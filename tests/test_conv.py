@@ -8,6 +8,8 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+import triton
+import triton.language as tl
 from conftest import DEVICE, EXAMPLES, MEMORY_FORMATS, TOLERANCES, requires_gpu
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,7 +19,10 @@ import kernels
 import kernels.conv as conv_module
 from kernels import reference
 from kernels.conv import configs as conv_configs
-from kernels.conv.common import MAX_PIXELS, conv_geometry, dot_precision
+from kernels.conv import dgrad as conv_dgrad
+from kernels.conv import fwd as conv_fwd
+from kernels.conv import wgrad as conv_wgrad
+from kernels.conv.common import MAX_PIXELS, conv_geometry, dot_precision, image_block, pix_multiple
 from kernels.conv.dgrad import _weight_operand, conv2d_input_grad
 from kernels.conv.fwd import conv2d_forward
 from kernels.conv.input_layout import pad_input, unpad_weight_grad
@@ -151,17 +156,19 @@ def _forced(configs, **extra):
 
 
 @requires_gpu
+@pytest.mark.parametrize("batch", [2, 128], ids=["pixel-tiles", "image-major"])
 @pytest.mark.parametrize("precision", ["bf16", "tf32", "fp32"])
 @pytest.mark.parametrize("layer", ["conv1", "conv2", "conv4"])
 @pytest.mark.parametrize("kind", ["fwd", "dgrad", "wgrad"])
-def test_every_gpu_config(kind, layer, precision):
+def test_every_gpu_config(kind, layer, precision, batch):
     """Each autotuning candidate of the precision forced in turn, in the variant the model runs:
     channels_last, conv1's input padded to 4 channels, bias, and for conv4 (as conv3-5) the fused
     ReLU, whose mask the backward GEMMs find already applied to dy (by the consumer), and
     conv4's dgrad epilogue masking dx by its input > 0 (as conv4-5 do for the ReLU before them;
-    a config that miscompiles or overflows shared memory fails here)."""
+    a config that miscompiles or overflows shared memory fails here). Batch 128 (the model's)
+    runs the image-major tiles of every block that divides it, batch 2 the pixel-order ones."""
     dtype, tf32, tol = PRECISIONS[precision]
-    problem, relu = ALEXNET_LIKE[layer], layer == "conv4"
+    problem, relu = (batch, *ALEXNET_LIKE[layer][1:]), layer == "conv4"
     x, weight, b = _inputs(problem, dtype, torch.channels_last, seed=7)
     weight = weight.contiguous(memory_format=torch.channels_last)  # the model's (dgrad reads 16-bit ones in place)
     geom = conv_geometry(x, weight, b, *problem[7:])
@@ -176,7 +183,7 @@ def test_every_gpu_config(kind, layer, precision):
     red_chan = geom.k_per_g if kind == "dgrad" else geom_k.c_per_g
     with allow_tf32(tf32):
         meta = dict((geom if kind == "dgrad" else geom_k).constexprs(),
-                    FLAT=conv_configs.use_flat_reduction(red_chan, kind),
+                    FLAT=conv_configs.use_flat_reduction(red_chan, kind), IMG_MULT=pix_multiple(batch),
                     PRECISION=dot_precision(dtype))
         if kind == "dgrad":  # the tiles kept for how it reads this weight
             meta.update(zip(("WT_SG", "WT_SK", "WT_SC", "WT_SH", "WT_SW"), _weight_operand(weight, geom)[1]))
@@ -269,6 +276,79 @@ def test_weight_grad_split_is_deterministic():
         _close(db, dy.double().cpu().sum((0, 2, 3)), TOLERANCES[torch.float32])
         dw2, db2 = conv2d_weight_grad(dy, x, geom, splits=splits)
         assert torch.equal(dw, dw2) and torch.equal(db, db2)
+
+
+# ------------------------------------------------------------------- image-major tiles
+@triton.jit
+def _image_block_kernel(out_ptr, HEIGHT: tl.constexpr, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+    n0, h, w = image_block(tl.program_id(0), HEIGHT, WIDTH, BLOCK)
+    tl.store(out_ptr + 3 * tl.program_id(0) + tl.arange(0, 4), tl.where(tl.arange(0, 4) == 0, n0,
+             tl.where(tl.arange(0, 4) == 1, h, w)), mask=tl.arange(0, 4) < 3)
+
+
+def test_image_block_maps_tiles_to_positions():
+    """Tile t of the image-major order is images [n0, n0 + BLOCK) at position (h, w), positions
+    fastest: t = (n0 / BLOCK) * H*W + h*W + w; every (image block, position) exactly once."""
+    height, width, block, n_img = 3, 5, 16, 48
+    tiles = n_img // block * height * width
+    out = torch.full((3 * tiles + 1,), -1, dtype=torch.int32, device=DEVICE)
+    _image_block_kernel[(tiles,)](out, HEIGHT=height, WIDTH=width, BLOCK=block)
+    got = out[:-1].view(tiles, 3).cpu().tolist()
+    assert got == [[b * block, h, w] for b in range(n_img // block) for h in range(height) for w in range(width)]
+
+
+@st.composite
+def image_major_problems(draw):
+    """Problems whose batch is a multiple of the 16-wide blocks forced below, so the kernels run
+    their image-major tiles (kernels/conv/common.py image_block): every loop (tap columns and
+    FLAT ones in wgrad), odd maps, strides, padding and groups."""
+    groups = draw(st.sampled_from([1, 2]))
+    c_per_g = draw(st.sampled_from([3, 16, 24]))  # 3: the forward's FLAT loop, which keeps the pixel order
+    k_per_g = draw(st.sampled_from([16, 20]))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    height = draw(st.integers(max(1, kh - 2 * ph), kh - 2 * ph + 3))
+    width = draw(st.integers(max(1, kw - 2 * pw), kw - 2 * pw + 3))
+    return (draw(st.sampled_from([16, 32])), c_per_g * groups, height, width, k_per_g * groups, kh, kw, stride,
+            (ph, pw), groups)
+
+
+@settings(max_examples=EXAMPLES)
+@given(problem=image_major_problems(), seed=st.integers(0, 2**31 - 1), flat=st.booleans(),
+       splits=st.sampled_from([1, 2]), relu_input=st.booleans())
+def test_image_major_tiles_match_reference(problem, seed, flat, splits, relu_input, monkeypatch):
+    """The forward, dgrad (with and without its ReLU-mask epilogue) and wgrad (tap or FLAT
+    columns, split or not, with the bias column) with 16-wide blocks on a batch of 16 or 32:
+    the tiles are images at one position, the reduction of wgrad steps over images."""
+    launched = []
+    for module in (conv_fwd, conv_dgrad, conv_wgrad):
+        def spy(kernel, tuned, tuning, grid, args, meta, *, real=module.launch, **kw):
+            launched.append(meta)
+            return real(kernel, tuned, tuning, grid, args, meta, **kw)
+        monkeypatch.setattr(module, "launch", spy)
+    x, weight, b = _inputs(problem, torch.float32, torch.channels_last, seed)
+    stride, padding, groups = problem[7:]
+    geom = conv_geometry(x, weight, b, stride, padding, groups)
+    dy = torch.randn(geom.output_shape, generator=torch.Generator().manual_seed(seed + 1)).to(DEVICE)
+    dy = dy.contiguous(memory_format=torch.channels_last)
+    tile = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
+    pixel_tiles = Config(dict(tile, GROUP_M=2), num_warps=4, num_stages=1)
+    y = conv2d_forward(x, weight, b, geom, config=pixel_tiles)
+    dx = conv2d_input_grad(dy, weight, geom, config=pixel_tiles, relu_input=x if relu_input else None)
+    dw, db = conv2d_weight_grad(dy, x, geom, config=Config(dict(tile, FLAT=flat), num_warps=4, num_stages=1),
+                                splits=splits)
+    x64, w64, dy64 = x.double().cpu(), weight.double().cpu(), dy.double().cpu()
+    tol = TOLERANCES[torch.float32]
+    _close(y, reference.conv2d(x64, w64, b.double().cpu(), stride, padding, groups), tol)
+    ref_dx = torch.nn.grad.conv2d_input(x64.shape, w64, dy64, stride, padding, 1, groups)
+    _close(dx, ref_dx * (x64 > 0) if relu_input else ref_dx, tol)
+    _close(dw, torch.nn.grad.conv2d_weight(x64, w64.shape, dy64, stride, padding, 1, groups), tol)
+    _close(db, dy64.sum((0, 2, 3)), tol)
+    # every launch got the batch's factor that makes its 16-wide blocks image-major (wgrad: also
+    # splits of whole 16-pixel steps)
+    assert len(launched) == 3 and all(m["IMG_MULT"] % 16 == 0 for m in launched)
+    assert launched[2]["PIX_PER_SPLIT"] % 16 == 0
 
 
 # ---------------------------------------------------------------------- autograd plumbing

@@ -353,7 +353,8 @@ def grouped_tile(pid, n_rows, N_COLS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK
 def pix_multiple(n_pix: int) -> int:
     """PIX_MULT for the kernels: the largest power of two (up to 1024) dividing a pixel count, so
     a kernel drops its pixel mask when its block divides it (any batch that is a multiple of 64
-    or 128 does); a constant of the batch, not of its every size, so few compiles."""
+    or 128 does); a constant of the batch, not of its every size, so few compiles. Of the batch
+    itself it is IMG_MULT: a block that divides it runs image-major (`image_block`)."""
     return min(n_pix & -n_pix, 1024) if n_pix else 1024
 
 

@@ -7,8 +7,9 @@ Each kernel (forward, dgrad, wgrad) has a `ConvTuning`:
     interpreter  the single config on Triton's CPU interpreter (keeps the tests fast);
     fits         drops candidates a shape cannot use (tiles far wider than the problem,
                  shared memory over budget); at least one config always survives.
-The autotuner keys on `key` (pixel-count bucket, channels per group, kernel, stride, precision)
-plus the dtypes, so each AlexNet layer is tuned once per process.
+The autotuner keys on `key` (pixel-count bucket, channels per group, kernel, stride, the
+batch's power-of-two factor that decides which tiles run image-major, precision) plus the
+dtypes, so each AlexNet layer is tuned once per process and batch size class.
 
 8-warp configs (marked "8w"): some Triton versions miscompile a flattened (kh, kw, c) loop
 at num_warps=8. The forward and dgrad loops are flattened that way;
@@ -62,6 +63,7 @@ DGRAD_TILES = [
     (128, 128, 64, 4, 3),
     (128, 128, 32, 4, 4),
     (128, 64, 64, 4, 4),    # C/g = 48 (conv2), 192 (conv4/5)
+    (128, 64, 128, 4, 3),   # C/g = 48 (conv2): 128-deep steps where K/g is whole 128-chunks
     (64, 128, 64, 4, 4),
     (128, 128, 32, 8, 4),   # 8w
     (128, 256, 64, 8, 3),   # 8w; C/g = 256 (conv3)
@@ -142,8 +144,11 @@ def _dgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
     # a 16-bit weight read in place (dgrad.py `_weight_operand`, k not contiguous): 8 warps on a
     # 32-deep step read 0.73-0.76 of the MMA time in bench/conv_sass.py (conv3-5, bf16)
     in_place_ok = meta.get("WT_SK", 1) == 1 or not (cfg.num_warps == 8 and k["BLOCK_K"] == 32)
+    # 128-deep steps only where they divide the reduction's channels (conv2's and conv5's 128 and
+    # conv3's 384 per group, not conv4's 192: a half-masked chunk per tap)
+    deep_ok = k["BLOCK_K"] <= 64 or red % k["BLOCK_K"] == 0
     return (_smem_ok(cfg, elem) and k["BLOCK_N"] <= _np2(meta["C_PER_G"]) and k["BLOCK_K"] <= _np2(red)
-            and in_place_ok)
+            and in_place_ok and deep_ok)
 
 
 def _wgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
@@ -160,6 +165,12 @@ def _wgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
     # 16-176 B (bench/conv_sass.py; conv2's 48-channel FLAT columns do not)
     roomy = not (elem == 4 and meta["FLAT"] and meta["C_PER_G"] < 32
                  and k["BLOCK_M"] * k["BLOCK_N"] > 64 * 32 * cfg.num_warps)
+    # image-major (the step's BLOCK_K pixels divide the batch, IMG_MULT): the loop keeps both
+    # operands' offset tiles live; in tf32, 128x128 in 4 warps (128 accumulators and both staged
+    # operand tiles per thread) then needs 255 registers and spills 16 B (conv3, conv4)
+    image_major = meta.get("IMG_MULT", 1) % k["BLOCK_K"] == 0
+    roomy = roomy and not (elem == 4 and image_major and cfg.num_warps == 4
+                           and k["BLOCK_M"] * k["BLOCK_N"] >= 128 * 128)
     return (_smem_ok(cfg, elem) and k["BLOCK_M"] <= _np2(meta["K_PER_G"]) and k["BLOCK_N"] <= _np2(cols)
             and narrow_ok and roomy)
 
@@ -173,7 +184,7 @@ class ConvTuning:
     ieee: list = field(default_factory=list)  # candidates for true fp32 (FMA)
     tf32: list = field(default_factory=list)  # candidates for tf32 (4-byte elements), if not `configs`
     key: list = field(default_factory=lambda: ["pix_bucket", "C_PER_G", "K_PER_G", "KH", "KW", "SH", "SW",
-                                               "H", "W", "PRECISION"])
+                                               "H", "W", "IMG_MULT", "PRECISION"])
     min_flops: float = AUTOTUNE_MIN_FLOPS
 
     def candidates(self, precision: str, elem: int | None = None) -> list:
