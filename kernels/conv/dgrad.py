@@ -8,7 +8,9 @@ GEMM per group g: M = N*H*W input pixels, N = C_PER_G input channels, reduction 
 (kh, kw, k). For stride 1 it is the convolution of dy (padded by K-1-P) with the flipped,
 transposed weight; taps whose (ih + PH - kh) is not a multiple of the stride are masked
 (correct for any stride; AlexNet needs dgrad only for the stride-1 layers conv2-5, conv1's
-input being the image).
+input being the image). As in the forward, where BLOCK_M divides the batch a tile is
+BLOCK_M images at one input position (`common.image_block`: a tap's source pixel and its
+bounds test are scalars), else BLOCK_M consecutive pixels.
 
 Layouts: dy' (masked once per backward by `common.relu_grad` when the forward fused a ReLU,
 never inside the loop) through its strides, fast as channels_last (k contiguous);

@@ -10,6 +10,12 @@ gathers its A tile (BLOCK_M pixels x BLOCK_K reduction elements) straight from x
 outside the image (the padding). Program order is grouped (GROUP_M pixel blocks walk every
 channel block) so an A tile is reused from L2.
 
+The M order: where BLOCK_M divides the batch (the model's 128) the tap loop's tiles are
+image-major (`common.image_block`): BLOCK_M images at one output position, so the window's
+corner is two scalars, a tap's bounds test is one scalar for the whole tile and a step adds
+one scalar to the images' offsets. Otherwise (small batches, the FLAT loop) a tile is
+BLOCK_M consecutive pixels (n, oh, ow), decoded once per program and tested per row.
+
 Layouts: x and y through their strides; x is fast as channels_last (c contiguous, so an A
 tile row is one contiguous run of BLOCK_K channels). The weight is read in OHWI order,
 (K, KH, KW, C_PER_G) contiguous, so its (kh, kw, c) reduction index is contiguous too.

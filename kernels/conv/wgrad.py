@@ -11,6 +11,14 @@ Each (tile, split) program writes an fp32 partial to a (splits, ...) buffer and
 `_sum_splits_kernel` adds the partials in split order: deterministic, no atomics. With one
 split the programs write dw / db directly in the output dtype.
 
+The pixel order of the reduction: where BLOCK_K divides the batch (the model's 128) a step
+reduces over BLOCK_K images at one output position (`_reduce_pixels`, image-major as
+`common.image_block`): the step's position is three scalars, both operand tiles are a
+loop-invariant offset tile plus one scalar, and x's bounds test one scalar per tap (conv2's
+wgrad: 261 -> 115 SASS instructions per step, bench/RESULTS.md). Otherwise a step is
+BLOCK_K consecutive pixels (n, oh, ow), decoded per step. The splits, the bias column and
+the GEMM programs all take the same order.
+
 Columns, like the forward's reduction: tap blocks (one tap, BLOCK_N channels: contiguous
 loads of x) for C_PER_G >= 16, or FLAT blocks of BLOCK_N consecutive (kh, kw, c) indices for
 few channels, decoded once per program. conv1 (its image zero-padded to 228x228x4 by
@@ -82,33 +90,68 @@ def _dy_tile_t(dy_ptr, dy_chan, k_ok, p, p_ok, sdy_n, sdy_h, sdy_w, OH: tl.const
 
 
 @triton.jit
-def _image_major_loop(acc, dy_ptr, x_ptr, dy_chan, k_ok, x_col, kh, kw, col_ok, step_lo, step_hi, x_chan0,
-                      sdy_n, sdy_h, sdy_w, sx_n, sx_c, sx_h, sx_w,
-                      SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-                      H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr,
-                      LOW_H: tl.constexpr, HIGH_H: tl.constexpr, LOW_W: tl.constexpr, HIGH_W: tl.constexpr,
-                      WEIGHT_GRAD: tl.constexpr, NHWC_C: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr,
-                      BLOCK_K: tl.constexpr, STAGE_REGS: tl.constexpr):
-    """The reduction in image-major order (IMAGE_MAJOR): step s reduces over BLOCK_K images at one
-    output position (`common.image_block`), so a step's (n0, oh, ow) are three scalars, its dy
-    and x tiles a loop-invariant offset tile plus one scalar each, and x's bounds test one
-    scalar per tap (a vector over the columns for FLAT blocks). WEIGHT_GRAD: acc (BLOCK_M, BLOCK_N)
-    += dy'^T x; else the bias column: acc (BLOCK_M,) += row sums of dy'."""
+def _reduce_pixels(acc, dy_ptr, x_ptr, dy_chan, k_ok, x_col, kh, kw, col_ok, pix_lo, pix_hi, x_chan0,
+                   sdy_n, sdy_h, sdy_w, sx_n, sx_c, sx_h, sx_w,
+                   SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+                   H: tl.constexpr, W: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr,
+                   LOW_H: tl.constexpr, HIGH_H: tl.constexpr, LOW_W: tl.constexpr, HIGH_W: tl.constexpr,
+                   IMAGE_MAJOR: tl.constexpr, EVEN_PIX: tl.constexpr, WEIGHT_GRAD: tl.constexpr, FLAT: tl.constexpr,
+                   LINEAR_X: tl.constexpr, DY_DENSE: tl.constexpr, NHWC_C: tl.constexpr, OFF64: tl.constexpr,
+                   PRECISION: tl.constexpr, BLOCK_K: tl.constexpr, STAGE_REGS: tl.constexpr):
+    """The reduction over pixels [pix_lo, pix_hi), BLOCK_K per step. WEIGHT_GRAD: acc
+    (BLOCK_M, BLOCK_N) += dy'^T x over this program's columns (x_col, their taps kh, kw: vectors
+    for FLAT blocks, scalars for a tap block); else the bias column: acc (BLOCK_M,) += row sums
+    of dy'.
+    IMAGE_MAJOR: step s is BLOCK_K images at one output position (`common.image_block`), so a
+    step's (n0, oh, ow) are three scalars, its dy and x tiles a loop-invariant offset tile plus
+    one scalar each, and x's bounds test one scalar per tap (a vector over the columns for FLAT
+    blocks). Otherwise a step is BLOCK_K consecutive pixels (n, oh, ow), decoded per step and
+    tested per pixel (LINEAR_X: x's pixel is the output pixel shifted by the padding)."""
     offs_p = tl.arange(0, BLOCK_K)
-    dy_tile = dy_chan[:, None] + (wide(offs_p, OFF64) * sdy_n)[None, :]
-    if WEIGHT_GRAD:
-        x_img = wide(offs_p, OFF64) * (H * W * NHWC_C) if NHWC_C > 0 else wide(offs_p, OFF64) * sx_n
-        x_tile = x_img[:, None] + x_col[None, :]
-    for step in tl.range(step_lo, step_hi):
-        n0, oh, ow = image_block(step, OH, OW, BLOCK_K)
-        dy_step = wide(n0, OFF64) * sdy_n + wide(oh, OFF64) * sdy_h + wide(ow, OFF64) * sdy_w
-        a = tl.load(dy_ptr + dy_step + dy_tile, mask=k_ok[:, None], other=0.0)
+    if IMAGE_MAJOR:
+        dy_tile = dy_chan[:, None] + (wide(offs_p, OFF64) * sdy_n)[None, :]
         if WEIGHT_GRAD:
-            ih0 = oh * SH - PH
-            iw0 = ow * SW - PW
-            b_ok = col_ok & in_image(ih0 + kh, H, LOW_H, HIGH_H) & in_image(iw0 + kw, W, LOW_W, HIGH_W)
-            x_step = x_pixel_offsets(n0, ih0, iw0, x_chan0, H, W, sx_n, sx_c, sx_h, sx_w, NHWC_C, OFF64)
-            b = tl.load(x_ptr + x_step + x_tile, mask=b_ok[None, :], other=0.0)
+            x_img = wide(offs_p, OFF64) * (H * W * NHWC_C) if NHWC_C > 0 else wide(offs_p, OFF64) * sx_n
+            x_tile = x_img[:, None] + x_col[None, :]
+        lo, hi, STEP = pix_lo // BLOCK_K, pix_hi // BLOCK_K, 1  # image-major steps (BLOCK_K divides both)
+    else:
+        lo, hi, STEP = pix_lo, pix_hi, BLOCK_K
+    x_shift = x_chan0 - (PH * W + PW) * NHWC_C  # LINEAR_X
+    for i in tl.range(lo, hi, STEP):
+        if IMAGE_MAJOR:
+            n0, oh, ow = image_block(i, OH, OW, BLOCK_K)
+            dy_step = wide(n0, OFF64) * sdy_n + wide(oh, OFF64) * sdy_h + wide(ow, OFF64) * sdy_w
+            a = tl.load(dy_ptr + dy_step + dy_tile, mask=k_ok[:, None], other=0.0)
+        else:
+            p = i + offs_p
+            p_ok = in_range(p, pix_hi, EVEN_PIX)
+            a = _dy_tile_t(dy_ptr, dy_chan, k_ok, p, p_ok, sdy_n, sdy_h, sdy_w, OH, OW, DY_DENSE, OFF64)
+        if WEIGHT_GRAD:
+            if IMAGE_MAJOR:
+                ih0 = oh * SH - PH
+                iw0 = ow * SW - PW
+                b_ok = col_ok & in_image(ih0 + kh, H, LOW_H, HIGH_H) & in_image(iw0 + kw, W, LOW_W, HIGH_W)
+                x_step = x_pixel_offsets(n0, ih0, iw0, x_chan0, H, W, sx_n, sx_c, sx_h, sx_w, NHWC_C, OFF64)
+                b = tl.load(x_ptr + x_step + x_tile, mask=b_ok[None, :], other=0.0)
+            else:
+                if LINEAR_X:  # x pixel = output pixel shifted by the padding: no image index needed
+                    q = p % (OH * OW)
+                    oh = q // OW
+                    ih0 = oh - PH
+                    iw0 = q - oh * OW - PW
+                    x_pix = wide(p, OFF64) * NHWC_C + x_shift
+                else:
+                    n_img, oh, ow = split_pixels(p, OH, OW)
+                    ih0 = oh * SH - PH
+                    iw0 = ow * SW - PW
+                    x_pix = x_pixel_offsets(n_img, ih0, iw0, x_chan0, H, W, sx_n, sx_c, sx_h, sx_w, NHWC_C, OFF64)
+                if FLAT:
+                    b_mask = (p_ok[:, None] & col_ok[None, :] & in_image(ih0[:, None] + kh[None, :], H, LOW_H, HIGH_H)
+                              & in_image(iw0[:, None] + kw[None, :], W, LOW_W, HIGH_W))
+                else:
+                    row_ok = p_ok & in_image(ih0 + kh, H, LOW_H, HIGH_H) & in_image(iw0 + kw, W, LOW_W, HIGH_W)
+                    b_mask = row_ok[:, None] & col_ok[None, :]
+                b = tl.load(x_ptr + x_pix[:, None] + x_col[None, :], mask=b_mask, other=0.0)
             if STAGE_REGS:  # tf32 configs: K-major operands by way of registers (see the module docstring)
                 a = _through_registers(a)
                 b = _through_registers(b)
@@ -171,26 +214,17 @@ def _conv_wgrad_kernel(
     # its largest power-of-two divisor, e.g. any batch of 64) no pixel needs a mask.
     EVEN_PIX: tl.constexpr = PIX_MULT % BLOCK_K == 0 and PIX_PER_SPLIT % BLOCK_K == 0
     # IMAGE_MAJOR (BLOCK_K divides the batch): the pixels are reduced in image-major order,
-    # BLOCK_K images at one position per step (`_image_major_loop`); the splits and the bias
+    # BLOCK_K images at one position per step (`_reduce_pixels`); the splits and the bias
     # column take the same order, so each split still sums the same pixels in both
     IMAGE_MAJOR: tl.constexpr = IMG_MULT % BLOCK_K == 0 and PIX_PER_SPLIT % BLOCK_K == 0
-    offs_p = tl.arange(0, BLOCK_K)
 
     # ---- reduce over the split's pixels: the bias column, or one (kh, kw, c) column block
     if pid_n == N_BLOCKS:  # a bias-gradient program (launched only with BIAS_GRAD)
         if BIAS_GRAD:
-            db = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            if IMAGE_MAJOR:
-                db = _image_major_loop(db, dy_ptr, x_ptr, dy_chan, k_ok, 0, 0, 0, True, pix_lo // BLOCK_K,
-                                       pix_hi // BLOCK_K, 0, sdy_n, sdy_h, sdy_w, sx_n, sx_c, sx_h, sx_w,
-                                       SH, SW, PH, PW, H, W, OH, OW, LOW_H, HIGH_H, LOW_W, HIGH_W, False, NHWC_C,
-                                       OFF64, PRECISION, BLOCK_K, False)
-            else:
-                for p0 in tl.range(pix_lo, pix_hi, BLOCK_K):
-                    p = p0 + offs_p
-                    a = _dy_tile_t(dy_ptr, dy_chan, k_ok, p, in_range(p, pix_hi, EVEN_PIX), sdy_n, sdy_h, sdy_w,
-                                   OH, OW, DY_DENSE, OFF64)
-                    db += tl.sum(a.to(tl.float32), axis=1)
+            db = _reduce_pixels(tl.zeros((BLOCK_M,), dtype=tl.float32), dy_ptr, x_ptr, dy_chan, k_ok, 0, 0, 0, True,
+                                pix_lo, pix_hi, 0, sdy_n, sdy_h, sdy_w, sx_n, sx_c, sx_h, sx_w, SH, SW, PH, PW,
+                                H, W, OH, OW, LOW_H, HIGH_H, LOW_W, HIGH_W, IMAGE_MAJOR, EVEN_PIX, False, FLAT,
+                                False, DY_DENSE, NHWC_C, OFF64, PRECISION, BLOCK_K, False)
             tl.store(db_ptr + split * sdb_split + group * K_PER_G + k, db.to(db_ptr.dtype.element_ty), mask=k_ok)
     elif WEIGHT_GRAD:
         # This program's columns: (kh, kw, c) as vectors (FLAT) or one tap's channel block.
@@ -208,50 +242,18 @@ def _conv_wgrad_kernel(
             kh = tap // KW
             kw = tap - kh * KW
         x_col = x_tap_offsets(kh, kw, c, W, sx_c, sx_h, sx_w, NHWC_C)
-        # Dense channels_last x, stride 1 and an output the size of the input ("same" padding:
-        # conv2-5): x's pixel for output pixel p is p itself, shifted by the padding, so no image
-        # index is decoded. (Read with bench/conv_sass.py: 272 -> 256 instructions per step for
-        # conv3; with one partial channel block, conv2's 48 of 64, the compiler's schedule got
-        # worse, 198 -> 224, so only where a group has at least a block of channels.)
+        # Pixel order only: dense channels_last x, stride 1 and an output the size of the input
+        # ("same" padding: conv2-5): x's pixel for output pixel p is p itself, shifted by the
+        # padding, so no image index is decoded. (Read with bench/conv_sass.py: 272 -> 256
+        # instructions per step for conv3; with one partial channel block, conv2's 48 of 64, the
+        # compiler's schedule got worse, 198 -> 224, so only where a group has at least a block
+        # of channels.)
         LINEAR_X: tl.constexpr = (NHWC_C > 0 and SH == 1 and SW == 1 and OH == H and OW == W and not FLAT
                                   and C_PER_G >= BLOCK_N)
-        x_shift = group * C_PER_G - (PH * W + PW) * NHWC_C
-
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if IMAGE_MAJOR:
-            acc = _image_major_loop(acc, dy_ptr, x_ptr, dy_chan, k_ok, x_col, kh, kw, col_ok, pix_lo // BLOCK_K,
-                                    pix_hi // BLOCK_K, group * C_PER_G, sdy_n, sdy_h, sdy_w, sx_n, sx_c, sx_h, sx_w,
-                                    SH, SW, PH, PW, H, W, OH, OW, LOW_H, HIGH_H, LOW_W, HIGH_W, True, NHWC_C, OFF64,
-                                    PRECISION, BLOCK_K, STAGE_REGS)
-        else:
-            for p0 in tl.range(pix_lo, pix_hi, BLOCK_K):
-                p = p0 + offs_p
-                p_ok = in_range(p, pix_hi, EVEN_PIX)
-                a = _dy_tile_t(dy_ptr, dy_chan, k_ok, p, p_ok, sdy_n, sdy_h, sdy_w, OH, OW, DY_DENSE, OFF64)
-                if LINEAR_X:  # x pixel = output pixel shifted by the padding: no image index needed
-                    q = p % (OH * OW)
-                    oh = q // OW
-                    ow = q - oh * OW
-                    ih0 = oh - PH
-                    iw0 = ow - PW
-                    x_pix = wide(p, OFF64) * NHWC_C + x_shift
-                else:
-                    n_img, oh, ow = split_pixels(p, OH, OW)
-                    ih0 = oh * SH - PH
-                    iw0 = ow * SW - PW
-                    x_pix = x_pixel_offsets(n_img, ih0, iw0, group * C_PER_G, H, W, sx_n, sx_c, sx_h, sx_w, NHWC_C,
-                                            OFF64)
-                if FLAT:
-                    b_mask = (p_ok[:, None] & col_ok[None, :] & in_image(ih0[:, None] + kh[None, :], H, LOW_H, HIGH_H)
-                              & in_image(iw0[:, None] + kw[None, :], W, LOW_W, HIGH_W))
-                else:
-                    row_ok = p_ok & in_image(ih0 + kh, H, LOW_H, HIGH_H) & in_image(iw0 + kw, W, LOW_W, HIGH_W)
-                    b_mask = row_ok[:, None] & col_ok[None, :]
-                b = tl.load(x_ptr + x_pix[:, None] + x_col[None, :], mask=b_mask, other=0.0)
-                if STAGE_REGS:  # tf32 configs: K-major operands by way of registers (see the module docstring)
-                    a = _through_registers(a)
-                    b = _through_registers(b)
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = _reduce_pixels(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), dy_ptr, x_ptr, dy_chan, k_ok, x_col,
+                             kh, kw, col_ok, pix_lo, pix_hi, group * C_PER_G, sdy_n, sdy_h, sdy_w, sx_n, sx_c, sx_h,
+                             sx_w, SH, SW, PH, PW, H, W, OH, OW, LOW_H, HIGH_H, LOW_W, HIGH_W, IMAGE_MAJOR, EVEN_PIX,
+                             True, FLAT, LINEAR_X, DY_DENSE, NHWC_C, OFF64, PRECISION, BLOCK_K, STAGE_REGS)
 
         # ---- write back: the partial (or, with one split, dw itself)
         dw_row = wide(split, OFF64) * sdw_split + wide((group * K_PER_G + k), OFF64) * sdw_k
