@@ -233,6 +233,24 @@ def image_block(tile, HEIGHT: tl.constexpr, WIDTH: tl.constexpr, BLOCK: tl.const
     return block * BLOCK, h, pos - h * WIDTH
 
 
+@triton.jit
+def tile_pixels(pid_m, n_pix, HEIGHT: tl.constexpr, WIDTH: tl.constexpr, PIX_MULT: tl.constexpr,
+                IMAGE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr):
+    """(n, h, w, ok) of the BLOCK_M pixels of tile `pid_m` (of n_pix, maps HEIGHT x WIDTH):
+    IMAGE_MAJOR, BLOCK_M images at one position (`image_block`: n a vector, h and w scalars,
+    every row valid as BLOCK_M divides the batch); else BLOCK_M consecutive pixels, decoded,
+    the last tile's rows past n_pix masked (no mask when BLOCK_M divides PIX_MULT)."""
+    if IMAGE_MAJOR:
+        n0, h, w = image_block(pid_m, HEIGHT, WIDTH, BLOCK_M)
+        n = n0 + tl.arange(0, BLOCK_M)
+        ok = tl.full((BLOCK_M,), 1, tl.int1)
+    else:
+        pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        ok = in_range(pix, n_pix, PIX_MULT % BLOCK_M == 0)
+        n, h, w = split_pixels(pix, HEIGHT, WIDTH)
+    return n, h, w, ok
+
+
 def needs_int64(*tensors) -> bool:
     """Whether element offsets into any of `tensors` can reach 2**31 (with a tile's margin):
     then the kernels compute offsets in int64 (OFF64), else in int32, which halves the

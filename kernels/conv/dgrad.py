@@ -45,6 +45,7 @@ from .common import (
     pix_multiple,
     relu_grad,
     split_pixels,
+    tile_pixels,
     wide,
 )
 from .configs import DGRAD, use_flat_reduction
@@ -185,14 +186,7 @@ def _conv_dgrad_kernel(
     IMAGE_MAJOR: tl.constexpr = IMG_MULT % BLOCK_M == 0 and not FLAT
     chan = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel within the group
     chan_ok = in_range(chan, C_PER_G, C_PER_G % BLOCK_N == 0)
-    if IMAGE_MAJOR:
-        n0, ih, iw = image_block(pid_m, H, W, BLOCK_M)
-        n_img = n0 + tl.arange(0, BLOCK_M)
-        pix_ok = tl.full((BLOCK_M,), 1, tl.int1)
-    else:
-        pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        pix_ok = in_range(pix, n_in_pix, PIX_MULT % BLOCK_M == 0)  # no mask when BLOCK_M divides the pixels
-        n_img, ih, iw = split_pixels(pix, H, W)
+    n_img, ih, iw, pix_ok = tile_pixels(pid_m, n_in_pix, H, W, PIX_MULT, IMAGE_MAJOR, BLOCK_M)
     dy_img = wide(n_img, OFF64) * sdy_n + wide((group * K_PER_G), OFF64) * sdy_c
     wt_col = wide(group, OFF64) * WT_SG + wide(chan, OFF64) * WT_SC  # the weight's [group, 0, chan, 0, 0]
 

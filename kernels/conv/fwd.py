@@ -45,7 +45,6 @@ from .common import (
     ConvGeometry,
     dot_precision,
     grouped_tile,
-    image_block,
     in_image,
     in_range,
     launch,
@@ -54,7 +53,7 @@ from .common import (
     pix_bucket,
     pix_multiple,
     relu,
-    split_pixels,
+    tile_pixels,
     wide,
     x_pixel_offsets,
     x_tap_offsets,
@@ -155,14 +154,7 @@ def _conv_fwd_kernel(
     IMAGE_MAJOR: tl.constexpr = IMG_MULT % BLOCK_M == 0 and not FLAT
     k_out = group * K_PER_G + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # global output channel
     k_ok = in_range(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), K_PER_G, EVEN_N)
-    if IMAGE_MAJOR:
-        n0, oh, ow = image_block(pid_m, OH, OW, BLOCK_M)
-        n_img = n0 + tl.arange(0, BLOCK_M)
-        pix_ok = tl.full((BLOCK_M,), 1, tl.int1)
-    else:
-        pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        pix_ok = in_range(pix, n_out_pix, PIX_MULT % BLOCK_M == 0)  # no mask when BLOCK_M divides the pixels
-        n_img, oh, ow = split_pixels(pix, OH, OW)
+    n_img, oh, ow, pix_ok = tile_pixels(pid_m, n_out_pix, OH, OW, PIX_MULT, IMAGE_MAJOR, BLOCK_M)
     ih0 = oh * SH - PH
     iw0 = ow * SW - PW
     w_col = wide(k_out, OFF64) * W_ROW
