@@ -322,6 +322,14 @@ def in_image(i, LIMIT: tl.constexpr, LOW: tl.constexpr, HIGH: tl.constexpr):
 
 
 @triton.jit
+def both(ok, test):
+    """ok & test, where `test` may be a scalar (an image-major tile's one bounds test) and ok a
+    vector. Written as a select, which compiles to the same predicate: Triton's interpreter
+    types a scalar comparison broadcast by `&` as int32, which tl.load then refuses as a mask."""
+    return tl.where(test, ok, False)
+
+
+@triton.jit
 def relu(acc):
     """max(acc, 0) keeping NaN, as torch.relu (tl.maximum(acc, 0) would turn NaN into 0)."""
     return tl.where(acc < 0, 0.0, acc)

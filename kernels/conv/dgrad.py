@@ -34,6 +34,7 @@ import triton.language as tl
 from .._common import cdiv, empty_4d
 from .common import (
     ConvGeometry,
+    both,
     dot_precision,
     grouped_tile,
     image_block,
@@ -89,13 +90,13 @@ def _dgrad_tap_loop(acc, dy_ptr, wt_ptr, dy_img, wt_col, ih, iw, pix_ok, chan_ok
         kw = tap - kh * KW
         k_ok = in_range(k0 + offs_k, K_PER_G, EVEN_K)
         if UNIT:
-            row_ok = (pix_ok & in_image(ih + PH - kh, OH, KH - 1 > PH, H + PH > OH)
-                      & in_image(iw + PW - kw, OW, KW - 1 > PW, W + PW > OW))
+            row_ok = both(pix_ok, in_image(ih + PH - kh, OH, KH - 1 > PH, H + PH > OH)
+                          & in_image(iw + PW - kw, OW, KW - 1 > PW, W + PW > OW))
             dy_row = dy_base - (wide(kh, OFF64) * sdy_h + kw * sdy_w - k0 * sdy_c)
         else:
             oh, oh_ok = _source_row(ih, kh, PH, SH, OH)
             ow, ow_ok = _source_row(iw, kw, PW, SW, OW)
-            row_ok = pix_ok & oh_ok & ow_ok
+            row_ok = both(pix_ok, oh_ok & ow_ok)
             dy_row = dy_img + wide(oh, OFF64) * sdy_h + wide(ow, OFF64) * sdy_w + k0 * sdy_c
         a = tl.load(dy_ptr + dy_row[:, None] + a_cols[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(wt_ptr + wt_col[None, :] + (kh * WT_SH + kw * WT_SW + (k0 + offs_k) * WT_SK)[:, None],

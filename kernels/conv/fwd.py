@@ -43,6 +43,7 @@ import triton.language as tl
 from .._common import cdiv, empty_4d
 from .common import (
     ConvGeometry,
+    both,
     dot_precision,
     grouped_tile,
     in_image,
@@ -80,7 +81,7 @@ def _fwd_tap_loop(acc, x_ptr, w_ptr, x_base, w_col, ih0, iw0, pix_ok, k_ok, sx_c
         c0 = (step - tap * C_CHUNKS) * BLOCK_K
         kh = tap // KW
         kw = tap - kh * KW
-        row_ok = pix_ok & in_image(ih0 + kh, H, LOW_H, HIGH_H) & in_image(iw0 + kw, W, LOW_W, HIGH_W)
+        row_ok = both(pix_ok, in_image(ih0 + kh, H, LOW_H, HIGH_H) & in_image(iw0 + kw, W, LOW_W, HIGH_W))
         chan_ok = in_range(c0 + offs_k, C_PER_G, EVEN_C)
         tap_off = wide(kh, OFF64) * sx_h + kw * sx_w + c0 * sx_c
         a = tl.load(x_ptr + (x_base + tap_off)[:, None] + a_cols[None, :], mask=row_ok[:, None] & chan_ok[None, :],

@@ -55,6 +55,7 @@ import triton.language as tl
 from .._common import cdiv
 from .common import (
     ConvGeometry,
+    both,
     dot_precision,
     image_block,
     in_image,
@@ -130,7 +131,7 @@ def _reduce_pixels(acc, dy_ptr, x_ptr, dy_chan, k_ok, x_col, kh, kw, col_ok, pix
             if IMAGE_MAJOR:
                 ih0 = oh * SH - PH
                 iw0 = ow * SW - PW
-                b_ok = col_ok & in_image(ih0 + kh, H, LOW_H, HIGH_H) & in_image(iw0 + kw, W, LOW_W, HIGH_W)
+                b_ok = both(col_ok, in_image(ih0 + kh, H, LOW_H, HIGH_H) & in_image(iw0 + kw, W, LOW_W, HIGH_W))
                 x_step = x_pixel_offsets(n0, ih0, iw0, x_chan0, H, W, sx_n, sx_c, sx_h, sx_w, NHWC_C, OFF64)
                 b = tl.load(x_ptr + x_step + x_tile, mask=b_ok[None, :], other=0.0)
             else:
