@@ -4,7 +4,8 @@
                               [--arch 90|80] [--shapes single]
 
 For every AlexNet layer x pass x dtype x config, in the variant the model runs (batch 128,
-channels_last, conv1's image zero-padded to 228x228x4 (wgrad: as 228x57x16), bias fused in the forward and ReLU fused
+channels_last, image-major tiles wherever the block divides the 128 images (variant "image-major"),
+conv1's image zero-padded to 228x228x4 (wgrad: as 228x57x16), bias fused in the forward and ReLU fused
 for conv3-5, the ReLU mask in their backward, wgrad at the split count its model picks for an
 H100's 132 SMs), it compiles the kernel for sm_90 and disassembles the cubin with the
 cuobjdump bundled with Triton. The steady-state loop is the innermost backward branch whose
