@@ -1,5 +1,5 @@
-"""bench/conv_sass.py, the compile-only instrument for the convolutions' loops: its SASS reading
-on a hand-written listing, and one real sm_90 compile (one layer, one pass, one config, plus the
+"""bench/sass.py, the compile-only instrument for the convolutions' loops: its SASS reading
+(bench/sass.py) on a hand-written listing, and one real sm_90 compile (one layer, one pass, one config, plus the
 calibration GEMM) in a subprocess without the interpreter."""
 import json
 import os
@@ -12,16 +12,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _conv_sass():
-    """bench/conv_sass.py as a module, leaving sys.path as it was: bench/ on the path would
-    hide tests/conftest.py from processes spawned later (multiprocessing copies sys.path)."""
+def _sass():
+    """bench/sass.py (the SASS reading bench/sass.py uses) as a module, leaving sys.path as
+    it was: bench/ on the path would hide tests/conftest.py from processes spawned later
+    (multiprocessing copies sys.path)."""
     saved = list(sys.path)
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        import conv_sass
+        import sass
     finally:
         sys.path[:] = saved
-    return conv_sass
+    return sass
 
 
 LISTING = """
@@ -42,15 +43,15 @@ LISTING = """
 
 
 def test_steady_loop_is_the_innermost_loop_with_the_mma():
-    conv_sass = _conv_sass()
+    sass = _sass()
 
-    ins = conv_sass.instructions(LISTING)
+    ins = sass.instructions(LISTING)
     assert len(ins) == 13
-    loop = conv_sass.steady_loop(ins, warps=4)
+    loop = sass.steady_loop(ins, warps=4)
     assert [a for a, _, _ in loop] == list(range(0x40, 0xa1, 0x10))  # not the first loop, not the self-branch
     ops = [op for _, op, _ in loop]
-    assert sum(conv_sass._mma_fma(op, "", 4) for op in ops) == 2 * 64 * 128 * 16
-    assert sorted(conv_sass._ldgsts_bytes(op) for op in ops if op.startswith("LDGSTS")) == [4, 16]
+    assert sum(sass._mma_fma(op, "", 4) for op in ops) == 2 * 64 * 128 * 16
+    assert sorted(sass._ldgsts_bytes(op) for op in ops if op.startswith("LDGSTS")) == [4, 16]
 
 
 UNROLLED = """
@@ -69,11 +70,11 @@ UNROLLED = """
 def test_an_unrolled_reduction_is_read_whole():
     """A short constant trip count (conv1's 9 map taps at BLOCK_K=64) compiles to straight-line
     code: the reading spans the first global copy to the last MMA, prologue and drain included."""
-    conv_sass = _conv_sass()
+    sass = _sass()
 
-    ins = conv_sass.instructions(UNROLLED)
-    assert conv_sass.unrolled(ins) and not conv_sass.unrolled(conv_sass.instructions(LISTING))
-    assert [a for a, _, _ in conv_sass.steady_loop(ins, warps=4)] == list(range(0x10, 0x51, 0x10))
+    ins = sass.instructions(UNROLLED)
+    assert sass.unrolled(ins) and not sass.unrolled(sass.instructions(LISTING))
+    assert [a for a, _, _ in sass.steady_loop(ins, warps=4)] == list(range(0x10, 0x51, 0x10))
 
 
 def test_one_layer_one_pass_compiles_for_sm90():
