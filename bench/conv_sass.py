@@ -69,16 +69,6 @@ def _compile_only(kernel, tuned, tuning, grid, args, meta, *, flops, config=None
                                   num_stages=config.num_stages))
 
 
-def image_major(pass_: str, cfg: Config, batch: int) -> bool:
-    """Whether the kernel of `pass_` runs image-major tiles with `cfg` (kernels/conv/common.py
-    image_block): its block of pixels (the tile's rows; wgrad: a step's pixels) divides the batch,
-    and the forward/dgrad loop is the tap loop (the FLAT ones keep the pixel order)."""
-    k = cfg.kwargs
-    if pass_ == "wgrad":
-        return batch % k["BLOCK_K"] == 0
-    return batch % k["BLOCK_M"] == 0 and not k.get("FLAT")
-
-
 class ModelPass:
     """One layer's pass with the model's inputs (random CPU tensors, never read)."""
 
@@ -97,7 +87,7 @@ class ModelPass:
 
     def variant(self, pass_: str, cfg: Config | None = None) -> str:
         parts = ["NHWC"]
-        if cfg is not None and image_major(pass_, cfg, BATCH):
+        if cfg is not None and conv_configs.image_major(pass_, cfg, pix_multiple(BATCH)):
             parts.append("image-major")
         g = self.wgrad_geom if pass_ == "wgrad" else self.geom_k
         if g != self.geom and pass_ != "dgrad":

@@ -258,7 +258,8 @@ def test_channels_last_weights_load_any_checkpoint():
     # CPU), which in fp32 differs by ~1e-6 on these logits, beyond any tolerance that still checks
     x = torch.randn(2, 3, 99, 99, dtype=torch.float64)
     torch.testing.assert_close(nhwc.double()(x), plain.double()(x), rtol=1e-10, atol=1e-12)
-    nhwc.float(), plain.float()
+    nhwc.float()
+    plain.float()
     back = AlexNet(config)
     back.load_state_dict(nhwc.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), plain.state_dict().values(), strict=True))

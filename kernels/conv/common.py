@@ -235,17 +235,18 @@ def image_block(tile, HEIGHT: tl.constexpr, WIDTH: tl.constexpr, BLOCK: tl.const
 
 @triton.jit
 def tile_pixels(pid_m, n_pix, HEIGHT: tl.constexpr, WIDTH: tl.constexpr, PIX_MULT: tl.constexpr,
-                IMAGE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr):
-    """(n, h, w, ok) of the BLOCK_M pixels of tile `pid_m` (of n_pix, maps HEIGHT x WIDTH):
-    IMAGE_MAJOR, BLOCK_M images at one position (`image_block`: n a vector, h and w scalars,
-    every row valid as BLOCK_M divides the batch); else BLOCK_M consecutive pixels, decoded,
-    the last tile's rows past n_pix masked (no mask when BLOCK_M divides PIX_MULT)."""
+                IMAGE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr, ROW0: tl.constexpr, ROWS: tl.constexpr):
+    """(n, h, w, ok) of rows ROW0 .. ROW0 + ROWS of pixel tile `pid_m`
+    (of n_pix, maps HEIGHT x WIDTH): IMAGE_MAJOR, images at one position (`image_block`: n a
+    vector, h and w scalars, every row valid as BLOCK_M divides the batch); else consecutive
+    pixels, decoded, the last tile's rows past n_pix masked (no mask when BLOCK_M divides
+    PIX_MULT)."""
     if IMAGE_MAJOR:
         n0, h, w = image_block(pid_m, HEIGHT, WIDTH, BLOCK_M)
-        n = n0 + tl.arange(0, BLOCK_M)
-        ok = tl.full((BLOCK_M,), 1, tl.int1)
+        n = n0 + ROW0 + tl.arange(0, ROWS)
+        ok = tl.full((ROWS,), 1, tl.int1)
     else:
-        pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        pix = pid_m * BLOCK_M + ROW0 + tl.arange(0, ROWS)
         ok = in_range(pix, n_pix, PIX_MULT % BLOCK_M == 0)
         n, h, w = split_pixels(pix, HEIGHT, WIDTH)
     return n, h, w, ok

@@ -151,6 +151,17 @@ def _dgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
             and in_place_ok and deep_ok)
 
 
+def image_major(pass_: str, cfg: Config, img_mult: int) -> bool:
+    """Whether the kernel of `pass_` ("fwd", "dgrad", "wgrad") runs image-major tiles with `cfg`
+    (common.image_block; the rule each kernel states as its IMAGE_MAJOR constexpr): its block of
+    pixels (a tile's rows; for wgrad a step's pixels) divides the batch's power-of-two factor
+    `img_mult` (IMG_MULT), and the forward/dgrad loop is the tap loop, not FLAT."""
+    k = cfg.kwargs
+    if pass_ == "wgrad":
+        return img_mult % k["BLOCK_K"] == 0
+    return img_mult % k["BLOCK_M"] == 0 and not k.get("FLAT")
+
+
 def _wgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
     k = cfg.kwargs
     cols = meta["KH"] * meta["KW"] * meta["C_PER_G"] if meta["FLAT"] else meta["C_PER_G"]
@@ -168,8 +179,7 @@ def _wgrad_fits(cfg: Config, meta: dict, elem: int) -> bool:
     # image-major (the step's BLOCK_K pixels divide the batch, IMG_MULT): the loop keeps both
     # operands' offset tiles live; in tf32, 128x128 in 4 warps (128 accumulators and both staged
     # operand tiles per thread) then needs 255 registers and spills 16 B (conv3, conv4)
-    image_major = meta.get("IMG_MULT", 1) % k["BLOCK_K"] == 0
-    roomy = roomy and not (elem == 4 and image_major and cfg.num_warps == 4
+    roomy = roomy and not (elem == 4 and image_major("wgrad", cfg, meta.get("IMG_MULT", 1)) and cfg.num_warps == 4
                            and k["BLOCK_M"] * k["BLOCK_N"] >= 128 * 128)
     return (_smem_ok(cfg, elem) and k["BLOCK_M"] <= _np2(meta["K_PER_G"]) and k["BLOCK_N"] <= _np2(cols)
             and narrow_ok and roomy)

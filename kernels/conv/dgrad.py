@@ -37,7 +37,6 @@ from .common import (
     both,
     dot_precision,
     grouped_tile,
-    image_block,
     in_image,
     in_range,
     launch,
@@ -45,7 +44,6 @@ from .common import (
     pix_bucket,
     pix_multiple,
     relu_grad,
-    split_pixels,
     tile_pixels,
     wide,
 )
@@ -142,14 +140,8 @@ def _relu_input_mask(dx_ptr, x_ptr, pid_m, chan, chan_ok, n_in_pix, sdx_n, sdx_c
     tiles and grew the bf16 loops, bench/conv_sass.py). Costs a second, predicated store."""
     SUB: tl.constexpr = 32 if BLOCK_M > 32 else BLOCK_M
     for r in tl.static_range(0, BLOCK_M, SUB):
-        if IMAGE_MAJOR:
-            n0, ih, iw = image_block(pid_m, H, W, BLOCK_M)
-            n_img = n0 + r + tl.arange(0, SUB)
-            ok = chan_ok[None, :]
-        else:
-            pix = pid_m * BLOCK_M + r + tl.arange(0, SUB)
-            ok = in_range(pix, n_in_pix, PIX_MULT % BLOCK_M == 0)[:, None] & chan_ok[None, :]
-            n_img, ih, iw = split_pixels(pix, H, W)
+        n_img, ih, iw, rows_ok = tile_pixels(pid_m, n_in_pix, H, W, PIX_MULT, IMAGE_MAJOR, BLOCK_M, r, SUB)
+        ok = rows_ok[:, None] & chan_ok[None, :]
         x_off = wide(n_img, OFF64) * sx_n + wide(ih, OFF64) * sx_h + wide(iw, OFF64) * sx_w
         xv = tl.load(x_ptr + x_off[:, None] + (wide(chan, OFF64) * sx_c)[None, :], mask=ok, other=1.0)
         dx_off = wide(n_img, OFF64) * sdx_n + wide(ih, OFF64) * sdx_h + wide(iw, OFF64) * sdx_w
@@ -187,7 +179,7 @@ def _conv_dgrad_kernel(
     IMAGE_MAJOR: tl.constexpr = IMG_MULT % BLOCK_M == 0 and not FLAT
     chan = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel within the group
     chan_ok = in_range(chan, C_PER_G, C_PER_G % BLOCK_N == 0)
-    n_img, ih, iw, pix_ok = tile_pixels(pid_m, n_in_pix, H, W, PIX_MULT, IMAGE_MAJOR, BLOCK_M)
+    n_img, ih, iw, pix_ok = tile_pixels(pid_m, n_in_pix, H, W, PIX_MULT, IMAGE_MAJOR, BLOCK_M, 0, BLOCK_M)
     dy_img = wide(n_img, OFF64) * sdy_n + wide((group * K_PER_G), OFF64) * sdy_c
     wt_col = wide(group, OFF64) * WT_SG + wide(chan, OFF64) * WT_SC  # the weight's [group, 0, chan, 0, 0]
 

@@ -155,7 +155,7 @@ def _conv_fwd_kernel(
     IMAGE_MAJOR: tl.constexpr = IMG_MULT % BLOCK_M == 0 and not FLAT
     k_out = group * K_PER_G + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # global output channel
     k_ok = in_range(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), K_PER_G, EVEN_N)
-    n_img, oh, ow, pix_ok = tile_pixels(pid_m, n_out_pix, OH, OW, PIX_MULT, IMAGE_MAJOR, BLOCK_M)
+    n_img, oh, ow, pix_ok = tile_pixels(pid_m, n_out_pix, OH, OW, PIX_MULT, IMAGE_MAJOR, BLOCK_M, 0, BLOCK_M)
     ih0 = oh * SH - PH
     iw0 = ow * SW - PW
     w_col = wide(k_out, OFF64) * W_ROW
