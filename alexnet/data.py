@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from kernels.layout import cdiv
+from kernels.runtime.layout import cdiv
 
 from .augment import AugmentConfig, crop_batch, draw, lighting_shift
 from .config import ConvSpec, resolve_ops

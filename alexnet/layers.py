@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.dispatch import GRAD_INTO, grad_into
+from kernels.runtime.dispatch import GRAD_INTO, grad_into
 
 from .config import resolve_ops
 from .seeds import mixed_seed
@@ -164,7 +164,7 @@ class Linear(nn.Module):
 
 class LinearIntoBuffer(torch.autograd.Function):
     """F.linear for 2-D x whose weight and bias gradients are written straight into the
-    optimizer's flat gradient buffer (kernels.dispatch.grad_into, FlatPaperSGD's slots): the same
+    optimizer's flat gradient buffer (kernels.runtime.dispatch.grad_into, FlatPaperSGD's slots): the same
     GEMM and sum as F.linear's backward, without the copy into the buffer afterwards."""
 
     @staticmethod

@@ -40,7 +40,7 @@ import math
 import torch
 import torch.nn as nn
 
-from kernels.layout import channels_last_block
+from kernels.runtime.layout import channels_last_block
 
 from .config import BIAS_ONE_LAYERS, CONV_LAYERS, FC_LAYERS, AlexNetConfig, ConvSpec, input_shape, layer_shapes
 from .layers import ColumnDropout, Conv2d, Linear, LocalResponseNorm, MaxPool2d, compute_params, load_ops

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from kernels.dispatch import set_grad_into
-from kernels.launch import SGD_GPU_BLOCK
-from kernels.layout import cdiv, is_dense
+from kernels.runtime.dispatch import set_grad_into
+from kernels.runtime.launch_params import SGD_GPU_BLOCK
+from kernels.runtime.layout import cdiv, is_dense
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -73,7 +73,7 @@ class FlatPaperSGD(PaperSGD):
     "equal for all layers"), momentum, and one weight decay or 0.
 
     Gradients without accumulation launches: zero_grad() sets the gradients to None (no
-    launch); each gradient-holding leaf is registered with `kernels.dispatch.set_grad_into`: a
+    launch); each gradient-holding leaf is registered with `kernels.runtime.dispatch.set_grad_into`: a
     fresh view of its slot in the flat buffer is handed out while its .grad is None. The
     eager backward of the conv op (kernels/conv/op.py) and of alexnet.layers.Linear writes the
     weight/bias gradients into that view and autograd's AccumulateGrad adopts it as .grad
@@ -197,7 +197,7 @@ class FlatPaperSGD(PaperSGD):
         return loss
 
 
-_SGD_PAD = SGD_GPU_BLOCK  # kernels.sgd's block on a GPU (the interpreter's divides it; kernels/launch.py)
+_SGD_PAD = SGD_GPU_BLOCK  # kernels.sgd's GPU block (the interpreter's divides it; kernels/runtime/launch_params.py)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float = 5e-4) -> list[dict]:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.distributed as dist
 
-from kernels.layout import memory_format
+from kernels.runtime.layout import memory_format
 
 from .config import EXCHANGE_POINTS, AlexNetConfig, input_shape, split_dim
 from .distributed import ParallelLayout, guard

@@ -22,7 +22,7 @@ meta tensor: `alloc` (empty*, not a device launch on a warm caching allocator), 
 `view` (no launch, not counted), `sync` (_local_scalar_dense: a host-device sync; on meta it
 raises, so a step that syncs cannot finish here), `custom_op` (a call of an alexnet_triton op
 through torch.library: not a launch itself; the census runs its implementation, so the aten
-ops and Triton launches inside are counted; the eager step makes none, kernels.dispatch.call's
+ops and Triton launches inside are counted; the eager step makes none, kernels.runtime.dispatch.call's
 fast path) and `torch_op` (every other op = one device kernel). The step counted is a warm
 one (the second call): first-call work such as autotuning or state made on first use is not
 per step. `launches_per_step` = triton + torch_op + copy + cast (+ collective for the column).

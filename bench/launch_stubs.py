@@ -237,7 +237,7 @@ def classify(func, args, kwargs, out) -> str:
 
 _ROOT = str(Path(__file__).resolve().parent.parent) + os.sep
 _BENCH = _ROOT + "bench" + os.sep
-_FASTLAUNCH = _ROOT + os.path.join("kernels", "fastlaunch.py")  # a launch's origin is whoever called it
+_FASTLAUNCH = _ROOT + os.path.join("kernels", "runtime", "fastlaunch.py")  # a launch's origin is whoever called it
 
 
 def origin() -> str:
@@ -261,7 +261,7 @@ def _implementation(func):
 
 class Census(TorchDispatchMode):
     """Counts the aten ops of everything run under it: by kind, by name and by origin. It only
-    observes, so the custom ops' eager fast path (kernels.dispatch.call) still runs under it."""
+    observes, so the custom ops' eager fast path (kernels.runtime.dispatch.call) still runs under it."""
 
     eager_fast_path_ok = True
 

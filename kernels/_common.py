@@ -1,13 +1,21 @@
-"""What every launcher in `kernels/` shares: the checks (kernels/_checks.py) and layout helpers
-(kernels/layout.py), gathered here for the launchers, and the jit helpers of the kernels.
+"""What every launcher in `kernels/` shares: the checks (kernels/runtime/checks.py) and layout helpers
+(kernels/runtime/layout.py), gathered here for the launchers, and the jit helpers of the kernels.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from ._checks import FLOAT_DTYPES, MAX_PIXELS, check_pixel_count, check_same_device, check_tensor, interpreting, pair
-from .layout import as_format, cdiv, empty_4d, is_dense, memory_format
+from .runtime.checks import (
+    FLOAT_DTYPES,
+    MAX_PIXELS,
+    check_pixel_count,
+    check_same_device,
+    check_tensor,
+    interpreting,
+    pair,
+)
+from .runtime.layout import as_format, cdiv, empty_4d, is_dense, memory_format
 
 __all__ = ["FLOAT_DTYPES", "MAX_PIXELS", "check_pixel_count", "check_same_device", "check_tensor", "interpreting",
            "pair", "as_format", "cdiv", "empty_4d", "is_dense", "memory_format", "pixel_coords", "pixel_offsets"]

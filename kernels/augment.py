@@ -30,10 +30,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_augment_args
 from ._common import FLOAT_DTYPES, cdiv, check_tensor
-from .fastlaunch import launch as fast_launch
-from .launch import augment_launch
+from .runtime.checks import check_augment_args
+from .runtime.fastlaunch import launch as fast_launch
+from .runtime.launch_params import augment_launch
 
 __all__ = ["augment", "augment_padded", "launch_augment", "launch_augment_padded"]
 

@@ -35,8 +35,8 @@ import triton
 import triton.language as tl
 
 from ._common import check_same_device, check_tensor, interpreting
-from .dispatch import call as _call
-from .fastlaunch import launch as fast_launch
+from .runtime.dispatch import call as _call
+from .runtime.fastlaunch import launch as fast_launch
 
 __all__ = ["softmax_cross_entropy", "launch_softmax_cross_entropy"]
 

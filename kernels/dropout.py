@@ -34,9 +34,9 @@ import triton
 import triton.language as tl
 
 from ._common import cdiv, check_tensor
-from .dispatch import call as _call
-from .fastlaunch import launch as fast_launch
-from .launch import dropout_launch
+from .runtime.dispatch import call as _call
+from .runtime.fastlaunch import launch as fast_launch
+from .runtime.launch_params import dropout_launch
 
 __all__ = ["dropout", "column_dropout"]
 
@@ -116,7 +116,7 @@ def new_seed(device, generator: torch.Generator | None = None) -> torch.Tensor:
 
 
 def apply_dropout_mask(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
-    """x times the mask for (seed, p), scaled by 1/(1-p); x must be dense (see kernels.layout.is_dense)."""
+    """x times the mask for (seed, p), scaled by 1/(1-p); x must be dense (see kernels.runtime.layout.is_dense)."""
     y = torch.empty_like(x)  # same strides as a dense x, so storage order matches
     n_elem = x.numel()
     if n_elem == 0:

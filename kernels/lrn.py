@@ -44,9 +44,9 @@ from ._common import (
     memory_format,
     pixel_offsets,
 )
-from .dispatch import call as _call
-from .fastlaunch import launch as fast_launch
-from .launch import lrn_blocks
+from .runtime.dispatch import call as _call
+from .runtime.fastlaunch import launch as fast_launch
+from .runtime.launch_params import lrn_blocks
 
 __all__ = ["relu_lrn", "local_response_norm"]
 

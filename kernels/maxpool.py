@@ -31,9 +31,9 @@ from ._common import (
     pixel_coords,
     pixel_offsets,
 )
-from .dispatch import call as _call
-from .fastlaunch import launch as fast_launch
-from .launch import maxpool_blocks
+from .runtime.dispatch import call as _call
+from .runtime.fastlaunch import launch as fast_launch
+from .runtime.launch_params import maxpool_blocks
 
 __all__ = ["max_pool2d"]
 

@@ -1,6 +1,6 @@
 """Every kernel of this package as a PyTorch custom op, namespace `alexnet_triton` (torch.library);
 the convolution's four (conv2d, its two gradients, relu_grad) are defined in kernels/conv/op.py,
-the registration helpers and the fast path in kernels/dispatch.py.
+the registration helpers and the fast path in kernels/runtime/dispatch.py.
 
     torch.ops.alexnet_triton.conv2d(x, weight, bias, stride, padding, groups, relu, input_relu=False,
                                     dy_masked=False) -> y
@@ -39,7 +39,7 @@ calls at all, these or kernels/reference.py, is its config.ops: alexnet/layers.p
                     through Triton's interpreter when TRITON_INTERPRET=1 (as in the tests).
 The outputs of both implementations have the same shapes, dtypes and strides (the fake's).
 
-The eager fast path (`call`, in kernels/dispatch.py with the selection rule): outside
+The eager fast path (`call`, in kernels/runtime/dispatch.py with the selection rule): outside
 torch.compile/torch.export, with no tracing or fake mode active and plain tensors, the public
 functions skip torch.library's Python dispatch (~36-85 us per op call) and run the same
 implementation through a plain autograd.Function made from the op's own setup_context/backward
@@ -61,7 +61,10 @@ from . import reference
 from ._common import is_dense, memory_format
 from .augment import launch_augment, launch_augment_padded
 from .cross_entropy import launch_softmax_cross_entropy
-from .dispatch import (  # noqa: F401  (re-exported: bench/launch_stubs.py, bench/host_step.py)
+from .dropout import apply_dropout_mask, launch_column_dropout
+from .lrn import relu_lrn_backward, relu_lrn_forward
+from .maxpool import argmax_dtype, max_pool2d_backward, max_pool2d_forward
+from .runtime.dispatch import (  # noqa: F401  (re-exported: bench/launch_stubs.py, bench/host_step.py)
     _EAGER,
     NAMESPACE,
     TRITON_DEVICES,
@@ -74,9 +77,6 @@ from .dispatch import (  # noqa: F401  (re-exported: bench/launch_stubs.py, benc
     implementation,
     ops,
 )
-from .dropout import apply_dropout_mask, launch_column_dropout
-from .lrn import relu_lrn_backward, relu_lrn_forward
-from .maxpool import argmax_dtype, max_pool2d_backward, max_pool2d_forward
 from .sgd import launch_sgd_step
 
 # The convolution's ops live beside its kernels (kernels/conv/op.py); importing it registers them.

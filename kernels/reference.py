@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_augment_args  # the checks the kernel makes, minus the device
+from .runtime.checks import check_augment_args  # the checks the kernel makes, minus the device
 
 __all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "column_dropout", "softmax_cross_entropy",
            "conv2d", "sgd_step_", "augment"]

@@ -18,9 +18,9 @@ import triton
 import triton.language as tl
 
 from ._common import cdiv, check_same_device, check_tensor
-from .dispatch import call as _call
-from .fastlaunch import launch as fast_launch
-from .launch import sgd_launch
+from .runtime.dispatch import call as _call
+from .runtime.fastlaunch import launch as fast_launch
+from .runtime.launch_params import sgd_launch
 
 __all__ = ["launch_sgd_step", "sgd_step_"]
 

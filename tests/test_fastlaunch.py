@@ -1,4 +1,4 @@
-"""kernels/fastlaunch.py: after a specialisation's first launch, the kernel's launcher gets
+"""kernels/runtime/fastlaunch.py: after a specialisation's first launch, the kernel's launcher gets
 exactly the arguments Triton's own JITFunction.run would give it, without going through
 JITFunction.run. Checked with Triton's launcher stubbed (bench/launch_stubs.py records every
 argument) on 'meta' tensors, in a subprocess: the compiled-launch path needs Triton without
@@ -19,7 +19,7 @@ from launch_stubs import _StubKernel, install_stubs
 install_stubs()
 import triton.runtime.jit as jit
 
-import kernels.fastlaunch as fl
+import kernels.runtime.fastlaunch as fl
 from kernels.conv.common import ConvGeometry
 from kernels.conv.fwd import conv2d_forward
 from kernels.cross_entropy import launch_softmax_cross_entropy

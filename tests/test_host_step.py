@@ -60,7 +60,7 @@ def test_lean_step(single):
                                   "torch_op:nll_loss", "torch_op:argmax")) for op in ops), ops
     assert ours["launches_per_step"] <= 50
     assert not any(op.startswith(("torch_op:cat", "torch_op:randint")) for op in ops)
-    # the eager step bypasses torch.library (kernels.dispatch.call); gradients land in the optimizer's
+    # the eager step bypasses torch.library (kernels.runtime.dispatch.call); gradients land in the optimizer's
     # buffer without accumulation launches; conv3-5's ReLU gradient masks cost no launch of their own
     # (applied in conv4/conv5's dgrad epilogues and pool5's backward: alexnet/model.py relu_mask_moves)
     assert ours["launches_by_kind"]["custom_op"] == 0

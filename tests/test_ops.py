@@ -192,7 +192,7 @@ def _run_both_paths(monkeypatch, fn, inputs):
     """fn's outputs and the inputs' gradients, through the fast path and through the custom ops."""
     results = []
     for fast in (True, False):
-        monkeypatch.setattr(kernels.dispatch, "FAST_PATH", fast)
+        monkeypatch.setattr(kernels.runtime.dispatch, "FAST_PATH", fast)
         leaves = [t.detach().clone(memory_format=torch.preserve_format).requires_grad_() for t in inputs]
         out = fn(*leaves)
         out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape).to(out.device))
@@ -235,7 +235,7 @@ def test_fast_path_keeps_conv1s_padded_image_for_its_weight_gradient(monkeypatch
     """The fast forward of a few-channel conv keeps the padded image it built, and the weight
     gradient reads that one (taking it) instead of padding the image again."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(kernels.dispatch, "FAST_PATH", True)
+    monkeypatch.setattr(kernels.runtime.dispatch, "FAST_PATH", True)
     x, w = _x((2, 3, 9, 10), "cpu", torch.channels_last, grad=False), _x((4, 3, 3, 5), "cpu", torch.channels_last)
     pads = []
     monkeypatch.setattr(kernels.conv, "pad_input", lambda *a, real=kernels.conv.pad_input: pads.append(1) or real(*a))
@@ -262,7 +262,8 @@ def test_fast_path_steps_aside_for_tracing_and_fake_tensors(monkeypatch):
         fake = mode.from_tensor(x)
         assert kernels.relu_lrn(fake).shape == x.shape
     calls = []
-    monkeypatch.setattr(kernels.dispatch, "ops", type("Spy", (), {"__getattr__": lambda self, n: calls.append(n)})())
+    spy = type("Spy", (), {"__getattr__": lambda self, n: calls.append(n)})()
+    monkeypatch.setattr(kernels.runtime.dispatch, "ops", spy)
     kernels.relu_lrn(x.requires_grad_())  # eager: no custom-op call at all
     assert calls == []
 

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .._common import as_format, cdiv, check_same_device, check_tensor, interpreting
-from ..fastlaunch import launch as fast_launch
+from ..runtime.fastlaunch import launch as fast_launch
 
 # Pixel indices (N*H*W, N*OH*OW) are int32 in the kernels (cheap in the loops); a tile may run
 # up to BLOCK_M / BLOCK_K past the last pixel before its mask, so leave room for one.
@@ -414,7 +414,7 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
             _PLAN_KERNELS.setdefault(kernel.fn.__name__, kernel)
             return
         # Autotuner.run's key/dict work skipped (~37 us per launch): the same config, the same launch;
-        # and Triton's argument binding (kernels/fastlaunch.py, ~12 us more)
+        # and Triton's argument binding (kernels/runtime/fastlaunch.py, ~12 us more)
         fast_launch(kernel, grid({**meta, **config.kwargs}), args, {**meta, **config.all_kwargs()})
         return
     meta = {**meta, **config.kwargs}

@@ -1,5 +1,5 @@
 """The convolution as custom ops (namespace `alexnet_triton`, registered like the others through
-kernels/dispatch.py): conv2d, its input and weight gradients, and the fused ReLU's gradient.
+kernels/runtime/dispatch.py): conv2d, its input and weight gradients, and the fused ReLU's gradient.
 
     conv2d(x, weight, bias, stride, padding, groups, relu, input_relu=False, dy_masked=False) -> y
     conv2d_input_grad(dy, weight, y, input_size, stride, padding, groups, channels_last,
@@ -17,8 +17,8 @@ import torch
 from .. import conv as _conv
 from .. import reference
 from .._common import check_tensor, memory_format
-from ..dispatch import _define, _empty, _in_format, _register_autograd, call, grad_into, in_fast_forward
-from ..layout import conv_out_format
+from ..runtime.dispatch import _define, _empty, _in_format, _register_autograd, call, grad_into, in_fast_forward
+from ..runtime.layout import conv_out_format
 from .common import ConvGeometry
 
 __all__ = ["conv2d"]

@@ -6,7 +6,7 @@ keeps its own tables, kernels/conv_configs.py.)
 Every family has an interpreter row: Triton's CPU interpreter runs a program's block as numpy
 arrays, so there the blocks only need to be small enough to keep the tests quick, and
 num_warps means nothing. GPU rows were chosen for an H100 (bench/RESULTS.md says which were
-swept and which are still predictions). `interpreting()` (from kernels/_checks.py) is public
+swept and which are still predictions). `interpreting()` (from kernels/runtime/checks.py) is public
 here: whether launches go to the interpreter, which alexnet.layers asks too.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from ._checks import interpreting
+from .checks import interpreting
 
 __all__ = ["interpreting", "Flat", "DROPOUT", "SGD", "SGD_GPU_BLOCK", "AUGMENT", "dropout_launch", "sgd_launch",
            "augment_launch", "lrn_blocks", "maxpool_blocks"]

@@ -9,7 +9,7 @@ import weakref
 
 import torch
 
-from ._common import interpreting
+from .._common import interpreting
 
 NAMESPACE = "alexnet_triton"
 ops = torch.ops.alexnet_triton

@@ -28,7 +28,7 @@ import torch
 from triton import knobs
 from triton.runtime import driver
 
-from ._checks import interpreting
+from .checks import interpreting
 
 __all__ = ["launch", "ENABLED", "clear"]
 
