@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .._common import as_format, cdiv, check_same_device, check_tensor, interpreting
+from ..runtime import versions
 from ..runtime.fastlaunch import launch as fast_launch
 
 # Pixel indices (N*H*W, N*OH*OW) are int32 in the kernels (cheap in the loops); a tile may run
@@ -405,13 +406,20 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
         config = tuning.interpreter
     if config is None and flops < tuning.min_flops:
         config = tuning.small
+    if config is None and not versions.PLANS.ok():  # outside the tested Triton: the autotuner every call
+        tuned[grid](*args, **meta)
+        return
     if config is None:
         plan = (id(kernel), tuple(meta.items()), tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in args))
         config = _PLANS.get(plan)
         if config is None:  # first call of this plan: the autotuner picks (or finds its pick) and launches
             tuned[grid](*args, **meta)
-            _PLANS[plan] = tuned.best_config
-            _PLAN_KERNELS.setdefault(kernel.fn.__name__, kernel)
+            try:  # private: the Autotuner's pick and the kernel's function
+                _PLANS[plan] = tuned.best_config
+                _PLAN_KERNELS.setdefault(kernel.fn.__name__, kernel)
+            except Exception as err:
+                _PLANS.pop(plan, None)
+                versions.PLANS.fail(err)
             return
         # Autotuner.run's key/dict work skipped (~37 us per launch): the same config, the same launch;
         # and Triton's argument binding (kernels/runtime/fastlaunch.py, ~12 us more)
