@@ -243,11 +243,13 @@ def readings(layers, passes, dtypes, shapes="single", every=False, arch=90, max_
             mp = ModelPass(LAYERS[shapes][name], name, dtype)
             for pass_ in [p for p in passes_for(name) if p in passes]:
                 tuning, meta = mp.tuning_and_meta(pass_)
-                for cfg in tuning.candidates(dot_precision(dtype), mp.x.element_size())[:max_configs]:
-                    kept = bool(tuning.fits(cfg, meta, mp.x.element_size(), spec))
-                    if kept or every:
-                        yield read_pass(mp, pass_, dtype_name, Config({**cfg.kwargs, "FLAT": meta["FLAT"]},
-                                        num_warps=cfg.num_warps, num_stages=cfg.num_stages), kept, arch)
+                listed = tuning.candidates(dot_precision(dtype), mp.x.element_size())[:max_configs]
+                kept = tuning.kept(listed, meta, mp.x.element_size(), spec)  # as the device's tuner keeps them
+                off = [c for c in listed if every and not any(c.kwargs == k.kwargs and c.num_warps == k.num_warps
+                                                               for k in kept)]
+                for cfg, is_kept in [(c, True) for c in kept] + [(c, False) for c in off]:
+                    yield read_pass(mp, pass_, dtype_name, Config({**cfg.kwargs, "FLAT": meta["FLAT"]},
+                                    num_warps=cfg.num_warps, num_stages=cfg.num_stages), is_kept, arch)
 
 
 def main(argv=None):

@@ -50,8 +50,9 @@ def test_spec_comes_from_the_device_properties(faked):
 
 @pytest.mark.parametrize("pass_", ["fwd", "dgrad", "wgrad"])
 def test_kept_configs_follow_the_device(faked, pass_):
-    """conv3 at batch 128 in bf16: the sm_86 list holds only tiles whose pipeline buffers fit its
-    99 KB per block; the sm_90 list keeps tiles of up to 144 KB; both keep at least one."""
+    """conv3 at batch 128 in bf16: sm_90 keeps its listed tiles as listed (8-warp 128x256x64 in
+    3 stages, 144 KB); sm_86 (99 KB per block, mma.sync) keeps them in as few fewer stages as fit
+    its shared memory and drops the tiles that would spill there (4-warp 128x128x64)."""
     tuning = {"fwd": conv_configs.FWD, "dgrad": conv_configs.DGRAD, "wgrad": conv_configs.WGRAD}[pass_]
     meta = dict(CONV3.constexprs(), FLAT=False, IMG_MULT=pix_multiple(128), PRECISION="tf32", HAS_BIAS=pass_ == "fwd")
     if pass_ == "dgrad":
@@ -62,8 +63,11 @@ def test_kept_configs_follow_the_device(faked, pass_):
     for name, spec in specs.items():
         assert kept[name]
         assert all(conv_configs.smem_bytes(c, 2, spec) <= spec.smem_budget for c in kept[name])
-    big = {c for c in _labels(kept["sm90"]) if c[0] * c[1] >= 128 * 256}  # the 8-warp 144 KB tiles
-    assert big and not big & _labels(kept["sm86"])
+    assert all(any(c is d for d in every) for c in kept["sm90"])
+    assert (128, 256, 64, 8, 3) in _labels(kept["sm90"]) and (128, 256, 64, 8, 2) in _labels(kept["sm86"])
+    assert (128, 128, 64, 4, 3) in _labels(kept["sm90"])
+    assert not {c[:4] for c in _labels(kept["sm86"])} & {(128, 128, 64, 4)}
+    assert all(conv_configs._thread_registers(c, 2) <= conv_configs.MMA_SYNC_REGS for c in kept["sm86"])
     # what the tuner runs on each device: prune reads the spec of the tensors' device (off CUDA: offline())
     with device_specs.use_offline(specs["sm86"]):
         on_86 = tuning.prune(every, {"x": torch.empty(1, dtype=torch.bfloat16, device="meta")}, **meta)

@@ -127,6 +127,42 @@ def _smem_ok(cfg: Config, elem: int, spec: DeviceSpec | None) -> bool:
     return smem_bytes(cfg, elem, spec) <= spec.smem_budget
 
 
+# On mma.sync parts (sm_80/86/89/120: `DeviceSpec.mma` "mma") each thread holds its slice of
+# both operand tiles in registers beside its accumulators; wgmma (sm_90) and tcgen05 (sm_100)
+# read them from shared memory. Triton 3.6 compiles 4-warp 128x128x64 16-bit tiles (128
+# accumulators + 64 operand registers per thread) to 255 registers and spills 8-152 B there
+# (conv1 fwd, conv2-4 wgrad on sm_89/120; bench/RESULTS.md "Compile matrix"); tiles at up to
+# 176 (128x128x32, 128x64x128, the 8-warp 128x256x64) do not.
+MMA_SYNC_REGS = 176
+
+
+def _thread_registers(cfg: Config, elem: int) -> int:
+    """32-bit registers per thread for the accumulator and one step's operand tiles."""
+    k = cfg.kwargs
+    threads = cfg.num_warps * 32
+    acc = k["BLOCK_M"] * k["BLOCK_N"] // threads
+    operands = (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * elem // 4 // threads
+    return acc + operands
+
+
+_RESTAGED: dict = {}  # (id of a listed config, stages) -> that config with fewer stages (the same object each time)
+
+
+def for_device(cfg: Config, elem: int, spec: DeviceSpec) -> Config | None:
+    """`cfg` as `spec`'s device runs it: itself where its pipeline buffers fit the device's
+    shared memory, else the same tile with as few fewer stages as fit (down to 2: an sm_86/89/120
+    part's 99 KB per block holds 128x128x32 tf32 in 3 stages, not 4); None where no stage
+    count fits, or where the tile would spill on an mma.sync part (`MMA_SYNC_REGS`)."""
+    if spec.mma == "mma" and _thread_registers(cfg, elem) > MMA_SYNC_REGS:
+        return None
+    for stages in range(cfg.num_stages, 1, -1):
+        out = cfg if stages == cfg.num_stages else _RESTAGED.setdefault(
+            (id(cfg), stages), Config(dict(cfg.kwargs), num_warps=cfg.num_warps, num_stages=stages))
+        if _smem_ok(out, elem, spec):
+            return out
+    return None
+
+
 def _fwd_fits(cfg: Config, meta: dict, elem: int, spec: DeviceSpec | None = None) -> bool:
     k = cfg.kwargs
     red = meta["KH"] * meta["KW"] * meta["C_PER_G"] if meta["FLAT"] else meta["C_PER_G"]
@@ -219,9 +255,18 @@ class ConvTuning:
         return self.kept(configs, meta, tensor.element_size(), device_specs.spec_for(tensor.device))
 
     def kept(self, configs, meta: dict, elem: int, spec: DeviceSpec) -> list:
-        """Of `configs`, those of meta's precision that fit the shape on `spec`'s device (at least one)."""
+        """Of `configs`, those of meta's precision that fit the shape on `spec`'s device, each as the
+        device runs it (`for_device`: fewer stages where the listed ones overflow its shared
+        memory; none that would spill there). At least one: where none is left, the first listed
+        that fits the device's shared memory, else the one that needs the least."""
         mine = [c for c in configs if any(c is d for d in self.candidates(meta["PRECISION"], elem))]
-        return [c for c in mine if self.fits(c, meta, elem, spec)] or mine[:1]
+        out = []
+        for c in mine:
+            d = for_device(c, elem, spec)
+            if d is not None and d not in out and self.fits(d, meta, elem, spec):
+                out.append(d)
+        return out or [next((c for c in mine if _smem_ok(c, elem, spec)), None)
+                       or min(mine, key=lambda c: smem_bytes(c, elem, spec))]
 
     def autotune(self, kernel):
         # cache_results: the choice per key is stored in Triton's cache dir and read back by later
