@@ -93,3 +93,21 @@ def test_split_counts_follow_the_device(faked, monkeypatch):
     assert half != counts["sm90"]
     assert half == conv_configs.wgrad_splits(CONV1, torch.bfloat16, "tf32", True, torch.device("cpu"), cfg,
                                              spec=replace(device_specs.KNOWN[90], sm_count=66, name="faked H100"))
+
+
+def test_precision_by_capability():
+    """auto: bf16 from sm_80, fp32 below it and on the CPU; bf16/tf32 refused below sm_80 in one
+    line; the Triton kernels refused below 8.0 (Triton's supported hardware)."""
+    t4 = device_specs.from_properties(SimpleNamespace(name="Tesla T4", major=7, minor=5, multi_processor_count=40))
+    sm86 = device_specs.from_properties(SM86)
+    assert device_specs.auto_precision(sm86) == "bf16" and device_specs.auto_precision(None) == "fp32"
+    assert device_specs.auto_precision(t4) == "fp32"
+    for precision in ("bf16", "tf32"):
+        line = device_specs.precision_refusal(t4, precision, "cuda:0")
+        assert line == (f"--precision {precision} needs compute capability 8.0 or newer; cuda:0 (Tesla T4) is 7.5: "
+                        "use --precision auto or fp32")
+        assert device_specs.precision_refusal(sm86, precision) is None
+        assert device_specs.precision_refusal(None, precision) is None  # the CPU: the references run it
+    assert device_specs.precision_refusal(t4, "fp16") is None and device_specs.precision_refusal(t4, "fp32") is None
+    assert "below the 8.0 that Triton supports" in device_specs.triton_refusal(t4)
+    assert device_specs.triton_refusal(sm86) is None

@@ -20,7 +20,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["DeviceSpec", "KNOWN", "spec_for", "offline", "current", "use_offline", "clear", "assume", "TRITON_MIN_ARCH"]
+__all__ = ["DeviceSpec", "KNOWN", "spec_for", "offline", "current", "use_offline", "clear", "assume", "TRITON_MIN_ARCH",
+           "supports", "auto_precision", "precision_refusal", "triton_refusal"]
 
 # Triton's NVIDIA backend supports compute capability 8.0 and newer for its tensor-core path
 # (Triton's README: "Supported Hardware: NVIDIA GPUs (Compute Capability 8.0+)"); sm_75 still
@@ -162,3 +163,42 @@ def spec_for(device: torch.device | None) -> DeviceSpec:
 def current() -> DeviceSpec:
     """spec_for the current CUDA device, or `offline()` where there is none."""
     return spec_for(torch.device("cuda")) if torch.cuda.is_available() else _OFFLINE
+
+
+# ------------------------------------------------------------------ precision by capability
+# precision -> the least compute capability (major*10 + minor) that has it: bf16 and tf32 tensor
+# cores from sm_80 (Ampere); fp16 tensor cores from sm_70; fp32 everywhere.
+PRECISION_ARCH = {"fp32": 0, "fp16": 70, "tf32": 80, "bf16": 80}
+
+
+def _cc(arch: int) -> str:
+    return f"{arch // 10}.{arch % 10}"
+
+
+def supports(spec: DeviceSpec, precision: str) -> bool:
+    """Whether `spec`'s device has `precision` ("fp32", "fp16", "tf32", "bf16")."""
+    return spec.arch >= PRECISION_ARCH[precision]
+
+
+def auto_precision(spec: DeviceSpec | None) -> str:
+    """What `--precision auto` trains in: bf16 where the device has it (sm_80 and newer), else
+    fp32 (the CPU, an sm_75 T4: its fp16 would need loss scaling, which the recipe does not do)."""
+    return "bf16" if spec is not None and spec.bf16 else "fp32"
+
+
+def precision_refusal(spec: DeviceSpec | None, precision: str, where: str = "this device") -> str | None:
+    """One line refusing `precision` on `spec`'s device (None: the CPU, where tf32/bf16 run the
+    reference ops in fp32/bf16 and are allowed), or None where the device has it."""
+    if spec is None or supports(spec, precision):
+        return None
+    return (f"--precision {precision} needs compute capability {_cc(PRECISION_ARCH[precision])} or newer; "
+            f"{where} ({spec.name}) is {_cc(spec.arch)}: use --precision auto or fp32")
+
+
+def triton_refusal(spec: DeviceSpec) -> str | None:
+    """Why the Triton kernels do not run on `spec`'s device (None where they do): below
+    `TRITON_MIN_ARCH`."""
+    if spec.triton_ok:
+        return None
+    return (f"{spec.name} is compute capability {_cc(spec.arch)}, below the {_cc(TRITON_MIN_ARCH)} that Triton "
+            "supports and this project's kernels are compiled for (bench/RESULTS.md, compile matrix)")
