@@ -236,6 +236,9 @@ def readings(layers, passes, dtypes, shapes="single", every=False, arch=90, max_
         mod.launch = _compile_only
     conv_wgrad._sum_splits = lambda part, out: None  # the second (reduction) launch of a split wgrad
     for dtype_name in dtypes:
+        if not device_specs.supports(spec, dtype_name):  # sm_75: no bf16, no tf32
+            print(f"conv_sass: sm_{arch} has no {dtype_name}: skipped", file=sys.stderr)
+            continue
         dtype, tf32 = DTYPES[dtype_name]
         torch.backends.cudnn.allow_tf32 = tf32
         yield calibration(dtype_name, conv_configs.FWD.configs[0], arch)
