@@ -7,9 +7,9 @@
 For every AlexNet layer x pass x dtype x config, in the variant the model runs (batch 128,
 channels_last, image-major tiles wherever the block divides the 128 images (variant "image-major"),
 conv1's image zero-padded to 228x228x4 (wgrad: as 228x57x16), bias fused in the forward and ReLU fused
-for conv3-5, the ReLU mask in their backward, wgrad at the split count its model picks for an
-device's SMs), it compiles the kernel for the target (`--arch`, default sm_90) and disassembles the cubin with the
-cuobjdump bundled with Triton; bench/sass.py finds the steady-state loop and reads it
+for conv3-5, the ReLU mask in their backward, wgrad at the split count its model picks for the
+target device), it compiles the kernel for the target (`--arch`, default sm_90) and disassembles
+the cubin with the cuobjdump bundled with Triton; bench/sass.py finds the steady-state loop and reads it
 (instructions per BLOCK_K step, the issue ratio against the tensor cores' time, copies,
 spills, registers, shared memory: its docstring says how). The matmul tutorial's kernel,
 compiled at the same tiles in the same run, is the calibration row. These are compiler

@@ -6,7 +6,11 @@ Each kernel (forward, dgrad, wgrad) has a `ConvTuning`:
     small        used untuned for problems under `min_flops` (tests, tiny batches);
     interpreter  the single config on Triton's CPU interpreter (keeps the tests fast);
     fits         drops candidates a shape cannot use (tiles far wider than the problem,
-                 shared memory over budget); at least one config always survives.
+                 shared memory over the budget of the device the tensors are on,
+                 kernels/runtime/device.py); at least one config always survives.
+`ConvTuning.kept` adapts the lists to that device (`for_device`): fewer pipeline stages where a
+tile overflows its shared memory (99 KB per block on sm_86/89/120, 163 KB on sm_80), no tiles
+that spill on mma.sync parts (`MMA_SYNC_REGS`). The lists themselves are tuned for H100.
 The autotuner keys on `key` (pixel-count bucket, channels per group, kernel, stride, the
 batch's power-of-two factor that decides which tiles run image-major, precision) plus the
 dtypes, so each AlexNet layer is tuned once per process and batch size class.
