@@ -154,11 +154,15 @@ _RESTAGED: dict = {}  # (id of a listed config, stages) -> that config with fewe
 
 def for_device(cfg: Config, elem: int, spec: DeviceSpec) -> Config | None:
     """`cfg` as `spec`'s device runs it: itself where its pipeline buffers fit the device's
-    shared memory, else the same tile with as few fewer stages as fit (down to 2: an sm_86/89/120
-    part's 99 KB per block holds 128x128x32 tf32 in 3 stages, not 4); None where no stage
-    count fits, or where the tile would spill on an mma.sync part (`MMA_SYNC_REGS`)."""
+    shared memory, else, if it fits the H100 the lists are tuned on, the same tile with as few
+    fewer stages as fit (down to 2: an sm_86/89/120 part's 99 KB per block holds 128x256x32 tf32
+    in 2 stages, not 4); None where no stage count fits, or where the tile would spill on an
+    mma.sync part (`MMA_SYNC_REGS`)."""
     if spec.mma == "mma" and _thread_registers(cfg, elem) > MMA_SYNC_REGS:
         return None
+    reference = device_specs.KNOWN[90]
+    if smem_bytes(cfg, elem, reference) > reference.smem_budget:  # not a tile the lists keep anywhere
+        return cfg if _smem_ok(cfg, elem, spec) else None
     for stages in range(cfg.num_stages, 1, -1):
         out = cfg if stages == cfg.num_stages else _RESTAGED.setdefault(
             (id(cfg), stages), Config(dict(cfg.kwargs), num_warps=cfg.num_warps, num_stages=stages))
@@ -228,6 +232,10 @@ def _wgrad_fits(cfg: Config, meta: dict, elem: int, spec: DeviceSpec | None = No
     # operand tiles per thread) then needs 255 registers and spills 16 B (conv3, conv4)
     roomy = roomy and not (elem == 4 and image_major("wgrad", cfg, meta.get("IMG_MULT", 1)) and cfg.num_warps == 4
                            and k["BLOCK_M"] * k["BLOCK_N"] >= 128 * 128)
+    # mma.sync parts: 8-warp 64-deep tiles in 3 stages spill 24-48 B on sm_80 (conv3/conv4 wgrad,
+    # 16-bit; Triton 3.6, bench/RESULTS.md "Compile matrix"); in 2 stages (sm_86/89/120) they do not
+    roomy = roomy and not ((spec or device_specs.current()).mma == "mma" and cfg.num_warps == 8
+                           and k["BLOCK_K"] == 64 and cfg.num_stages >= 3)
     return (_smem_ok(cfg, elem, spec) and k["BLOCK_M"] <= _np2(meta["K_PER_G"]) and k["BLOCK_N"] <= _np2(cols)
             and narrow_ok and roomy)
 
@@ -262,14 +270,14 @@ class ConvTuning:
         """Of `configs`, those of meta's precision that fit the shape on `spec`'s device, each as the
         device runs it (`for_device`: fewer stages where the listed ones overflow its shared
         memory; none that would spill there). At least one: where none is left, the first listed
-        that fits the device's shared memory, else the one that needs the least."""
+        that the device can run (`for_device`), else the one that needs the least shared memory."""
         mine = [c for c in configs if any(c is d for d in self.candidates(meta["PRECISION"], elem))]
         out = []
         for c in mine:
             d = for_device(c, elem, spec)
             if d is not None and d not in out and self.fits(d, meta, elem, spec):
                 out.append(d)
-        return out or [next((c for c in mine if _smem_ok(c, elem, spec)), None)
+        return out or [next((d for d in map(lambda c: for_device(c, elem, spec), mine) if d is not None), None)
                        or min(mine, key=lambda c: smem_bytes(c, elem, spec))]
 
     def autotune(self, kernel):
