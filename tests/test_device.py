@@ -111,3 +111,20 @@ def test_precision_by_capability():
     assert device_specs.precision_refusal(t4, "fp16") is None and device_specs.precision_refusal(t4, "fp32") is None
     assert "below the 8.0 that Triton supports" in device_specs.triton_refusal(t4)
     assert device_specs.triton_refusal(sm86) is None
+
+
+def test_restaging_keeps_to_what_the_h100_keeps():
+    """A tile too big for the H100 the lists are tuned on (tf32 256x128x64 in 3 stages, 288 KB)
+    is not squeezed into 2 stages on a B200 (same shared memory; it spills there), while an
+    sm_86 gets the H100's tf32 wgrad tiles in fewer stages. Where no listed tile fits a shape's
+    rules, the one kept is still one the device can run."""
+    meta = dict(CONV3.constexprs(), FLAT=False, IMG_MULT=pix_multiple(128), PRECISION="tf32", HAS_BIAS=True)
+    b200, sm86 = device_specs.KNOWN[100], device_specs.from_properties(SM86)
+    fwd = conv_configs.FWD
+    assert (256, 128, 64, 8, 2) not in _labels(fwd.kept(fwd.configs, meta, 4, b200))
+    wgrad = conv_configs.WGRAD
+    kept = wgrad.kept(wgrad.tf32, dict(meta, HAS_BIAS=False), 4, sm86)
+    assert (128, 256, 32, 8, 2) in _labels(kept) and (128, 256, 32, 8, 4) not in _labels(kept)
+    conv1 = ConvGeometry(128, 4, 228, 228, 96, 11, 11, 4, 4, 0, 0, 1)  # conv1's padded image: FLAT
+    only = fwd.kept(fwd.configs, dict(conv1.constexprs(), FLAT=True, IMG_MULT=128, PRECISION="tf32"), 4, sm86)
+    assert len(only) == 1 and conv_configs.for_device(only[0], 4, sm86) is only[0]
