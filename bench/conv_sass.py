@@ -229,7 +229,12 @@ def readings(layers, passes, dtypes, shapes="single", every=False, arch=90, max_
     if not torch.cuda.is_available():
         triton.runtime.driver.set_active(_Driver(arch))
     spec = device_specs.KNOWN[arch]
-    device_specs.use_offline(spec).__enter__()  # the target is the device the tuning models, for the run
+    with device_specs.use_offline(spec):  # the target is the device the tuning models (wgrad's split model)
+        yield from _readings(layers, passes, dtypes, shapes, every, arch, max_configs, spec)
+
+
+def _readings(layers, passes, dtypes, shapes, every, arch, max_configs, spec):
+    """`readings` with `spec` (the target) as the offline device."""
     for mod in (conv_fwd, conv_dgrad, conv_wgrad):
         mod.launch = _compile_only
     conv_wgrad._sum_splits = lambda part, out: None  # the second (reduction) launch of a split wgrad

@@ -122,6 +122,20 @@ def test_arch_89_keeps_what_an_rtx_4090_keeps():
     assert [(r["config"], r["kept"]) for r in conv] == [("128x128x32 w4 s4", True)]
     assert 0 < conv[0]["smem_bytes"] <= conv[0]["smem_limit"] == 101376  # spills: Triton 3.6 none, 3.9 8 B
     assert conv[0]["issue_ratio"] is None and conv[0]["mma"] > 0 and conv[0]["wgmma"] == "-"
+    # wgrad's split count is the one its model picks for an sm_89 device, not an H100's
+    import torch
+    from triton import Config
+
+    from bench.conv_sass import LAYERS, ModelPass
+    from kernels.runtime import device as device_specs
+
+    mp = ModelPass(LAYERS["single"]["conv3"], "conv3", torch.bfloat16)
+    cfg = Config(dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, FLAT=False), num_warps=4, num_stages=4)
+    splits = {}
+    for arch in (89, 90):
+        with device_specs.use_offline(device_specs.KNOWN[arch]):
+            splits[arch] = mp.splits(cfg)
+    assert conv[0]["splits"] == splits[89] != splits[90]
 
 
 def test_matrix_counts_failures_overflows_and_spills():
