@@ -183,10 +183,11 @@ def test_column_dropout_equals_per_column_streams(ops):
     """The single-device dropout over (B, 2F) == each column's own dropout on its (B, F) half:
     the property that makes the two-rank model drop the same units (both calls of the layer:
     fc6, then fc7)."""
-    dropout = {"reference": reference.dropout, "triton": kernels.dropout}[ops]
+    dropout, column_op = {"reference": (reference.dropout, None),
+                          "triton": (kernels.dropout, kernels.column_dropout)}[ops]
     x = torch.randn(3, 2 * 96, device=DEVICE) + 3.0
-    both = ColumnDropout(dropout, 0.5, seed=11, columns=(0, 1))
-    halves = [ColumnDropout(dropout, 0.5, seed=11, columns=(c,)) for c in (0, 1)]
+    both = ColumnDropout(dropout, 0.5, seed=11, columns=(0, 1), column_op=column_op)
+    halves = [ColumnDropout(dropout, 0.5, seed=11, columns=(c,), column_op=column_op) for c in (0, 1)]
     for _call in range(2):
         y = both(x)
         expected = torch.cat([half(x.chunk(2, dim=1)[c].contiguous()) for c, half in enumerate(halves)], dim=1)
@@ -199,8 +200,8 @@ def test_column_dropout_layer_draws_the_same_masks_with_either_implementation(mo
     implementation draws the Triton kernel's masks, so a model trained there and one on
     the kernels (here: the interpreter, or CUDA) drop the same units for the same seed."""
     x = torch.randn(4, 2 * 40) + 3.0
-    kernel = ColumnDropout(kernels.dropout, 0.5, seed=5, columns=(0, 1))
-    plain = ColumnDropout(kernels.dropout, 0.5, seed=5, columns=(0, 1))
+    kernel = ColumnDropout(kernels.dropout, 0.5, seed=5, columns=(0, 1), column_op=kernels.column_dropout)
+    plain = ColumnDropout(kernels.dropout, 0.5, seed=5, columns=(0, 1), column_op=kernels.column_dropout)
     for _call in range(2):
         expected = kernel(x.to(DEVICE)).cpu()
         monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -217,7 +218,7 @@ def test_column_seeds_are_distinct_streams():
 def test_dropout_rng_state_round_trip(pinned):
     """get/set_rng_state restore the call count; pinned (as for a CUDA graph), the count stays
     in one tensor that every call advances."""
-    drop = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1))
+    drop = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1), column_op=kernels.column_dropout)
     x = (torch.randn(4, 64, device=DEVICE) + 3.0).requires_grad_()
     state = drop.get_rng_state(DEVICE)
     if pinned:
