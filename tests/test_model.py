@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import CUDA, DEVICE, MEMORY_FORMATS, assert_close, requires_gpu
+from helpers import CUDA, DEVICE, MEMORY_FORMATS, assert_close, assert_close_verbose, requires_gpu
 
 import kernels
 import kernels.reference as reference
@@ -118,7 +118,8 @@ def test_matches_functional_oracle(changes):
     expected = functional_alexnet(params, x, config)
     with torch.no_grad():
         actual = model(x)
-    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10 * expected.abs().max().item())
+    assert_close_verbose(actual, expected, rtol=1e-10, atol=1e-10 * expected.abs().max().item(), check_dtype=True,
+                         reason="float64 network against its functional spelling, other summation orders")
 
 
 def test_ablation_structure():
@@ -145,7 +146,8 @@ def test_features_are_fc7_activations():
         model(x)
     assert feats.shape == (3, 4096) and (feats >= 0).all()
     # fc7's module output is before its ReLU (which the dropout layer applies, fused in training)
-    torch.testing.assert_close(feats, torch.relu(seen[-1]), rtol=0, atol=0)
+    assert_close_verbose(feats, torch.relu(seen[-1]), rtol=0, atol=0, check_dtype=True,
+                         reason="the same values: bit for bit")
     assert (seen[-1] < 0).any()
 
 
@@ -191,7 +193,7 @@ def test_column_dropout_equals_per_column_streams(ops):
     for _call in range(2):
         y = both(x)
         expected = torch.cat([half(x.chunk(2, dim=1)[c].contiguous()) for c, half in enumerate(halves)], dim=1)
-        torch.testing.assert_close(y, expected, rtol=0, atol=0)
+        assert_close_verbose(y, expected, rtol=0, atol=0, check_dtype=True, reason="the same masks: bit for bit")
         assert not torch.equal(y[:, :96] == 0, y[:, 96:] == 0)  # independent streams per column
 
 
@@ -205,7 +207,8 @@ def test_column_dropout_layer_draws_the_same_masks_with_either_implementation(mo
     for _call in range(2):
         expected = kernel(x.to(DEVICE)).cpu()
         monkeypatch.setenv("TRITON_INTERPRET", "0")
-        torch.testing.assert_close(plain(x), expected, rtol=0, atol=0)
+        assert_close_verbose(plain(x), expected, rtol=0, atol=0, check_dtype=True,
+                             reason="the same masks: bit for bit")
         monkeypatch.setenv("TRITON_INTERPRET", "1" if DEVICE == "cpu" else "0")
 
 
@@ -280,8 +283,8 @@ def test_triton_model_matches_reference_on_gpu(channels_last, monkeypatch):
     F.cross_entropy(expected, y).backward()
     logits = ours(x.float().cuda())
     F.cross_entropy(logits, y.cuda()).backward()
-    torch.testing.assert_close(logits.double().cpu(), expected.detach(), rtol=1e-4,
-                               atol=1e-4 * expected.abs().max().item())
+    assert_close_verbose(logits.double().cpu(), expected.detach(), rtol=1e-4, atol=1e-4 * expected.abs().max().item(),
+                         check_dtype=True, reason="fp32 network (no tf32) against float64, relative to the top logit")
     for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p.grad.double().cpu(), q.grad, rtol=1e-3, atol=1e-4 * q.grad.abs().max().item(),
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        assert_close_verbose(p.grad.double().cpu(), q.grad, rtol=1e-3, atol=1e-4 * q.grad.abs().max().item(),
+                             check_dtype=True, reason=f"{name}: fp32 gradient against float64, relative to its largest")
