@@ -30,7 +30,7 @@ def load_ops(name: str) -> ModuleType:
     way takes its functions from it: the layers (`conv2d`, `relu_lrn`, ...: model.py), the
     augmentation (`augment`: alexnet/data/augment.py crop_batch, for TrainLoader, EvalLoader and
     the evaluation views, given the model's resolved ops) and the optimizer (`sgd_step_`:
-    trainer.build_optimizer takes FlatPaperSGD's fused update for "triton", PaperSGD's torch
+    alexnet.training.loop.build_optimizer takes FlatPaperSGD's fused update for "triton", PaperSGD's torch
     ops for "reference").
 
     - "triton": `kernels`, the alexnet_triton custom ops (kernels/ops.py). Inside, each picks
@@ -131,8 +131,9 @@ class MaxPool2d(nn.Module):
 class Linear(nn.Module):
     """y = act(x W^T + b), W (out, in).
 
-    Runs on cuBLAS through F.linear for now, with the activation as a separate op: a Triton
-    GEMM with the bias and ReLU fused into its epilogue is measured in a later issue."""
+    Runs on cuBLAS through F.linear, the activation as a separate op (`activate=False`: fc6's
+    and fc7's ReLU then runs inside the column-dropout launch). No Triton GEMM with the bias
+    and ReLU in its epilogue has been built."""
 
     def __init__(self, in_features: int, out_features: int, activation: str | None = None):
         super().__init__()
