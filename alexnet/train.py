@@ -79,20 +79,14 @@ def _parser() -> argparse.ArgumentParser:
             ap.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                             help=HELP[f.name] + " (default: on)")
             continue
-        if f.default is False:  # switches that default off: a plain flag
-            ap.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS,
-                            help=HELP[f.name] + " (default: off)")
-            continue
         choices = None
         if "Literal" in kind:
             choices = [c.strip().strip("'\"") for c in kind.split("[", 1)[1].rstrip("]").split(",")]
         convert = str
-        if kind.startswith("int") or (choices and all(c.isdigit() for c in choices)):
+        if kind.startswith("int") or (choices and all(c.isdigit() for c in choices)):  # "int | None" too
             convert = int
         elif kind.startswith("float"):
             convert = float
-        elif "int | None" in kind:
-            convert = int
         if choices and convert is int:
             choices = [int(c) for c in choices]
         ap.add_argument(flag, dest=f.name, type=convert, choices=choices, default=argparse.SUPPRESS,

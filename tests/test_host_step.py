@@ -244,6 +244,7 @@ def test_channels_last_weights_load_any_checkpoint():
     from dataclasses import replace
 
     import torch
+    from helpers import assert_close_verbose
 
     from alexnet.network.config import AlexNetConfig
     from alexnet.network.model import AlexNet
@@ -257,7 +258,8 @@ def test_channels_last_weights_load_any_checkpoint():
     # in float64: the two layouts sum in different orders (oneDNN picks its kernels by layout and
     # CPU), which in fp32 differs by ~1e-6 on these logits, beyond any tolerance that still checks
     x = torch.randn(2, 3, 99, 99, dtype=torch.float64)
-    torch.testing.assert_close(nhwc.double()(x), plain.double()(x), rtol=1e-10, atol=1e-12)
+    assert_close_verbose(nhwc.double()(x), plain.double()(x), rtol=1e-10, atol=1e-12, check_dtype=True,
+                         reason="float64 logits of the two layouts, summed in other orders")
     nhwc.float()
     plain.float()
     back = AlexNet(config)

@@ -369,7 +369,8 @@ class _DropoutNet(torch.nn.Module):
         for layer in (self.fc6, self.fc7, self.fc8):
             torch.nn.init.normal_(layer.weight, 0, 0.3)
             torch.nn.init.normal_(layer.bias, 0.5, 0.1)
-        self.dropout = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1))
+        self.dropout = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1),
+                                     column_op=kernels.column_dropout)
 
     def forward(self, x):
         return self.fc8(self.dropout(self.fc7(self.dropout(self.fc6(x)))))

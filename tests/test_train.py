@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_CROP
+from helpers import TINY_CROP, assert_close_verbose
 
 import kernels
 from alexnet import evaluate
@@ -186,11 +186,13 @@ def test_two_ranks_train_like_one_process(tiny_store, tmp_path):
     a, b = _weights(tmp_path / "one" / "checkpoint_last.pt"), _weights(tmp_path / "two" / "checkpoint_last.pt")
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+        assert_close_verbose(b[name], a[name], rtol=1e-4, atol=1e-5, check_dtype=True,
+                             reason=f"{name}: fp32 training, one process against two ranks (sums in other orders)")
     x = torch.randn(2, 3, CROP, CROP)
     logits = [checkpoint.model_from_checkpoint(tmp_path / run / "checkpoint_last.pt", ops="reference",
                                                device="cpu")[0](x) for run in ("one", "two")]
-    torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-5)
+    assert_close_verbose(logits[1], logits[0], rtol=1e-4, atol=1e-5, check_dtype=True,
+                         reason="fp32 logits of the two runs' weights")
 
 
 def test_four_ranks_are_two_replicas_that_share_each_epoch(tiny_store, tmp_path):

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from alexnet.base.errors import UsageError
 from alexnet.data.augment import AugmentConfig
 from alexnet.data.loaders import EvalLoader, TrainLoader
+from alexnet.network.config import uses_kernels
 from alexnet.network.parallel import full_state, local_state
 from alexnet.training import checkpoint
 from alexnet.training.checks import at_chance, check_checkpoint_store, loss_remark, stall_message, weights_finite
@@ -67,7 +68,7 @@ def build_optimizer(model, ops: str, dtype: torch.dtype, lr: float, momentum: fl
     own buffer, so with several data-parallel replicas (whose averaging reads p.grad) the
     layers cast per step instead."""
     groups = param_groups(model, weight_decay)
-    if ops != "triton":
+    if not uses_kernels(ops):
         return PaperSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     low = dtype if dtype != torch.float32 and replicas == 1 else None
     optimizer = FlatPaperSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, low_precision=low)
@@ -85,7 +86,8 @@ def training_step(model, optimizer, images, labels, finite: torch.Tensor, sync_g
     reference ops keep torch's loss (the eager yardstick)."""
     logits = model(images)
     optimizer.zero_grad(set_to_none=True)
-    if getattr(getattr(model, "config", None), "ops", None) == "triton":  # (any other model: torch's loss)
+    ops = getattr(getattr(model, "config", None), "ops", None)  # (a model without one: torch's loss)
+    if ops is not None and uses_kernels(ops):
         from kernels import softmax_cross_entropy
 
         loss, dlogits, wrong = softmax_cross_entropy(logits.detach(), labels, finite)
@@ -156,7 +158,7 @@ class Trainer:
         """Distributed on CUDA with the Triton ops: every rank tunes on a blank batch, then
         takes rank 0's choices (alexnet.network.distributed.tune_and_share)."""
         s, m = self.session, self.model_config
-        if s.layout is None or s.device.type != "cuda" or m.ops != "triton":
+        if s.layout is None or s.device.type != "cuda" or not uses_kernels(m.ops):
             return
         from alexnet.training.tuning import tune_and_share
 

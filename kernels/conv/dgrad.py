@@ -165,7 +165,7 @@ def _conv_dgrad_kernel(
     FLAT: tl.constexpr, RELU_INPUT: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """dy (N, K, OH, OW) via sdy_*; the weight, element (group, k, c, kh, kw) via SW_* (the
+    """dy (N, K, OH, OW) via sdy_*; the weight, element (group, k, c, kh, kw) via WT_S* (the
     layer's (K, C_PER_G, KH, KW) weight, or its k-contiguous copy: strides fixed by the layer's
     shape, compile-time constants as its sizes are);
     dx (N, C, H, W) via sdx_*; with RELU_INPUT x (N, C, H, W) via sx_*, dx zeroed where x <= 0.
