@@ -7,7 +7,7 @@ the big operands are drawn too."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, assert_close
+from helpers import DEVICE, assert_close
 from hypothesis import given
 from hypothesis import strategies as st
 from views import layouts, view
