@@ -28,7 +28,7 @@ from alexnet.training.checks import at_chance, check_checkpoint_store, loss_rema
 from alexnet.training.evaluation import error_rates, evaluate
 from alexnet.training.metrics import MetricsLog
 from alexnet.training.optim import FlatPaperSGD, PaperSGD, PlateauSchedule, param_groups, set_lr
-from alexnet.training.outdir import claim_output_dir, refuse_used_output_dir
+from alexnet.training.outdir import RUN_FILES, check_resume_auto, claim_output_dir, refuse_used_output_dir
 from alexnet.training.recipe import RESUME_FIELDS, TrainConfig
 from alexnet.training.session import Session, build_model, resolve_store
 
@@ -110,9 +110,11 @@ class Trainer:
         self.lock = None
         if session.is_main:  # before anything is written: a used OUT is refused, a second run locked out
             self.lock = claim_output_dir(self.out, resume=config.resume is not None, overwrite=config.overwrite)
-            checkpoint.remove_stale_temps(self.out)
+            checkpoint.remove_stale_temps(self.out, RUN_FILES)
         else:
             refuse_used_output_dir(self.out, resume=config.resume is not None, overwrite=config.overwrite)
+        if config.resume == "auto":
+            check_resume_auto(self.out)
         self.store = resolve_store(config, session)
         if "val" not in self.store.splits or len(self.store.split("val")) == 0:
             raise UsageError(f"alexnet.train: {self.store.path} has no validation images; every epoch ends with a "
