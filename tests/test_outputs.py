@@ -9,7 +9,7 @@ from helpers import TINY_CROP
 from PIL import Image
 
 from alexnet.base.errors import UsageError
-from alexnet.data.store import OWNER, is_store
+from alexnet.data.store import is_store
 from alexnet.prepare import main as prepare_main
 from alexnet.train import main as train_main
 from alexnet.train import parse_args
@@ -82,6 +82,8 @@ def test_prepare_leaves_a_partial_or_old_folder_it_did_not_make(tmp_path, capsys
     assert prepare_main([str(src), str(out), "--workers", "1", "--image-size", "8", "--quiet"]) == 2
     _one_line(capsys, f"store{suffix}", "not made by alexnet.prepare")
     assert (theirs / "thesis.tex").read_text() == "months of work"
+    from alexnet.data.store import OWNER
+
     (theirs / OWNER).write_text("")  # prepare's own leftover: cleaned, the build goes on
     assert prepare_main([str(src), str(out), "--workers", "1", "--image-size", "8", "--quiet"]) == 0
     assert is_store(out) and (out / OWNER).is_file() and not theirs.exists() or suffix == ".old"
