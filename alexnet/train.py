@@ -108,6 +108,7 @@ def _validate(c: TrainConfig) -> None:
     import math
 
     from alexnet.base.errors import UsageError
+    from alexnet.base.paths import refuse_overlap
     from alexnet.training.outdir import check_output_dir
 
     problems = [f"--{name.replace('_', '-')} must be a finite number, got {getattr(c, name)}"
@@ -136,6 +137,7 @@ def _validate(c: TrainConfig) -> None:
         problems.append("--resume and --overwrite contradict each other")
     if problems:
         raise UsageError("alexnet.train: " + "; ".join(problems))
+    refuse_overlap("alexnet.train", ("--out", c.out), [("--data", c.data)])
     check_output_dir(c.out)
 
 

@@ -28,8 +28,8 @@ from alexnet.training import checkpoint
 from alexnet.training.checks import at_chance, check_checkpoint_store, loss_remark, stall_message, weights_finite
 from alexnet.training.evaluation import error_rates, evaluate
 from alexnet.training.metrics import MetricsLog
-from alexnet.training.optim import FlatPaperSGD, PaperSGD, PlateauSchedule, param_groups, set_lr
-from alexnet.training.outdir import claim_output_dir, refuse_used_output_dir
+from alexnet.training.optim import FlatPaperSGD, PaperSGD, PlateauSchedule, load_velocity, param_groups, set_lr
+from alexnet.training.outdir import RUN_FILES, check_resume_auto, claim_output_dir, refuse_used_output_dir
 from alexnet.training.recipe import RESUME_FIELDS, TrainConfig
 from alexnet.training.session import Session, build_model, resolve_store
 
@@ -112,9 +112,11 @@ class Trainer:
         self.lock = None
         if session.is_main:  # before anything is written: a used OUT is refused, a second run locked out
             self.lock = claim_output_dir(self.out, resume=config.resume is not None, overwrite=config.overwrite)
-            checkpoint.remove_stale_temps(self.out)
+            checkpoint.remove_stale_temps(self.out, RUN_FILES)
         else:
             refuse_used_output_dir(self.out, resume=config.resume is not None, overwrite=config.overwrite)
+        if config.resume == "auto":
+            check_resume_auto(self.out)
         self.store = resolve_store(config, session)
         if "val" not in self.store.splits or len(self.store.split("val")) == 0:
             raise UsageError(f"alexnet.train: {self.store.path} has no validation images; every epoch ends with a "
@@ -186,13 +188,7 @@ class Trainer:
         self.model.load_state_dict(local_state(ckpt["model"], self.session.layout))
         if hasattr(self.optimizer, "refresh_low_precision"):
             self.optimizer.refresh_low_precision()  # the layers' 16-bit copies of the loaded weights
-        velocity = local_state(ckpt["velocity"], self.session.layout)
-        for name, p in self.model.named_parameters():
-            state = self.optimizer.state[p]
-            if "velocity" in state:  # FlatPaperSGD's views into its flat buffer: fill in place
-                state["velocity"].copy_(velocity[name])
-            else:
-                state["velocity"] = velocity[name].to(p.device, p.dtype).clone()
+        load_velocity(self.optimizer, self.model, local_state(ckpt["velocity"], self.session.layout))
         self.schedule.load_state_dict(ckpt["schedule"])
         self.train_loader.load_state_dict(ckpt["loader"])
         self.step, self.best_top1 = ckpt["step"], ckpt["best_top1"]

@@ -66,6 +66,18 @@ def refuse_used_output_dir(out, *, resume: bool, overwrite: bool, prog: str = "a
     return used
 
 
+def check_resume_auto(out, prog: str = "alexnet.train") -> None:
+    """--resume auto continues OUT/checkpoint_last.pt, and starts afresh where OUT holds no
+    checkpoint (a first epoch killed before its checkpoint). A checkpoint_best.pt without a
+    checkpoint_last.pt is neither: starting afresh would rewrite metrics.jsonl and later
+    overwrite that best checkpoint, so refuse and say what to pass."""
+    out = Path(out)
+    if (out / "checkpoint_best.pt").exists() and not (out / "checkpoint_last.pt").exists():
+        raise UsageError(f"{prog}: --resume auto: {out} holds checkpoint_best.pt but no checkpoint_last.pt; continue "
+                         f"from the best epoch with --resume {out / 'checkpoint_best.pt'}, start afresh with "
+                         "--overwrite (deletes it), or choose another --out")
+
+
 def acquire_lock(path, busy_message: str):
     """An exclusive, non-blocking flock on `path` (created if needed); UsageError if held."""
     try:

@@ -207,6 +207,8 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeomet
     y = empty_4d(geom.output_shape, x, out_format)
     if y.numel() == 0:
         return y
+    if bias is not None:
+        bias = bias.contiguous()  # the kernel reads bias[k] at k: a strided or expanded (stride 0) bias is copied
     flat = use_flat_reduction(geom.c_per_g) if config is None else config.kwargs.get(
         "FLAT", use_flat_reduction(geom.c_per_g))
     w_ohwi, w_pad = _flat_weight(weight, geom.c_per_g) if flat else (weight.permute(0, 2, 3, 1).contiguous(), False)
