@@ -76,8 +76,14 @@ def test_wrong_candidates_are_excluded_named_and_the_result_is_the_references(ch
     logged = [json.loads(line) for line in checks.log_path.read_text().splitlines()]
     assert sorted(r["config"] for r in logged) == sorted(names) and {r["pass_"] for r in logged} == {"fwd"}
     assert list(checks.plans.values()) == ["verified"]
-    (entry,) = json.loads(checks.cache_path.read_text()).values()
+    cache = json.loads(checks.cache_path.read_text())
+    (entry,) = [v for k, v in cache.items() if not k.startswith("class-")]
+    (layer,) = [v for k, v in cache.items() if k.startswith("class-")]
     assert entry["config"] == verify.config_name(GOOD) and sorted(entry["excluded"]) == sorted(names)
+    assert sorted(layer["excluded"]) == sorted(names)
+    # the same layer without its bias (another plan): the excluded configs are not tried again
+    _assert_conv_close(_fwd(x, w, None), F.conv2d(x, w, None, padding=1), 144)
+    assert capfd.readouterr().err == "" and sorted(checks.plans.values()) == ["verified"] * 2
 
 
 def test_a_pass_with_no_correct_candidate_runs_the_reference(checks, monkeypatch, capfd):
@@ -139,7 +145,7 @@ def test_a_verified_plan_is_reused_in_process_and_from_the_cache(checks, monkeyp
         verify.STATE.identity = change
         _fwd(x, w, b)
         assert len(runs) == 2 + (change.get("device") is not None), change
-    assert len(json.loads(path.read_text())) == 3
+    assert len([k for k in json.loads(path.read_text()) if not k.startswith("class-")]) == 3
 
 
 def test_the_cache_is_read_by_a_new_process(checks, monkeypatch):

@@ -464,6 +464,7 @@ def _verified_plan(kernel, tuning, grid, args, meta: dict, plan, check, flops: i
     _PLAN_KERNELS.setdefault(name, kernel)
     device = args[0].device
     key = verify.plan_key(name, plan[1], plan[2], device)
+    class_key = verify.class_key(name, plan[1], args[0].dtype, device)
     cache = verify.PlanCache()
     entry = cache.get(key)
     candidates = _candidates(tuning, args, meta, flops)
@@ -477,8 +478,9 @@ def _verified_plan(kernel, tuning, grid, args, meta: dict, plan, check, flops: i
             return REFERENCE
         fast_launch(kernel, grid({**meta, **config.kwargs}), args, {**meta, **config.all_kwargs()})
         return config
-    excluded = entry.get("excluded", {})
+    excluded = {**entry.get("excluded", {}), **cache.get(class_key).get("excluded", {})}
     todo = [c for c in candidates if verify.config_name(c) not in excluded]
+    check.key, check.class_key = key, class_key
 
     def run(cfg: Config):
         m = {**meta, **cfg.kwargs}
@@ -486,6 +488,8 @@ def _verified_plan(kernel, tuning, grid, args, meta: dict, plan, check, flops: i
 
     passed, failed = verify.verify_candidates(check, todo, run, device=device)
     context = {"kernel": name, "shape": check.shape, "pass": check.pass_, **verify.identity(device)}
+    if failed:
+        cache.update(class_key, excluded=failed, context=context)
     if not passed:
         _PLANS[plan] = verify.STATE.plans[plan] = REFERENCE
         cache.update(key, config=None, chosen=True, excluded=failed, context=context)

@@ -74,6 +74,7 @@ class VerifyState:
     log_path     where records are appended as JSON lines (None: stderr only)
     identity     overrides of `identity()`'s fields (tests: another device name or source hash)
     cache_path   the plan cache's file (None: ENV_CACHE or the default)
+    progress     a callback told of each candidate before and after its check (None: none)
     """
     enabled: bool = True
     interpreter: bool = False
@@ -85,6 +86,7 @@ class VerifyState:
     log_path: Path | None = None
     identity: dict = field(default_factory=dict)
     cache_path: Path | None = None
+    progress: object = None  # callable(event, check, config name, status, why): bench/gpu_report.py's worker
 
 
 def _fresh() -> VerifyState:
@@ -267,6 +269,20 @@ def plan_key(name: str, meta, args_key, device: torch.device | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+# The compile-time facts that pick a kernel's code path for a problem, without its epilogue
+# flags (bias, ReLU, the wgrad outputs): a config that fails one variant of a layer is excluded
+# for all (a crash or a miscompile found by bench/gpu_report.py applies to the training run's).
+CLASS_FIELDS = ("C_PER_G", "K_PER_G", "KH", "KW", "SH", "SW", "PH", "PW", "H", "W", "OH", "OW", "PIX_MULT",
+                "IMG_MULT", "PRECISION", "FLAT", "NHWC_C")
+
+
+def class_key(name: str, meta, dtype, device: torch.device | None) -> str:
+    """The cache key under which a layer's excluded configs are kept (see CLASS_FIELDS)."""
+    facts = [[k, str(v)] for k, v in meta if k in CLASS_FIELDS]
+    text = json.dumps([identity(device), name, facts, str(dtype)])
+    return "class-" + hashlib.sha256(text.encode()).hexdigest()[:26]
+
+
 def config_name(cfg) -> str:
     """A triton.Config in one stable phrase (the cache's and the messages' name for it)."""
     kw = ",".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items()))
@@ -302,6 +318,8 @@ class PlanCache:
             entry["config"] = config
         if excluded:
             entry.setdefault("excluded", {}).update(excluded)
+        if entry.get("config") in entry.get("excluded", {}):  # a choice found wrong later: verify again
+            del entry["config"]
         if context:
             entry["context"] = context
         try:
@@ -330,6 +348,26 @@ class ConvCheck:
     dtype: torch.dtype
     precision: str
     reduction: int
+    key: str = ""        # the plan's cache keys (set by the plan maker)
+    class_key: str = ""
+
+
+class ContextCorrupted(RuntimeError):
+    """A candidate broke the CUDA context (illegal address, misaligned access): nothing more can
+    run in this process. bench/gpu_report.py's verify stage finds such configs in subprocesses
+    and excludes them in the plan cache."""
+
+
+def failure_kind(err: BaseException) -> str:
+    """'out of resources', 'crashed' (the CUDA context is gone) or 'compile error' for an
+    exception raised by a candidate's launch."""
+    text = f"{type(err).__name__}: {err}"
+    if "OutOfResources" in text or "out of resource" in text.lower():
+        return "out of resources"
+    if any(s in text for s in ("CUDA error", "illegal memory access", "misaligned address", "illegal instruction",
+                               "unspecified launch failure")):
+        return "crashed"
+    return "compile error"
 
 
 def verify_candidates(check: ConvCheck, candidates, run, *, device) -> tuple[list, dict]:
@@ -340,9 +378,13 @@ def verify_candidates(check: ConvCheck, candidates, run, *, device) -> tuple[lis
     tol = conv_tolerance(check.dtype, check.precision, check.reduction)
     passed, failed = [], {}
     for cfg in candidates:
+        name = config_name(cfg)
+        if STATE.progress is not None:
+            STATE.progress("try", check, name, "", "")
         for out in check.outputs:
             if out is not None:
                 out.fill_(float("nan"))
+        status = "mismatch"
         try:
             run(cfg)
             actual = check.result()
@@ -351,13 +393,22 @@ def verify_candidates(check: ConvCheck, candidates, run, *, device) -> tuple[lis
             why = next((w for a, e in zip(actual, expected) if a is not None and e is not None
                         for w in [compare(a, e, tol)] if w), None)
         except Exception as err:  # compile errors, out of resources: the candidate is out, the run goes on
-            why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+            status = failure_kind(err)
+            why = f"{status}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+            if status == "crashed":
+                record("excluded", f"{check.pass_} config {name} for {check.shape} broke the CUDA context ({why}); "
+                       "this process cannot go on: `python bench/gpu_report.py --stages verify` finds such configs "
+                       "and excludes them in the plan cache", shape=check.shape, pass_=check.pass_, config=name,
+                       error=why, status=status)
+                raise ContextCorrupted(why) from err
+        if STATE.progress is not None:
+            STATE.progress("result", check, name, "verified" if why is None else status, why or "")
         if why is None:
             passed.append(cfg)
         else:
-            failed[config_name(cfg)] = why
-            record("excluded", f"excluded {check.pass_} config {config_name(cfg)} for {check.shape}: {why}",
-                   shape=check.shape, pass_=check.pass_, config=config_name(cfg), error=why)
+            failed[name] = why
+            record("excluded", f"excluded {check.pass_} config {name} for {check.shape}: {why}",
+                   shape=check.shape, pass_=check.pass_, config=name, error=why, status=status)
     return passed, failed
 
 
