@@ -37,7 +37,8 @@ def implementation(name: str, device: torch.device):
 # Checked first use (kernels/runtime/verify.py): the first call of each signature (op, shapes,
 # dtypes, strides, scalar arguments) on a GPU compares the kernel with the reference once; a
 # mismatch sends that signature to the reference for the rest of the process. Later calls: one
-# dict lookup. The convolution's ops are not here: their launch plans verify every tile config
+# dict lookup on the signature (a few us of host time, mostly hashing the shapes and strides).
+# The convolution's ops are not here: their launch plans verify every tile config
 # (kernels/conv/common.py launch).
 NOT_CHECKED_HERE = {"conv2d", "conv2d_input_grad", "conv2d_weight_grad"}
 _CHECKED = {}  # name -> the checked implementation

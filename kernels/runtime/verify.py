@@ -419,10 +419,17 @@ def note_fallback(check: ConvCheck) -> None:
 
 # ------------------------------------------------------------------------------ checked first use
 def signature(name: str, args) -> tuple:
-    """(op, per argument: a tensor's shape, dtype and strides, or a scalar's value)."""
-    return (name,) + tuple((tuple(a.shape), a.dtype, a.stride()) if isinstance(a, torch.Tensor) else
-                           (a if isinstance(a, (int, float, bool, str, type(None), torch.dtype)) else
-                            tuple(a) if isinstance(a, (list, tuple)) else type(a).__name__) for a in args)
+    """(op, per argument: a tensor's (shape, dtype, strides), a list as a tuple, anything else as
+    itself). On every call of a checked op: kept to a few microseconds."""
+    key = [name]
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            key.append((a.shape, a.dtype, a.stride()))
+        elif isinstance(a, list):
+            key.append(tuple(a))
+        else:
+            key.append(a)
+    return tuple(key)
 
 
 def _outputs(value) -> list:
