@@ -319,3 +319,34 @@ def test_no_check_while_torch_compile_traces(checks, monkeypatch):
     assert torch.equal(y, _pool(x))
     assert seen == [False]  # the compiled graph's first real call checked, once, eagerly; the eager call
     # after it has the same signature (defaults spelled or not): not checked again
+
+
+def test_no_plan_is_made_while_capturing(checks, monkeypatch):
+    """A conv pass first met inside a CUDA-graph capture runs its first candidate unchecked and
+    makes no plan: the next eager call (the warm-up's job) verifies."""
+    monkeypatch.setattr(FWD, "interpreter_candidates", [GOOD, UNWRITTEN_TILE])
+    monkeypatch.setattr(verify, "_capturing", lambda: True)
+    x, w, b = _problem()
+    _assert_conv_close(_fwd(x, w, b), F.conv2d(x, w, b, padding=1), 144)
+    assert not checks.plans and not common._PLANS and not checks.excluded
+    monkeypatch.setattr(verify, "_capturing", lambda: False)
+    _fwd(x, w, b)
+    assert list(checks.plans.values()) == ["verified"] and len(checks.excluded) == 1
+
+
+def test_a_candidate_that_breaks_the_cuda_context_stops_the_process_with_a_clear_error(checks, capfd):
+    """Nothing can run after an illegal address: no other candidate is tried, the error says
+    which config and how to find such configs without losing a run (bench/gpu_report.py)."""
+    tried = []
+
+    def run(cfg):
+        tried.append(cfg)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    y = torch.zeros(4)
+    check = verify.ConvCheck("fwd", "x (1, 1, 2, 2)", (y,), lambda: (y,), lambda: (torch.zeros(4),), lambda: None,
+                             torch.float32, "ieee", 4)
+    with pytest.raises(verify.ContextCorrupted):
+        verify.verify_candidates(check, [GOOD, SKIPS_LAST_K], run, device=torch.device("cpu"))
+    assert tried == [GOOD] and "gpu_report" in capfd.readouterr().err
+    assert verify.failure_kind(RuntimeError("out of resource: shared memory, Required: 300000")) == "out of resources"
+    assert verify.failure_kind(ValueError("arange's range must be a power of 2")) == "compile error"
