@@ -350,3 +350,22 @@ def test_a_candidate_that_breaks_the_cuda_context_stops_the_process_with_a_clear
     assert tried == [GOOD] and "gpu_report" in capfd.readouterr().err
     assert verify.failure_kind(RuntimeError("out of resource: shared memory, Required: 300000")) == "out of resources"
     assert verify.failure_kind(ValueError("arange's range must be a power of 2")) == "compile error"
+
+
+def test_conv1s_padded_image_is_verified_against_the_unpadded_convolution(checks, monkeypatch, capfd):
+    """conv1's path: the forward reads a zero-padded 4-channel image (3 -> 4), wgrad a column-
+    block view of it (kernels/conv/input_layout.py); both checks compare with torch on the same
+    storage. Here the forward's only candidate is wrong (the reference runs), wgrad's is right."""
+    monkeypatch.setattr(FWD, "interpreter_candidates", [SKIPS_LAST_K])
+    monkeypatch.setattr(WGRAD, "interpreter_candidates", [WGRAD_GOOD])
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 16, 16, generator=g).to(memory_format=torch.channels_last)
+    w, b = torch.randn(8, 3, 5, 5, generator=g, requires_grad=True), torch.randn(8, generator=g, requires_grad=True)
+    y = kernels.conv2d(x, w, b, stride=4, padding=2, relu=True)
+    yr = F.relu(F.conv2d(x, w, b, stride=4, padding=2))
+    _assert_conv_close(y, yr, 75)
+    dy = torch.randn(y.shape, generator=g)
+    for got, want in zip(torch.autograd.grad(y, (w, b), dy), torch.autograd.grad(yr, (w, b), dy)):
+        _assert_conv_close(got, want, 2 * 4 * 4)
+    assert sorted(checks.plans.values()) == ["reference", "verified"]
+    assert "no fwd config passed" in capfd.readouterr().err

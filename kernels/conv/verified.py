@@ -29,9 +29,18 @@ def _once(fn):
     return get
 
 
+def _channels(weight, c_per_g: int):
+    """The weight with zero input channels up to `c_per_g` (conv1's padded image: 3 -> 4; the
+    forward kernel pads its weight matrix the same way)."""
+    if weight.shape[1] == c_per_g:
+        return weight
+    return F.pad(weight, (0, 0, 0, 0, 0, c_per_g - weight.shape[1]))
+
+
 def fwd_check(x, weight, bias, geom: ConvGeometry, relu: bool, y) -> ConvCheck:
     def reference():
-        z = F.conv2d(x, weight, bias, (geom.stride_h, geom.stride_w), (geom.pad_h, geom.pad_w), 1, geom.groups)
+        z = F.conv2d(x, _channels(weight, geom.c_per_g), bias, (geom.stride_h, geom.stride_w),
+                     (geom.pad_h, geom.pad_w), 1, geom.groups)
         return (torch.relu(z) if relu else z,)
     reference = _once(reference)
     return ConvCheck("fwd", describe(geom, x.dtype), (y,), lambda: (y,), reference,
