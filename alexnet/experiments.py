@@ -62,8 +62,8 @@ def load_small_images(data: str | None, size: int = 32) -> tuple[torch.Tensor, t
             xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
             ys.extend(batch[b"labels"])
         return torch.from_numpy(np.concatenate(xs)).float() / 255, torch.tensor(ys)
-    from .demo import ensure_demo_store
-    from .store import Store
+    from alexnet.data.demo import ensure_demo_store
+    from alexnet.data.store import Store
 
     store = Store(data if data is not None else ensure_demo_store(image_size=128))
     split = store.split("train")
@@ -134,8 +134,8 @@ def _write(result: dict, path: Path) -> None:
 def ablation(name: str, base=None, out="experiments") -> dict:
     """Train with the paper's setting and with the ablation; errors and differences (in
     percentage points, ablation minus paper) beside the paper's reported gains."""
-    from .recipe import DEMO, TrainConfig
-    from .trainer import Trainer
+    from alexnet.training.loop import Trainer
+    from alexnet.training.recipe import DEMO, TrainConfig
 
     flag, paper_value, ablated_value, paper_top1, paper_top5 = ABLATIONS[name]
     base = base or TrainConfig(**DEMO)
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
               f"tanh {result['epochs_to_25pct']['tanh']}; tanh/relu = {result['tanh_over_relu']} "
               f"(the paper: 6); curves in {args.out}")
         return 0
-    from .recipe import DEMO, TrainConfig
+    from alexnet.training.recipe import DEMO, TrainConfig
 
     base = TrainConfig(data=args.data) if args.data else TrainConfig(**DEMO)
     if args.epochs:

@@ -10,7 +10,7 @@
         (4096-d, the last hidden layer) are nearest in Euclidean distance.
 
 Without --data, predictions and neighbours use the store the run trained on (as
-`alexnet.evaluate` does: the one at --data, OUT/store for a folder, the demo's cache).
+`alexnet.training.evaluation` does: the one at --data, OUT/store for a folder, the demo's cache).
 Every figure is titled and labelled: which block is which GPU column, which image is the
 query, the class of every image.
 """
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .checkpoint import matching_store, model_from_checkpoint
-from .evaluate import crop_views, predict
-from .store import Store
+from alexnet.data.store import Store
+from alexnet.training.checkpoint import matching_store, model_from_checkpoint
+from alexnet.training.evaluation import crop_views, predict
 
 KERNEL_SCALE, GAP, BLOCK_GAP = 4, 2, 12  # the filters grid: pixels per weight, between kernels, between columns
 TITLE_H, LABEL_H = 30, 14  # PIL figures: the title band on top, a text line under an image
@@ -226,9 +226,9 @@ def neighbours(checkpoint_path, data, out, count: int = 5, seed: int = 0, device
 
 def run_store(checkpoint_path, data=None) -> Path:
     """The store to draw from: `data` if given, else the one the checkpoint's run trained on
-    (its --data store, OUT/store where it prepared a folder, or the demo's), as alexnet.evaluate."""
-    from .checkpoint import load
-    from .store import is_store
+    (its --data store, OUT/store where it prepared a folder, or the demo's), as alexnet.training.evaluation."""
+    from alexnet.data.store import is_store
+    from alexnet.training.checkpoint import load
 
     if data is None:
         saved = load(checkpoint_path).get("config", {})
@@ -236,8 +236,8 @@ def run_store(checkpoint_path, data=None) -> Path:
         if data is not None and not is_store(data):
             data = Path(saved["out"]) / "store"  # training prepared the folder it was given into OUT/store
         if data is None:
-            from .demo import ensure_demo_store
-            from .recipe import DEMO_STORE_SIZE
+            from alexnet.data.demo import ensure_demo_store
+            from alexnet.training.recipe import DEMO_STORE_SIZE
 
             data = ensure_demo_store(image_size=DEMO_STORE_SIZE)
     if not is_store(data):

@@ -4,7 +4,7 @@
     python -m alexnet.predict CHECKPOINT IMAGE... --views ten --top 3
 
 Each image goes through what training's data went through: its shorter side rescaled to the
-side the store was prepared at, the central square kept (`alexnet.prepare`), the training
+side the store was prepared at, the central square kept (`alexnet.data.prepare`), the training
 set's mean image subtracted, and the network's input crop taken from the centre (or the
 paper's ten views, softmax averaged). Everything needed (class names, input size, store side,
 mean image) is in checkpoints written by `alexnet.train`; a checkpoint from before they
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .evaluate import VIEWS, predict
+from alexnet.training.evaluation import VIEWS, predict
 
 __all__ = ["Classifier", "main"]
 
@@ -28,13 +28,13 @@ class Classifier:
     """A checkpoint's model with what it needs to classify image files."""
 
     def __init__(self, checkpoint_path, data=None, ops: str = "auto", device=None):
-        from .checkpoint import model_from_checkpoint
+        from alexnet.training.checkpoint import model_from_checkpoint
 
         self.model, ckpt = model_from_checkpoint(checkpoint_path, ops=ops, device=device)
         self.device = next(self.model.parameters()).device
         self.image_size = int(self.model.config.image_size)
         if data is not None:
-            from .store import Store
+            from alexnet.data.store import Store
 
             store = Store(data)
             classes, self.store_size, mean = list(store.classes), store.image_size, torch.from_numpy(store.mean)
@@ -49,8 +49,8 @@ class Classifier:
         self.mean = mean.float().to(self.device)
 
     def load(self, path) -> np.ndarray:
-        """uint8 (S, S, 3), prepared as `alexnet.prepare` prepares a store's images."""
-        from .sources import load_image
+        """uint8 (S, S, 3), prepared as `alexnet.data.prepare` prepares a store's images."""
+        from alexnet.data.sources import load_image
 
         return load_image(path, self.store_size)
 

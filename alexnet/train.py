@@ -19,7 +19,7 @@ import os
 import sys
 from dataclasses import fields
 
-from .recipe import DEMO, INIT, TrainConfig, command_line, store_size_for  # noqa: F401 (the CLI's names)
+from alexnet.training.recipe import DEMO, INIT, TrainConfig, command_line, store_size_for  # noqa: F401 (the CLI's names)
 
 __all__ = ["TrainConfig", "DEMO", "INIT", "store_size_for", "command_line", "parse_args", "main"]
 
@@ -113,7 +113,8 @@ def parse_args(argv=None) -> TrainConfig:
 def _validate(c: TrainConfig) -> None:
     import math
 
-    from .guards import UsageError, check_output_dir
+    from alexnet.base.errors import UsageError
+    from alexnet.training.outdir import check_output_dir
 
     problems = [f"--{name.replace('_', '-')} must be a finite number, got {getattr(c, name)}"
                 for name in ("lr", "momentum", "weight_decay", "init_std", "init_bias", "timeout_s")
@@ -145,14 +146,14 @@ def _validate(c: TrainConfig) -> None:
 
 
 def main(argv=None) -> int:
-    from .guards import UsageError
+    from alexnet.base.errors import UsageError
 
     try:
         config = parse_args(argv)
     except UsageError as err:  # one line, exit code 2 (argparse's own errors exit 2 as well)
         print(err.message, file=sys.stderr)
         return 2
-    from .trainer import run  # heavy imports (torch, triton) only after the arguments are valid
+    from alexnet.training.loop import run  # heavy imports (torch, triton) only after the arguments are valid
 
     return run(config)
 

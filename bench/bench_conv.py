@@ -8,8 +8,9 @@ FLOPs = 2 * N*OH*OW * K * (C/g)*KH*KW per pass. Layer shapes: bench/conv_layers.
 """
 import pytest
 import torch
-from conv_layers import DTYPES, LAYERS, ConvProblem, passes_for
-from harness import compare
+
+from bench.conv_layers import DTYPES, LAYERS, ConvProblem, passes_for
+from bench.harness import compare
 
 CASES = [(shapes, layer, dtype, pass_) for shapes in LAYERS for layer in LAYERS[shapes] for dtype in DTYPES
          for pass_ in passes_for(layer)]

@@ -12,12 +12,12 @@ Two measurements:
 import numpy as np
 import pytest
 import torch
-from harness import compare, throughput
 
 import kernels
-from alexnet.augment import AugmentConfig
-from alexnet.data import TrainLoader
-from alexnet.store import Store, write_arrays
+from alexnet.data.augment import AugmentConfig
+from alexnet.data.loaders import TrainLoader
+from alexnet.data.store import Store, write_arrays
+from bench.harness import compare, throughput
 from kernels import reference
 
 BATCH = 128

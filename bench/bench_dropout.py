@@ -3,8 +3,8 @@ Memory floor: read x, write y (forward); read dy, write dx (backward, mask regen
 import pytest
 import torch
 import torch.nn.functional as F
-from harness import compare
 
+from bench.harness import compare
 from kernels.dropout import apply_dropout_mask, new_seed
 
 SHAPES = {"fc": (128, 4096), "fc_x16": (2048, 4096)}

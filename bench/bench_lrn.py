@@ -6,8 +6,8 @@ Our backward is timed through its launcher; PyTorch's through autograd.grad."""
 import pytest
 import torch
 import torch.nn.functional as F
-from harness import compare
 
+from bench.harness import compare
 from kernels.lrn import relu_lrn_backward, relu_lrn_forward
 
 SHAPES = {"layer1": (128, 96, 55, 55), "layer2": (128, 256, 27, 27)}

@@ -4,8 +4,8 @@ writes/reads a one-byte window index per output (PyTorch keeps an int64 index)."
 import pytest
 import torch
 import torch.nn.functional as F
-from harness import compare
 
+from bench.harness import compare
 from kernels.maxpool import max_pool2d_backward, max_pool2d_forward
 
 SHAPES = {"layer1": (128, 96, 55, 55), "layer2": (128, 256, 27, 27), "layer5": (128, 256, 13, 13)}

@@ -1,10 +1,10 @@
 """The fused paper-SGD step over AlexNet's 60,965,224 parameters vs torch's foreach ops
-(the multi-kernel way, as alexnet.optim.PaperSGD does it). Memory floor: read w, v, g and
+(the multi-kernel way, as alexnet.training.optim.PaperSGD does it). Memory floor: read w, v, g and
 write w, v (fp32), plus the bf16 weight copy when mixed precision asks for it."""
 import pytest
 import torch
-from harness import compare
 
+from bench.harness import compare
 from kernels.sgd import sgd_step_
 
 N_PARAMS = 60_965_224

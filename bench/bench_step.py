@@ -17,11 +17,11 @@ Targets (issue 7): bf16 step <= 0.5x torch.compile's default mode; tf32 <= 0.6x;
 import pytest
 import torch
 import torch.nn.functional as F
-from harness import compare
 
-from alexnet.config import AlexNetConfig
-from alexnet.model import AlexNet
-from alexnet.optim import PaperSGD, param_groups
+from alexnet.network.config import AlexNetConfig
+from alexnet.network.model import AlexNet
+from alexnet.training.optim import PaperSGD, param_groups
+from bench.harness import compare
 
 BATCH = 128
 PRECISIONS = {"bf16": torch.bfloat16, "tf32": torch.float32}

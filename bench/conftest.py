@@ -10,7 +10,8 @@ import os
 
 import pytest
 import torch
-from harness import ROWS, format_table
+
+from bench.harness import ROWS, format_table
 
 CUDA = torch.cuda.is_available()
 
@@ -37,7 +38,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session")
 def copy_bandwidth():
     """Device-to-device copy bandwidth in bytes/s (bytes read + written), measured once."""
-    from harness import median_ms
+    from bench.harness import median_ms
     src = torch.empty(1 << 28, dtype=torch.float32, device="cuda").uniform_()
     dst = torch.empty_like(src)
     ms = median_ms(lambda: dst.copy_(src))

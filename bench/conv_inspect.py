@@ -27,11 +27,10 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import conv_layers  # noqa: E402
-from conv_layers import DTYPES, LAYERS, passes_for  # noqa: E402
-from conv_sweep import candidates, label  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python bench/<script>.py`
+from bench import conv_layers  # noqa: E402
+from bench.conv_layers import DTYPES, LAYERS, passes_for  # noqa: E402
+from bench.conv_sweep import candidates, label  # noqa: E402
 from kernels.conv import dgrad as conv_dgrad  # noqa: E402
 from kernels.conv import fwd as conv_fwd
 from kernels.conv import wgrad as conv_wgrad

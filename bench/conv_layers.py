@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `kernels` when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python bench/<script>.py`
 from kernels.conv.common import ConvGeometry  # noqa: E402
 from kernels.conv.dgrad import conv2d_input_grad  # noqa: E402
 from kernels.conv.fwd import conv2d_forward  # noqa: E402

@@ -28,12 +28,10 @@ import triton.language as tl
 from triton import Config
 from triton.backends.compiler import GPUTarget
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conv_inspect import _Sm90Driver
-from conv_layers import LAYERS, passes_for
-from sass import FMA_PER_CYCLE, HEADER, Reading, read_kernel, summary, table_row
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python bench/<script>.py`
+from bench.conv_inspect import _Sm90Driver
+from bench.conv_layers import LAYERS, passes_for
+from bench.sass import FMA_PER_CYCLE, HEADER, Reading, read_kernel, summary, table_row
 from kernels.conv import configs as conv_configs
 from kernels.conv import dgrad as conv_dgrad
 from kernels.conv import fwd as conv_fwd
@@ -45,7 +43,7 @@ BATCH = 128
 DTYPES = {"bf16": (torch.bfloat16, True), "tf32": (torch.float32, True), "fp16": (torch.float16, True),
           "fp32": (torch.float32, False)}  # name -> (dtype, cudnn.allow_tf32)
 RELU_LAYERS = ("conv3", "conv4", "conv5")  # the model fuses ReLU into these (conv1-2: ReLU + LRN after)
-# ... and their ReLU's gradient mask is applied by the consumer (alexnet/model.py relu_mask_moves):
+# ... and their ReLU's gradient mask is applied by the consumer (alexnet/network/model.py relu_mask_moves):
 # conv4's and conv5's dgrad epilogues write dx * (x > 0) for conv3 and conv4, pool5's backward for conv5
 INPUT_RELU_LAYERS = ("conv4", "conv5")
 

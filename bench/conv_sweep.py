@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 from triton import Config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conv_layers import BATCH, DTYPES, LAYERS, ConvProblem, passes_for, rel_error  # noqa: E402
-from harness import median_ms  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python bench/<script>.py`
+from bench.conv_layers import BATCH, DTYPES, LAYERS, ConvProblem, passes_for, rel_error  # noqa: E402
+from bench.harness import median_ms  # noqa: E402
 from kernels.conv import configs as conv_configs  # noqa: E402
 from kernels.conv.common import dot_precision, pix_multiple  # noqa: E402
 from kernels.conv.input_layout import (

@@ -28,7 +28,7 @@ one (the second call): first-call work such as autotuning or state made on first
 per step. `launches_per_step` = triton + torch_op + copy + cast (+ collective for the column).
 `launches_by_origin` attributes each launch to the project file whose code made it (the ops
 autograd runs in C++ during backward, e.g. F.linear's gradients and the accumulation into
-.grad, fall to the caller of backward(), alexnet/trainer.py). `conv_side` gathers what the
+.grad, fall to the caller of backward(), alexnet/training/loop.py). `conv_side` gathers what the
 convolution (kernels/conv*, kernels/_conv*) costs: its launches, the host time spent inside
 its autograd Functions (timed in separate steps), and the wgrad split search (below).
 
@@ -80,7 +80,6 @@ if "TRITON_CACHE_DIR" not in os.environ:  # a private cache: the stub "tunes" no
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="host_step_triton_")
     atexit.register(shutil.rmtree, os.environ["TRITON_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402 (after the environment above)
 import torch.nn.functional as F  # noqa: E402
@@ -88,8 +87,8 @@ import torch.nn.functional as F  # noqa: E402
 BATCH = 128
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from launch_stubs import ALL_KINDS, PYTHON_META_CALLS, count_step, install_stubs  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python bench/<script>.py`
+from bench.launch_stubs import ALL_KINDS, PYTHON_META_CALLS, count_step, install_stubs  # noqa: E402
 
 
 def time_steps(steps: dict, repeats: int, warmup: int = 3) -> dict:
@@ -118,7 +117,7 @@ def time_steps(steps: dict, repeats: int, warmup: int = 3) -> dict:
 
 # =========================================================================== the step
 def _config(ops: str):
-    from alexnet.config import AlexNetConfig
+    from alexnet.network.config import AlexNetConfig
 
     return AlexNetConfig(ops=ops, channels_last=True, dropout_seed=0)
 
@@ -130,7 +129,7 @@ def _fake_column_layout():
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    from alexnet.distributed import ParallelLayout
+    from alexnet.network.distributed import ParallelLayout
 
     if not dist.is_initialized():
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
@@ -138,11 +137,11 @@ def _fake_column_layout():
 
 
 def build_step(stack: str, dtype: torch.dtype, layout: str = "single", batch: int = BATCH):
-    """A closure running one training step, as alexnet.trainer does, on meta tensors.
+    """A closure running one training step, as alexnet.training.loop does, on meta tensors.
     stack: "ours" (Triton ops, FlatPaperSGD) or "eager" (reference ops, PaperSGD)."""
-    from alexnet import trainer
-    from alexnet.model import AlexNet
-    from alexnet.optim import FlatPaperSGD, PaperSGD, param_groups
+    from alexnet.network.model import AlexNet
+    from alexnet.training import loop as trainer
+    from alexnet.training.optim import FlatPaperSGD, PaperSGD, param_groups
 
     install_stubs()
     config = _config("triton" if stack == "ours" else "reference")
@@ -150,7 +149,7 @@ def build_step(stack: str, dtype: torch.dtype, layout: str = "single", batch: in
         with torch.device("meta"):
             model = AlexNet(config)
     else:
-        from alexnet.parallel import ShardedAlexNet
+        from alexnet.network.parallel import ShardedAlexNet
 
         model = ShardedAlexNet(config, _fake_column_layout())
     model.train()
@@ -173,12 +172,12 @@ def build_step(stack: str, dtype: torch.dtype, layout: str = "single", batch: in
 
 def _model_input(config, batch: int, dtype: torch.dtype) -> torch.Tensor:
     """The batch as TrainLoader hands it to the model (channels_last): with the Triton ops the
-    view of conv1's zero-padded input that the augmentation wrote (alexnet/augment.py
+    view of conv1's zero-padded input that the augmentation wrote (alexnet/data/augment.py
     padded_layout, kernels/conv/input_layout.py padded_view), which conv1 reads with no copy."""
     size = config.image_size
     fmt = torch.channels_last
     try:
-        from alexnet.augment import padded_layout
+        from alexnet.data.augment import padded_layout
         from kernels.conv.input_layout import padded_view
     except ImportError:  # a tree before the augmentation wrote conv1's input
         padded_layout = None
@@ -191,7 +190,7 @@ def _model_input(config, batch: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _training_step_before_issue_13(model, optimizer, images, labels, finite, sync_gradients=None):
-    """Trainer.train_step as it was before alexnet.trainer.training_step (to measure old trees)."""
+    """Trainer.train_step as it was before alexnet.training.loop.training_step (to measure old trees)."""
     logits = model(images)
     loss = F.cross_entropy(logits.float(), labels)
     finite &= torch.isfinite(loss)

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import triton
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conv_inspect import _Sm90Driver, resources  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python bench/<script>.py`
+from bench.conv_inspect import _Sm90Driver, resources  # noqa: E402
 
 SHAPES = {"layer1": (128, 96, 55, 55), "layer2": (128, 256, 27, 27)}
 

@@ -184,7 +184,7 @@ def _patch_dropout_generators() -> None:
     issue 13, the Triton one) draws from per-column generators: give it CPU ones there (a CPU
     draw, then a copy to the device where the CUDA code draws on the device). The Triton
     ColumnDropout of issue 13 keeps its streams on the device and needs none."""
-    from alexnet import layers
+    from alexnet.network import layers
 
     for name in ("generators", "streams"):  # before / after issue 13
         original = getattr(layers.ColumnDropout, name, None)

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step import PRECISIONS, make_step, peak_memory_bytes  # noqa: E402
-
-from alexnet.config import AlexNetConfig  # noqa: E402
-from alexnet.model import AlexNet  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python bench/<script>.py`
+from alexnet.network.config import AlexNetConfig  # noqa: E402
+from alexnet.network.model import AlexNet  # noqa: E402
+from bench.bench_step import PRECISIONS, make_step, peak_memory_bytes  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,7 @@
 bench/gpu_report.py's `step` stage (also `python bench/step_timing.py`):
 
     ours           Triton ops, FlatPaperSGD (16-bit weight copies in bf16), plain step
-    ours+graph     the same captured in a CUDA graph (alexnet.step_graph, as --cuda-graph)
+    ours+graph     the same captured in a CUDA graph (alexnet.training.step_graph, as --cuda-graph)
     eager          the same network in plain PyTorch + cuDNN, torch's foreach SGD (PaperSGD)
     eager+graph    that captured in a CUDA graph
     compile        torch.compile(eager model), default mode
@@ -28,10 +28,10 @@ PRECISIONS = {"bf16": torch.bfloat16, "tf32": torch.float32}
 
 
 def make_step(stack: str, dtype: torch.dtype, state: dict, batch: int):
-    from alexnet.config import AlexNetConfig
-    from alexnet.model import AlexNet
-    from alexnet.step_graph import StepRunner
-    from alexnet.trainer import build_optimizer, training_step
+    from alexnet.network.config import AlexNetConfig
+    from alexnet.network.model import AlexNet
+    from alexnet.training.loop import build_optimizer, training_step
+    from alexnet.training.step_graph import StepRunner
 
     ops = "triton" if stack.startswith("ours") else "reference"
     model = AlexNet(AlexNetConfig(ops=ops, channels_last=True, dropout_seed=0)).cuda()
@@ -69,8 +69,8 @@ def time_step(step, steps: int) -> dict:
 
 def step_rows(batch: int = 128, steps: int = 20):
     """Yields one row per (precision, stack)."""
-    from alexnet.config import AlexNetConfig
-    from alexnet.model import AlexNet
+    from alexnet.network.config import AlexNetConfig
+    from alexnet.network.model import AlexNet
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)

@@ -4,12 +4,12 @@ ReLU+LRN and max-pool kernels, checks each result against the default tiles, and
 time, GB/s over the minimal bytes and the fraction of the measured copy bandwidth."""
 import itertools
 import sys
+from pathlib import Path
 
 import torch
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from harness import median_ms  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python bench/<script>.py`
+from bench.harness import median_ms  # noqa: E402
 from kernels.lrn import relu_lrn_backward, relu_lrn_forward  # noqa: E402
 from kernels.maxpool import max_pool2d_backward, max_pool2d_forward  # noqa: E402
 

@@ -16,7 +16,7 @@ be fed the same ones.
 conv1's input as kernels/conv/input_layout.py lays it out (224x224x3 inside 228x228x4 for the
 paper's 11x11 stride-4 padding-2 conv1), the padding ring and the 4th channel written as zeros
 by the same launch, so conv1 reads the buffer with no padding copy of its own
-(alexnet/augment.py crop_batch hands the model `padded_view` of it).
+(alexnet/data/augment.py crop_batch hands the model `padded_view` of it).
 
 Each program writes BLOCK consecutive elements of one image's output in storage order
 (coalesced stores, either layout) and reads the matching input bytes, which are contiguous

@@ -33,7 +33,7 @@ work (argument checks, the conv autotuners, conv1's channel padding, wgrad's spl
 that `wrap_triton` tracing cannot follow, and Inductor would not fuse into these kernels anyway.
 
 Inside an op, the device of the tensors picks the implementation (which ops a training run
-calls at all, these or kernels/reference.py, is its config.ops: alexnet/layers.py load_ops):
+calls at all, these or kernels/reference.py, is its config.ops: alexnet/network/layers.py load_ops):
     CUDA tensors -> the Triton kernel;
     CPU tensors  -> the plain-PyTorch reference (kernels/reference.py), or the Triton kernel
                     through Triton's interpreter when TRITON_INTERPRET=1 (as in the tests).
@@ -373,7 +373,7 @@ _define("augment", "(Tensor images, Tensor offsets, Tensor flips, Tensor shift, 
 
 # conv1's zero-padded input written by the augmentation (kernels/augment.py augment_padded):
 # a fresh dense channels_last buffer; the model's (B, 3, size, size) view of it is taken
-# outside the op (alexnet/augment.py crop_batch, kernels/conv/input_layout.py padded_view).
+# outside the op (alexnet/data/augment.py crop_batch, kernels/conv/input_layout.py padded_view).
 def _augment_padded_reference(images, offsets, flips, shift, mean, size, dtype, pad, padded_size, channels):
     return reference.augment_padded(images, offsets, flips, shift, mean, size, dtype, pad, padded_size, channels)
 

@@ -1,15 +1,15 @@
-"""kernels.augment against kernels.reference.augment with the same draws; alexnet.augment's
-draws and lighting; alexnet.evaluate's views and error counts."""
+"""kernels.augment against kernels.reference.augment with the same draws; alexnet.data.augment's
+draws and lighting; alexnet.training.evaluation's views and error counts."""
 import pytest
 import torch
 from compare import assert_close_verbose
-from conftest import DEVICE, DTYPES, MEMORY_FORMATS, assert_close, requires_gpu
+from helpers import DEVICE, DTYPES, MEMORY_FORMATS, assert_close, requires_gpu
 from hypothesis import given
 from hypothesis import strategies as st
 
 import kernels
-from alexnet.augment import AugmentConfig, draw, lighting_shift
-from alexnet.evaluate import crop_views, predict, topk_wrong, view_offsets
+from alexnet.data.augment import AugmentConfig, draw, lighting_shift
+from alexnet.training.evaluation import crop_views, predict, topk_wrong, view_offsets
 from kernels import reference
 
 

@@ -1,19 +1,19 @@
 """The augmentation writing conv1's zero-padded input (kernels/augment.py augment_padded,
-alexnet/augment.py crop_batch with the model's conv1): the model sees today's crop bit for
+alexnet/data/augment.py crop_batch with the model's conv1): the model sees today's crop bit for
 bit, the buffer holds zeros in its padding ring and extra channels, and conv1's forward and
 weight gradient read the buffer with no copy (kernels/conv/input_layout.py padded_view)."""
 import pytest
 import torch
-from conftest import DEVICE, assert_close, requires_gpu
+from helpers import DEVICE, assert_close, requires_gpu
 from hypothesis import given
 from hypothesis import strategies as st
 from test_augment import _inputs  # the same random batches as the plain augmentation's tests
 
 import kernels
 import kernels.conv.input_layout as input_layout
-from alexnet.augment import conv_input_geometry, crop_batch
-from alexnet.config import AlexNetConfig, ConvSpec
-from alexnet.model import AlexNet
+from alexnet.data.augment import conv_input_geometry, crop_batch
+from alexnet.network.config import AlexNetConfig, ConvSpec
+from alexnet.network.model import AlexNet
 from kernels import reference
 from kernels.augment import augment_padded
 from kernels.conv.input_layout import padded_geometry, padded_image

@@ -1,11 +1,11 @@
-"""alexnet/checkpoint.py: loading never runs code from the file, the structure is checked,
+"""alexnet/training/checkpoint.py: loading never runs code from the file, the structure is checked,
 interrupted writes are cleaned up."""
 import pickle
 
 import pytest
 import torch
 
-from alexnet import checkpoint
+from alexnet.training import checkpoint
 
 
 class _RunsCode:

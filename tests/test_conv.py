@@ -10,7 +10,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from conftest import DEVICE, EXAMPLES, MEMORY_FORMATS, TOLERANCES, requires_gpu
+from helpers import DEVICE, EXAMPLES, MEMORY_FORMATS, TOLERANCES, requires_gpu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from triton import Config

@@ -6,7 +6,7 @@ geometry), then the kernels on conv1's shape scaled down."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, EXAMPLES, TOLERANCES
+from helpers import DEVICE, EXAMPLES, TOLERANCES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -144,7 +144,7 @@ def test_a_registered_padded_buffer_is_read_without_a_copy():
 
 
 def test_a_cuda_graphs_static_input_keeps_the_padded_buffer():
-    """alexnet/step_graph.py's static input: `clone_padded` of a padded view is read without a
+    """alexnet/training/step_graph.py's static input: `clone_padded` of a padded view is read without a
     copy as well; `refill_padded` copies the next batch's whole buffer into it and keeps it
     trusted (every replay's conv1 reads it directly); a plain tensor is no such pair."""
     x, weight, b, stride, pad = _small_conv1(8)

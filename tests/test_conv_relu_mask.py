@@ -1,5 +1,5 @@
 """The ReLU's gradient mask moved out of the producing conv (kernels/conv/op.py `input_relu` /
-`dy_masked`, max_pool2d's `input_relu`, alexnet/model.py `relu_mask_moves`): chains wired as
+`dy_masked`, max_pool2d's `input_relu`, alexnet/network/model.py `relu_mask_moves`): chains wired as
 the model wires conv3 -> conv4 -> conv5 -> pool5, against float64 autograd, and the model's
 flags pairing up. On the CPU the kernels run through the interpreter in fp32."""
 from dataclasses import replace
@@ -7,14 +7,14 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, MEMORY_FORMATS, assert_close
+from helpers import DEVICE, MEMORY_FORMATS, assert_close
 from hypothesis import given
 from hypothesis import strategies as st
 
 import kernels
-from alexnet.config import CONV_LAYERS, AlexNetConfig
-from alexnet.layers import Conv2d
-from alexnet.model import AlexNet, relu_mask_moves
+from alexnet.network.config import CONV_LAYERS, AlexNetConfig
+from alexnet.network.layers import Conv2d
+from alexnet.network.model import AlexNet, relu_mask_moves
 from kernels.conv.common import ConvGeometry
 from kernels.conv.dgrad import conv2d_input_grad
 

@@ -13,15 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sass():
-    """bench/sass.py (the SASS reading bench/sass.py uses) as a module, leaving sys.path as
-    it was: bench/ on the path would hide tests/conftest.py from processes spawned later
-    (multiprocessing copies sys.path)."""
-    saved = list(sys.path)
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import sass
-    finally:
-        sys.path[:] = saved
+    """bench/sass.py, the SASS reading bench/conv_sass.py uses."""
+    from bench import sass
+
     return sass
 
 

@@ -18,11 +18,11 @@ from dataclasses import replace
 
 import torch
 from compare import assert_close_verbose, sum_atol
-from conftest import CUDA, DEVICE, requires_gpu
+from helpers import CUDA, DEVICE, requires_gpu
 
-from alexnet.config import AlexNetConfig
-from alexnet.model import AlexNet
-from alexnet.optim import FlatPaperSGD, PaperSGD, param_groups
+from alexnet.network.config import AlexNetConfig
+from alexnet.network.model import AlexNet
+from alexnet.training.optim import FlatPaperSGD, PaperSGD, param_groups
 
 STEPS, BATCH = 5, 3
 # init_std 0.05 instead of the paper's 0.01: with 0.01 the eight layers shrink the signal so

@@ -3,7 +3,7 @@ against F.cross_entropy / torch.argmax in float64."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, DTYPES, TOLERANCES, assert_close_verbose
+from helpers import DEVICE, DTYPES, TOLERANCES, assert_close_verbose
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -1,17 +1,17 @@
-"""alexnet.data: order, sharding, resumption, augmentation and placement of loader batches."""
+"""alexnet.data.loaders: order, sharding, resumption, augmentation and placement of loader batches."""
 import threading
 
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICE, requires_gpu
+from helpers import DEVICE, requires_gpu
 
 import kernels
-from alexnet.augment import AugmentConfig, draw, lighting_shift
-from alexnet.config import ConvSpec
-from alexnet.data import EvalLoader, TrainLoader, _seed, read_rows
-from alexnet.evaluate import evaluate
-from alexnet.store import Store, write_arrays
+from alexnet.data.augment import AugmentConfig, draw, lighting_shift
+from alexnet.data.loaders import EvalLoader, TrainLoader, _seed, read_rows
+from alexnet.data.store import Store, write_arrays
+from alexnet.network.config import ConvSpec
+from alexnet.training.evaluation import evaluate
 from kernels import reference
 
 SIDE, CROP = 12, 8
@@ -176,7 +176,7 @@ def test_eval_loader_covers_the_split_in_order(ids_store):
 
 @pytest.mark.parametrize("ops", ["reference", "triton"])
 def test_the_augmentation_follows_ops_not_the_device(random_store, monkeypatch, ops):
-    """config.ops picks the augmentation as it picks the layers (alexnet/layers.py load_ops):
+    """config.ops picks the augmentation as it picks the layers (alexnet/network/layers.py load_ops):
     "reference" runs kernels.reference.augment even where the Triton kernel could run (on the
     CPU through the interpreter, on a GPU natively); "triton" runs the alexnet_triton op, and
     with the kernel available the op's Triton kernel, not the reference inside it (which would

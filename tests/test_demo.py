@@ -1,12 +1,12 @@
-"""alexnet.demo: the synthetic dataset is deterministic, balanced, decodable and prepared once."""
+"""alexnet.data.demo: the synthetic dataset is deterministic, balanced, decodable and prepared once."""
 import hashlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet import demo
-from alexnet.store import Store
+from alexnet.data import demo
+from alexnet.data.store import Store
 
 
 def _digest(root):
@@ -70,9 +70,9 @@ def test_the_demo_schedule_is_fixed_so_validation_noise_cannot_end_it():
     with --data the paper's plateau schedule and init stay the defaults."""
     from types import SimpleNamespace
 
-    from alexnet.optim import PlateauSchedule
     from alexnet.train import parse_args
-    from alexnet.trainer import Trainer
+    from alexnet.training.loop import Trainer
+    from alexnet.training.optim import PlateauSchedule
 
     config = parse_args([])
     assert (config.lr_step, config.epochs, config.lr, config.init, config.initial()) == (24, 30, 0.002, "demo",

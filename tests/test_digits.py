@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from alexnet import evaluate, predict, train
-from alexnet.store import Store
+from alexnet.data.store import Store
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets", reason="needs scikit-learn (pip install -e '.[dev]')")
 
@@ -87,7 +87,7 @@ def test_command_line_gives_back_the_config(argv):
 
 
 def test_a_stall_is_only_a_stall_at_chance_and_says_how_to_restart(tmp_path, monkeypatch):
-    from alexnet.trainer import at_chance, stall_message
+    from alexnet.training.loop import at_chance, stall_message
 
     chance = {"chance_top1": 0.9}
     assert at_chance({"train_loss": 2.30, "val_top1": 0.90, **chance}, 10)
@@ -107,7 +107,7 @@ def test_a_stall_is_only_a_stall_at_chance_and_says_how_to_restart(tmp_path, mon
 def test_a_folder_is_prepared_at_the_crops_size_and_mismatches_are_refused(tmp_path):
     from PIL import Image
 
-    from alexnet.session import Session, resolve_store
+    from alexnet.training.session import Session, resolve_store
 
     rng = np.random.default_rng(0)
     for split in ("train", "val"):

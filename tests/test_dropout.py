@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from conftest import DEVICE, DTYPES
+from helpers import DEVICE, DTYPES
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -208,15 +208,15 @@ def test_column_dropout_checks():
         kernels.column_dropout(_x((2, 8, 1)), seeds, calls, 0.5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_cuda_graph_replays_advance_the_dropout_count():
     """--cuda-graph with the column op: StepRunner pins the layer's call count before the
     capture, so every replay draws new masks (and a short batch run plainly in between moves
     the same count): the weights and the count equal the plain run's bit for bit."""
-    from alexnet.layers import ColumnDropout, Linear
-    from alexnet.optim import FlatPaperSGD, param_groups
-    from alexnet.step_graph import StepRunner
-    from alexnet.trainer import training_step
+    from alexnet.network.layers import ColumnDropout, Linear
+    from alexnet.training.loop import training_step
+    from alexnet.training.optim import FlatPaperSGD, param_groups
+    from alexnet.training.step_graph import StepRunner
 
     class Net(torch.nn.Module):
         def __init__(self):

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = r"""
 import json, sys
 import torch
-from launch_stubs import _StubKernel, install_stubs
+from bench.launch_stubs import _StubKernel, install_stubs
 
 install_stubs()
 import triton.runtime.jit as jit
@@ -99,7 +99,7 @@ print(json.dumps(out))
 
 def test_fast_path_passes_the_launcher_what_triton_passes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "bench")]), TRITON_CACHE_DIR=str(tmp_path))
+    env.update(PYTHONPATH=str(ROOT), TRITON_CACHE_DIR=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600,
                           cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,12 +4,12 @@ checkpoint and dataset on the CPU: each writes a valid PNG of the expected size.
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CROP
+from helpers import TINY_CROP
 from PIL import Image
 
 from alexnet import experiments, figures
 from alexnet.train import TrainConfig
-from alexnet.trainer import run
+from alexnet.training.loop import run
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_colour_specificity_tells_grey_from_colour():
 
 
 def test_predictions_figure(tiny_checkpoint, tmp_path, capsys):
-    """Without --data the figure finds the store the run trained on, as alexnet.evaluate does."""
+    """Without --data the figure finds the store the run trained on, as alexnet.training.evaluation does."""
     out = tmp_path / "predictions.png"
     assert figures.main(["predictions", str(tiny_checkpoint), "--out", str(out), "--count", "3"]) == 0
     assert png_size(out) == ("PNG", (660, 440))  # figsize (2.2 * 3, 4.4) inches at 100 dpi

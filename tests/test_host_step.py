@@ -62,7 +62,7 @@ def test_lean_step(single):
     assert not any(op.startswith(("torch_op:cat", "torch_op:randint")) for op in ops)
     # the eager step bypasses torch.library (kernels.runtime.dispatch.call); gradients land in the optimizer's
     # buffer without accumulation launches; conv3-5's ReLU gradient masks cost no launch of their own
-    # (applied in conv4/conv5's dgrad epilogues and pool5's backward: alexnet/model.py relu_mask_moves)
+    # (applied in conv4/conv5's dgrad epilogues and pool5's backward: alexnet/network/model.py relu_mask_moves)
     assert ours["launches_by_kind"]["custom_op"] == 0
     assert not any(op.startswith(("torch_op:add_", "torch_op:zero_", "torch_op:where")) for op in ops)
     assert "triton:_relu_grad_kernel" not in ops
@@ -86,7 +86,7 @@ def test_column_of_the_sharded_model():
 def _linear_model(seed):
     import torch
 
-    from alexnet.layers import Linear
+    from alexnet.network.layers import Linear
 
     torch.manual_seed(seed)
     model = torch.nn.Sequential(Linear(12, 8, "relu"), Linear(8, 5))
@@ -102,9 +102,9 @@ def test_low_precision_copies_train_exactly_like_casting_every_step():
     fp16 here: the interpreter computes bf16 wrongly."""
     import torch
     import torch.nn.functional as F
-    from conftest import DEVICE
+    from helpers import DEVICE
 
-    from alexnet.optim import FlatPaperSGD, param_groups
+    from alexnet.training.optim import FlatPaperSGD, param_groups
 
     dtype = torch.float16
     cast, kept = _linear_model(0).to(DEVICE), _linear_model(0).to(DEVICE)
@@ -137,9 +137,9 @@ def test_low_precision_copies_train_exactly_like_casting_every_step():
 def _runner_setup(device, capture, low_precision=None):
     import torch
 
-    from alexnet.optim import FlatPaperSGD, param_groups
-    from alexnet.step_graph import StepRunner
-    from alexnet.trainer import training_step
+    from alexnet.training.loop import training_step
+    from alexnet.training.optim import FlatPaperSGD, param_groups
+    from alexnet.training.step_graph import StepRunner
 
     model = _linear_model(0).to(device)
     optimizer = FlatPaperSGD(param_groups(model), lr=0.05, low_precision=low_precision)
@@ -163,8 +163,8 @@ def test_cuda_graph_flag_runs_the_plain_step_on_the_cpu():
     """--cuda-graph on the CPU: a clear message, then exactly the plain step."""
     import torch
 
-    from alexnet.optim import set_lr
     from alexnet.train import parse_args
+    from alexnet.training.optim import set_lr
 
     assert parse_args(["--cuda-graph"]).cuda_graph and not parse_args([]).cuda_graph
     plain_model, plain_opt, plain, _ = _runner_setup("cpu", capture=False)
@@ -181,13 +181,13 @@ def test_cuda_graph_flag_runs_the_plain_step_on_the_cpu():
     assert runner.graph is None and runner.calls == 5
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_cuda_graph_replays_the_step_exactly():
     """On a GPU: captured after warm-up, replayed, re-captured after an lr change, a short
     batch run plainly; the weights equal the plain run's bit for bit."""
     import torch
 
-    from alexnet.optim import set_lr
+    from alexnet.training.optim import set_lr
 
     plain_model, plain_opt, plain, _ = _runner_setup("cuda", capture=False, low_precision=torch.bfloat16)
     model, opt, runner, messages = _runner_setup("cuda", capture=True, low_precision=torch.bfloat16)
@@ -245,8 +245,8 @@ def test_channels_last_weights_load_any_checkpoint():
 
     import torch
 
-    from alexnet.config import AlexNetConfig
-    from alexnet.model import AlexNet
+    from alexnet.network.config import AlexNetConfig
+    from alexnet.network.model import AlexNet
 
     config = AlexNetConfig(ops="reference", channels_last=False, dropout_seed=7, image_size=99)
     plain = AlexNet(config).eval()

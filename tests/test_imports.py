@@ -61,11 +61,67 @@ def test_the_cycle_finder_finds_one():
 
 def test_the_graph_sees_relative_and_deferred_imports():
     graph = import_graph("alexnet")
-    assert "alexnet.trainer" in graph["alexnet.train"]  # deferred: inside main()
-    assert {"alexnet.session", "alexnet.recipe"} <= graph["alexnet.trainer"]
+    assert "alexnet.training.loop" in graph["alexnet.train"]  # deferred: inside main()
+    assert {"alexnet.training.session", "alexnet.training.recipe"} <= graph["alexnet.training.loop"]
 
 
 @pytest.mark.parametrize("package", ["alexnet", "kernels"])
 def test_no_import_cycle(package):
     cycle = find_cycle(import_graph(package))
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+
+
+# alexnet/ in layers, each importing only its own layer and those below it: the commands
+# (alexnet/*.py, thin argparse modules) -> training -> data -> network -> base. The package's
+# __init__ maps the network's two names.
+LAYERS = ("commands", "training", "data", "network", "base")
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    if module == "alexnet":
+        return "commands"
+    return parts[1] if len(parts) > 2 else "commands"
+
+
+def test_every_alexnet_module_has_a_layer():
+    for module in import_graph("alexnet"):
+        assert layer(module) in LAYERS, f"{module}: not in a layer of {LAYERS} (alexnet/<layer>/<module>.py)"
+
+
+def test_alexnet_imports_only_downward():
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    wrong = [f"{m} ({layer(m)}) imports {t} ({layer(t)})" for m, targets in import_graph("alexnet").items()
+             for t in targets if t != "alexnet" and rank[layer(t)] < rank[layer(m)]]
+    assert wrong == [], "upward imports:\n" + "\n".join(wrong)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert layer("alexnet.network.model") == "network" and layer("alexnet.train") == "commands"
+    assert layer("alexnet.training.loop") == "training" and layer("alexnet") == "commands"
+
+
+def kernel_imports(path: Path) -> set[str]:
+    """The kernels modules a file imports (`kernels` for the package itself)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "kernels"}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "kernels":
+            found.add(node.module)
+    return found
+
+
+def test_alexnet_reaches_kernels_through_its_public_surface():
+    """alexnet/ imports `kernels` (the names kernels/__init__.py lists) and `kernels.reference`
+    (the same ops in plain PyTorch), nothing inside the package."""
+    import kernels
+
+    wrong = {f"{p.relative_to(ROOT)}: {m}" for p in (ROOT / "alexnet").rglob("*.py")
+             for m in kernel_imports(p) if m not in ("kernels", "kernels.reference")}
+    assert not wrong, f"alexnet/ imports kernels' internals: {sorted(wrong)}"
+    for p in (ROOT / "alexnet").rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "kernels":
+                missing = [a.name for a in node.names if a.name not in kernels.__all__]
+                assert not missing, f"{p.relative_to(ROOT)} imports {missing}, not in kernels.__all__"

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from compare import assert_close_verbose
-from conftest import DEVICE
+from helpers import DEVICE
 from hypothesis import given
 from hypothesis import strategies as st
 

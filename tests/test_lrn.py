@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, DTYPES, MEMORY_FORMATS, assert_close
+from helpers import DEVICE, DTYPES, MEMORY_FORMATS, assert_close
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 from compare import assert_close_verbose
-from conftest import DEVICE, DTYPES, MEMORY_FORMATS, assert_close
+from helpers import DEVICE, DTYPES, MEMORY_FORMATS, assert_close
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -1,4 +1,4 @@
-"""The single-device AlexNet (alexnet/model.py): the paper's sizes, init, ablations, dropout streams.
+"""The single-device AlexNet (alexnet/network/model.py): the paper's sizes, init, ablations, dropout streams.
 
 CPU tests use the plain-PyTorch reference ops; the Triton model is compared with them on a GPU.
 An independent oracle written with torch.nn.functional alone (below) checks the wiring of
@@ -10,13 +10,13 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CUDA, DEVICE, MEMORY_FORMATS, assert_close, requires_gpu
+from helpers import CUDA, DEVICE, MEMORY_FORMATS, assert_close, requires_gpu
 
 import kernels
 import kernels.reference as reference
-from alexnet.config import BIAS_ONE_LAYERS, AlexNetConfig, layer_shapes
-from alexnet.layers import ColumnDropout, LocalResponseNorm, column_seed
-from alexnet.model import AlexNet
+from alexnet.network.config import BIAS_ONE_LAYERS, AlexNetConfig, layer_shapes
+from alexnet.network.layers import ColumnDropout, LocalResponseNorm, column_seed
+from alexnet.network.model import AlexNet
 
 PAPER = AlexNetConfig(ops="reference", channels_last=False, dropout_seed=7)
 SMALL = replace(PAPER, image_size=99)  # 99 -> 24 -> 11 -> 5 -> 2: every layer, 2x2 maps into fc6

@@ -10,19 +10,19 @@ from dataclasses import replace
 import pytest
 import torch
 from compare import assert_close_verbose
-from conftest import DEVICE, MEMORY_FORMATS, TINY_CROP, requires_gpu
 from functorch.compile import make_boxed_func
+from helpers import DEVICE, MEMORY_FORMATS, TINY_CROP, requires_gpu
 from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch.library import opcheck
 
 import kernels
-from alexnet import checkpoint
-from alexnet.config import AlexNetConfig
-from alexnet.layers import ColumnDropout, Linear
-from alexnet.model import AlexNet
+from alexnet.network.config import AlexNetConfig
+from alexnet.network.layers import ColumnDropout, Linear
+from alexnet.network.model import AlexNet
 from alexnet.train import TrainConfig
-from alexnet.trainer import run
+from alexnet.training import checkpoint
+from alexnet.training.loop import run
 from kernels import reference
 
 ops = torch.ops.alexnet_triton

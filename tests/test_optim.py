@@ -1,12 +1,12 @@
-"""The paper's SGD update and the plateau schedule (alexnet/optim.py)."""
+"""The paper's SGD update and the plateau schedule (alexnet/training/optim.py)."""
 import io
 import math
 
 import pytest
 import torch
-from conftest import DEVICE
+from helpers import DEVICE
 
-from alexnet.optim import FlatPaperSGD, PaperSGD, PlateauSchedule, param_groups, set_lr
+from alexnet.training.optim import FlatPaperSGD, PaperSGD, PlateauSchedule, param_groups, set_lr
 
 
 def test_update_matches_hand_computation_across_an_lr_change():

@@ -1,4 +1,4 @@
-"""The two-rank model (alexnet/parallel.py, alexnet/distributed.py) computes the paper's network.
+"""The two-rank model (alexnet/network/parallel.py, alexnet/network/distributed.py) computes the paper's network.
 
 Ranks are spawned processes on the CPU with the gloo backend and the reference ops, in
 float64: the sharded model must give the single-device (grouped) model's logits, loss and
@@ -16,12 +16,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import requires_gpu
+from helpers import requires_gpu
 
-from alexnet.config import AlexNetConfig
-from alexnet.distributed import choose_backend, init_distributed
-from alexnet.model import AlexNet
-from alexnet.parallel import (
+from alexnet.network.config import AlexNetConfig
+from alexnet.network.distributed import choose_backend, init_distributed
+from alexnet.network.model import AlexNet
+from alexnet.network.parallel import (
     ShardedAlexNet,
     exchange_plan,
     merge_state_dicts,
@@ -137,7 +137,7 @@ def _share_tuning_worker(rank):
     (made with the checks off, kernels/runtime/verify.py) does not."""
     from triton import Config
 
-    from alexnet.distributed import share_tuning
+    from alexnet.training.tuning import share_tuning
     from kernels.conv import common
     from kernels.conv.fwd import _conv_fwd_kernel
     from kernels.runtime import verify
@@ -308,9 +308,9 @@ def test_two_ranks_match_the_grouped_model_with_triton_on_one_gpu(tmp_path, monk
 def test_tune_and_share_changes_no_weight_and_draws_no_dropout():
     """The trainer's pre-training pass (one blank forward/backward, then share_tuning): in one
     process nothing to share, and the weights, gradients and dropout state are as before."""
-    from alexnet.distributed import tune_and_share
-    from alexnet.model import AlexNet
-    from alexnet.optim import FlatPaperSGD, param_groups
+    from alexnet.network.model import AlexNet
+    from alexnet.training.optim import FlatPaperSGD, param_groups
+    from alexnet.training.tuning import tune_and_share
 
     config = replace(SMALL, channels_last=True)  # the reference ops: quick on the CPU (the batch: Triton's augment)
     model = AlexNet(config).train()

@@ -3,14 +3,15 @@ store's images; unreadable files are reported clearly."""
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CROP
+from helpers import TINY_CROP
 from PIL import Image
 
-from alexnet import checkpoint, predict
-from alexnet.evaluate import predict as predict_views
-from alexnet.store import Store
+from alexnet import predict
+from alexnet.data.store import Store
 from alexnet.train import TrainConfig
-from alexnet.trainer import run
+from alexnet.training import checkpoint
+from alexnet.training.evaluation import predict as predict_views
+from alexnet.training.loop import run
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""alexnet.prepare / alexnet.sources / alexnet.store: source trees to a store, on generated files."""
+"""alexnet.data.prepare / alexnet.data.sources / alexnet.data.store: source trees to a store, on generated files."""
 import json
 import os
 from pathlib import Path
@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet.prepare import main, prepare
-from alexnet.sources import SourceError, load_image, read_labels_file
-from alexnet.store import Store, is_store
+from alexnet.data.prepare import prepare
+from alexnet.data.sources import SourceError, load_image, read_labels_file
+from alexnet.data.store import Store, is_store
+from alexnet.prepare import main
 
 SIZE = 48  # stored side in these tests (the paper's 256 is the default; the code is the same)
 
@@ -234,7 +235,7 @@ def test_rerun_is_safe(tree, tmp_path, capsys):
 
 
 def test_interrupted_build_leaves_nothing(tree, tmp_path, monkeypatch):
-    import alexnet.prepare as prep
+    import alexnet.data.prepare as prep
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

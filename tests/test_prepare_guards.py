@@ -1,4 +1,4 @@
-"""alexnet.prepare / alexnet.sources against hostile or unlucky source trees: FIFOs, link
+"""alexnet.data.prepare / alexnet.data.sources against hostile or unlucky source trees: FIFOs, link
 loops, corrupt JPEGs that decode, odd names, empty folders, a full disk, a second prepare,
 a killed parent."""
 import errno
@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import alexnet.prepare as prep
-from alexnet.prepare import PrepareError, main, prepare
-from alexnet.sources import CorruptImage, SourceError, load_image
-from alexnet.store import Store
+import alexnet.data.prepare as prep
+from alexnet.data.prepare import PrepareError, prepare
+from alexnet.data.sources import CorruptImage, SourceError, load_image
+from alexnet.data.store import Store
+from alexnet.prepare import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
@@ -179,7 +180,7 @@ def test_a_full_disk_says_disk_full_and_leaves_nothing(tmp_path, monkeypatch):
 
 WORKER_SCRIPT = """
 import multiprocessing as mp, os, sys, time
-from alexnet.prepare import _worker_main
+from alexnet.data.prepare import _worker_main
 if __name__ == "__main__":
     ctx = mp.get_context("spawn")
     tasks, results = ctx.Queue(), ctx.Queue()  # no task ever comes: the worker waits, as on a hung parent

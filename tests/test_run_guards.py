@@ -1,4 +1,4 @@
-"""alexnet.train's guards (alexnet/guards.py, alexnet/trainer.py): a used --out, a second
+"""alexnet.train's guards (alexnet/training/outdir.py, alexnet/training/loop.py): a used --out, a second
 run, a mismatched store or checkpoint and bad numbers are refused before the first step
 with one line; a non-finite run stops; metrics survive kills and torn lines."""
 import json
@@ -8,15 +8,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CROP, stripes
+from helpers import TINY_CROP, stripes
 
-from alexnet import trainer as trainer_module
-from alexnet.guards import UsageError, acquire_lock
-from alexnet.metrics import MetricsLog
-from alexnet.store import write_arrays
+from alexnet.base.errors import UsageError
+from alexnet.data.store import write_arrays
 from alexnet.train import TrainConfig, parse_args
 from alexnet.train import main as train_main
-from alexnet.trainer import NonFiniteLoss, Trainer, loss_remark, run
+from alexnet.training import loop as trainer_module
+from alexnet.training.loop import NonFiniteLoss, Trainer, loss_remark, run
+from alexnet.training.metrics import MetricsLog
+from alexnet.training.outdir import acquire_lock
 
 
 def config(store, out, **changes) -> TrainConfig:
@@ -154,7 +155,7 @@ def test_a_torn_last_metrics_line_is_skipped_with_a_warning(tmp_path):
 
 
 def test_store_arrays_that_disagree_with_store_json_are_refused(tmp_path):
-    from alexnet.store import Store, StoreError
+    from alexnet.data.store import Store, StoreError
 
     store = write_arrays(tmp_path / "s", {"train": stripes(8, 0), "val": stripes(4, 1)}, ["h", "v"])
     np.save(store / "train_labels.npy", np.zeros(6, np.int64))  # two rows fewer than store.json says

@@ -1,4 +1,4 @@
-"""The training job (alexnet/train.py, alexnet/trainer.py) and the evaluation command, end to end
+"""The training job (alexnet/train.py, alexnet/training/loop.py) and the evaluation command, end to end
 on tiny stores: the paper's network at its smallest input (63 px), the reference ops on the CPU."""
 import json
 import os
@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEVICE, TINY_CROP
+from helpers import TINY_CROP
 
 import kernels
-from alexnet import checkpoint, evaluate
-from alexnet import trainer as trainer_module
+from alexnet import evaluate
 from alexnet.train import DEMO, TrainConfig, parse_args
-from alexnet.trainer import Trainer, run
+from alexnet.training import checkpoint
+from alexnet.training import loop as trainer_module
+from alexnet.training.loop import Trainer, run
 from kernels import reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,10 +61,10 @@ def test_batch_larger_than_the_dataset_is_refused(tiny_store, tmp_path):
 @pytest.mark.parametrize("ops", ["reference", "triton", "auto"])
 def test_layers_augmentation_and_optimizer_follow_one_ops_choice(tiny_store, tmp_path, ops):
     """--ops reaches every choice through the model's resolved config.ops (the rule:
-    alexnet/layers.py load_ops): the layers' functions, both loaders' augmentation (which
+    alexnet/network/layers.py load_ops): the layers' functions, both loaders' augmentation (which
     function runs for each: tests/test_data.py) and the optimizer."""
-    from alexnet.config import resolve_ops
-    from alexnet.optim import FlatPaperSGD
+    from alexnet.network.config import resolve_ops
+    from alexnet.training.optim import FlatPaperSGD
 
     trainer = Trainer(config(tiny_store, tmp_path, ops=ops))
     try:
@@ -85,7 +86,7 @@ def test_not_a_dataset_is_refused(tmp_path):
 
 def test_training_learns_and_the_checkpoint_evaluates(tiny_store, tmp_path, capsys):
     """The recipe (SGD with momentum and decay, dropout, augmentation) from the demo's start
-    gets well below chance on stripes; the outputs are written; alexnet.evaluate reads the
+    gets well below chance on stripes; the outputs are written; alexnet.training.evaluation reads the
     checkpoint."""
     out = tmp_path / "run"
     demo_start = {k: DEMO[k] for k in ("lr", "init")}
@@ -110,8 +111,8 @@ def _weights(path):
     return checkpoint.load(path)["model"]
 
 
-ON_GPU = pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA device: the full-width network on the Triton "
-                                                    "interpreter would take minutes per step")
+ON_GPU = pytest.mark.gpu(reason="needs a CUDA device: the full-width network on the Triton "
+                               "interpreter would take minutes per step")
 
 
 @pytest.mark.parametrize("ops", ["reference", pytest.param("triton", marks=ON_GPU)])

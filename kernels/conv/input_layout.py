@@ -93,7 +93,7 @@ def padded_view(buf: torch.Tensor, chan: int, pad: tuple[int, int], size: tuple[
 
 def clone_padded(x: torch.Tensor) -> torch.Tensor | None:
     """For x a `padded_view`: a clone of its whole buffer, registered, and the same view of it
-    (a CUDA graph's static input that conv1 still reads with no copy: alexnet/step_graph.py);
+    (a CUDA graph's static input that conv1 still reads with no copy: alexnet/training/step_graph.py);
     None for any other x."""
     root = x._base
     if root is None or not _registered(root):

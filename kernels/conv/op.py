@@ -56,7 +56,7 @@ def _take_padded(x, geom):
 # The ReLU between two convolutions (conv3 -> conv4 -> conv5): its gradient mask, dy * (y > 0), is
 # applied by the consumer's dgrad epilogue (input_relu: dx * (x > 0), with x = the producer's y),
 # and the producer, told so (dy_masked), skips its own elementwise masking pass. Both flags
-# describe the wiring, so they are set together from one place (alexnet/model.py
+# describe the wiring, so they are set together from one place (alexnet/network/model.py
 # `relu_mask_moves`: a conv whose only consumer is a conv with input_relu, or a max-pool with
 # input_relu (conv5 -> pool5), gets dy_masked); the op's forward ignores them. All masks here
 # follow torch's ReLU gradient (threshold_backward): zero where y <= 0, a NaN y passes dy.

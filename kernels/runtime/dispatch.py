@@ -190,6 +190,11 @@ def set_grad_into(leaf: torch.Tensor, slot) -> None:
     GRAD_INTO[key] = (ref, lambda: slot() if ref().grad is None else None)
 
 
+def has_grad_slot(t) -> bool:
+    """Whether `set_grad_into` registered a slot for t (the layer then takes the path that writes it)."""
+    return id(t) in GRAD_INTO
+
+
 def grad_into(t):
     """Where t's gradient may be written directly (eager paths only): a fresh view of its
     optimizer's flat gradient buffer while t.grad is None (autograd then adopts the view as

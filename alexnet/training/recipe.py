@@ -3,7 +3,7 @@ initialisations, the no-argument demo's settings and how a run's store size and 
 follow from a config.
 
 The commands sit above this module: `alexnet.train` builds its argparse parser from
-TrainConfig, `alexnet.trainer` runs one, and `evaluate`, `figures` and `experiments` read the
+TrainConfig, `alexnet.training.loop` runs one, and `evaluate`, `figures` and `experiments` read the
 demo's constants from here. It imports nothing of the package, so no import circle runs
 through it.
 """
@@ -32,7 +32,7 @@ class TrainConfig:
     batch_size: int = 128              # per replica
     lr: float = 0.01                   # the initial learning rate, "equal for all layers"
     momentum: float = 0.9
-    weight_decay: float = 5e-4         # on weights, not biases (see alexnet/optim.py)
+    weight_decay: float = 5e-4         # on weights, not biases (see alexnet/training/optim.py)
     patience: int = 5                  # epochs without a new best validation error before lr /= 10 (not in the paper)
     lr_step: int = 0                   # >0: lr /= 10 every lr_step epochs instead (a fixed schedule: the demo's)
     lr_reductions: int = 3             # "reduced three times prior to termination"

@@ -1,7 +1,7 @@
 """What a training run checks before it starts and says about itself as it goes: the store
 fits the crop and comes from --data, a checkpoint resumes only on the store it was trained
 on, the weights are finite, and an epoch's loss is diverging or stalled at chance (with the
-command to restart from). Used by alexnet/trainer.py.
+command to restart from). Used by alexnet/training/loop.py.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .guards import UsageError
-from .recipe import INIT, TrainConfig, command_line, store_size_for
-from .store import Store
+from alexnet.base.errors import UsageError
+from alexnet.data.store import Store
+from alexnet.training.recipe import INIT, TrainConfig, command_line, store_size_for
 
 __all__ = ["check_store_fits", "check_store_source", "check_checkpoint_store", "weights_finite", "loss_remark",
            "at_chance", "stall_message"]
@@ -26,7 +26,7 @@ def check_store_fits(store: Store, crop: int, data: str | None) -> None:
         return
     fix = (f"prepare the images at {store_size_for(crop)} px (`python -m alexnet.prepare SRC STORE --image-size "
            f"{store_size_for(crop)}`), or choose --image-size between {-(-size * 3 // 4)} and {size}")
-    from .store import is_store
+    from alexnet.data.store import is_store
 
     if data is not None and not is_store(data):
         fix = (f"{store.path} was prepared by an earlier run with another --image-size: remove it or use another "

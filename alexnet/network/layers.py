@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.runtime.dispatch import GRAD_INTO, grad_into
-
-from .config import resolve_ops
-from .seeds import mixed_seed
+import kernels
+from alexnet.base.seeds import mixed_seed
+from alexnet.network.config import resolve_ops
+from kernels import grad_into, has_grad_slot
 
 __all__ = ["load_ops", "Conv2d", "LocalResponseNorm", "MaxPool2d", "Linear", "ColumnDropout", "column_seed"]
 
@@ -29,7 +29,7 @@ def load_ops(name: str) -> ModuleType:
 
     `config.ops` (AlexNetConfig.ops, --ops) picks a module, and everything that can run either
     way takes its functions from it: the layers (`conv2d`, `relu_lrn`, ...: model.py), the
-    augmentation (`augment`: alexnet/augment.py crop_batch, for TrainLoader, EvalLoader and
+    augmentation (`augment`: alexnet/data/augment.py crop_batch, for TrainLoader, EvalLoader and
     the evaluation views, given the model's resolved ops) and the optimizer (`sgd_step_`:
     trainer.build_optimizer takes FlatPaperSGD's fused update for "triton", PaperSGD's torch
     ops for "reference").
@@ -148,7 +148,7 @@ class Linear(nn.Module):
         """`activate=False`: without the activation (the ReLU fused into the dropout after)."""
         weight, bias = compute_params(self, x.dtype)
         bias = bias if add_bias else None
-        if id(weight) in GRAD_INTO and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if has_grad_slot(weight) and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             y = LinearIntoBuffer.apply(x, weight, bias)
         else:
             y = F.linear(x, weight, bias)
@@ -214,7 +214,7 @@ class ColumnDropout(nn.Module):
     as a new tensor, which the module keeps. No host work per call, and
     torch.compile(fullgraph=True) traces the layer (the new count is a graph output). `pin()`
     keeps the count at one address instead (copied there: one small copy per call), which a
-    captured CUDA graph needs to advance it on every replay (alexnet/step_graph.py).
+    captured CUDA graph needs to advance it on every replay (alexnet/training/step_graph.py).
     With another dropout (the reference ops: torch's own) each chunk is dropped separately
     with a torch.Generator per column, eagerly (Dynamo does not trace a Generator's state).
 
@@ -225,9 +225,8 @@ class ColumnDropout(nn.Module):
     def __init__(self, dropout, p: float, seed: int, columns: tuple[int, ...], replica: int = 0):
         super().__init__()
         self.dropout, self.p, self.columns, self.replica = dropout, p, tuple(columns), replica
-        triton_dropout = importlib.import_module("kernels.dropout")  # (kernels.dropout is also the function)
-        self.fused = dropout is triton_dropout.dropout  # the column op: one launch per call for all columns
-        self._column_dropout = triton_dropout.column_dropout if self.fused else None
+        self.fused = dropout is kernels.dropout  # the column op: one launch per call for all columns
+        self._column_dropout = kernels.column_dropout if self.fused else None
         self.pinned = False
         self.manual_seed(seed)
 

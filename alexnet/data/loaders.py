@@ -12,11 +12,11 @@ Pipeline, per batch: the rows are read from the store file by a pool of threads 
 pinned memory; the GIL is released) in a background thread that runs `prefetch` batches
 ahead; the batch is copied to the GPU on a side stream while the previous batch trains;
 the augmentation turns the uint8 crop into the model's input on the current stream. Which
-augmentation runs follows `ops`, the model's config.ops (alexnet/layers.py load_ops, the one
+augmentation runs follows `ops`, the model's config.ops (alexnet/network/layers.py load_ops, the one
 op-selection rule): "triton" the augmentation kernel, "reference" plain PyTorch. Given the
 model's `conv1` (config.convs[0]) with "triton" ops and channels_last, the kernel writes the
 batch straight into conv1's zero-padded input buffer and the loader yields the (B, 3, 224, 224)
-view of it, which conv1 reads with no copy (alexnet/augment.py crop_batch). On a CPU
+view of it, which conv1 reads with no copy (alexnet/data/augment.py crop_batch). On a CPU
 device the same runs without pinned memory or streams.
 
 Order and sharding: each epoch has one permutation of the split, drawn from (seed, epoch),
@@ -37,12 +37,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from kernels.runtime.layout import cdiv
-
-from .augment import AugmentConfig, crop_batch, draw, lighting_shift
-from .config import ConvSpec, resolve_ops
-from .seeds import mixed_seed
-from .store import Split, Store
+from alexnet.base.seeds import mixed_seed
+from alexnet.data.augment import AugmentConfig, crop_batch, draw, lighting_shift
+from alexnet.data.store import Split, Store
+from alexnet.network.config import ConvSpec, resolve_ops
+from kernels import cdiv
 
 _END = object()
 
@@ -293,7 +292,7 @@ class TrainLoader(_Loader):
 
 class EvalLoader(_Loader):
     """The split in order, as uint8 device batches (B, S, S, 3) with labels, for
-    `alexnet.evaluate` (which crops its views with the loader's ops, dtype and memory format);
+    `alexnet.training.evaluation` (which crops its views with the loader's ops, dtype and memory format);
     replica `rank` gets the rank-th of `world` near-equal parts."""
 
     def __init__(self, store: Store, batch_size: int, device, *, split: str = "val", rank: int = 0, world: int = 1,

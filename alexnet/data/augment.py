@@ -14,7 +14,7 @@ The mean image is subtracted at the same time (section 2).
 `draw` makes the random choices with torch's generator (pass one, or torch's default for
 the device is used), so seeded runs repeat exactly, and the kernel never sees an RNG: tests
 feed the same draws to the kernel and the reference. `crop_batch` calls the `augment` of the
-ops the run chose (`ops`, the model's config.ops: the one rule, alexnet/layers.py load_ops):
+ops the run chose (`ops`, the model's config.ops: the one rule, alexnet/network/layers.py load_ops):
 "triton" the alexnet_triton op (the Triton kernel on CUDA tensors, the reference inside it on
 CPU ones), "reference" the plain-PyTorch reference on any device. Given the model's conv1
 (config.convs[0]) with "triton" ops and channels_last, the kernel writes conv1's zero-padded
@@ -27,12 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.augment import augment_padded
-from kernels.conv.common import ConvGeometry
-from kernels.conv.input_layout import padded_geometry, padded_view, takes_padded_image
-
-from .config import ConvSpec, resolve_ops
-from .layers import load_ops
+from alexnet.network.config import ConvSpec, resolve_ops
+from alexnet.network.layers import load_ops
+from kernels import ConvGeometry, augment_padded, padded_geometry, padded_view, takes_padded_image
 
 
 @dataclass

@@ -2,7 +2,7 @@
 device, distributed layout), the prepared store it trains on (`resolve_store`: the demo's,
 the one at --data, or one prepared from an image folder) and the model it builds
 (`build_model`: TrainConfig's model fields into AlexNetConfig, one column pair per two
-ranks under torchrun). Used by alexnet/trainer.py.
+ranks under torchrun). Used by alexnet/training/loop.py.
 """
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from .config import AlexNetConfig
-from .guards import UsageError
-from .model import AlexNet
-from .recipe import MODEL_FIELDS, TrainConfig, store_size_for
-from .run_checks import check_store_fits, check_store_source
-from .store import Store
+from alexnet.base.errors import UsageError
+from alexnet.data.store import Store
+from alexnet.network.config import AlexNetConfig
+from alexnet.network.model import AlexNet
+from alexnet.training.checks import check_store_fits, check_store_source
+from alexnet.training.recipe import MODEL_FIELDS, TrainConfig, store_size_for
 
 __all__ = ["Session", "resolve_store", "build_model"]
 
@@ -27,7 +27,7 @@ class Session:
     def __init__(self, config: TrainConfig):
         self.layout = None
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from .distributed import init_distributed
+            from alexnet.network.distributed import init_distributed
 
             self.layout = init_distributed(timeout_s=config.timeout_s)
             self.device = self.layout.device
@@ -56,10 +56,10 @@ class Session:
 def resolve_store(config: TrainConfig, session: Session) -> Store:
     """The prepared store: the demo's (generated once into the cache), the one at --data,
     or one prepared from the ImageNet-style folder at --data into OUT/store. Rank 0 builds."""
-    from .store import is_store
+    from alexnet.data.store import is_store
 
     if config.data is None:
-        from .demo import ensure_demo_store
+        from alexnet.data.demo import ensure_demo_store
 
         size = store_size_for(config.image_size)  # DEMO_STORE_SIZE for the demo's own crop
         if session.is_main:
@@ -69,7 +69,7 @@ def resolve_store(config: TrainConfig, session: Session) -> Store:
     elif is_store(config.data):
         path = config.data
     else:
-        from .prepare import prepare
+        from alexnet.data.prepare import prepare
 
         path = Path(config.out) / "store"
         size = store_size_for(config.image_size)  # 256 for the paper's 224 crops
@@ -92,7 +92,7 @@ def build_model(config: TrainConfig, store: Store, session: Session):
     torch.manual_seed(config.seed)  # the initial weights (the same on every rank)
     if session.layout is None:
         return AlexNet(model_config).to(session.device), model_config
-    from .parallel import ShardedAlexNet
+    from alexnet.network.parallel import ShardedAlexNet
 
     if config.columns != 2:
         raise UsageError("alexnet.train: several ranks run the two-column model; --columns 1 needs one process")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.conv.input_layout import clone_padded, refill_padded
+from kernels import clone_padded, refill_padded
 
 __all__ = ["StepRunner"]
 

@@ -40,10 +40,17 @@ import math
 import torch
 import torch.nn as nn
 
-from kernels.runtime.layout import channels_last_block
-
-from .config import BIAS_ONE_LAYERS, CONV_LAYERS, FC_LAYERS, AlexNetConfig, ConvSpec, input_shape, layer_shapes
-from .layers import ColumnDropout, Conv2d, Linear, LocalResponseNorm, MaxPool2d, compute_params, load_ops
+from alexnet.network.config import (
+    BIAS_ONE_LAYERS,
+    CONV_LAYERS,
+    FC_LAYERS,
+    AlexNetConfig,
+    ConvSpec,
+    input_shape,
+    layer_shapes,
+)
+from alexnet.network.layers import ColumnDropout, Conv2d, Linear, LocalResponseNorm, MaxPool2d, compute_params, load_ops
+from kernels import channels_last_block
 
 __all__ = ["AlexNet", "paper_init_", "relu_mask_moves"]
 

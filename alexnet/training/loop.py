@@ -1,8 +1,8 @@
-"""The training loop behind `python -m alexnet.train` (settings: alexnet/recipe.py; the
-process, store and model it starts from: alexnet/session.py; its checks: alexnet/run_checks.py).
+"""The training loop behind `python -m alexnet.train` (settings: alexnet/training/recipe.py; the
+process, store and model it starts from: alexnet/training/session.py; its checks: alexnet/training/checks.py).
 
 One process trains the single-device model; under torchrun each pair of ranks trains the
-two-column model (alexnet/parallel.py) and pairs are data-parallel replicas. Only rank 0
+two-column model (alexnet/network/parallel.py) and pairs are data-parallel replicas. Only rank 0
 prints and writes. Checkpoints always hold the single-device (grouped) layout, so any
 checkpoint resumes or evaluates in any layout.
 """
@@ -19,17 +19,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint
-from .augment import AugmentConfig
-from .data import EvalLoader, TrainLoader
-from .evaluate import error_rates, evaluate
-from .guards import UsageError, claim_output_dir, refuse_used_output_dir
-from .metrics import MetricsLog
-from .optim import FlatPaperSGD, PaperSGD, PlateauSchedule, param_groups, set_lr
-from .parallel import full_state, local_state
-from .recipe import RESUME_FIELDS, TrainConfig
-from .run_checks import at_chance, check_checkpoint_store, loss_remark, stall_message, weights_finite
-from .session import Session, build_model, resolve_store
+from alexnet.base.errors import UsageError
+from alexnet.data.augment import AugmentConfig
+from alexnet.data.loaders import EvalLoader, TrainLoader
+from alexnet.network.parallel import full_state, local_state
+from alexnet.training import checkpoint
+from alexnet.training.checks import at_chance, check_checkpoint_store, loss_remark, stall_message, weights_finite
+from alexnet.training.evaluation import error_rates, evaluate
+from alexnet.training.metrics import MetricsLog
+from alexnet.training.optim import FlatPaperSGD, PaperSGD, PlateauSchedule, param_groups, set_lr
+from alexnet.training.outdir import claim_output_dir, refuse_used_output_dir
+from alexnet.training.recipe import RESUME_FIELDS, TrainConfig
+from alexnet.training.session import Session, build_model, resolve_store
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
@@ -85,7 +86,7 @@ def training_step(model, optimizer, images, labels, finite: torch.Tensor, sync_g
     logits = model(images)
     optimizer.zero_grad(set_to_none=True)
     if getattr(getattr(model, "config", None), "ops", None) == "triton":  # (any other model: torch's loss)
-        from kernels.cross_entropy import softmax_cross_entropy
+        from kernels import softmax_cross_entropy
 
         loss, dlogits, wrong = softmax_cross_entropy(logits.detach(), labels, finite)
         logits.backward(dlogits)
@@ -142,7 +143,7 @@ class Trainer:
         self.step = 0
         self.best_top1 = math.inf
         self.finite = torch.ones((), dtype=torch.bool, device=session.device)
-        from .step_graph import StepRunner
+        from alexnet.training.step_graph import StepRunner
 
         self.runner = StepRunner(training_step, self.model, self.optimizer, self.finite,
                                  self.model.sync_gradients if session.layout is not None else None,
@@ -153,11 +154,11 @@ class Trainer:
     # -------------------------------------------------------------- checkpoints
     def _share_tuning(self) -> None:
         """Distributed on CUDA with the Triton ops: every rank tunes on a blank batch, then
-        takes rank 0's choices (alexnet.distributed.tune_and_share)."""
+        takes rank 0's choices (alexnet.network.distributed.tune_and_share)."""
         s, m = self.session, self.model_config
         if s.layout is None or s.device.type != "cuda" or m.ops != "triton":
             return
-        from .distributed import tune_and_share
+        from alexnet.training.tuning import tune_and_share
 
         shared = tune_and_share(self.model, self.optimizer, self.config.batch_size, self.config.image_size,
                                 self.dtype, bool(m.channels_last), m.convs[0], s.device)
@@ -367,7 +368,7 @@ class Trainer:
                 f"flip={c.flip} lighting={c.lighting}, up to {c.epochs} epochs of {len(self.train_loader)} steps; "
                 f"outputs in {self.out}")
         if s.layout is not None:
-            from .parallel import exchange_plan, format_plan
+            from alexnet.network.parallel import exchange_plan, format_plan
 
             s.print(format_plan(exchange_plan(self.model_config, c.batch_size, self.dtype.itemsize,
                                               s.layout.replicas), c.batch_size))
@@ -392,11 +393,11 @@ class Trainer:
 
 
 def run(config: TrainConfig) -> int:
-    from .store import StoreError
+    from alexnet.data.store import StoreError
 
     trainer = None
     try:
-        from .prepare import PrepareError
+        from alexnet.data.prepare import PrepareError
 
         try:
             trainer = Trainer(config)

@@ -1,5 +1,5 @@
 """Atomic checkpoints: a crash while writing never leaves a truncated or half-written file
-(the writing itself is alexnet/files.py's; `remove_stale_temps` is re-exported from there).
+(the writing itself is alexnet/base/files.py's; `remove_stale_temps` is re-exported from there).
 
 Loading never runs code from the file: `torch.load(weights_only=True)` unpickles only
 tensors, dicts, lists, tuples, strings, numbers and None (what `alexnet.train` writes), and
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import atomic_write_bytes
-from .files import remove_stale_temps as remove_stale_temps  # the trainer's and the tests' name
+from alexnet.base.files import atomic_write_bytes
+from alexnet.base.files import remove_stale_temps as remove_stale_temps  # the trainer's and the tests' name
 
 # What a checkpoint written by alexnet.train holds, by key, as (type, what it is).
 TRAINING_KEYS = {"format": int, "model": dict, "velocity": dict, "schedule": dict, "loader": dict, "step": int,
@@ -88,12 +88,12 @@ def check_structure(ckpt, path, keys=TRAINING_KEYS) -> dict:
 
 def model_from_checkpoint(path, ops: str = "auto", device=None):
     """(model, checkpoint): the single-device model of a checkpoint written by alexnet.train
-    (whatever layout trained it: checkpoints hold the single-device layout; alexnet/parallel.py
+    (whatever layout trained it: checkpoints hold the single-device layout; alexnet/network/parallel.py
     full_state/local_state is the one place that converts between it and the columns' shares), in eval mode."""
     from dataclasses import fields
 
-    from .config import AlexNetConfig
-    from .model import AlexNet
+    from alexnet.network.config import AlexNetConfig
+    from alexnet.network.model import AlexNet
 
     ckpt = check_structure(load(path), path, {k: TRAINING_KEYS[k] for k in ("model", "model_config", "config",
                                                                            "classes", "step")})
@@ -109,7 +109,7 @@ def model_from_checkpoint(path, ops: str = "auto", device=None):
 def matching_store(ckpt: dict, data):
     """Open the store at `data`, refusing one whose classes differ from the checkpoint's (its
     labels would name the wrong classes) with a clear ValueError."""
-    from .store import Store
+    from alexnet.data.store import Store
 
     store = Store(data)
     if list(store.classes) != list(ckpt["classes"]):

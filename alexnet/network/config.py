@@ -110,7 +110,7 @@ ONE_COLUMN_CONVS = (
 
 def resolve_ops(ops: str) -> str:
     """config.ops made concrete for this machine: "auto" is "triton" when CUDA is available,
-    else "reference" (what each choice runs: alexnet/layers.py load_ops, the op-selection rule)."""
+    else "reference" (what each choice runs: alexnet/network/layers.py load_ops, the op-selection rule)."""
     if ops == "auto":
         return "triton" if torch.cuda.is_available() else "reference"
     if ops not in ("triton", "reference"):
@@ -129,7 +129,7 @@ class AlexNetConfig:
     Execution (no effect on the function computed): `ops` picks the functions the layers, the
     augmentation and the optimizer call ("triton": the alexnet_triton custom ops, whose
     tensors' device picks Triton or the reference inside; "reference": torch's own ops;
-    "auto": triton when CUDA is available, else reference; the rule: alexnet/layers.py
+    "auto": triton when CUDA is available, else reference; the rule: alexnet/network/layers.py
     load_ops); `channels_last`
     (None: on when CUDA is available); `dropout_seed` seeds the per-column dropout streams
     (None: drawn from torch's generator when the model is built).

@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .files import atomic_write_bytes  # noqa: E402
+from alexnet.base.files import atomic_write_bytes  # noqa: E402
 
 
 class MetricsLog:

@@ -22,9 +22,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from kernels.runtime.dispatch import set_grad_into
-from kernels.runtime.launch_params import SGD_GPU_BLOCK
-from kernels.runtime.layout import cdiv, is_dense
+from kernels import SGD_GPU_BLOCK, cdiv, is_dense, set_grad_into
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -75,7 +73,7 @@ class FlatPaperSGD(PaperSGD):
     Gradients without accumulation launches: zero_grad() sets the gradients to None (no
     launch); each gradient-holding leaf is registered with `kernels.runtime.dispatch.set_grad_into`: a
     fresh view of its slot in the flat buffer is handed out while its .grad is None. The
-    eager backward of the conv op (kernels/conv/op.py) and of alexnet.layers.Linear writes the
+    eager backward of the conv op (kernels/conv/op.py) and of alexnet.network.layers.Linear writes the
     weight/bias gradients into that view and autograd's AccumulateGrad adopts it as .grad
     without a copy. A gradient that arrives anywhere else (a compiled graph's, a plain
     nn.Linear's) is copied into its slot by step() (one launch each), and a leaf without a
@@ -151,7 +149,7 @@ class FlatPaperSGD(PaperSGD):
                 self.flat_low.copy_(self.flat_params)
 
     def attach(self, model: torch.nn.Module) -> None:
-        """Give every module with `compute_params` (alexnet.layers.Conv2d/Linear) the
+        """Give every module with `compute_params` (alexnet.network.layers.Conv2d/Linear) the
         low-precision copies of its weight and bias."""
         if self.flat_low is None:
             raise ValueError("attach needs FlatPaperSGD(low_precision=...)")
@@ -184,7 +182,7 @@ class FlatPaperSGD(PaperSGD):
 
     @torch.no_grad()
     def step(self, closure=None):
-        from kernels.sgd import sgd_step_
+        from kernels import sgd_step_
 
         loss = closure() if closure is not None else None
         self._gather_gradients()

@@ -14,20 +14,10 @@ import fcntl
 import os
 from pathlib import Path
 
+from alexnet.base.errors import UsageError
+
 RUN_FILES = ("checkpoint_last.pt", "checkpoint_best.pt", "metrics.jsonl", "curves.png")
 LOCK_NAME = ".lock"
-
-
-class UsageError(SystemExit):
-    """Bad usage: the message is printed as one line and the process exits with code 2.
-    (A SystemExit, so code that lets it through still stops with the message.)"""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-
-    @property
-    def message(self) -> str:
-        return str(self.args[0])
 
 
 def check_output_dir(out, prog: str = "alexnet.train") -> None:

@@ -31,8 +31,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["ParallelLayout", "ExchangeError", "choose_backend", "init_distributed", "guard", "share_tuning",
-           "tune_and_share"]
+__all__ = ["ParallelLayout", "ExchangeError", "choose_backend", "init_distributed", "guard"]
 
 
 class ExchangeError(RuntimeError):
@@ -145,40 +144,3 @@ def init_distributed(backend: str = "auto", timeout_s: float = 600.0, device: st
     timeout = timedelta(seconds=timeout_s)
     dist.init_process_group(backend, rank=int(os.environ["RANK"]), world_size=world, timeout=timeout)
     return ParallelLayout.create(device, timeout)
-
-
-def share_tuning(group=None) -> int:
-    """Every rank adopts rank 0's autotuning choices (the convolution's launch plans,
-    kernels/conv/common.py), so all ranks run the same tiles, i.e. the same summation order:
-    call it on every rank after each has run the same warm-up pass (which tunes) and before
-    the first step that counts. Returns the number of plans adopted (0 with one process)."""
-    if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return 0
-    from kernels.conv.common import adopt_plans, export_plans
-
-    rows = [export_plans() if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(rows, src=0, group=group)
-    return adopt_plans(rows[0]) if dist.get_rank() != 0 else len(rows[0])
-
-
-def tune_and_share(model, optimizer, batch_size: int, image_size: int, dtype: torch.dtype, channels_last: bool,
-                   conv1, device) -> int:
-    """One forward and backward of a blank batch laid out as the training loader's (conv1's
-    padded input: alexnet.augment.crop_batch), so that every rank tunes the convolutions it
-    will run, then `share_tuning`. Changes no weight: eval mode (no dropout draw), the
-    gradients dropped. Call on every rank, before the first step."""
-    from .augment import crop_batch
-
-    n, size = batch_size, image_size
-    x = crop_batch(torch.zeros(n, size, size, 3, dtype=torch.uint8, device=device),
-                   torch.zeros(n, 2, dtype=torch.int32, device=device), torch.zeros(n, dtype=torch.bool, device=device),
-                   torch.zeros(n, 3, device=device), torch.zeros(size, size, 3, device=device), size, dtype,
-                   channels_last, ops="triton", conv1=conv1)
-    model.eval()
-    try:
-        model(x).float().sum().backward()
-    finally:
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-    return share_tuning()
-
