@@ -476,6 +476,7 @@ def _verified_plan(kernel, tuning, grid, args, meta: dict, plan, check, flops: i
         if config is REFERENCE:
             verify.note_fallback(check)
             return REFERENCE
+        verify.note_ran(f"conv_{check.pass_}", "triton")
         fast_launch(kernel, grid({**meta, **config.kwargs}), args, {**meta, **config.all_kwargs()})
         return config
     excluded = {**entry.get("excluded", {}), **cache.get(class_key).get("excluded", {})}
@@ -504,6 +505,7 @@ def _verified_plan(kernel, tuning, grid, args, meta: dict, plan, check, flops: i
     run(config)  # the outputs: the chosen config's (the candidates wrote them in turn)
     _PLANS[plan] = config
     verify.STATE.plans[plan] = "verified"
+    verify.note_ran(f"conv_{check.pass_}", "triton")
     cache.update(key, config=verify.config_name(config), chosen=True, excluded=failed, context=context)
     return config
 
