@@ -70,6 +70,7 @@ class VerifyState:
     ops          op signature -> True (checked, the kernel runs) | False (mismatch: the reference runs)
     excluded     one record per excluded candidate or op (dicts: what, shape, pass, config, error)
     op_checks    how many first-use comparisons ran (tests: exactly once per signature)
+    seconds      host time spent in the checks (what they cost a run: the summary line)
     ran          op name -> "triton" | "reference" | "triton+reference" (what each op ran, for the logs)
     log_path     where records are appended as JSON lines (None: stderr only)
     identity     overrides of `identity()`'s fields (tests: another device name or source hash)
@@ -82,6 +83,7 @@ class VerifyState:
     ops: dict = field(default_factory=dict)
     excluded: list = field(default_factory=list)
     op_checks: int = 0
+    seconds: float = 0.0  # spent in the checks (the conv candidates' verification and timing, first uses)
     ran: dict = field(default_factory=dict)
     log_path: Path | None = None
     identity: dict = field(default_factory=dict)
@@ -157,7 +159,7 @@ def summary() -> str:
             f"{sum(s == 'cached' for s in plans)} from the verified cache, {n_excl} configs excluded, "
             f"{n_ref_plans} conv passes and {len(ref_ops)} ops on the reference"
             + (f" ({', '.join(ref_ops)})" if ref_ops else "")
-            + f"; {sum(STATE.ops.values())} op signatures checked")
+            + f"; {sum(STATE.ops.values())} op signatures checked; the checks took {STATE.seconds:.1f} s")
     if STATE.excluded:
         line += f"; details above and in {STATE.log_path}" if STATE.log_path else "; details above (stderr)"
     return line
@@ -202,7 +204,7 @@ def compare(actual: torch.Tensor, expected: torch.Tensor, tol) -> str | None:
     if not (actual.is_floating_point() or expected.is_floating_point()):
         bad = int((actual != expected).sum())
         return f"{bad} of {actual.numel()} elements differ" if bad else None
-    a, r = actual.detach().double().cpu(), expected.detach().double().cpu()
+    a, r = actual.detach().double(), expected.detach().to(actual.device).double()  # on the device: conv1's 37M
     n = r.numel()
     nan_a, nan_r = torch.isnan(a), torch.isnan(r)
     if not torch.equal(nan_a, nan_r):
@@ -374,6 +376,14 @@ def verify_candidates(check: ConvCheck, candidates, run, *, device) -> tuple[lis
     """Run each candidate once (`run(config)` launches it) into NaN-filled outputs and compare with
     the reference: (configs that passed, {config name: why the others failed}). Failures are
     named once each (`record`)."""
+    start = time.perf_counter()
+    try:
+        return _verify_candidates(check, candidates, run, device)
+    finally:
+        STATE.seconds += time.perf_counter() - start
+
+
+def _verify_candidates(check: ConvCheck, candidates, run, device) -> tuple[list, dict]:
     expected = [e for e in check.reference()]
     tol = conv_tolerance(check.dtype, check.precision, check.reduction)
     passed, failed = [], {}
@@ -452,6 +462,14 @@ def first_use(name: str, sig: tuple, triton_impl, reference_impl, args, kwargs, 
     """The first call of `sig`: run the kernel and the reference, compare, decide for the rest of
     the process (STATE.ops); returns the result the caller gets (the reference's on a mismatch).
     `mutates`: indices of arguments the op writes in place (SGD, the loss's flag)."""
+    start = time.perf_counter()
+    try:
+        return _first_use(name, sig, triton_impl, reference_impl, args, kwargs, mutates)
+    finally:
+        STATE.seconds += time.perf_counter() - start
+
+
+def _first_use(name, sig, triton_impl, reference_impl, args, kwargs, mutates):
     snapshot = {i: args[i].clone() for i in mutates if isinstance(args[i], torch.Tensor)}
     result = triton_impl(*args, **kwargs)
     ref_args = list(args)
