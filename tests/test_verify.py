@@ -369,3 +369,47 @@ def test_conv1s_padded_image_is_verified_against_the_unpadded_convolution(checks
         _assert_conv_close(got, want, 2 * 4 * 4)
     assert sorted(checks.plans.values()) == ["reference", "verified"]
     assert "no fwd config passed" in capfd.readouterr().err
+
+
+def _fresh_process(checks):
+    path = checks.cache_path
+    verify.reset()
+    verify.STATE.interpreter, verify.STATE.cache_path = True, path
+    common._PLANS.clear()
+    return verify.STATE
+
+
+def test_an_adopted_reference_plan_runs_the_reference(checks, monkeypatch):
+    """Rank 0 found no correct candidate: the plan it shares (pickled, as broadcast_object_list
+    sends it) makes the adopting process run the reference, with no check of its own."""
+    import pickle
+
+    monkeypatch.setattr(FWD, "interpreter_candidates", [UNWRITTEN_TILE])
+    x, w, b = _problem()
+    _fwd(x, w, b)
+    rows = pickle.loads(pickle.dumps(common.export_plans()))
+    assert [r[-1] for r in rows] == ["reference"]
+    state = _fresh_process(checks)
+    state.cache_path = checks.cache_path.with_name("other.json")  # this rank's cache knows nothing
+    assert common.adopt_plans(rows) == 1
+    runs = []
+    monkeypatch.setattr(verify, "verify_candidates", lambda *a, **k: runs.append(1))
+    assert torch.equal(_fwd(x, w, b), F.conv2d(x, w, b, padding=1)) and not runs
+
+
+def test_a_cached_choice_excluded_later_for_its_layer_is_verified_again(checks, monkeypatch):
+    """bench/gpu_report.py writes what it finds (e.g. a crash) as the layer's exclusions: a plan
+    the cache had chosen with that config is made again without it."""
+    monkeypatch.setattr(FWD, "interpreter_candidates", [GOOD, UNWRITTEN_TILE])
+    x, w, b = _problem()
+    _fwd(x, w, b)
+    cache = json.loads(checks.cache_path.read_text())
+    (layer_key,) = [k for k in cache if k.startswith("class-")]
+    verify.PlanCache(checks.cache_path).update(layer_key, excluded={verify.config_name(GOOD): "crashed"})
+    other = Config(dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, GROUP_M=1), num_warps=4, num_stages=1)
+    monkeypatch.setattr(FWD, "interpreter_candidates", [GOOD, UNWRITTEN_TILE, other])
+    state = _fresh_process(checks)
+    _assert_conv_close(_fwd(x, w, b), F.conv2d(x, w, b, padding=1), 144)
+    assert list(state.plans.values()) == ["verified"] and not state.excluded  # neither GOOD nor UNWRITTEN_TILE tried
+    plan = [v for k, v in json.loads(checks.cache_path.read_text()).items() if not k.startswith("class-")]
+    assert [p["config"] for p in plan] == [verify.config_name(other)]

@@ -425,7 +425,7 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
                 config = _candidates(tuning, args, meta, flops)[0]
             else:
                 config = _verified_plan(kernel, tuning, grid, args, meta, plan, check(), flops)
-        if config is REFERENCE:
+        if isinstance(config, str):  # REFERENCE (a string: `is` would miss one adopted from another process)
             fallback = check()
             fallback.fallback()
             verify.note_ran(f"conv_{fallback.pass_}", "reference")
@@ -469,7 +469,9 @@ def _verified_plan(kernel, tuning, grid, args, meta: dict, plan, check, flops: i
     entry = cache.get(key)
     candidates = _candidates(tuning, args, meta, flops)
     by_name = {verify.config_name(c): c for c in candidates}
-    if "config" in entry and (entry["config"] is None or entry["config"] in by_name):
+    layer_excluded = cache.get(class_key).get("excluded", {})  # (bench/gpu_report.py's findings among them)
+    if "config" in entry and (entry["config"] is None or entry["config"] in by_name) and \
+            entry["config"] not in layer_excluded:  # a choice excluded since: verified again
         config = REFERENCE if entry["config"] is None else by_name[entry["config"]]
         _PLANS[plan] = config
         verify.STATE.plans[plan] = "cached" if config is not REFERENCE else "reference"
@@ -479,7 +481,7 @@ def _verified_plan(kernel, tuning, grid, args, meta: dict, plan, check, flops: i
         verify.note_ran(f"conv_{check.pass_}", "triton")
         fast_launch(kernel, grid({**meta, **config.kwargs}), args, {**meta, **config.all_kwargs()})
         return config
-    excluded = {**entry.get("excluded", {}), **cache.get(class_key).get("excluded", {})}
+    excluded = {**entry.get("excluded", {}), **layer_excluded}
     todo = [c for c in candidates if verify.config_name(c) not in excluded]
     check.key, check.class_key = key, class_key
 
