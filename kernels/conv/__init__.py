@@ -10,7 +10,8 @@ accumulation; output in x's dtype and memory format. Dilation 1 only.
 Package kernels/conv/: fwd.py, dgrad.py, wgrad.py (one kernel each, with its launcher),
 common.py (geometry, checks, index helpers, the ReLU-gradient mask, launch), input_layout.py
 (few-channel inputs: conv1's padded image), configs.py (tile configs, autotuning, the
-wgrad split model). This file holds the autograd Function.
+wgrad split model), verified.py (what a pass's tile candidates are checked against, issue 23).
+This file holds the autograd Function.
 
 Layout: the kernels are fast on channels_last (C contiguous), the layout to use. A contiguous
 NCHW x (or dy) is converted to channels_last once per call (a copy); outputs are written

@@ -84,7 +84,7 @@ class VerifyState:
     ops: dict = field(default_factory=dict)
     excluded: list = field(default_factory=list)
     op_checks: int = 0
-    seconds: float = 0.0  # spent in the checks (the conv candidates' verification and timing, first uses)
+    seconds: float = 0.0
     ran: dict = field(default_factory=dict)
     log_path: Path | None = None
     identity: dict = field(default_factory=dict)
@@ -112,7 +112,7 @@ def set_enabled(on: bool) -> None:
 
 
 def set_log(path) -> None:
-    """Append this process's records (exclusions, fallbacks, the summary) to `path` (JSON lines)."""
+    """Append this process's records (exclusions, fallbacks, mismatches) to `path` (JSON lines)."""
     STATE.log_path = Path(path) if path is not None else None
 
 
