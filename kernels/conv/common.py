@@ -458,8 +458,6 @@ def _verified_plan(kernel, tuning, grid, args, meta: dict, plan, check, flops: i
     else verify every candidate (those the cache lists as excluded skipped), time the ones
     that passed (the first one on the interpreter) and cache the choice. The chosen config
     runs once more, so the outputs hold its result; REFERENCE if none passed."""
-    from triton import Config
-
     name = kernel.fn.__name__
     _PLAN_KERNELS.setdefault(name, kernel)
     device = args[0].device
@@ -485,9 +483,8 @@ def _verified_plan(kernel, tuning, grid, args, meta: dict, plan, check, flops: i
     todo = [c for c in candidates if verify.config_name(c) not in excluded]
     check.key, check.class_key = key, class_key
 
-    def run(cfg: Config):
-        m = {**meta, **cfg.kwargs}
-        kernel[grid(m)](*args, **m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    def run(cfg):  # as the plan will launch it (fast_launch: the same meta-parameters and options)
+        kernel[grid({**meta, **cfg.kwargs})](*args, **{**meta, **cfg.all_kwargs()})
 
     passed, failed = verify.verify_candidates(check, todo, run, device=device)
     context = {"kernel": name, "shape": check.shape, "pass": check.pass_, **verify.identity(device)}
