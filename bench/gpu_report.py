@@ -224,8 +224,7 @@ def verify_worker(spec_path: str) -> None:
     def tell(**event):
         print(VERIFY_TAG + json.dumps(event), flush=True)
 
-    verify.STATE.progress = lambda event, check, name, status, why: tell(
-        e=event, key=check.class_key, config=name, status=status, why=why)
+    verify.STATE.progress = lambda *event: print(progress_line(*event), flush=True)
     for group in spec["groups"]:
         shape, layer, pass_, dtype = group
         tell(e="group", group=group)
@@ -235,6 +234,11 @@ def verify_worker(spec_path: str) -> None:
         problem.ours(pass_)()
         torch.cuda.synchronize()
         tell(e="group-done", group=group, seconds=round(time.perf_counter() - start, 2))
+
+
+def progress_line(event: str, check, name: str, status: str, why: str) -> str:
+    """The worker's line for verify.STATE.progress's call (a candidate tried or its result)."""
+    return VERIFY_TAG + json.dumps(dict(e=event, key=check.class_key, config=name, status=status, why=why))
 
 
 def parse_verify_lines(lines, results: dict, seconds: dict) -> tuple[list | None, dict | None]:

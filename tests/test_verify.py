@@ -413,3 +413,21 @@ def test_a_cached_choice_excluded_later_for_its_layer_is_verified_again(checks, 
     assert list(state.plans.values()) == ["verified"] and not state.excluded  # neither GOOD nor UNWRITTEN_TILE tried
     plan = [v for k, v in json.loads(checks.cache_path.read_text()).items() if not k.startswith("class-")]
     assert [p["config"] for p in plan] == [verify.config_name(other)]
+
+
+def test_the_report_workers_progress_lines_come_from_the_real_tuning(checks, monkeypatch):
+    """bench/gpu_report.py's worker prints verify.STATE.progress's calls; its parent reads them
+    back into the table (here from the interpreter's verified tuning of one pass)."""
+    from bench import gpu_report
+
+    monkeypatch.setattr(FWD, "interpreter_candidates", [UNWRITTEN_TILE, GOOD])
+    lines = [gpu_report.VERIFY_TAG + json.dumps({"e": "group", "group": ["single", "conv3", "fwd", "fp32"]})]
+    checks.progress = lambda *event: lines.append(gpu_report.progress_line(*event))
+    _fwd(*_problem())
+    results, seconds = {}, {}
+    group, trying = gpu_report.parse_verify_lines(lines, results, seconds)
+    assert trying is None and group == ["single", "conv3", "fwd", "fp32"]
+    status = {name: s for (_g, name), (s, _why, _key) in results.items()}
+    assert status == {verify.config_name(UNWRITTEN_TILE): "mismatch", verify.config_name(GOOD): "verified"}
+    assert {key for (_s, _w, key) in results.values()} == {
+        k for k in json.loads(checks.cache_path.read_text()) if k.startswith("class-")}
