@@ -133,6 +133,13 @@ def test_the_kernel_checks_are_switched_summarised_once_and_recorded(tiny_store,
             trainer.train_step(None, None)
         assert capsys.readouterr().out.count("kernel checks:") == 1
         assert trainer.kernels_record() == {"ops": "triton", "checked": True, "ran": {"relu_lrn": "reference"}}
+        from alexnet import predict
+
+        for command in (evaluate, predict):  # the other commands that run the kernels have the switch too
+            verify.reset()
+            with pytest.raises(SystemExit):  # (no such checkpoint: the switch is set before anything loads)
+                command.main([str(tmp_path / "none.pt"), *(["x.png"] if command is predict else []), "--no-verify"])
+            assert not verify.STATE.enabled, command
     finally:
         verify.reset()
         for t in trainers:
