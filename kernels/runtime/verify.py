@@ -57,7 +57,7 @@ from pathlib import Path
 import torch
 
 ENV_SWITCH = "ALEXNET_VERIFY"
-ENV_CACHE = "ALEXNET_PLAN_CACHE"  # the plan cache's file (default ~/.cache/alexnet/conv_plans.json)
+ENV_CACHE = "ALEXNET_PLAN_CACHE"  # the plan cache file (default: $XDG_CACHE_HOME or ~/.cache, alexnet/conv_plans.json)
 ENV_LOG = "ALEXNET_VERIFY_LOG"    # a JSON-lines file the records also go to (default: none; a run sets its own)
 
 
@@ -298,8 +298,9 @@ class PlanCache:
     rename) after merging with what is on disk, so concurrent writers lose at most an entry."""
 
     def __init__(self, path=None):
+        cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         self.path = Path(path or STATE.cache_path or os.environ.get(ENV_CACHE)
-                         or Path.home() / ".cache" / "alexnet" / "conv_plans.json")
+                         or cache_home / "alexnet" / "conv_plans.json")
 
     def read(self) -> dict:
         try:
