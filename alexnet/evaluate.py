@@ -30,9 +30,16 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
     ap.add_argument("--ops", choices=("auto", "triton", "reference"), default="auto")
     ap.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    ap.add_argument("--no-verify", action="store_true",
+                    help="trust the Triton kernels unchecked (default: each is checked against its PyTorch "
+                         "reference on its first use on this GPU; README: Correctness on your GPU)")
     args = ap.parse_args(argv)
     if args.batch_size < 1:
         ap.error("--batch-size must be >= 1")
+    if args.no_verify:
+        from kernels import verify
+
+        verify.set_enabled(False)
 
     from alexnet.data.loaders import EvalLoader
     from alexnet.data.store import is_store

@@ -61,6 +61,9 @@ HELP = {
     "cuda_graph": "capture the whole training step (forward, backward, update) in a CUDA graph after 3 warm-up "
                   "steps and replay it (one launch per step); falls back to the plain step, saying why, where "
                   "capture is impossible (CPU, two-column model)",
+    "verify": "check every Triton kernel against its PyTorch reference on its first use on this GPU (each conv "
+              "tile candidate before tuning, every other op once per shape); a kernel that mismatches is replaced "
+              "by the reference, with a warning (README: Correctness on your GPU); --no-verify: trust them unchecked",
 }
 
 

@@ -32,6 +32,7 @@ from alexnet.training.optim import FlatPaperSGD, PaperSGD, PlateauSchedule, load
 from alexnet.training.outdir import RUN_FILES, check_resume_auto, claim_output_dir, refuse_used_output_dir
 from alexnet.training.recipe import RESUME_FIELDS, TrainConfig
 from alexnet.training.session import Session, build_model, resolve_store
+from kernels import verify
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
@@ -117,6 +118,12 @@ class Trainer:
             refuse_used_output_dir(self.out, resume=config.resume is not None, overwrite=config.overwrite)
         if config.resume == "auto":
             check_resume_auto(self.out)
+        # the kernel checks (kernels/runtime/verify.py): on unless --no-verify (or ALEXNET_VERIFY=0); what
+        # they exclude or replace goes to OUT/verify.jsonl (written only if there is something to say)
+        if not config.verify:
+            verify.set_enabled(False)
+        verify.set_log(self.out / "verify.jsonl" if session.is_main else None)
+        self.checks_reported = False
         self.store = resolve_store(config, session)
         if "val" not in self.store.splits or len(self.store.split("val")) == 0:
             raise UsageError(f"alexnet.train: {self.store.path} has no validation images; every epoch ends with a "
@@ -219,7 +226,7 @@ class Trainer:
                 "loader": self.train_loader.state_dict(), "step": self.step, "best_top1": self.best_top1,
                 "rng": rng, "config": asdict(self.config), "model_config": asdict(self.model_config),
                 "classes": self.store.classes, "store": self.store.fingerprint,
-                "store_path": str(self.store.path.resolve()),
+                "store_path": str(self.store.path.resolve()), "kernels": self.kernels_record(),
                 **checkpoint.inference_info(self.store, self.config.image_size)}
         checkpoint.save(ckpt, self.out / "checkpoint_last.pt")
         if best:
@@ -231,7 +238,22 @@ class Trainer:
         tensors (no host sync: finiteness is checked at log steps and before checkpoints)."""
         loss, wrong = self.runner(images, labels)  # captured in a CUDA graph with --cuda-graph
         self.step += 1
+        if not self.checks_reported:  # after the warm-up (the first step; a graph's eager warm-up steps too)
+            self.checks_reported = True
+            if self.session.is_main and self.kernels_checked():
+                self.session.print(f"alexnet.train: {verify.summary()}")
         return loss, wrong
+
+    def kernels_checked(self) -> bool:
+        """Whether this run's Triton kernels are subject to the checks (a GPU, or the interpreter when asked)."""
+        return self.model_config.ops == "triton" and (self.session.device.type == "cuda" or verify.STATE.interpreter)
+
+    def kernels_record(self) -> dict:
+        """Which implementation each op ran ('triton' / 'reference'), for the metrics log and the checkpoint."""
+        if self.model_config.ops != "triton":
+            return {"ops": self.model_config.ops}
+        return {"ops": "triton", "checked": verify.STATE.enabled and self.kernels_checked(),
+                "ran": verify.implementations()}
 
     def check_finite(self) -> None:
         """Raise NonFiniteLoss if any step since the last check had a NaN/inf loss, or if a
@@ -317,7 +339,8 @@ class Trainer:
             best = top1 < self.best_top1
             self.best_top1 = min(self.best_top1, top1)
             record.update(epoch=epoch + 1, step=self.step, lr=self.optimizer.param_groups[0]["lr"], val_top1=top1,
-                          val_top5=top5, chance_top1=1 - 1 / self.store.num_classes, schedule=event)
+                          val_top5=top5, chance_top1=1 - 1 / self.store.num_classes, schedule=event,
+                          kernels=self.kernels_record())
             resumed_position, resumed_step = getattr(self, "resumed_at", (0, 0))
             if resumed_position and epoch == self.resumed_epoch:  # train_* cover only the steps since the resume
                 record.update(resumed_mid_epoch=True, resumed_at_step=resumed_step)

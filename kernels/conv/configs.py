@@ -196,6 +196,9 @@ class ConvTuning:
     key: list = field(default_factory=lambda: ["pix_bucket", "C_PER_G", "K_PER_G", "KH", "KW", "SH", "SW",
                                                "H", "W", "IMG_MULT", "PRECISION"])
     min_flops: float = AUTOTUNE_MIN_FLOPS
+    # candidates a verified plan tries on the interpreter (kernels/runtime/verify.py; tests set it,
+    # empty: `interpreter` runs untuned and unchecked there)
+    interpreter_candidates: list = field(default_factory=list)
 
     def candidates(self, precision: str, elem: int | None = None) -> list:
         """The configs the tuner may try for a precision ("ieee": the FMA list) and element size

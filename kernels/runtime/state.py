@@ -30,8 +30,13 @@ it: `reset()` empties every one, and the next call does the work again.
     conv.plan_kernels     kernels/conv/common.py: a tuned kernel's name -> the kernel (plans cross
                           processes by name: export_plans / adopt_plans)
 
+**The kernel checks' record**: `kernels.runtime.verify.STATE` (a `VerifyState`: whether the
+checks run (ALEXNET_VERIFY, `--no-verify`), which op signatures and conv plans were checked
+and what they found, where the run's report goes). Set by verify.py's functions only;
+`verify.reset()` starts it afresh, and `reset()` here calls it.
+
 Besides these, filled once at import and never changed after: the op registry
-(kernels/runtime/dispatch.py `TRITON_IMPLS`, `_IMPLS`, `_EAGER`), and constant tables (tile
+(kernels/runtime/dispatch.py `TRITON_IMPLS`, `_IMPLS`, `_EAGER`, `_CHECKED`), and constant tables (tile
 lists, launch parameters). One in-call flag: dispatch's `in_fast_forward()`, true only while the
 fast path runs an op's forward (set and cleared around it, in a try/finally).
 
@@ -44,6 +49,8 @@ import contextlib
 from dataclasses import dataclass, field, fields
 
 from torch.utils.weak import WeakIdKeyDictionary
+
+from . import verify
 
 __all__ = ["SWITCHES", "Switches", "override", "memo", "reset", "describe"]
 
@@ -87,11 +94,12 @@ def memo(name: str, holds: str, *, by_tensor: bool = False):
 
 
 def reset() -> None:
-    """Every switch to its default, every remembered table emptied."""
+    """Every switch to its default, every remembered table emptied, the checks' record afresh."""
     for f in fields(Switches):
         setattr(SWITCHES, f.name, getattr(Switches(), f.name))
     for table, _ in _MEMOS.values():
         table.clear()
+    verify.reset()
 
 
 def describe() -> str:
