@@ -37,7 +37,9 @@ HELP = {
     "patience": "epochs without a new best validation top-1 error before lr is divided by 10",
     "lr_step": "if > 0, divide lr by 10 every LR_STEP epochs (a fixed schedule) instead of on plateaus",
     "lr_reductions": "lr divisions before training stops at the next plateau (the paper: 3)",
-    "precision": "fp32 (true fp32), tf32 (tensor cores, fp32 storage) or bf16 (bf16 compute, fp32 master weights)",
+    "precision": "fp32 (true fp32), tf32 (tensor cores, fp32 storage), bf16 (bf16 compute, fp32 master weights) "
+                 "or auto (bf16 on a GPU that has it, compute capability 8.0+; else fp32); one the GPU lacks is "
+                 "refused before the first step",
     "ops": "triton (the project's kernels), reference (plain PyTorch) or auto (triton on CUDA)",
     "eval_views": "validation views: centre crop, or ten (4 corners + centre and their flips, softmax averaged)",
     "seed": "seed of the initialisation, data order, augmentation and dropout",

@@ -20,9 +20,11 @@ IMPORT_TIME = {
     ("kernels/runtime/dispatch.py", "TRITON_IMPLS"), ("kernels/runtime/dispatch.py", "_IMPLS"),
     ("kernels/runtime/dispatch.py", "_EAGER"), ("kernels/runtime/dispatch.py", "_CHECKED"),
     ("kernels/runtime/state.py", "_MEMOS"),
+    ("kernels/runtime/state.py", "_RESETS"),
 }
 CONSTANT_TABLES = {"FWD_TILES", "IEEE_TILES", "DGRAD_TILES", "WGRAD_TILES", "WGRAD_TF32_TILES", "SM_TFLOPS",
-                   "DROPOUT", "SGD", "AUGMENT", "NOT_CHECKED_HERE", "U_OUT", "__all__"}
+                   "DROPOUT", "SGD", "AUGMENT", "NOT_CHECKED_HERE", "U_OUT", "TESTED", "KNOWN",
+                   "PRECISION_ARCH", "__all__"}
 
 
 def module_level_containers(path: Path):

@@ -12,7 +12,7 @@ import errno
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ from alexnet.training.metrics import MetricsLog
 from alexnet.training.optim import FlatPaperSGD, PaperSGD, PlateauSchedule, load_velocity, param_groups, set_lr
 from alexnet.training.outdir import RUN_FILES, check_resume_auto, claim_output_dir, refuse_used_output_dir
 from alexnet.training.recipe import RESUME_FIELDS, TrainConfig
-from alexnet.training.session import Session, build_model, resolve_store
+from alexnet.training.session import Session, build_model, check_ops, resolve_precision, resolve_store
 from kernels import verify
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
@@ -107,8 +107,11 @@ def training_step(model, optimizer, images, labels, finite: torch.Tensor, sync_g
 # ------------------------------------------------------------------ the loop
 class Trainer:
     def __init__(self, config: TrainConfig):
-        self.config = config
         self.session = session = Session(config)
+        # what the device has, before anything is written: --precision auto made concrete (bf16 on
+        # sm_80+), a precision the GPU lacks or --ops triton below sm_80 refused in one line
+        self.ops_note = check_ops(config.ops, session.device)
+        self.config = config = replace(config, precision=resolve_precision(config.precision, session.device))
         self.out = Path(config.out)
         self.lock = None
         if session.is_main:  # before anything is written: a used OUT is refused, a second run locked out
@@ -375,6 +378,8 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         where = "1 process" if s.layout is None else (f"{s.layout.world_size} ranks ({s.layout.backend}): "
                                                        f"{s.layout.replicas} replica(s) x 2 columns")
+        if self.ops_note:
+            s.print(self.ops_note)
         s.print(f"alexnet.train: {where} on {s.device}, ops={m.ops}, precision={c.precision}, "
                 f"channels_last={m.channels_last}")
         s.print(f"  data: {self.store.path} ({self.store.num_classes} classes, {len(self.store.split('train'))} train"

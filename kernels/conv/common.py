@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .._common import as_format, cdiv, check_same_device, check_tensor, interpreting
-from ..runtime import verify
+from ..runtime import verify, versions
 from ..runtime.fastlaunch import launch as fast_launch
 from ..runtime.state import memo
 
@@ -413,13 +413,20 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
         config = tuning.interpreter
     if config is None and flops < tuning.min_flops and not verified:
         config = tuning.small
+    if config is None and not verified and not versions.PLANS.ok():  # outside the tested Triton: the autotuner
+        tuned[grid](*args, **meta)                                      # every call (its pick is private API)
+        return True
     if config is None:
         plan = (id(kernel), tuple(meta.items()), tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in args))
         config = _PLANS.get(plan)
         if config is None and not verified:  # the autotuner picks (or finds its pick) and launches
             tuned[grid](*args, **meta)
-            _PLANS[plan] = tuned.best_config
-            _PLAN_KERNELS.setdefault(kernel.fn.__name__, kernel)
+            try:  # private: the Autotuner's pick and the kernel's function
+                _PLANS[plan] = tuned.best_config
+                _PLAN_KERNELS.setdefault(kernel.fn.__name__, kernel)
+            except Exception as err:
+                _PLANS.pop(plan, None)
+                versions.PLANS.fail(err)
             return True
         if config is None:
             if not verify.may_check():  # tracing or capturing: no plan made here (the warm-up makes it)

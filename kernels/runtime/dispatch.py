@@ -10,7 +10,7 @@ import ast
 import torch
 
 from .._common import interpreting
-from . import verify
+from . import verify, versions
 from .state import SWITCHES, memo
 
 NAMESPACE = "alexnet_triton"
@@ -65,20 +65,29 @@ def _checked(name: str, mutates: tuple, defaults: tuple):
 # --------------------------------------------------------------------------- the eager fast path
 _EAGER = {}  # name -> autograd.Function running the implementation with the op's own autograd
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
-_dispatch_depth = torch._C._len_torch_dispatch_stack
-_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+# private torch calls (kernels/runtime/versions.py EAGER: used only inside the tested torch range;
+# None where this torch lacks them, and the first call then steps the fast path aside)
+_dispatch_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_functorch_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
 
 
 def _eager(x: torch.Tensor) -> bool:
     """Whether the fast path may run: not compiling/exporting, x a plain tensor (not fake,
     functional or functorch-wrapped), and no dispatch mode but observers that declare
-    `eager_fast_path_ok` (bench/launch_stubs.py's launch census)."""
-    if not SWITCHES.fast_path or torch.compiler.is_compiling() or type(x) not in _PLAIN or _functorch_wrapped(x):
+    `eager_fast_path_ok` (bench/launch_stubs.py's launch census). False for good (one warning)
+    outside the tested torch range or after a private call's first unexpected error."""
+    if not SWITCHES.fast_path or torch.compiler.is_compiling() or type(x) not in _PLAIN or not versions.EAGER.ok():
         return False
-    if _dispatch_depth():
-        from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+    try:
+        if _functorch_wrapped(x):
+            return False
+        if _dispatch_depth():
+            from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
-        return all(getattr(mode, "eager_fast_path_ok", False) for mode in _get_current_dispatch_mode_stack())
+            return all(getattr(mode, "eager_fast_path_ok", False) for mode in _get_current_dispatch_mode_stack())
+    except Exception as err:  # a private call gone or changed: the custom op from now on
+        versions.EAGER.fail(err)
+        return False
     return True
 
 

@@ -57,6 +57,8 @@ from pathlib import Path
 
 import torch
 
+from . import state as _state
+
 ENV_SWITCH = "ALEXNET_VERIFY"
 ENV_CACHE = "ALEXNET_PLAN_CACHE"  # the plan cache file (default: $XDG_CACHE_HOME or ~/.cache, alexnet/conv_plans.json)
 ENV_LOG = "ALEXNET_VERIFY_LOG"    # a JSON-lines file the records also go to (default: none; a run sets its own)
@@ -106,6 +108,9 @@ def reset() -> None:
     """Forget every verification of this process (a fresh process's state; reads the environment again)."""
     global STATE
     STATE = _fresh()
+
+
+_state.on_reset(lambda: reset())  # kernels.runtime.state.reset() starts the record afresh too
 
 
 def set_enabled(on: bool) -> None:
