@@ -249,3 +249,27 @@ def test_four_ranks_are_two_replicas_that_share_each_epoch(tiny_store, tmp_path)
     (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert record["images"] == 48 and record["step"] == 3  # 48 images: 24 per replica, 3 steps of 8
     assert evaluate.main([str(tmp_path / "checkpoint_last.pt"), "--views", "centre", "--ops", "reference"]) == 0
+
+
+def test_a_run_leaves_the_tf32_switches_as_it_found_them(tiny_store, tmp_path):
+    """The precision's TF32 setting holds while the run trains and is put back after: a run
+    leaves no process-wide switch of torch's changed (issue 25)."""
+    seen = []
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32
+    trainer = Trainer(config(tiny_store, tmp_path, precision="tf32", epochs=1, max_steps=1))
+    real = trainer.train_step
+
+    def spy(*args):
+        seen.append((matmul.allow_tf32, cudnn.allow_tf32))
+        return real(*args)
+
+    trainer.train_step = spy
+    try:
+        trainer.run()
+    finally:
+        trainer.train_loader.close()
+        trainer.val_loader.close()
+        trainer.lock.close()
+    assert seen and all(s == (True, True) for s in seen)
+    assert (matmul.allow_tf32, cudnn.allow_tf32) == before

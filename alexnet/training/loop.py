@@ -31,7 +31,7 @@ from alexnet.training.metrics import MetricsLog
 from alexnet.training.optim import FlatPaperSGD, PaperSGD, PlateauSchedule, load_velocity, param_groups, set_lr
 from alexnet.training.outdir import RUN_FILES, check_resume_auto, claim_output_dir, refuse_used_output_dir
 from alexnet.training.recipe import RESUME_FIELDS, TrainConfig
-from alexnet.training.session import Session, build_model, check_ops, resolve_precision, resolve_store
+from alexnet.training.session import Session, build_model, check_ops, resolve_precision, resolve_store, tf32_as
 from kernels import verify
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
@@ -132,7 +132,6 @@ class Trainer:
             raise UsageError(f"alexnet.train: {self.store.path} has no validation images; every epoch ends with a "
                              "validation (prepare SRC with a val/ folder)")
         self.dtype = DTYPES[config.precision]
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.precision == "tf32"
         n_train = len(self.store.split("train"))
         if config.batch_size * session.data_world > n_train:
             raise UsageError(f"alexnet.train: --batch-size {config.batch_size} x {session.data_world} replica(s) is "
@@ -168,14 +167,15 @@ class Trainer:
     # -------------------------------------------------------------- checkpoints
     def _share_tuning(self) -> None:
         """Distributed on CUDA with the Triton ops: every rank tunes on a blank batch, then
-        takes rank 0's choices (alexnet.network.distributed.tune_and_share)."""
+        takes rank 0's choices (alexnet.training.tuning.tune_and_share)."""
         s, m = self.session, self.model_config
         if s.layout is None or s.device.type != "cuda" or not uses_kernels(m.ops):
             return
         from alexnet.training.tuning import tune_and_share
 
-        shared = tune_and_share(self.model, self.optimizer, self.config.batch_size, self.config.image_size,
-                                self.dtype, bool(m.channels_last), m.convs[0], s.device)
+        with tf32_as(self.config.precision):  # the tiles the run will use: tuned under its precision
+            shared = tune_and_share(self.model, self.optimizer, self.config.batch_size, self.config.image_size,
+                                    self.dtype, bool(m.channels_last), m.convs[0], s.device)
         s.print(f"alexnet.train: {shared} convolution launch plans shared from rank 0")
 
     def _maybe_resume(self) -> str | None:
@@ -325,6 +325,12 @@ class Trainer:
         return error_rates(counts)
 
     def run(self) -> dict:
+        """Train to the end of the schedule, with torch's TF32 switches as the precision asks
+        while it runs (restored after: nothing of the run's stays set in the process)."""
+        with tf32_as(self.config.precision):
+            return self._run()
+
+    def _run(self) -> dict:
         config, session = self.config, self.session
         self._banner()
         start, epoch, last = time.perf_counter(), self.train_loader.epoch, None
