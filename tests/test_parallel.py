@@ -143,10 +143,9 @@ def _share_tuning_worker(rank):
     from kernels.runtime import verify
 
     init_distributed(backend="gloo", timeout_s=120, device="cpu")
-    common._PLAN_KERNELS["_conv_fwd_kernel"] = _conv_fwd_kernel
-    problem = (id(_conv_fwd_kernel), (("C_PER_G", 48), ("KH", 5)), (torch.bfloat16, 128, 27))
-    only0 = (id(_conv_fwd_kernel), (("C_PER_G", 8),), (7,))
-    unverified = (id(_conv_fwd_kernel), (("C_PER_G", 4),), (3,))
+    problem = (_conv_fwd_kernel.fn.__name__, (("C_PER_G", 48), ("KH", 5)), (torch.bfloat16, 128, 27))
+    only0 = (_conv_fwd_kernel.fn.__name__, (("C_PER_G", 8),), (7,))
+    unverified = (_conv_fwd_kernel.fn.__name__, (("C_PER_G", 4),), (3,))
     common._PLANS[problem] = Config({"BLOCK_M": 64 * (rank + 1)}, num_warps=4 * (rank + 1))
     verify.STATE.plans[problem] = "verified"
     if rank == 0:

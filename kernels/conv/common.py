@@ -417,13 +417,13 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
         tuned[grid](*args, **meta)                                      # every call (its pick is private API)
         return True
     if config is None:
-        plan = (id(kernel), tuple(meta.items()), tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in args))
+        plan = (kernel.fn.__name__, tuple(meta.items()),
+                tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in args))
         config = _PLANS.get(plan)
         if config is None and not verified:  # the autotuner picks (or finds its pick) and launches
             tuned[grid](*args, **meta)
             try:  # private: the Autotuner's pick and the kernel's function
                 _PLANS[plan] = tuned.best_config
-                _PLAN_KERNELS.setdefault(kernel.fn.__name__, kernel)
             except Exception as err:
                 _PLANS.pop(plan, None)
                 versions.PLANS.fail(err)
@@ -467,7 +467,6 @@ def _verified_plan(kernel, tuning, grid, args, meta: dict, plan, check, flops: i
     that passed (the first one on the interpreter) and cache the choice. The chosen config
     runs once more, so the outputs hold its result; REFERENCE if none passed."""
     name = kernel.fn.__name__
-    _PLAN_KERNELS.setdefault(name, kernel)
     device = args[0].device
     key = verify.plan_key(name, plan[1], plan[2], device)
     class_key = verify.class_key(name, plan[1], args[0].dtype, device)
@@ -517,12 +516,11 @@ def _verified_plan(kernel, tuning, grid, args, meta: dict, plan, check, flops: i
     return config
 
 
-# Launch plans: the autotuner's choice per (kernel, by id: hashing a JITFunction takes a lock;
-# constexprs; the arguments' dtypes and integers: shapes, strides, pixel bucket). A finer key
-# than the autotuner's own, so a plan never reuses a choice made for another problem, and a
-# new layout gets its own plan.
-_PLANS = memo("conv.plans", "a launch plan (kernel, constexprs, argument key) -> the chosen triton.Config")
-_PLAN_KERNELS = memo("conv.plan_kernels", "a tuned kernel's name -> the kernel (export_plans / adopt_plans)")
+# Launch plans: the chosen config per (kernel, by its name: the conv kernels' names are unique,
+# and a name means the same kernel in every process; constexprs; the arguments' dtypes and
+# integers: shapes, strides, pixel bucket). A finer key than the autotuner's own, so a plan never
+# reuses a choice made for another problem, and a new layout gets its own plan.
+_PLANS = memo("conv.plans", "a launch plan (kernel name, constexprs, argument key) -> the chosen triton.Config")
 
 
 def export_plans() -> list:
@@ -530,25 +528,18 @@ def export_plans() -> list:
     chosen triton.Config or REFERENCE, how it was chosen: "verified" / "cached" / "reference",
     or "unverified" when the checks were off): what `adopt_plans` takes in another process
     (alexnet.distributed share_tuning sends rank 0's to every rank)."""
-    names = {id(kernel): name for name, kernel in _PLAN_KERNELS.items()}
-    return [(names[plan[0]], plan[1], plan[2], config, verify.STATE.plans.get(plan, "unverified"))
-            for plan, config in _PLANS.items() if plan[0] in names]
+    return [(*plan, config, verify.STATE.plans.get(plan, "unverified")) for plan, config in _PLANS.items()]
 
 
 def adopt_plans(rows) -> int:
     """Make `export_plans` rows this process's plans (replacing its own choice for the same
     problem); returns how many. With the checks on, an unverified row is not adopted (this
-    process keeps, or makes and verifies, its own plan). A row's kernel must have been
-    launched here already (its plan key holds the kernel's id in this process)."""
+    process keeps, or makes and verifies, its own plan)."""
     adopted = 0
     for name, meta, args, config, status in rows:
         if status == "unverified" and verify.STATE.enabled:
             continue
-        kernel = _PLAN_KERNELS.get(name)
-        if kernel is None:
-            raise ValueError(f"a launch plan for {name}, which this process has not launched: run the same "
-                             "warm-up pass on every rank before sharing plans")
-        plan = (id(kernel), meta, args)
+        plan = (name, meta, args)
         _PLANS[plan] = config
         verify.STATE.plans[plan] = status
         adopted += 1

@@ -30,9 +30,9 @@ it: `reset()` empties every one, and the next call does the work again.
                           forward to its weight gradient (by input tensor, weakly)
     dispatch.grad_into    kernels/runtime/dispatch.py: a leaf (weakly) -> where its gradient may be
                           written (alexnet.training.optim.FlatPaperSGD registers its leaves)
-    conv.plans            kernels/conv/common.py: a launch plan -> the autotuner's chosen config
-    conv.plan_kernels     kernels/conv/common.py: a tuned kernel's name -> the kernel (plans cross
-                          processes by name: export_plans / adopt_plans)
+    conv.plans            kernels/conv/common.py: a launch plan (kernel name, constexprs, argument
+                          key) -> the chosen config (export_plans / adopt_plans carry them across
+                          processes)
     conv.restaged         kernels/conv/configs.py: a listed tile with fewer stages for a device
                           with less shared memory (the same object each time)
     device.specs          kernels/runtime/device.py: a CUDA device's DeviceSpec, read once
