@@ -63,6 +63,9 @@ HELP = {
     "cuda_graph": "capture the whole training step (forward, backward, update) in a CUDA graph after 3 warm-up "
                   "steps and replay it (one launch per step); falls back to the plain step, saying why, where "
                   "capture is impossible (CPU, two-column model)",
+    "verify": "check every Triton kernel against its PyTorch reference on its first use on this GPU (each conv "
+              "tile candidate before tuning, every other op once per shape); a kernel that mismatches is replaced "
+              "by the reference, with a warning (README: Correctness on your GPU); --no-verify: trust them unchecked",
 }
 
 
@@ -81,20 +84,14 @@ def _parser() -> argparse.ArgumentParser:
             ap.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                             help=HELP[f.name] + " (default: on)")
             continue
-        if f.default is False:  # switches that default off: a plain flag
-            ap.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS,
-                            help=HELP[f.name] + " (default: off)")
-            continue
         choices = None
         if "Literal" in kind:
             choices = [c.strip().strip("'\"") for c in kind.split("[", 1)[1].rstrip("]").split(",")]
         convert = str
-        if kind.startswith("int") or (choices and all(c.isdigit() for c in choices)):
+        if kind.startswith("int") or (choices and all(c.isdigit() for c in choices)):  # "int | None" too
             convert = int
         elif kind.startswith("float"):
             convert = float
-        elif "int | None" in kind:
-            convert = int
         if choices and convert is int:
             choices = [int(c) for c in choices]
         ap.add_argument(flag, dest=f.name, type=convert, choices=choices, default=argparse.SUPPRESS,
@@ -116,6 +113,7 @@ def _validate(c: TrainConfig) -> None:
     import math
 
     from alexnet.base.errors import UsageError
+    from alexnet.base.paths import refuse_overlap
     from alexnet.training.outdir import check_output_dir
 
     problems = [f"--{name.replace('_', '-')} must be a finite number, got {getattr(c, name)}"
@@ -144,6 +142,7 @@ def _validate(c: TrainConfig) -> None:
         problems.append("--resume and --overwrite contradict each other")
     if problems:
         raise UsageError("alexnet.train: " + "; ".join(problems))
+    refuse_overlap("alexnet.train", ("--out", c.out), [("--data", c.data)])
     check_output_dir(c.out)
 
 

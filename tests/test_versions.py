@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import kernels.ops  # noqa: F401 (defines the ops)
-from kernels.runtime import dispatch, versions
+from kernels.runtime import dispatch, state, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,9 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def fresh():
     versions.reset()
-    versions.INSTALLED.clear()
-    yield
-    versions.INSTALLED.clear()
+    with state.override(version_override={}):
+        yield
     versions.reset()
 
 
@@ -49,7 +48,7 @@ def test_eager_shortcut_in_range():
 
 
 def test_eager_shortcut_steps_aside_for_a_newer_torch():
-    versions.INSTALLED["torch"] = "2.14.0"
+    state.SWITCHES.version_override = {"torch": "2.14.0"}
     on, caught = _eager_on()
     assert on == [False] * 3
     assert len(caught) == 1 and "eager dispatch fast path is off (torch 2.14.0 is outside the tested 2.11-2.13)" \

@@ -130,6 +130,13 @@ def resolve_ops(ops: str) -> str:
     return ops
 
 
+def uses_kernels(ops: str) -> bool:
+    """Whether an ops choice ("triton", "reference" or "auto", resolved as resolve_ops does)
+    runs the project's kernels (the alexnet_triton custom ops, kernels/), not torch's own ops:
+    the one place a run asks which of the two it is."""
+    return resolve_ops(ops) == "triton"
+
+
 @dataclass(frozen=True)
 class AlexNetConfig:
     """AlexNet's architecture; defaults are the paper's network.

@@ -57,6 +57,7 @@ class TrainConfig:
     threads: int | None = None         # reader threads of the data loader (default: min(8, cores))
     timeout_s: float = 600.0           # a rank that waits longer than this on another fails (distributed)
     cuda_graph: bool = False           # replay the whole step as one CUDA graph after warm-up (not in the paper)
+    verify: bool = True                # check every Triton kernel against its reference on first use (--no-verify)
 
     def initial(self) -> tuple[float, float]:
         """(weight std, bias) of the initialisation: init_std/init_bias where given, else the

@@ -6,6 +6,7 @@ ranks under torchrun). Used by alexnet/training/loop.py.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from alexnet.network.model import AlexNet
 from alexnet.training.checks import check_store_fits, check_store_source
 from alexnet.training.recipe import MODEL_FIELDS, TrainConfig, store_size_for
 
-__all__ = ["Session", "resolve_store", "build_model", "resolve_precision", "check_ops"]
+__all__ = ["Session", "resolve_store", "build_model", "resolve_precision", "check_ops", "tf32_as"]
 
 
 class Session:
@@ -124,3 +125,17 @@ def build_model(config: TrainConfig, store: Store, session: Session):
     if config.columns != 2:
         raise UsageError("alexnet.train: several ranks run the two-column model; --columns 1 needs one process")
     return ShardedAlexNet(model_config, session.layout), model_config
+
+
+@contextlib.contextmanager
+def tf32_as(precision: str):
+    """torch's TF32 switches (cuBLAS matmuls, cuDNN's convolutions, and this project's conv tiles,
+    which follow cudnn.allow_tf32) on for precision "tf32" and off otherwise, for the block;
+    what was set before comes back after."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved

@@ -32,6 +32,7 @@ from triton import Config
 
 from ..runtime import device as device_specs
 from ..runtime.device import DeviceSpec
+from ..runtime.state import memo
 
 
 def _tiles(rows, group_m=None):
@@ -149,7 +150,7 @@ def _thread_registers(cfg: Config, elem: int) -> int:
     return acc + operands
 
 
-_RESTAGED: dict = {}  # (id of a listed config, stages) -> that config with fewer stages (the same object each time)
+_RESTAGED = memo("conv.restaged", "(id of a listed config, stages) -> that config with fewer stages (the same object)")
 
 
 def for_device(cfg: Config, elem: int, spec: DeviceSpec) -> Config | None:
@@ -251,6 +252,9 @@ class ConvTuning:
     key: list = field(default_factory=lambda: ["pix_bucket", "C_PER_G", "K_PER_G", "KH", "KW", "SH", "SW",
                                                "H", "W", "IMG_MULT", "PRECISION"])
     min_flops: float = AUTOTUNE_MIN_FLOPS
+    # candidates a verified plan tries on the interpreter (kernels/runtime/verify.py; tests set it,
+    # empty: `interpreter` runs untuned and unchecked there)
+    interpreter_candidates: list = field(default_factory=list)
 
     def candidates(self, precision: str, elem: int | None = None) -> list:
         """The configs the tuner may try for a precision ("ieee": the FMA list) and element size

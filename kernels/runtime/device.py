@@ -9,16 +9,18 @@ rates the wgrad split model assumes).
                        unless `use_offline(spec)` says otherwise
     current()          spec_for the current CUDA device, or offline() without one
 
-Process-wide state, all here: `_OFFLINE` (set by `use_offline`, a context manager that restores
-it; bench/conv_sass.py --arch and bench/host_step.py set it) and `_CACHE` (specs read from the
-devices; `clear()` empties it, tests that fake a device's properties call it).
+Process-wide state (declared in kernels/runtime/state.py): the `offline_device` switch (set by
+`use_offline`, a context manager that restores it; bench/conv_sass.py --arch and
+bench/host_step.py set it) and the `device.specs` memo (specs read from the devices; `clear()`
+empties it, tests that fake a device's properties call it).
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, replace
 
 import torch
+
+from .state import SWITCHES, memo, override
 
 __all__ = ["DeviceSpec", "KNOWN", "spec_for", "offline", "current", "use_offline", "clear", "assume", "TRITON_MIN_ARCH",
            "supports", "auto_precision", "precision_refusal", "triton_refusal"]
@@ -97,24 +99,18 @@ KNOWN = {
                     hbm_bytes_per_s=1.5e12),
 }
 
-_OFFLINE = KNOWN[90]
-_CACHE: dict = {}
+_CACHE = memo("device.specs", "a CUDA device index -> its DeviceSpec, read once")
 
 
 def offline() -> DeviceSpec:
     """The spec used where no GPU answers: an H100 unless `use_offline` set another."""
-    return _OFFLINE
+    return SWITCHES.offline_device or KNOWN[90]
 
 
-@contextlib.contextmanager
 def use_offline(spec: DeviceSpec):
-    """Within the block (or for good, if never exited) `offline()` is `spec`."""
-    global _OFFLINE
-    saved, _OFFLINE = _OFFLINE, spec
-    try:
-        yield spec
-    finally:
-        _OFFLINE = saved
+    """Within the block (or for good, if never exited) `offline()` is `spec` (the
+    `offline_device` switch, kernels/runtime/state.py)."""
+    return override(offline_device=spec)
 
 
 def clear() -> None:
@@ -152,7 +148,7 @@ def from_properties(props) -> DeviceSpec:
 def spec_for(device: torch.device | None) -> DeviceSpec:
     """The spec of `device`: a CUDA device's properties (read once per index), else `offline()`."""
     if device is None or device.type != "cuda":
-        return _OFFLINE
+        return offline()
     index = device.index if device.index is not None else torch.cuda.current_device()
     spec = _CACHE.get(index)
     if spec is None:
@@ -162,7 +158,7 @@ def spec_for(device: torch.device | None) -> DeviceSpec:
 
 def current() -> DeviceSpec:
     """spec_for the current CUDA device, or `offline()` where there is none."""
-    return spec_for(torch.device("cuda")) if torch.cuda.is_available() else _OFFLINE
+    return spec_for(torch.device("cuda")) if torch.cuda.is_available() else offline()
 
 
 # ------------------------------------------------------------------ precision by capability

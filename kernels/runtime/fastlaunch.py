@@ -17,9 +17,10 @@ Triton specialises pointers on), every other argument by value (Triton specialis
 is new goes through Triton's own path (which compiles if needed) and records the result. Launch
 hooks (knobs.runtime.launch_enter/exit_hook) and launch metadata are passed on as Triton does.
 The fast path steps aside entirely (every call through Triton) under the interpreter, for a
-kernel with pre-run hooks, when `ENABLED` is False, and for good (one warning) when the
-installed Triton is outside the tested range or a private call fails unexpectedly
-(kernels/runtime/versions.py `FASTLAUNCH`; the call that failed is then made through Triton).
+kernel with pre-run hooks, when the `fast_launch` switch is off (kernels/runtime/state.py), and
+for good (one warning) when the installed Triton is outside the tested range or a private call
+fails unexpectedly (kernels/runtime/versions.py `FASTLAUNCH`; the call that failed is then made
+through Triton).
 
 Checked in tests/test_fastlaunch.py: with Triton's launcher stubbed (bench/launch_stubs.py),
 each kernel family's launcher hands the launcher the same arguments both ways.
@@ -32,12 +33,12 @@ from triton.runtime import driver
 
 from . import versions
 from .checks import interpreting
+from .state import SWITCHES, memo
 
-__all__ = ["launch", "ENABLED", "clear"]
+__all__ = ["launch", "clear"]
 
-ENABLED = True
 MAX_ENTRIES = 4096  # distinct specialisations kept (the paper's step uses some 40); past it, start again
-_COMPILED: dict = {}  # key -> (compiled kernel, the constexpr parameters' values after the positional ones)
+_COMPILED = memo("fastlaunch.compiled", "a specialisation's key -> (compiled kernel, its constexpr values, the kernel)")
 
 
 def _spec(arg):
@@ -54,7 +55,8 @@ def clear() -> None:
 def launch(kernel, grid: tuple, args: tuple, meta: dict) -> None:
     """`kernel[grid](*args, **meta)`: `args` the leading parameters, positionally; `meta` the
     rest by name (constexprs) and launch options (num_warps, num_stages, ...); `grid` a tuple."""
-    if not ENABLED or interpreting() or not versions.FASTLAUNCH.ok() or getattr(kernel, "pre_run_hooks", True):
+    if (not SWITCHES.fast_launch or interpreting() or not versions.FASTLAUNCH.ok()
+            or getattr(kernel, "pre_run_hooks", True)):
         kernel[grid](*args, **meta)
         return
     device = driver.active.get_current_device()

@@ -30,19 +30,21 @@ from one of its private calls, it warns once (RuntimeWarning, naming the path, t
 version and the tested range) and steps aside for the rest of the process: every later call
 takes the public path, and the run goes on.
 
-Process-wide state, all here: each `FastPath`'s `state` (None: not yet checked; True: in use;
-False: stepped aside). `reset()` forgets them (tests); `INSTALLED` overrides what a package's
-version is taken to be (tests fake a newer Triton).
+Process-wide state (listed in kernels/runtime/state.py): each `FastPath`'s `state` (None: not
+yet checked; True: in use; False: stepped aside); `reset()` forgets them (tests). The
+`version_override` switch (kernels/runtime/state.py) overrides what a package's version is taken
+to be (tests fake a newer Triton).
 """
 from __future__ import annotations
 
 import re
 import warnings
 
+from .state import SWITCHES, on_reset
+
 __all__ = ["TESTED", "FastPath", "FASTLAUNCH", "PLANS", "EAGER", "installed", "tested", "reset"]
 
 TESTED = {"triton": ((3, 6), (3, 9)), "torch": ((2, 11), (2, 13))}  # (oldest, newest) major.minor, inclusive
-INSTALLED: dict = {}  # package -> version string taken as installed instead of the package's own (tests)
 
 
 def _major_minor(version: str) -> tuple[int, int]:
@@ -51,9 +53,9 @@ def _major_minor(version: str) -> tuple[int, int]:
 
 
 def installed(package: str) -> str:
-    """The installed version of "triton" or "torch" (or what `INSTALLED` says it is)."""
-    if package in INSTALLED:
-        return INSTALLED[package]
+    """The installed version of "triton" or "torch" (or what the `version_override` switch says it is)."""
+    if package in SWITCHES.version_override:
+        return SWITCHES.version_override[package]
     if package == "triton":
         import triton
 
@@ -112,3 +114,6 @@ def reset() -> None:
     """Forget every path's check (the next use checks again); tests."""
     for path in PATHS:
         path.state = None
+
+
+on_reset(reset)  # kernels.runtime.state.reset() forgets the checks too
