@@ -73,7 +73,7 @@ ARCHS = sorted(device_specs.KNOWN)  # the targets --arch takes (75 fp16/fp32 onl
 COMPILED = []
 
 
-def _compile_only(kernel, tuned, tuning, grid, args, meta, *, flops, config=None):
+def _compile_only(kernel, tuned, tuning, grid, args, meta, *, flops, config=None, check=None):
     """Stands in for kernels.conv.common.launch: compile `kernel` with `config`, never run it."""
     meta = {**meta, **config.kwargs}
     COMPILED.append(kernel.warmup(*args, grid=grid(meta), **meta, num_warps=config.num_warps,
