@@ -172,10 +172,12 @@ def _triton_impls_on_meta() -> None:
     as on a GPU: the dispatch through torch.library is paid and every launch is counted (a
     meta tensor would otherwise get the op's fake implementation, which launches nothing)."""
     from kernels import ops
+    from kernels.runtime import state
 
     for op, triton_impl in ops.TRITON_IMPLS.values():
         op.register_kernel("meta", triton_impl)
-    ops.TRITON_DEVICES.add("meta")  # and the eager fast path (dispatch.call) picks the same implementation
+    # and the eager fast path (kernels.runtime.dispatch.call) picks the same implementation
+    state.SWITCHES.triton_devices = state.SWITCHES.triton_devices | {"meta"}
 
 
 def _patch_dropout_generators() -> None:

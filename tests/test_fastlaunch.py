@@ -20,6 +20,7 @@ install_stubs()
 import triton.runtime.jit as jit
 
 import kernels.runtime.fastlaunch as fl
+from kernels.runtime import state
 from kernels.conv.common import ConvGeometry
 from kernels.conv.fwd import conv2d_forward
 from kernels.cross_entropy import launch_softmax_cross_entropy
@@ -79,12 +80,12 @@ def described(args):
 
 out = {}
 for name, case in CASES.items():
-    fl.ENABLED = False
+    state.SWITCHES.fast_launch = False
     for _ in range(3):  # the conv's first call tunes; the next ones launch its plan
         recorded.clear()
         case()
     triton_path = [described(a) for a in recorded]
-    fl.ENABLED = True
+    state.SWITCHES.fast_launch = True
     entries = len(fl._COMPILED)
     for _ in range(3):
         recorded.clear()

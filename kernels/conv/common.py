@@ -24,6 +24,7 @@ import triton.language as tl
 
 from .._common import as_format, cdiv, check_same_device, check_tensor, interpreting
 from ..runtime.fastlaunch import launch as fast_launch
+from ..runtime.state import memo
 
 # Pixel indices (N*H*W, N*OH*OW) are int32 in the kernels (cheap in the loops); a tile may run
 # up to BLOCK_M / BLOCK_K past the last pixel before its mask, so leave room for one.
@@ -157,7 +158,7 @@ def conv_geometry(x, weight, bias=None, stride=1, padding=0, groups=1, dilation=
     return geom
 
 
-_CHECKED: dict = {}  # conv_geometry's passed checks -> geometry
+_CHECKED = memo("conv.checked", "conv_geometry's passed checks -> geometry")
 
 
 def _typed(v):
@@ -425,8 +426,8 @@ def launch(kernel, tuned, tuning, grid, args, meta: dict, *, flops: int, config=
 # constexprs; the arguments' dtypes and integers: shapes, strides, pixel bucket). A finer key
 # than the autotuner's own, so a plan never reuses a choice made for another problem, and a
 # new layout gets its own plan.
-_PLANS: dict = {}
-_PLAN_KERNELS: dict = {}  # name -> kernel, for plans that cross processes (export_plans / adopt_plans)
+_PLANS = memo("conv.plans", "a launch plan (kernel, constexprs, argument key) -> the chosen triton.Config")
+_PLAN_KERNELS = memo("conv.plan_kernels", "a tuned kernel's name -> the kernel (export_plans / adopt_plans)")
 
 
 def export_plans() -> list:

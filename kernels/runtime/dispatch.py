@@ -5,17 +5,15 @@ write a leaf's gradient (`grad_into`). The ops themselves are defined in kernels
 kernels/conv/op.py; this module imports no kernel module, so the kernels' public functions
 can call `call` without an import cycle.
 """
-import weakref
-
 import torch
 
 from .._common import interpreting
+from .state import SWITCHES, memo
 
 NAMESPACE = "alexnet_triton"
 ops = torch.ops.alexnet_triton
 TRITON_IMPLS = {}  # name -> (op, its Triton implementation); bench/launch_stubs.py runs them on meta tensors
 _IMPLS = {}  # name -> (Triton implementation, reference implementation)
-TRITON_DEVICES = {"cuda"}  # device types whose tensors run the Triton kernels (bench/launch_stubs.py adds 'meta')
 
 
 def implementation(name: str, device: torch.device):
@@ -23,7 +21,7 @@ def implementation(name: str, device: torch.device):
     the reference, or Triton when the interpreter is on (checked per call, so tests can switch
     it). None for other devices (the op then runs its registered kernel, e.g. the fake on meta)."""
     triton_impl, reference_impl = _IMPLS[name]
-    if device.type in TRITON_DEVICES:
+    if device.type in SWITCHES.triton_devices:
         return triton_impl
     if device.type == "cpu":
         return triton_impl if interpreting() else reference_impl
@@ -31,7 +29,6 @@ def implementation(name: str, device: torch.device):
 
 
 # --------------------------------------------------------------------------- the eager fast path
-FAST_PATH = True  # False: every call goes through the custom op (tests compare the two paths)
 _EAGER = {}  # name -> autograd.Function running the implementation with the op's own autograd
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _dispatch_depth = torch._C._len_torch_dispatch_stack
@@ -42,7 +39,7 @@ def _eager(x: torch.Tensor) -> bool:
     """Whether the fast path may run: not compiling/exporting, x a plain tensor (not fake,
     functional or functorch-wrapped), and no dispatch mode but observers that declare
     `eager_fast_path_ok` (bench/launch_stubs.py's launch census)."""
-    if not FAST_PATH or torch.compiler.is_compiling() or type(x) not in _PLAIN or _functorch_wrapped(x):
+    if not SWITCHES.fast_path or torch.compiler.is_compiling() or type(x) not in _PLAIN or _functorch_wrapped(x):
         return False
     if _dispatch_depth():
         from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
@@ -134,32 +131,28 @@ def _in_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     return t if t.stride() == out.stride() else out.copy_(t)
 
 
-# Where a leaf's gradient may be written directly (alexnet.optim.FlatPaperSGD registers its
-# leaves): id(leaf) -> (weak reference to the leaf, callable giving a fresh view of the leaf's
-# slot in the optimizer's flat gradient buffer while leaf.grad is None, else None). Kept apart
-# from the tensors (no attribute: a Parameter with a function attached would not pickle);
-# an entry goes when its leaf does.
-GRAD_INTO: dict = {}
+# Where a leaf's gradient may be written directly (alexnet.training.optim.FlatPaperSGD registers its
+# leaves): leaf (weakly, by identity) -> callable giving a fresh view of the leaf's slot in the
+# optimizer's flat gradient buffer. Kept apart from the tensors (no attribute: a Parameter with a
+# function attached would not pickle); an entry goes when its leaf does.
+GRAD_INTO = memo("dispatch.grad_into", "leaf -> its slot in the fused optimizer's flat gradient buffer",
+                 by_tensor=True)
 
 
 def set_grad_into(leaf: torch.Tensor, slot) -> None:
     """Register `slot()` (a fresh view of leaf's shape and strides) as where leaf's gradient
     is written while leaf.grad is None."""
-    ref = weakref.ref(leaf)
-    key = id(leaf)
-    if key not in GRAD_INTO:
-        weakref.finalize(leaf, GRAD_INTO.pop, key, None)
-    GRAD_INTO[key] = (ref, lambda: slot() if ref().grad is None else None)
+    GRAD_INTO[leaf] = slot
 
 
 def has_grad_slot(t) -> bool:
     """Whether `set_grad_into` registered a slot for t (the layer then takes the path that writes it)."""
-    return id(t) in GRAD_INTO
+    return t in GRAD_INTO
 
 
 def grad_into(t):
     """Where t's gradient may be written directly (eager paths only): a fresh view of its
     optimizer's flat gradient buffer while t.grad is None (autograd then adopts the view as
     t.grad, no accumulation launch), else None."""
-    entry = GRAD_INTO.get(id(t))
-    return entry[1]() if entry is not None and entry[0]() is t else None
+    slot = GRAD_INTO.get(t)
+    return slot() if slot is not None and t.grad is None else None

@@ -17,7 +17,7 @@ Triton specialises pointers on), every other argument by value (Triton specialis
 is new goes through Triton's own path (which compiles if needed) and records the result. Launch
 hooks (knobs.runtime.launch_enter/exit_hook) and launch metadata are passed on as Triton does.
 The fast path steps aside entirely (every call through Triton) under the interpreter, for a
-kernel with pre-run hooks, and when `ENABLED` is False.
+kernel with pre-run hooks, and when the `fast_launch` switch is off (kernels/runtime/state.py).
 
 Checked in tests/test_fastlaunch.py: with Triton's launcher stubbed (bench/launch_stubs.py),
 each kernel family's launcher hands the launcher the same arguments both ways.
@@ -29,12 +29,12 @@ from triton import knobs
 from triton.runtime import driver
 
 from .checks import interpreting
+from .state import SWITCHES, memo
 
-__all__ = ["launch", "ENABLED", "clear"]
+__all__ = ["launch", "clear"]
 
-ENABLED = True
 MAX_ENTRIES = 4096  # distinct specialisations kept (the paper's step uses some 40); past it, start again
-_COMPILED: dict = {}  # key -> (compiled kernel, the constexpr parameters' values after the positional ones)
+_COMPILED = memo("fastlaunch.compiled", "a specialisation's key -> (compiled kernel, its constexpr values, the kernel)")
 
 
 def _spec(arg):
@@ -51,7 +51,7 @@ def clear() -> None:
 def launch(kernel, grid: tuple, args: tuple, meta: dict) -> None:
     """`kernel[grid](*args, **meta)`: `args` the leading parameters, positionally; `meta` the
     rest by name (constexprs) and launch options (num_warps, num_stages, ...); `grid` a tuple."""
-    if not ENABLED or interpreting() or kernel.pre_run_hooks:
+    if not SWITCHES.fast_launch or interpreting() or kernel.pre_run_hooks:
         kernel[grid](*args, **meta)
         return
     device = driver.active.get_current_device()
