@@ -33,13 +33,17 @@ class Classifier:
         self.model, ckpt = model_from_checkpoint(checkpoint_path, ops=ops, device=device)
         self.device = next(self.model.parameters()).device
         self.image_size = int(self.model.config.image_size)
-        if data is not None:
-            from alexnet.data.store import Store
+        if "mean_image" in ckpt:  # the checkpoint's own metadata wins; a --data store must be the same one
+            if data is not None:
+                from alexnet.training.checkpoint import matching_store
 
-            store = Store(data)
-            classes, self.store_size, mean = list(store.classes), store.image_size, torch.from_numpy(store.mean)
-        elif "mean_image" in ckpt:
+                matching_store(ckpt, data)
             classes, self.store_size, mean = list(ckpt["classes"]), int(ckpt["store_image_size"]), ckpt["mean_image"]
+        elif data is not None:  # an old checkpoint: the store supplies the mean image, its classes checked
+            from alexnet.training.checkpoint import matching_store
+
+            store = matching_store(ckpt, data)
+            classes, self.store_size, mean = list(store.classes), store.image_size, torch.from_numpy(store.mean)
         else:
             raise ValueError(f"{checkpoint_path} carries no mean image (written before alexnet.train stored one): "
                              "pass --data STORE, the store it was trained on")
@@ -81,9 +85,16 @@ def main(argv=None) -> int:
                                                  "carry no mean image)")
     ap.add_argument("--ops", choices=("auto", "triton", "reference"), default="auto")
     ap.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    ap.add_argument("--no-verify", action="store_true",
+                    help="trust the Triton kernels unchecked (default: each is checked against its PyTorch "
+                         "reference on its first use on this GPU; README: Correctness on your GPU)")
     args = ap.parse_args(argv)
     if args.top < 1 or args.batch_size < 1:
         ap.error("--top and --batch-size must be >= 1")
+    if args.no_verify:
+        from kernels import verify
+
+        verify.set_enabled(False)
     views = "centre" if args.views == "center" else args.views
     if not Path(args.checkpoint).is_file():
         ap.error(f"no checkpoint at {args.checkpoint}")

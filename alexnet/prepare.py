@@ -5,6 +5,7 @@ The work (scanning, decoding workers, the store's atomic build) is alexnet/data/
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from alexnet.data.prepare import PrepareError, default_workers, prepare
@@ -47,7 +48,16 @@ def main(argv=None) -> int:
                 class_index=args.class_index, image_size=args.image_size, progress=not args.quiet)
     except (PrepareError, SourceError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"alexnet.prepare: error: {e}", file=sys.stderr)
-        return 1
+        return 2
+    except OSError as e:  # a read-only destination, a directory given for a file, ...: one line, no traceback
+        if e.errno == errno.ENOSPC:
+            raise
+        print(f"alexnet.prepare: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alexnet.prepare: interrupted; nothing of OUT was replaced (the build goes to OUT.partial, removed). "
+              "Run the same command again to prepare afresh.", file=sys.stderr)
+        return 130
     return 0
 
 

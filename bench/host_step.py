@@ -185,8 +185,9 @@ def conv_side(dtype: torch.dtype, calls: int = 200) -> dict:
     """Host costs inside the convolution that the meta step cannot show (see Limits)."""
     from kernels.conv import configs as conv_configs
     from kernels.conv.common import ConvGeometry
+    from kernels.runtime import device as device_specs
 
-    conv_configs._sm_count = lambda index: 132  # an H100's SMs; no CUDA call
+    device_specs.assume(0, device_specs.KNOWN[90])  # an H100; no CUDA call
     geoms = [ConvGeometry(BATCH, 3, 224, 224, 96, 11, 11, 4, 4, 2, 2, 1),
              ConvGeometry(BATCH, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2),
              ConvGeometry(BATCH, 256, 13, 13, 384, 3, 3, 1, 1, 1, 1, 1),

@@ -140,6 +140,7 @@ def launch_softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, fin
     n_rows, n_classes = logits.shape
     if logits.stride(1) != 1:
         logits = logits.contiguous()
+    labels = labels.contiguous()  # the kernel reads labels[row] at row (an expanded or strided view: copied)
     loss = torch.empty((), dtype=torch.float32, device=logits.device)
     wrong = torch.empty((), dtype=torch.int64, device=logits.device)
     dlogits = torch.empty((n_rows, n_classes), dtype=logits.dtype, device=logits.device)

@@ -164,6 +164,7 @@ def launch_column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tens
     forward's x when it had `relu`, whose ReLU gradient is applied too). One launch, all
     columns; y contiguous."""
     x = x.contiguous()  # y's layout: element (r, j) at the same offset in both
+    seeds = seeds.contiguous()  # the kernel reads seeds[column] at column
     if relu_input is not None:
         relu_input = relu_input.contiguous()  # laid out as x
     n_rows, features = x.shape

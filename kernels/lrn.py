@@ -41,6 +41,7 @@ from ._common import (
     check_pixel_count,
     check_tensor,
     empty_4d,
+    is_dense,
     memory_format,
     pixel_offsets,
 )
@@ -258,6 +259,8 @@ def relu_lrn_forward(x, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, groups=
 
 def relu_lrn_backward(dy, x, u, size=5, alpha=1e-4, beta=0.75, k=2.0, relu=True, groups=1, blocks=None):
     """dx from the upstream gradient dy and the saved x and u."""
+    if not is_dense(u):  # dx is laid out as u (empty_like): a strided or expanded u is copied dense first
+        u = u.contiguous(memory_format=memory_format(u))
     dy = as_format(dy, memory_format(u))
     if dy.stride() != u.stride():  # the kernel reads dy through u's strides
         dy = torch.empty_like(u).copy_(dy)

@@ -26,6 +26,7 @@ from ._common import (
     check_pixel_count,
     check_tensor,
     empty_4d,
+    is_dense,
     memory_format,
     pair,
     pixel_coords,
@@ -158,6 +159,8 @@ def max_pool2d_backward(dy, idx, input_shape, input_format, kernel_size=3, strid
     `relu_out` (the pooled output y, when the pooled input was a ReLU's output) dy passes only
     where y > 0: the gradient through that ReLU too (max-pooling and ReLU commute)."""
     (kh, kw), (sh, sw) = pair(kernel_size, "kernel_size"), pair(stride, "stride")
+    if not is_dense(idx):  # a strided or expanded view: y below is laid out as idx, which must be dense
+        idx = idx.contiguous(memory_format=memory_format(idx))
     if relu_out is not None and relu_out.stride() != idx.stride():  # the kernel reads y through idx's strides
         relu_out = torch.empty_like(idx, dtype=relu_out.dtype).copy_(relu_out)
     dx = empty_4d(input_shape, dy, input_format)

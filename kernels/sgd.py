@@ -65,8 +65,10 @@ def sgd_step_(weights: torch.Tensor, velocity: torch.Tensor, grads: torch.Tensor
     for name, t in named:
         if name != "lr" and t.numel() != n_elem:
             raise ValueError(f"{name} has {t.numel()} elements, weights has {n_elem}")
-        if not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous")
+        if name not in ("grads", "lr") and not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous: it is updated in place (a strided or expanded view "
+                             "cannot take the update)")
+    grads, lr = grads.contiguous(), lr.contiguous()  # read-only inputs: a strided or expanded view is copied
     if lr.numel() != 1:
         raise ValueError("lr must be a one-element tensor")
     n_decay = n_elem if n_decay is None else n_decay

@@ -58,8 +58,17 @@ def test_a_truncated_or_foreign_file_is_a_clear_error(tmp_path):
 
 
 def test_stale_temporary_files_are_removed(tmp_path):
+    """Only the temporaries of the names the run writes go (issue 26: `train --out .` removed
+    every .*.tmp of the folder); another program's look-alikes stay."""
+    from alexnet.training.outdir import RUN_FILES
+
     checkpoint.save({"a": torch.ones(1)}, tmp_path / "checkpoint_last.pt")
-    stale = tmp_path / ".checkpoint_last.pt.abc123.tmp"
+    stale = tmp_path / ".checkpoint_last.pt.abc1234_.tmp"
     stale.write_bytes(b"half a checkpoint")
-    assert checkpoint.remove_stale_temps(tmp_path) == [stale]
+    others = [tmp_path / name for name in (".notes.tmp", ".editor.swp.abcdefgh.tmp", ".checkpoint_last.pt.tmp",
+                                           ".checkpoint_last.pt.abcdefgh.tmp.keep")]
+    for other in others:
+        other.write_text("not the run's")
+    assert checkpoint.remove_stale_temps(tmp_path, RUN_FILES) == [stale]
     assert not stale.exists() and (tmp_path / "checkpoint_last.pt").exists()
+    assert all(other.exists() for other in others)

@@ -57,18 +57,24 @@ def _close(actual, expected, tol):
 @st.composite
 def conv_problems(draw):
     """(n, C, H, W, K, KH, KW, stride, padding, groups): few channels per group with kernels
-    up to 11 (the FLAT loops, like conv1), or >= 16 with kernels up to 5 (the tap loops)."""
+    up to 11 (the FLAT loops, like conv1), or >= 16 with kernels up to 5 (the tap loops).
+    Half the problems differ between the axes in kernel, padding and size, and most strides
+    differ too, so a kernel that swaps a height and a width quantity fails in either layout."""
     groups = draw(st.sampled_from([1, 2, 4]))
     if draw(st.booleans()):
         c_per_g, k_max = draw(st.sampled_from([16, 24, 32, 40])), 5
     else:
         c_per_g, k_max = draw(st.integers(1, 5)), 11
     k_per_g = draw(st.one_of(st.integers(1, 6), st.sampled_from([16, 20, 33])))
-    kh, kw = draw(st.integers(1, k_max)), draw(st.integers(1, k_max))
-    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
-    stride = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    unequal = draw(st.booleans())
+    kh = draw(st.integers(2 if unequal else 1, k_max))
+    kw = draw(st.integers(1, k_max).filter(lambda v: not unequal or v != kh))
+    ph = draw(st.integers(1 if unequal else 0, kh // 2))
+    pw = draw(st.integers(0, kw // 2).filter(lambda v: not unequal or v != ph))
+    # a quarter unit strides (dgrad's own loop), most of the rest unequal per axis
+    stride = draw(st.sampled_from([(1, 1), (1, 1), (1, 2), (2, 1), (3, 2), (1, 4), (2, 2), (4, 3)]))
     height = draw(st.integers(max(1, kh - 2 * ph), kh - 2 * ph + 7))
-    width = draw(st.integers(max(1, kw - 2 * pw), kw - 2 * pw + 7))
+    width = draw(st.integers(max(1, kw - 2 * pw), kw - 2 * pw + 7).filter(lambda v: not unequal or v != height))
     return (draw(st.integers(1, 3)), c_per_g * groups, height, width, k_per_g * groups, kh, kw, stride, (ph, pw),
             groups)
 
@@ -262,6 +268,27 @@ def test_weight_grad_tap_columns(problem, fmt, splits):
     ref = torch.nn.grad.conv2d_weight(x.double().cpu(), weight.shape, dy.double().cpu(), stride, padding, 1, groups)
     _close(dw, ref, TOLERANCES[torch.float32])
     _close(db, dy.double().cpu().sum((0, 2, 3)), TOLERANCES[torch.float32])
+
+
+@settings(max_examples=EXAMPLES)
+@given(problem=conv_problems(), seed=st.integers(0, 2**31 - 1), splits=st.integers(2, 4),
+       nhwc=st.booleans())
+def test_split_weight_grad_with_bias_matches_reference(problem, seed, splits, nhwc):
+    """The weight gradient split into 2-4 pixel ranges (a GPU's choice for a small grid; the
+    interpreter keeps one unless told), dw and the bias column's db: every split's partial is
+    summed. The batch is raised past one split's pixels so the split happens."""
+    _, c, h, w, k, kh, kw, stride, padding, groups = problem
+    out_pix = ((h + 2 * padding[0] - kh) // stride[0] + 1) * ((w + 2 * padding[1] - kw) // stride[1] + 1)
+    n = -(-(conv_configs.SPLIT_PIX_QUANTUM * (splits - 1) + 1) // out_pix)  # > one quantum per split but the last
+    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    x, weight, _ = _inputs((n, *problem[1:]), torch.float32, fmt, seed, bias=False)
+    geom = conv_geometry(x, weight, None, stride, padding, groups)
+    dy = torch.randn(geom.output_shape, generator=torch.Generator().manual_seed(seed + 1)).to(DEVICE)
+    dy = dy.contiguous(memory_format=torch.channels_last)
+    dw, db = conv2d_weight_grad(dy, x, geom, splits=splits)
+    x64, dy64, tol = x.double().cpu(), dy.double().cpu(), TOLERANCES[torch.float32]
+    _close(dw, torch.nn.grad.conv2d_weight(x64, weight.shape, dy64, stride, padding, 1, groups), tol)
+    _close(db, dy64.sum((0, 2, 3)), tol)
 
 
 def test_weight_grad_split_is_deterministic():

@@ -11,21 +11,30 @@ from kernels import reference
 from kernels.cross_entropy import softmax_cross_entropy
 
 
-def _problem(rows, classes, dtype, seed, hit=0.3):
-    """Random logits (never all equal) and labels, about `hit` of them the row's argmax."""
+def _problem(rows, classes, dtype, seed, hit=0.3, ties=False):
+    """Random logits (never all equal) and labels, about `hit` of them the row's argmax. With
+    `ties`, about half the rows repeat their maximum at a random other column (past 4096
+    classes often in another chunk of the kernel's row loop): the first index must win."""
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(rows, classes, generator=g) * 4).to(dtype)
+    if ties and classes > 1:
+        tie_rows = torch.rand(rows, generator=g) < 0.5
+        cols = torch.randint(0, classes, (rows,), generator=g)
+        best = logits.max(1).values
+        logits[tie_rows, cols[tie_rows]] = best[tie_rows]
     labels = torch.randint(0, classes, (rows,), generator=g)
     take = torch.rand(rows, generator=g) < hit
     labels = torch.where(take, logits.float().argmax(1), labels)
     return logits.to(DEVICE), labels.to(DEVICE)
 
 
+# Half the class counts need more than one 4096-class chunk per row (the kernel's second pass
+# re-reads the row for the gradient); ties draw a repeated maximum (first index wins).
 @pytest.mark.parametrize("dtype", DTYPES)
-@given(rows=st.integers(1, 70), classes=st.sampled_from([1, 2, 7, 100, 1000, 1001, 5000]),
-       seed=st.integers(0, 2**31 - 1))
-def test_matches_torch_in_float64(dtype, rows, classes, seed):
-    logits, labels = _problem(rows, classes, dtype, seed)
+@given(rows=st.integers(1, 70), classes=st.sampled_from([1, 2, 7, 100, 1000, 1001, 4097, 5000, 8193, 9001]),
+       seed=st.integers(0, 2**31 - 1), ties=st.booleans())
+def test_matches_torch_in_float64(dtype, rows, classes, seed, ties):
+    logits, labels = _problem(rows, classes, dtype, seed, ties=ties)
     finite = torch.ones((), dtype=torch.bool, device=DEVICE)
     loss, dlogits, wrong = softmax_cross_entropy(logits, labels, finite)
     x = logits.double().requires_grad_()
@@ -61,6 +70,19 @@ def test_argmax_ties_and_non_finite_rows_follow_torch():
         assert_close_verbose(dlogits.double(), ref_grad, rtol=1e-7, atol=1e-7, equal_nan=True, check_dtype=True,
                              reason=why)
         assert bool(finite) == bool(torch.isfinite(ref_loss)), rows
+
+
+@pytest.mark.parametrize("later", [4096, 4500, 8191])
+def test_argmax_tie_across_chunks_takes_the_first_index(later):
+    """Rows over 4096 classes are read in chunks: a maximum repeated in a later chunk must not
+    take the guess (torch.argmax: the first index wins)."""
+    x = torch.randn(3, 8192, device=DEVICE)
+    x[:, 10] = x[:, later] = 50.0
+    x[2, 4095] = x[2, later] = 60.0  # the tie at the last column of the first chunk
+    labels = torch.tensor([10, later, 4095], device=DEVICE)
+    _, _, wrong = softmax_cross_entropy(x, labels)
+    assert x.argmax(1).tolist() == [10, 10, 4095]
+    assert int(wrong) == 1  # row 1: the label is the later copy of the maximum
 
 
 def test_a_whole_chunk_of_minus_inf_before_the_finite_logits():

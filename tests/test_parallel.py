@@ -132,31 +132,39 @@ def _data_parallel_worker(rank, config, batch):
 
 
 def _share_tuning_worker(rank):
-    """Each rank has its own choice for the same conv problem; after share_tuning both hold
-    rank 0's, and a plan only rank 0 made arrives too."""
+    """Each rank has its own verified choice for the same conv problem; after share_tuning both
+    hold rank 0's, and a verified plan only rank 0 made arrives too; rank 0's unverified plan
+    (made with the checks off, kernels/runtime/verify.py) does not."""
     from triton import Config
 
     from alexnet.training.tuning import share_tuning
     from kernels.conv import common
     from kernels.conv.fwd import _conv_fwd_kernel
+    from kernels.runtime import verify
 
     init_distributed(backend="gloo", timeout_s=120, device="cpu")
-    common._PLAN_KERNELS["_conv_fwd_kernel"] = _conv_fwd_kernel
-    problem = (("C_PER_G", 48), ("KH", 5)), (torch.bfloat16, 128, 27)
-    common._PLANS[(id(_conv_fwd_kernel), *problem)] = Config({"BLOCK_M": 64 * (rank + 1)}, num_warps=4 * (rank + 1))
+    problem = (_conv_fwd_kernel.fn.__name__, (("C_PER_G", 48), ("KH", 5)), (torch.bfloat16, 128, 27))
+    only0 = (_conv_fwd_kernel.fn.__name__, (("C_PER_G", 8),), (7,))
+    unverified = (_conv_fwd_kernel.fn.__name__, (("C_PER_G", 4),), (3,))
+    common._PLANS[problem] = Config({"BLOCK_M": 64 * (rank + 1)}, num_warps=4 * (rank + 1))
+    verify.STATE.plans[problem] = "verified"
     if rank == 0:
-        common._PLANS[(id(_conv_fwd_kernel), (("C_PER_G", 8),), (7,))] = Config({"BLOCK_M": 16}, num_warps=2)
+        common._PLANS[only0] = Config({"BLOCK_M": 16}, num_warps=2)
+        verify.STATE.plans[only0] = "verified"
+        common._PLANS[unverified] = Config({"BLOCK_M": 32}, num_warps=2)  # no verify.STATE.plans entry
     shared = share_tuning()
-    mine = common._PLANS[(id(_conv_fwd_kernel), *problem)]
-    only0 = common._PLANS.get((id(_conv_fwd_kernel), (("C_PER_G", 8),), (7,)))
+    mine = common._PLANS[problem]
     return dict(shared=shared, block_m=mine.kwargs["BLOCK_M"], warps=mine.num_warps,
-                only0=None if only0 is None else only0.kwargs["BLOCK_M"])
+                only0=common._PLANS[only0].kwargs["BLOCK_M"] if only0 in common._PLANS else None,
+                unverified=unverified in common._PLANS, status=verify.STATE.plans.get(only0))
 
 
-def test_every_rank_adopts_rank_0s_tuning(tmp_path):
+def test_every_rank_adopts_rank_0s_verified_tuning_only(tmp_path):
     results = assert_all_ok(run_ranks(_share_tuning_worker, 2, tmp_path))
+    assert (results[0]["shared"], results[1]["shared"]) == (3, 2), results  # rank 0 sent 3, rank 1 took 2
     for r in results:
-        assert (r["shared"], r["block_m"], r["warps"], r["only0"]) == (2, 64, 4, 16), results
+        assert (r["block_m"], r["warps"], r["only0"], r["status"]) == (64, 4, 16, "verified"), results
+    assert results[1]["unverified"] is False, results
 
 
 def _failing_worker(rank, how):

@@ -86,3 +86,19 @@ def test_old_checkpoint_needs_data(tiny_run, tmp_path, capsys):
         predict.main([str(old), str(image)])
     assert "carries no mean image" in capsys.readouterr().err
     assert predict.main([str(old), str(image), "--data", str(store.path), "--ops", "reference"]) == 0
+
+
+def test_postscript_named_jpg_is_refused_with_its_format(tiny_run, tmp_path, capsys, monkeypatch):
+    """predict decodes only the accepted raster formats (issue 26): PostScript bytes named x.jpg
+    never reach Pillow's EPS plugin (Ghostscript); the message names the format found."""
+    from PIL import EpsImagePlugin
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the EPS plugin was reached")
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", refuse)
+    path, _ = tiny_run
+    eps = tmp_path / "x.jpg"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n%%EOF\n")
+    assert predict.main([str(path), str(eps), "--ops", "reference"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot read {eps}: UnsupportedFormat: its bytes are EPS" in err

@@ -9,7 +9,7 @@ from PIL import Image
 
 from alexnet.data.prepare import prepare
 from alexnet.data.sources import SourceError, load_image, read_labels_file
-from alexnet.data.store import Store, is_store
+from alexnet.data.store import OWNER, Store, is_store
 from alexnet.prepare import main
 
 SIZE = 48  # stored side in these tests (the paper's 256 is the default; the code is the same)
@@ -211,8 +211,9 @@ def test_flat_val_with_labels_file(tmp_path):
 def test_rerun_is_safe(tree, tmp_path, capsys):
     root, _ = tree
     out = tmp_path / "store"
-    (tmp_path / "store.partial").mkdir()  # left over by an interrupted run: cleaned
+    (tmp_path / "store.partial").mkdir()  # left over by an interrupted run (prepare's: its marker): cleaned
     (tmp_path / "store.partial" / "junk").write_text("x")
+    (tmp_path / "store.partial" / OWNER).write_text("")
     assert main([str(root), str(out), "--workers", "1", "--image-size", "16", "--quiet"]) == 0
     assert is_store(out) and not (tmp_path / "store.partial").exists()
     stamp = (out / "store.json").stat().st_mtime_ns
@@ -225,7 +226,7 @@ def test_rerun_is_safe(tree, tmp_path, capsys):
     other = tmp_path / "mine"
     other.mkdir()
     (other / "precious.txt").write_text("keep me")
-    assert main([str(root), str(other), "--quiet"]) == 1
+    assert main([str(root), str(other), "--quiet"]) == 2
     assert "not a store" in capsys.readouterr().err
     assert sorted(os.listdir(other)) == ["precious.txt"]
     with pytest.raises(SystemExit) as exit_info:

@@ -131,7 +131,7 @@ def test_empty_class_folder_and_missing_val_are_refused(tmp_path):
 
 def test_bad_image_size_is_one_clear_line(tmp_path, capsys):
     src = small_tree(tmp_path / "src")
-    assert main([str(src), str(tmp_path / "out"), "--image-size", "0", "--quiet"]) == 1
+    assert main([str(src), str(tmp_path / "out"), "--image-size", "0", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "--image-size must be a positive" in err and "Traceback" not in err
 

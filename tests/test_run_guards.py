@@ -64,9 +64,10 @@ def test_a_second_run_into_one_out_is_locked_out(tiny_store, tmp_path):
 
 
 def test_stale_checkpoint_temp_files_are_removed_at_start(tiny_store, tmp_path):
-    (tmp_path / ".checkpoint_last.pt.x1y2.tmp").write_bytes(b"killed mid-write")
+    (tmp_path / ".checkpoint_last.pt.x1y2z3w4.tmp").write_bytes(b"killed mid-write")  # mkstemp's 8 characters
+    (tmp_path / ".notes.tmp").write_text("another program's: stays")  # train --out . must not delete it
     Trainer(config(tiny_store, tmp_path)).lock.close()
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert [p.name for p in tmp_path.glob(".*.tmp")] == [".notes.tmp"]
 
 
 def test_the_guard_catches_non_finite_weights_with_a_finite_loss(tiny_store, tmp_path):

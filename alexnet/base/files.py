@@ -3,12 +3,14 @@ of the project's file-writing helpers (checkpoints, metrics.jsonl and its plot u
 
 Writes go to a temporary file in the same directory, are flushed and fsync'ed, then renamed
 over the destination (rename is atomic on POSIX), and the directory entry is fsync'ed too.
-A kill between the two leaves a hidden `.NAME.*.tmp` file: `remove_stale_temps` deletes
-those (the trainer calls it while it holds the output directory's lock).
+A kill between the two leaves a hidden `.NAME.XXXXXXXX.tmp` file: `remove_stale_temps` deletes
+those of the names the caller writes, nothing else (the trainer calls it with its run files
+while it holds the output directory's lock: another program's `.x.tmp` beside them stays).
 """
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -36,15 +38,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files of writes that a kill interrupted (`.NAME.*.tmp`); call
-    only while no other process writes into `directory`. Returns what was removed."""
+def remove_stale_temps(directory: str | os.PathLike, names) -> list[Path]:
+    """Delete the temporary files that `atomic_write_bytes` left for the files `names` of
+    `directory` when a kill interrupted it (`.NAME.` + mkstemp's 8 characters + `.tmp`), and
+    nothing else; call only while no other process writes them. Returns what was removed."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
+    ours = re.compile("|".join(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp" for name in names))
     removed = []
     for tmp in directory.glob(".*.tmp"):
-        if tmp.is_file():
+        if ours.fullmatch(tmp.name) and tmp.is_file() and not tmp.is_symlink():
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

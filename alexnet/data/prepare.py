@@ -41,8 +41,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from alexnet.base.paths import within
 from alexnet.data.sources import display, load_image, scan_source
-from alexnet.data.store import PixelStats, Store, StoreWriter, is_store
+from alexnet.data.store import PixelStats, Store, StoreWriter, is_store, refuse_unowned
 
 CHUNK = 64  # images per task: small enough to balance the load, large enough to amortise messages
 
@@ -182,6 +183,12 @@ def prepare(src, out, *, workers: int | None = None, force: bool = False, val_la
     src, out = Path(src), Path(out)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise PrepareError(f"--image-size must be a positive number of pixels, got {image_size!r}")
+    if out.is_symlink():  # --force would swap the link, not the store, and leave the target behind
+        raise PrepareError(f"OUT {out} is a symbolic link (to {os.path.realpath(out)}): pass the real folder")
+    if src.exists() and (within(out, src) or within(src, out)):
+        raise PrepareError(f"OUT {out} and SRC {src} overlap (one is, or lies inside, the other): a rebuild of OUT "
+                           "would delete source images, or OUT would be scanned as source; choose another OUT")
+    refuse_unowned(out)
     if is_store(out) and not force:
         _check_same_source(Store(out), src, image_size)
         log(f"{out} is already a complete store of {src}; nothing to do (--force rebuilds it)")

@@ -26,13 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# The raster formats `load_image` decodes, by Pillow's name, whatever the file is called: the
+# formats of IMAGE_EXTENSIONS (MPO: a JPEG with extra pictures, as cameras write). Any other
+# (PostScript/EPS above all, which Pillow renders by running Ghostscript) is refused unopened.
+RASTER_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 
 
 class SourceError(ValueError):
     """SRC (or a labels file) is not laid out as described in this module's docstring."""
+
+
+class UnsupportedFormat(ValueError):
+    """An image file whose bytes are not one of RASTER_FORMATS (named in the message)."""
 
 
 @dataclass
@@ -275,11 +283,42 @@ def _check_not_grey_filled(img: Image.Image, full_width: int) -> None:
                            "truncated or corrupt")
 
 
+def sniff_format(path) -> str | None:
+    """The Pillow format whose signature the file's first bytes match (no plugin is run:
+    only the plugins' `accept` tests of the header), or None."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    Image.init()
+    for name, (_, accept) in Image.OPEN.items():
+        try:
+            if accept is not None and accept(head):
+                return name
+        except Exception:  # noqa: BLE001  (an accept test that cannot judge 64 bytes)
+            continue
+    return None
+
+
+def open_raster(path) -> Image.Image:
+    """Image.open restricted to RASTER_FORMATS (whatever the file's name); a file of another
+    format raises UnsupportedFormat naming the format its bytes are."""
+    Image.init()  # every plugin registered; MPO is its own plugin only in some Pillow versions
+    try:
+        return Image.open(path, formats=[f for f in RASTER_FORMATS if f in Image.OPEN])
+    except UnidentifiedImageError:
+        found = sniff_format(path)
+        if found is not None and found not in RASTER_FORMATS:
+            raise UnsupportedFormat(f"its bytes are {found}, not one of the raster formats read here "
+                                    f"({', '.join(RASTER_FORMATS)}); refused unopened") from None
+        raise
+
+
 def load_image(path, size: int = 256) -> np.ndarray:
     """uint8 (size, size, 3): the image's shorter side resized to `size` (Lanczos), then its
-    central size x size patch. Raises on unreadable or truncated files (also on JPEGs cut
-    short and closed with an end marker: see `_check_not_grey_filled`)."""
-    with Image.open(path) as img:
+    central size x size patch. Only RASTER_FORMATS are decoded (`open_raster`), pixels as
+    stored: no EXIF orientation is applied and no colour profile converted (README,
+    Reliability), in prepare and predict alike. Raises on unreadable or truncated files
+    (also on JPEGs cut short and closed with an end marker: see `_check_not_grey_filled`)."""
+    with open_raster(path) as img:
         w, h = img.size
         side = min(w, h)
         # Central square in source pixels (exact, fractional for odd differences); resizing

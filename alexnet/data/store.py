@@ -34,6 +34,26 @@ import numpy as np
 
 FORMAT_VERSION = 1
 MARKER = "store.json"
+# Written first into OUT.partial by StoreWriter, so it travels into OUT and into OUT.old: the
+# sign that prepare made a folder of that name, which alone lets it delete one (`owned`).
+OWNER = ".made-by-alexnet-prepare"
+
+
+def owned(path) -> bool:
+    """True if `path` is a real folder (not a link) that StoreWriter made (holds OWNER)."""
+    path = Path(path)
+    return path.is_dir() and not path.is_symlink() and (path / OWNER).is_file()
+
+
+def refuse_unowned(out) -> None:
+    """FileExistsError (one line) if OUT.partial or OUT.old exists but prepare did not make it:
+    prepare deletes those names only when they are its own."""
+    out = Path(out)
+    for suffix in (".partial", ".old"):
+        other = out.with_name(out.name + suffix)
+        if (other.exists() or other.is_symlink()) and not owned(other):
+            raise FileExistsError(f"{other} exists and was not made by alexnet.prepare (no {OWNER} in it); it is "
+                                  f"left alone: move or remove it yourself, or choose another OUT")
 FILES_ENCODING = "json-lines"  # store.json's "files": how {split}_files.txt is written (absent: plain lines)
 
 
@@ -247,9 +267,12 @@ class StoreWriter:
         self.tmp = self.out.with_name(self.out.name + ".partial")
         self.image_size = image_size
         self.source = source
-        if self.tmp.exists():  # left over by an interrupted run
+        refuse_unowned(self.out)
+        if self.tmp.exists():  # left over by an interrupted run (ours: refuse_unowned checked)
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
+        (self.tmp / OWNER).write_text("made by alexnet.prepare, which deletes OUT.partial and OUT.old only with "
+                                      "this file in them\n")
         self.counts: dict[str, int] = {}
 
     def create_images(self, split: str, n: int) -> np.memmap:
@@ -290,6 +313,7 @@ class StoreWriter:
             if any(self.out.iterdir()) and not is_store(self.out):
                 raise FileExistsError(f"{self.out} appeared during the build and is not a store; left it alone")
             old = self.out.with_name(self.out.name + ".old")
+            refuse_unowned(self.out)  # an OUT.old that appeared during the build and is not ours stays
             if old.exists():
                 shutil.rmtree(old)
             os.rename(self.out, old)

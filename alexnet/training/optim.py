@@ -198,6 +198,18 @@ class FlatPaperSGD(PaperSGD):
 _SGD_PAD = SGD_GPU_BLOCK  # kernels.sgd's GPU block (the interpreter's divides it; kernels/runtime/launch_params.py)
 
 
+def load_velocity(optimizer: PaperSGD, model: torch.nn.Module, velocity: dict) -> None:
+    """Restore the velocities saved by name (a checkpoint's "velocity") into `optimizer`:
+    FlatPaperSGD's are views into its flat buffer, which the fused update reads, so they are
+    filled in place; PaperSGD's are set."""
+    for name, p in model.named_parameters():
+        state = optimizer.state[p]
+        if "velocity" in state:  # FlatPaperSGD's views into its flat buffer: fill in place
+            state["velocity"].copy_(velocity[name])
+        else:
+            state["velocity"] = velocity[name].to(p.device, p.dtype).clone()
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float = 5e-4) -> list[dict]:
     """Two groups: weights (decayed) and biases (not decayed), told apart by name."""
     weights, biases = [], []

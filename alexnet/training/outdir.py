@@ -2,8 +2,8 @@
 
 A run claims its output directory: it holds an exclusive `fcntl.flock` on `OUT/.lock` for
 as long as it trains (released by the kernel when the process dies, so a killed run never
-leaves a stale lock), and it refuses a directory that already holds a run (a checkpoint or
-metrics.jsonl) unless told to continue it (--resume) or to replace it (--overwrite), as git
+leaves a stale lock), and it refuses a directory that already holds a run (a checkpoint,
+metrics.jsonl or verify.jsonl) unless told to continue it (--resume) or to replace it (--overwrite), as git
 refuses to clone into a non-empty directory. A user error is one clear line and exit code 2
 (`UsageError`), never a traceback after an epoch.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from alexnet.base.errors import UsageError
 
-RUN_FILES = ("checkpoint_last.pt", "checkpoint_best.pt", "metrics.jsonl", "curves.png")
+RUN_FILES = ("checkpoint_last.pt", "checkpoint_best.pt", "metrics.jsonl", "curves.png", "verify.jsonl")
 LOCK_NAME = ".lock"
 
 
@@ -40,7 +40,7 @@ def used_run_files(out) -> list[str]:
 def claim_output_dir(out, *, resume: bool, overwrite: bool, prog: str = "alexnet.train"):
     """Lock OUT for this run (returns the open lock file: keep it referenced until the run
     ends) and refuse a used OUT unless resuming or overwriting; --overwrite deletes the
-    earlier run's checkpoints, metrics and curves (nothing else) once the lock is held."""
+    earlier run's checkpoints, metrics, curves and kernel-check log (nothing else) once the lock is held."""
     check_output_dir(out, prog)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,6 +64,18 @@ def refuse_used_output_dir(out, *, resume: bool, overwrite: bool, prog: str = "a
         raise UsageError(f"{prog}: {out} already holds a run ({', '.join(used)}): continue it with --resume auto, "
                          "start afresh with --overwrite (deletes those files), or choose another --out")
     return used
+
+
+def check_resume_auto(out, prog: str = "alexnet.train") -> None:
+    """--resume auto continues OUT/checkpoint_last.pt, and starts afresh where OUT holds no
+    checkpoint (a first epoch killed before its checkpoint). A checkpoint_best.pt without a
+    checkpoint_last.pt is neither: starting afresh would rewrite metrics.jsonl and later
+    overwrite that best checkpoint, so refuse and say what to pass."""
+    out = Path(out)
+    if (out / "checkpoint_best.pt").exists() and not (out / "checkpoint_last.pt").exists():
+        raise UsageError(f"{prog}: --resume auto: {out} holds checkpoint_best.pt but no checkpoint_last.pt; continue "
+                         f"from the best epoch with --resume {out / 'checkpoint_best.pt'}, start afresh with "
+                         "--overwrite (deletes it), or choose another --out")
 
 
 def acquire_lock(path, busy_message: str):

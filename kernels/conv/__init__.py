@@ -19,7 +19,8 @@ The path from `kernels.conv2d` to the Triton kernel, one file per step:
     dgrad.py    `conv2d_input_grad` and its kernel; wgrad.py `conv2d_weight_grad` and its kernel.
     common.py   geometry and argument checks, the index helpers the three kernels share, the
                 ReLU-gradient mask, launch plans; input_layout.py conv1's zero-padded image;
-                configs.py the tile configs, autotuning and the wgrad split model.
+                configs.py the tile configs, autotuning and the wgrad split model; verified.py
+                what a pass's tile candidates are checked against before a plan is made (issue 23).
 
 The reference is `kernels.reference.conv2d` (F.conv2d); the tests tests/test_conv.py; the
 benchmark bench/bench_conv.py; the compile-only reading bench/conv_sass.py.

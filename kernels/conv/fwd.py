@@ -60,6 +60,7 @@ from .common import (
     x_tap_offsets,
 )
 from .configs import FWD, use_flat_reduction
+from .verified import fwd_check
 
 __all__ = ["conv2d_forward"]
 
@@ -207,6 +208,8 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeomet
     y = empty_4d(geom.output_shape, x, out_format)
     if y.numel() == 0:
         return y
+    if bias is not None:
+        bias = bias.contiguous()  # the kernel reads bias[k] at k: a strided or expanded (stride 0) bias is copied
     flat = use_flat_reduction(geom.c_per_g) if config is None else config.kwargs.get(
         "FLAT", use_flat_reduction(geom.c_per_g))
     w_ohwi, w_pad = _flat_weight(weight, geom.c_per_g) if flat else (weight.permute(0, 2, 3, 1).contiguous(), False)
@@ -221,5 +224,6 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeomet
 
     args = (x, w_ohwi, bias if bias is not None else w_ohwi, y, n_out_pix, *x.stride(), *y.stride(),
             pix_bucket(n_out_pix))
-    launch(_conv_fwd_kernel, _conv_fwd_tuned, FWD, grid, args, meta, flops=geom.flops, config=config)
+    launch(_conv_fwd_kernel, _conv_fwd_tuned, FWD, grid, args, meta, flops=geom.flops, config=config,
+           check=lambda: fwd_check(x, weight, bias, geom, relu, y))
     return y

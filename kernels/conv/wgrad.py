@@ -73,6 +73,7 @@ from .common import (
 )
 from .configs import SPLIT_PIX_QUANTUM, WGRAD, use_flat_reduction, wgrad_splits
 from .input_layout import folded_wgrad_buffer, wgrad_view
+from .verified import wgrad_check
 
 __all__ = ["conv2d_weight_grad"]
 
@@ -369,10 +370,17 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
         x = dy
     args = (dy, x, some, db_out if bias_grad else some, n_pix, *dy.stride(), *x.stride(), split_strides[0],
             *dw_strides, split_strides[1], pix_bucket(n_pix))
-    launch(_conv_wgrad_kernel, _conv_wgrad_tuned, WGRAD, grid, args, meta, flops=geom.flops, config=config)
-    if n_splits > 1:
-        if weight_grad:
-            _sum_splits(dw_out, dw)
-        if bias_grad:
-            _sum_splits(db_out, db)
+    def finish():
+        if n_splits > 1:
+            if weight_grad:
+                _sum_splits(dw_out, dw)
+            if bias_grad:
+                _sum_splits(db_out, db)
+
+    ran = launch(_conv_wgrad_kernel, _conv_wgrad_tuned, WGRAD, grid, args, meta, flops=geom.flops, config=config,
+                 check=lambda: wgrad_check(dy, x if weight_grad else None, geom, dw if weight_grad else None,
+                                           db if bias_grad else None,
+                                           (dw_out if weight_grad else None, db_out if bias_grad else None), finish))
+    if ran:  # (else the reference wrote dw and db)
+        finish()
     return dw, db

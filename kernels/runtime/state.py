@@ -13,6 +13,10 @@ a user or a test sets one by assignment (`state.SWITCHES.fast_path = False`) or 
                     launcher directly (~12 us per launch). Off: every launch through Triton.
     triton_devices  device types whose tensors run the Triton kernels (the selection rule,
                     kernels.runtime.dispatch.implementation). bench/launch_stubs.py adds 'meta'.
+    version_override  package -> the version string kernels/runtime/versions.py takes as
+                    installed instead of the package's own (tests fake a newer Triton/torch).
+    offline_device  the DeviceSpec the tuning models where no GPU answers (None: an H100,
+                    kernels/runtime/device.py KNOWN[90]); bench/conv_sass.py --arch sets it.
 
 **Remembered work** (`memo(...)`: a dict declared with its owner and what it holds) saves
 repeated host work or carries a buffer from a forward to its backward. No answer depends on
@@ -26,12 +30,26 @@ it: `reset()` empties every one, and the next call does the work again.
                           forward to its weight gradient (by input tensor, weakly)
     dispatch.grad_into    kernels/runtime/dispatch.py: a leaf (weakly) -> where its gradient may be
                           written (alexnet.training.optim.FlatPaperSGD registers its leaves)
-    conv.plans            kernels/conv/common.py: a launch plan -> the autotuner's chosen config
-    conv.plan_kernels     kernels/conv/common.py: a tuned kernel's name -> the kernel (plans cross
-                          processes by name: export_plans / adopt_plans)
+    conv.plans            kernels/conv/common.py: a launch plan (kernel name, constexprs, argument
+                          key) -> the chosen config (export_plans / adopt_plans carry them across
+                          processes)
+    conv.restaged         kernels/conv/configs.py: a listed tile with fewer stages for a device
+                          with less shared memory (the same object each time)
+    device.specs          kernels/runtime/device.py: a CUDA device's DeviceSpec, read once
+
+**The kernel checks' record**: `kernels.runtime.verify.STATE` (a `VerifyState`: whether the
+checks run (ALEXNET_VERIFY, `--no-verify`), which op signatures and conv plans were checked
+and what they found, where the run's report goes). Set by verify.py's functions only;
+`verify.reset()` starts it afresh, and `reset()` here calls it (`on_reset`).
+
+**The version gates**: `kernels.runtime.versions.FASTLAUNCH`, `PLANS`, `EAGER` (one per fast
+path that uses a private Triton/PyTorch API): each decides once, on first use, whether its
+path runs (the installed version is in the tested range), and turns it off for good after
+the first unexpected error from a private call, with one warning. `versions.reset()`; `reset()`
+here calls it (`on_reset`).
 
 Besides these, filled once at import and never changed after: the op registry
-(kernels/runtime/dispatch.py `TRITON_IMPLS`, `_IMPLS`, `_EAGER`), and constant tables (tile
+(kernels/runtime/dispatch.py `TRITON_IMPLS`, `_IMPLS`, `_EAGER`, `_CHECKED`), and constant tables (tile
 lists, launch parameters). One in-call flag: dispatch's `in_fast_forward()`, true only while the
 fast path runs an op's forward (set and cleared around it, in a try/finally).
 
@@ -45,7 +63,7 @@ from dataclasses import dataclass, field, fields
 
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["SWITCHES", "Switches", "override", "memo", "reset", "describe"]
+__all__ = ["SWITCHES", "Switches", "override", "memo", "reset", "on_reset", "describe"]
 
 
 @dataclass
@@ -53,10 +71,13 @@ class Switches:
     fast_path: bool = True
     fast_launch: bool = True
     triton_devices: frozenset = field(default_factory=lambda: frozenset({"cuda"}))
+    version_override: dict = field(default_factory=dict)
+    offline_device: object = None
 
 
 SWITCHES = Switches()
 _MEMOS: dict[str, tuple[object, str]] = {}  # name -> (the dict, what it holds)
+_RESETS: list = []  # the records' reset functions (on_reset)
 
 
 @contextlib.contextmanager
@@ -87,11 +108,21 @@ def memo(name: str, holds: str, *, by_tensor: bool = False):
 
 
 def reset() -> None:
-    """Every switch to its default, every remembered table emptied."""
+    """Every switch to its default, every remembered table emptied, and every record registered
+    with `on_reset` (the checks', the version gates') started afresh."""
     for f in fields(Switches):
         setattr(SWITCHES, f.name, getattr(Switches(), f.name))
     for table, _ in _MEMOS.values():
         table.clear()
+    for reset_record in _RESETS:
+        reset_record()
+
+
+def on_reset(fn) -> None:
+    """`fn()` is called by `reset()`: how a module whose state is a record of its own (verify.py,
+    versions.py) joins the one reset."""
+    if fn not in _RESETS:
+        _RESETS.append(fn)
 
 
 def describe() -> str:
