@@ -148,7 +148,7 @@ class Linear(nn.Module):
         """`activate=False`: without the activation (the ReLU fused into the dropout after)."""
         weight, bias = compute_params(self, x.dtype)
         bias = bias if add_bias else None
-        if has_grad_slot(weight) and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and torch.is_grad_enabled() and has_grad_slot(weight):
             y = LinearIntoBuffer.apply(x, weight, bias)
         else:
             y = F.linear(x, weight, bias)

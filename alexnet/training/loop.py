@@ -249,11 +249,11 @@ class Trainer:
 
     def kernels_checked(self) -> bool:
         """Whether this run's Triton kernels are subject to the checks (a GPU, or the interpreter when asked)."""
-        return self.model_config.ops == "triton" and (self.session.device.type == "cuda" or verify.STATE.interpreter)
+        return uses_kernels(self.model_config.ops) and (self.session.device.type == "cuda" or verify.STATE.interpreter)
 
     def kernels_record(self) -> dict:
         """Which implementation each op ran ('triton' / 'reference'), for the metrics log and the checkpoint."""
-        if self.model_config.ops != "triton":
+        if not uses_kernels(self.model_config.ops):
             return {"ops": self.model_config.ops}
         return {"ops": "triton", "checked": verify.STATE.enabled and self.kernels_checked(),
                 "ran": verify.implementations()}
