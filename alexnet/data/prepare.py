@@ -36,6 +36,7 @@ import signal
 import sys
 import time
 import traceback
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -320,8 +321,30 @@ def _prepare_locked(src, out, workers, val_labels, class_index, image_size, prog
             log(f"skipped {display(s['file'])}: {s['reason']}")
         if v["skipped"] > 5:
             log(f"... and {v['skipped'] - 5} more in {name}")
+    for warning in _name_warnings(classes, splits):
+        log(warning)
     summary = ", ".join(f"{k} {v['images']:,} images ({v['skipped']} skipped)" for k, v in report["splits"].items())
     log(f"wrote {out}: {len(classes)} classes, {summary} in {report['seconds']:.0f} s; report: {out / 'report.json'}")
+    return out
+
+
+def _name_warnings(classes: list[str], splits) -> list[str]:
+    """What the summary must say beyond report.json: paths reached twice through links (each
+    file was stored once, under its first path) and class names that differ only in Unicode
+    normalisation (two classes that print alike: NFC and NFD forms of one name)."""
+    out = []
+    for s in splits:
+        twice = [f for f in s.ignored if f.endswith("(already seen by another path (a link loop or duplicate link))")]
+        if twice:
+            out.append(f"note: {len(twice)} path(s) in {s.name} reached a folder or file a second time through links "
+                       f"(each taken once), e.g. {display(twice[0].split(' (')[0])}; see report.json")
+    forms: dict[str, list[str]] = {}
+    for c in classes:
+        forms.setdefault(unicodedata.normalize("NFC", c), []).append(c)
+    for names in forms.values():
+        if len(names) > 1:
+            out.append(f"note: class names {', '.join(repr(n) for n in names)} differ only in Unicode normalisation "
+                       f"(they print alike but are {len(names)} classes); rename one folder if they are one class")
     return out
 
 
