@@ -170,3 +170,20 @@ def test_ctrl_c_in_train_says_how_to_resume(tiny_store, tmp_path, capsys, monkey
     assert run(replace(config, max_steps=2, resume="auto")) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "checkpoint_last.pt, is intact" in err[0] and "--resume auto" in err[0]
+
+
+def test_path_arguments_that_are_fifos_or_folders_are_one_line(trained, tmp_path, capsys, alarm):
+    """A FIFO given where a file is read (a checkpoint, --val-labels) would block forever."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(checkpoint.CheckpointError, match="not a regular file"):
+        checkpoint.load(fifo)
+    src = tmp_path / "src"
+    (src / "train" / "a").mkdir(parents=True)
+    (src / "val").mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(src / "train" / "a" / "x.png")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(src / "val" / "y.png")
+    for labels in (fifo, tmp_path):
+        assert prepare_main([str(src), str(tmp_path / "out"), "--val-labels", str(labels), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not a regular file" in err[0], err

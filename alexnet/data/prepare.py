@@ -190,6 +190,10 @@ def prepare(src, out, *, workers: int | None = None, force: bool = False, val_la
         raise PrepareError(f"OUT {out} and SRC {src} overlap (one is, or lies inside, the other): a rebuild of OUT "
                            "would delete source images, or OUT would be scanned as source; choose another OUT")
     refuse_unowned(out)
+    for flag, given in (("--val-labels", val_labels), ("--class-index", class_index)):
+        if given is not None and not os.path.isfile(given):  # a folder, or a FIFO that would block the read
+            what = "no such file" if not os.path.exists(given) else "not a regular file (a folder, FIFO or device)"
+            raise PrepareError(f"{flag} {given}: {what}")
     if is_store(out) and not force:
         _check_same_source(Store(out), src, image_size)
         log(f"{out} is already a complete store of {src}; nothing to do (--force rebuilds it)")

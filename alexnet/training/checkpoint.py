@@ -40,6 +40,8 @@ def load(path: str | os.PathLike, map_location="cpu"):
     Only plain data is unpickled (weights_only=True); anything else raises CheckpointError
     before any of it is built."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, or a FIFO that would block torch.load forever
+        raise CheckpointError(f"{path} is not a regular file (a folder, FIFO or device), not a checkpoint")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
