@@ -262,6 +262,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not Path(args.checkpoint).is_file():
         ap.error(f"no checkpoint at {args.checkpoint}")
+    from alexnet.base.errors import UsageError
+    from alexnet.base.paths import refuse_overlap
+
+    try:
+        refuse_overlap("alexnet.figures", ("--out", args.out), [("--data", getattr(args, "data", None))])
+    except UsageError as err:
+        ap.error(err.message.split(": ", 1)[1])
     if Path(args.out).is_dir():
         ap.error(f"--out {args.out} is a folder: give the PNG file to write (e.g. {Path(args.out) / 'figure.png'})")
     try:

@@ -121,3 +121,17 @@ def test_prepare_summary_names_links_reached_twice_and_unicode_twins(tmp_path):
     text = "\n".join(lines)
     assert "reached a folder or file a second time through links" in text and "train/a/" in text
     assert "differ only in Unicode normalisation" in text
+
+
+def test_figures_and_experiments_out_inside_their_data_is_refused(tiny_store, tmp_path, capsys):
+    from alexnet import experiments, figures
+
+    (tmp_path / "ckpt.pt").write_bytes(b"not read: the overlap is refused first")
+    for call in (lambda: figures.main(["predictions", str(tmp_path / "ckpt.pt"), "--data", str(tiny_store),
+                                       "--out", str(tiny_store / "p.png")]),
+                 lambda: experiments.main(["relu-vs-tanh", "--data", str(tiny_store), "--out",
+                                           str(tiny_store / "exp")])):
+        with pytest.raises(SystemExit) as info:
+            call()
+        assert info.value.code == 2
+        assert "outputs never go into an input" in capsys.readouterr().err
