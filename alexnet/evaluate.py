@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from alexnet.training.evaluation import VIEWS, error_rates, evaluate
+from alexnet.training.session import tf32_as
 
 
 def main(argv=None) -> int:
@@ -30,9 +31,16 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
     ap.add_argument("--ops", choices=("auto", "triton", "reference"), default="auto")
     ap.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    ap.add_argument("--no-verify", action="store_true",
+                    help="trust the Triton kernels unchecked (default: each is checked against its PyTorch "
+                         "reference on its first use on this GPU; README: Correctness on your GPU)")
     args = ap.parse_args(argv)
     if args.batch_size < 1:
         ap.error("--batch-size must be >= 1")
+    if args.no_verify:
+        from kernels import verify
+
+        verify.set_enabled(False)
 
     from alexnet.data.loaders import EvalLoader
     from alexnet.data.store import is_store
@@ -63,13 +71,13 @@ def main(argv=None) -> int:
     if args.split not in store.splits:
         ap.error(f"{data} has no split {args.split!r} (it has {', '.join(store.splits)})")
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     device = next(model.parameters()).device
     size = saved["image_size"]
     loader = EvalLoader(store, args.batch_size, device, split=args.split, dtype=dtype,
                         channels_last=bool(model.config.channels_last), crop_size=size, ops=model.config.ops)
     try:
-        counts = evaluate(model, loader, args.views)
+        with tf32_as(args.precision):
+            counts = evaluate(model, loader, args.views)
     finally:
         loader.close()
     top1, top5 = error_rates(counts)

@@ -85,9 +85,16 @@ def main(argv=None) -> int:
                                                  "carry no mean image)")
     ap.add_argument("--ops", choices=("auto", "triton", "reference"), default="auto")
     ap.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    ap.add_argument("--no-verify", action="store_true",
+                    help="trust the Triton kernels unchecked (default: each is checked against its PyTorch "
+                         "reference on its first use on this GPU; README: Correctness on your GPU)")
     args = ap.parse_args(argv)
     if args.top < 1 or args.batch_size < 1:
         ap.error("--top and --batch-size must be >= 1")
+    if args.no_verify:
+        from kernels import verify
+
+        verify.set_enabled(False)
     views = "centre" if args.views == "center" else args.views
     if not Path(args.checkpoint).is_file():
         ap.error(f"no checkpoint at {args.checkpoint}")

@@ -37,7 +37,9 @@ HELP = {
     "patience": "epochs without a new best validation top-1 error before lr is divided by 10",
     "lr_step": "if > 0, divide lr by 10 every LR_STEP epochs (a fixed schedule) instead of on plateaus",
     "lr_reductions": "lr divisions before training stops at the next plateau (the paper: 3)",
-    "precision": "fp32 (true fp32), tf32 (tensor cores, fp32 storage) or bf16 (bf16 compute, fp32 master weights)",
+    "precision": "fp32 (true fp32), tf32 (tensor cores, fp32 storage), bf16 (bf16 compute, fp32 master weights) "
+                 "or auto (bf16 on a GPU that has it, compute capability 8.0+; else fp32); one the GPU lacks is "
+                 "refused before the first step",
     "ops": "triton (the project's kernels), reference (plain PyTorch) or auto (triton on CUDA)",
     "eval_views": "validation views: centre crop, or ten (4 corners + centre and their flips, softmax averaged)",
     "seed": "seed of the initialisation, data order, augmentation and dropout",
@@ -61,6 +63,9 @@ HELP = {
     "cuda_graph": "capture the whole training step (forward, backward, update) in a CUDA graph after 3 warm-up "
                   "steps and replay it (one launch per step); falls back to the plain step, saying why, where "
                   "capture is impossible (CPU, two-column model)",
+    "verify": "check every Triton kernel against its PyTorch reference on its first use on this GPU (each conv "
+              "tile candidate before tuning, every other op once per shape); a kernel that mismatches is replaced "
+              "by the reference, with a warning (README: Correctness on your GPU); --no-verify: trust them unchecked",
 }
 
 
@@ -79,20 +84,14 @@ def _parser() -> argparse.ArgumentParser:
             ap.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                             help=HELP[f.name] + " (default: on)")
             continue
-        if f.default is False:  # switches that default off: a plain flag
-            ap.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS,
-                            help=HELP[f.name] + " (default: off)")
-            continue
         choices = None
         if "Literal" in kind:
             choices = [c.strip().strip("'\"") for c in kind.split("[", 1)[1].rstrip("]").split(",")]
         convert = str
-        if kind.startswith("int") or (choices and all(c.isdigit() for c in choices)):
+        if kind.startswith("int") or (choices and all(c.isdigit() for c in choices)):  # "int | None" too
             convert = int
         elif kind.startswith("float"):
             convert = float
-        elif "int | None" in kind:
-            convert = int
         if choices and convert is int:
             choices = [int(c) for c in choices]
         ap.add_argument(flag, dest=f.name, type=convert, choices=choices, default=argparse.SUPPRESS,

@@ -1,19 +1,28 @@
 """The convolutions' steady-state loops read from the compiler's machine code (SASS), no GPU needed:
 
     python bench/conv_sass.py [--layers conv3] [--passes wgrad] [--dtypes bf16,tf32] [--all] [--json]
-                              [--arch 90|80] [--shapes single]
+                              [--arch 90|80|86|89|100|120|75] [--shapes single]
+    python bench/conv_sass.py --matrix run90.jsonl run89.jsonl ...   # the compile matrix table
 
 For every AlexNet layer x pass x dtype x config, in the variant the model runs (batch 128,
 channels_last, image-major tiles wherever the block divides the 128 images (variant "image-major"),
 conv1's image zero-padded to 228x228x4 (wgrad: as 228x57x16), bias fused in the forward and ReLU fused
-for conv3-5, the ReLU mask in their backward, wgrad at the split count its model picks for an
-H100's 132 SMs), it compiles the kernel for sm_90 and disassembles the cubin with the
-cuobjdump bundled with Triton; bench/sass.py finds the steady-state loop and reads it
+for conv3-5, the ReLU mask in their backward, wgrad at the split count its model picks for the
+target device), it compiles the kernel for the target (`--arch`, default sm_90) and disassembles
+the cubin with the cuobjdump bundled with Triton; bench/sass.py finds the steady-state loop and reads it
 (instructions per BLOCK_K step, the issue ratio against the tensor cores' time, copies,
 spills, registers, shared memory: its docstring says how). The matmul tutorial's kernel,
 compiled at the same tiles in the same run, is the calibration row. These are compiler
 readings, predictions of speed, not timings. Deterministic for a given Triton version.
-Without a CUDA device it stands in bench/conv_inspect.py's sm_90 driver.
+Without a CUDA device it stands in bench/conv_inspect.py's driver for that target.
+
+`--arch` also picks the device the tuning models (kernels/runtime/device.py `KNOWN[arch]`: its
+per-block shared memory, SM count and the rest): the kept configs are those that device keeps,
+and the wgrad split counts those its model picks. The issue ratio needs the tensor cores' rate
+(bench/sass.py FMA_PER_CYCLE: sm_75, sm_80, sm_90); elsewhere (sm_86/89/120: HMMA at a rate that
+differs between a part's GeForce and data-centre versions; sm_100: tcgen05, which the loop
+reader does not know) a row is the plain reading: compiled, shared memory against the limit,
+spills, registers. `--matrix` summarises `--json` runs of several targets into one table.
 """
 from __future__ import annotations
 
@@ -31,13 +40,14 @@ from triton.backends.compiler import GPUTarget
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `python bench/<script>.py`
 from bench.conv_inspect import _Sm90Driver
 from bench.conv_layers import LAYERS, passes_for
-from bench.sass import FMA_PER_CYCLE, HEADER, Reading, read_kernel, summary, table_row
+from bench.sass import FMA_PER_CYCLE, HEADER, Reading, matrix, read_kernel, summary, table_row
 from kernels.conv import configs as conv_configs
 from kernels.conv import dgrad as conv_dgrad
 from kernels.conv import fwd as conv_fwd
 from kernels.conv import wgrad as conv_wgrad
 from kernels.conv.common import ConvGeometry, dot_precision, pix_multiple
 from kernels.conv.input_layout import pad_input, wgrad_view
+from kernels.runtime import device as device_specs
 
 BATCH = 128
 DTYPES = {"bf16": (torch.bfloat16, True), "tf32": (torch.float32, True), "fp16": (torch.float16, True),
@@ -54,6 +64,9 @@ class _Driver(_Sm90Driver):
 
     def get_current_target(self):
         return GPUTarget("cuda", self.arch, 32)
+
+
+ARCHS = sorted(device_specs.KNOWN)  # the targets --arch takes (75 fp16/fp32 only: no bf16, no tf32 there)
 
 
 # ----------------------------------------------------------------- compiling the kernels
@@ -114,9 +127,9 @@ class ModelPass:
         return tuning, meta
 
     def splits(self, cfg: Config) -> int:
-        """wgrad's split count as its model picks it on an H100 (132 SMs)."""
+        """wgrad's split count as its model picks it on the target (`device.offline()`, set by `readings`)."""
         return conv_configs.wgrad_splits(self.wgrad_geom, self.x.dtype, dot_precision(self.x.dtype),
-                                         cfg.kwargs["FLAT"], self.x.device, cfg, n_sms=132)
+                                         cfg.kwargs["FLAT"], self.x.device, cfg, spec=device_specs.offline())
 
     def compile(self, pass_: str, cfg: Config):
         """The GEMM kernel of the pass; after a fused ReLU the backward GEMMs read dy already
@@ -192,9 +205,9 @@ def label(cfg: Config) -> str:
     return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}{flat}{regs}"
 
 
-def _rate(dtype_name: str, arch: int) -> int:
+def _rate(dtype_name: str, arch: int) -> int | None:
     kind = "16bit" if dtype_name in ("bf16", "fp16") else "tf32" if dtype_name == "tf32" else "ieee"
-    return FMA_PER_CYCLE[arch][kind]
+    return FMA_PER_CYCLE.get(arch, {}).get(kind)
 
 
 def read_pass(mp: ModelPass, pass_: str, dtype_name: str, cfg: Config, kept: bool, arch: int) -> Reading:
@@ -215,10 +228,15 @@ def readings(layers, passes, dtypes, shapes="single", every=False, arch=90, max_
     """Yield a Reading per compiled kernel, the calibration row of each dtype first."""
     if not torch.cuda.is_available():
         triton.runtime.driver.set_active(_Driver(arch))
+    spec = device_specs.KNOWN[arch]
+    device_specs.use_offline(spec).__enter__()  # the target is the device the tuning models, for the run
     for mod in (conv_fwd, conv_dgrad, conv_wgrad):
         mod.launch = _compile_only
     conv_wgrad._sum_splits = lambda part, out: None  # the second (reduction) launch of a split wgrad
     for dtype_name in dtypes:
+        if not device_specs.supports(spec, dtype_name):  # sm_75: no bf16, no tf32
+            print(f"conv_sass: sm_{arch} has no {dtype_name}: skipped", file=sys.stderr)
+            continue
         dtype, tf32 = DTYPES[dtype_name]
         torch.backends.cudnn.allow_tf32 = tf32
         yield calibration(dtype_name, conv_configs.FWD.configs[0], arch)
@@ -226,11 +244,13 @@ def readings(layers, passes, dtypes, shapes="single", every=False, arch=90, max_
             mp = ModelPass(LAYERS[shapes][name], name, dtype)
             for pass_ in [p for p in passes_for(name) if p in passes]:
                 tuning, meta = mp.tuning_and_meta(pass_)
-                for cfg in tuning.candidates(dot_precision(dtype), mp.x.element_size())[:max_configs]:
-                    kept = bool(tuning.fits(cfg, meta, mp.x.element_size()))
-                    if kept or every:
-                        yield read_pass(mp, pass_, dtype_name, Config({**cfg.kwargs, "FLAT": meta["FLAT"]},
-                                        num_warps=cfg.num_warps, num_stages=cfg.num_stages), kept, arch)
+                listed = tuning.candidates(dot_precision(dtype), mp.x.element_size())[:max_configs]
+                kept = tuning.kept(listed, meta, mp.x.element_size(), spec)  # as the device's tuner keeps them
+                off = [c for c in listed if every and not any(c.kwargs == k.kwargs and c.num_warps == k.num_warps
+                                                               for k in kept)]
+                for cfg, is_kept in [(c, True) for c in kept] + [(c, False) for c in off]:
+                    yield read_pass(mp, pass_, dtype_name, Config({**cfg.kwargs, "FLAT": meta["FLAT"]},
+                                    num_warps=cfg.num_warps, num_stages=cfg.num_stages), is_kept, arch)
 
 
 def main(argv=None):
@@ -240,11 +260,17 @@ def main(argv=None):
     ap.add_argument("--dtypes", default="bf16,tf32", help=f"any of {','.join(DTYPES)} (fp32: IEEE, no tf32)")
     ap.add_argument("--shapes", default="single", help="single (the one-device model) or shard")
     ap.add_argument("--all", action="store_true", help="also the configs the tuner rules out for the shape")
-    ap.add_argument("--arch", type=int, choices=[90, 80], default=90)
+    ap.add_argument("--arch", type=int, choices=ARCHS, default=90,
+                    help="compile for sm_ARCH, keeping the configs that device keeps (kernels/runtime/device.py)")
     ap.add_argument("--max-configs", type=int, help="only the first N listed configs of each pass")
     ap.add_argument("--json", action="store_true", help="one JSON object per compiled kernel")
     ap.add_argument("--summarize", metavar="JSONL", help="print the markdown summary of a --json run's output")
+    ap.add_argument("--matrix", metavar="JSONL", nargs="+", help="print the compile matrix of --json runs' outputs")
     args = ap.parse_args(argv)
+    if args.matrix:
+        print(matrix([json.loads(line) for f in args.matrix for line in Path(f).read_text().splitlines()
+                      if line.strip()]))
+        return
     if args.summarize:
         print(summary([json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line.strip()]))
         return

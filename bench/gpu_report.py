@@ -1,4 +1,4 @@
-"""Everything to measure on the day a GPU is lent, in one command (< 20 min on one H100).
+"""Everything to measure on the day a GPU is lent, in one command (< 25 min on one H100).
 
     PYTHONPATH=. python3 -m bench.gpu_report            # all stages -> bench/gpu_report_out/<time>/
     python3 bench/gpu_report.py --dry-run                # the stages, their time boxes and commands
@@ -11,6 +11,15 @@ crashes is recorded as such and the report goes on), in this order:
     env      device, driver, torch/triton versions
     warm     conv_sweep --compile-only: compile the conv tiles in parallel, so the later
              stages autotune from Triton's cache (the report is safe to run cold)
+    verify   every kept conv config of every layer x pass x dtype at the model's shapes
+             (batch 128, the single-device and the two-column shard shapes) checked against
+             cuDNN as a training run's verified tuning does (kernels/runtime/verify.py), in
+             subprocesses, one group (layer, pass, dtype, shape set) after another; a config
+             that kills its process (illegal address, misaligned access) is "crashed" and the
+             groups go on in a new one. Table: verified / mismatch / compile error / out of
+             resources / crashed, and the seconds each group's verification took; every
+             config that failed is written into the plan cache as excluded (this module's
+             `--stage-verify`), so training runs on this machine never try it
     tests    the GPU halves of the tests (bf16/tf32, CUDA graphs, the requires_gpu tests)
     conv     the per-layer convolution benchmark against cuDNN (bench/bench_conv.py)
     memory   the memory-bound kernels against PyTorch (LRN, max-pool, dropout, SGD)
@@ -35,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BUDGET_S = 20 * 60
+BUDGET_S = 25 * 60
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,8 @@ def stages(out: Path) -> list[Stage]:
               "env.json"),
         Stage("warm", "compile the conv tiles (Triton cache)", 180,
               (py, "bench/conv_sweep.py", "--compile-only", "--dtype", "bf16")),
+        Stage("verify", "check every kept conv config against cuDNN (crashes isolated)", 300,
+              (py, "-m", "bench.gpu_report", "--stage-verify", str(out / "verify.json")), "verify.json"),
         Stage("tests", "GPU halves of the tests", 270,
               (py, "-m", "pytest", "-q", "-x", "--junitxml", str(out / "tests.xml"), "tests/test_conv.py",
                "tests/test_lrn.py", "tests/test_maxpool.py", "tests/test_dropout.py", "tests/test_sgd.py",
@@ -183,6 +194,145 @@ def stage_step(path: str, batch: int = 128, steps: int = 20) -> None:
         Path(path).write_text(json.dumps({"rows": rows}, indent=1))
 
 
+# ------------------------------------------------------------------ the verify stage
+VERIFY_TAG = "@@verify "  # the worker's progress lines on stdout: VERIFY_TAG + one JSON object
+VERIFY_STATUSES = ("verified", "mismatch", "compile error", "out of resources", "crashed")
+
+
+def verify_groups(shapes=("single", "shard"), dtypes=("bf16", "tf32")) -> list[list[str]]:
+    """[shape set, layer, pass, dtype] for every layer x pass x dtype at the model's shapes."""
+    from bench.conv_layers import LAYERS, passes_for
+
+    return [[shape, layer, pass_, dtype] for dtype in dtypes for shape in shapes for layer in LAYERS[shape]
+            for pass_ in passes_for(layer)]
+
+
+def verify_worker(spec_path: str) -> None:
+    """Run in a subprocess: each group's launcher once, with the checks on and the report's own
+    plan cache (so every kept config is verified, whatever the machine's cache holds), telling
+    the parent each candidate before and after its check."""
+    import torch
+
+    from bench.conv_layers import DTYPES, LAYERS, ConvProblem
+    from kernels.runtime import verify
+
+    spec = json.loads(Path(spec_path).read_text())
+    verify.reset()
+    verify.set_enabled(True)
+    verify.STATE.cache_path = Path(spec["cache"])
+
+    def tell(**event):
+        print(VERIFY_TAG + json.dumps(event), flush=True)
+
+    verify.STATE.progress = lambda *event: print(progress_line(*event), flush=True)
+    for group in spec["groups"]:
+        shape, layer, pass_, dtype = group
+        tell(e="group", group=group)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+        problem = ConvProblem(LAYERS[shape][layer], DTYPES[dtype])
+        start = time.perf_counter()
+        problem.ours(pass_)()
+        torch.cuda.synchronize()
+        tell(e="group-done", group=group, seconds=round(time.perf_counter() - start, 2))
+
+
+def progress_line(event: str, check, name: str, status: str, why: str) -> str:
+    """The worker's line for verify.STATE.progress's call (a candidate tried or its result)."""
+    return VERIFY_TAG + json.dumps(dict(e=event, key=check.class_key, config=name, status=status, why=why))
+
+
+def parse_verify_lines(lines, results: dict, seconds: dict) -> tuple[list | None, dict | None]:
+    """Read a worker's progress lines into `results` ((group, config) -> (status, why, class key))
+    and `seconds` (group -> verification time); returns the group in flight when the lines stop
+    and the candidate that was running then (None, None if the worker finished its groups)."""
+    group, trying = None, None
+    for line in lines:
+        if not line.startswith(VERIFY_TAG):
+            continue
+        event = json.loads(line[len(VERIFY_TAG):])
+        if event["e"] == "group":
+            group, trying = tuple(event["group"]), None
+        elif event["e"] == "try":
+            trying = event
+        elif event["e"] == "result":
+            results[(group, event["config"])] = (event["status"], event["why"], event["key"])
+            trying = None
+        elif event["e"] == "group-done":
+            seconds[group] = event["seconds"]
+            group, trying = None, None
+    return (list(group) if group else None), trying
+
+
+def run_verify_worker(groups: list, cache: Path, out: Path, timeout_s: float) -> tuple[list[str], int | None]:
+    """One worker subprocess over `groups`: (its stdout lines, exit code; None when it timed out)."""
+    spec = out / "verify_spec.json"
+    spec.write_text(json.dumps({"groups": groups, "cache": str(cache)}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TRITON_INTERPRET", None)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bench.gpu_report", "--verify-worker", str(spec)], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as err:
+        text = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        return text.splitlines(), None
+    with open(out / "verify_workers.log", "a") as log:
+        log.write(proc.stderr)
+    return proc.stdout.splitlines(), proc.returncode
+
+
+def verify_stage(groups: list, out: Path, *, run_worker=run_verify_worker, plan_cache=None,
+                 budget_s: float = 280.0) -> dict:
+    """Verify every group in worker subprocesses, a new one after each crash (the crashed
+    candidate excluded in the report's scratch cache, so the new worker skips it and goes on);
+    then write every failed config into the machine's plan cache as excluded. Returns
+    {"rows": one per (group, config), "groups": seconds per group, "counts": per status}."""
+    from kernels.runtime import verify
+
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = out / "verify_cache.json"
+    results, seconds = {}, {}
+    todo, deadline = list(groups), time.monotonic() + budget_s
+    while todo and time.monotonic() < deadline:
+        lines, rc = run_worker(todo, scratch, out, max(1.0, deadline - time.monotonic()))
+        group, trying = parse_verify_lines(lines, results, seconds)
+        if rc == 0 and group is None:
+            break
+        if trying is not None:  # the process died (or hung) inside this candidate's check
+            status = "crashed" if rc is not None else "crashed (hung)"
+            results[(tuple(group), trying["config"])] = (status, f"worker exit code {rc}", trying["key"])
+            verify.PlanCache(scratch).update(trying["key"], excluded={trying["config"]: status})
+        elif group is None:  # died outside any group: nothing to resume
+            break
+        done = {g for g in seconds}
+        todo = [g for g in todo if tuple(g) not in done and (tuple(g) != tuple(group) or trying is not None)]
+        if rc is None and trying is None:
+            break
+    rows = [{"shapes": g[0], "layer": g[1], "pass": g[2], "dtype": g[3], "config": name, "status": status,
+             "error": why} for (g, name), (status, why, _key) in sorted(results.items())]
+    for g in groups:
+        if tuple(g) not in seconds and not any(k[0] == tuple(g) for k in results):
+            rows.append({"shapes": g[0], "layer": g[1], "pass": g[2], "dtype": g[3], "config": None,
+                         "status": "not reached", "error": ""})
+    excluded = {}
+    for (_g, name), (status, why, key) in results.items():
+        if status != "verified":
+            excluded.setdefault(key, {})[name] = f"{status}: {why}" if why else status
+    cache = verify.PlanCache(plan_cache)
+    for key, names in excluded.items():
+        cache.update(key, excluded=names, context={"source": "bench/gpu_report.py verify stage"})
+    counts = {s: sum(r["status"].startswith(s) for r in rows) for s in VERIFY_STATUSES}
+    return {"rows": rows, "groups": [{"group": "/".join(g), "seconds": seconds.get(tuple(g))} for g in groups],
+            "counts": counts, "plan_cache": str(cache.path), "excluded": sum(map(len, excluded.values()))}
+
+
+def stage_verify(path: str, groups=None) -> None:
+    out = Path(path).parent
+    result = verify_stage(groups or verify_groups(), out)
+    Path(path).write_text(json.dumps(result, indent=1))
+    print(markdown_table(result["rows"], ["shapes", "layer", "pass", "dtype", "config", "status", "error"]))
+    print(", ".join(f"{n} {s}" for s, n in result["counts"].items()) + f"; excluded in {result['plan_cache']}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="output folder (default bench/gpu_report_out/<time>)")
@@ -190,7 +340,15 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="list the stages, time boxes and commands; run nothing")
     ap.add_argument("--stage-env", metavar="JSON", help=argparse.SUPPRESS)
     ap.add_argument("--stage-step", metavar="JSON", help=argparse.SUPPRESS)
+    ap.add_argument("--stage-verify", metavar="JSON", help=argparse.SUPPRESS)
+    ap.add_argument("--verify-worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.stage_verify:
+        stage_verify(args.stage_verify)
+        return 0
+    if args.verify_worker:
+        verify_worker(args.verify_worker)
+        return 0
     if args.stage_env:
         stage_env(args.stage_env)
         return 0

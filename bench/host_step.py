@@ -82,7 +82,6 @@ if "TRITON_CACHE_DIR" not in os.environ:  # a private cache: the stub "tunes" no
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import torch  # noqa: E402 (after the environment above)
-import torch.nn.functional as F  # noqa: E402
 
 BATCH = 128
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -140,8 +139,7 @@ def build_step(stack: str, dtype: torch.dtype, layout: str = "single", batch: in
     """A closure running one training step, as alexnet.training.loop does, on meta tensors.
     stack: "ours" (Triton ops, FlatPaperSGD) or "eager" (reference ops, PaperSGD)."""
     from alexnet.network.model import AlexNet
-    from alexnet.training import loop as trainer
-    from alexnet.training.optim import FlatPaperSGD, PaperSGD, param_groups
+    from alexnet.training import loop
 
     install_stubs()
     config = _config("triton" if stack == "ours" else "reference")
@@ -153,19 +151,14 @@ def build_step(stack: str, dtype: torch.dtype, layout: str = "single", batch: in
 
         model = ShardedAlexNet(config, _fake_column_layout())
     model.train()
-    if hasattr(trainer, "build_optimizer"):  # as alexnet.train builds it
-        optimizer = trainer.build_optimizer(model, config.ops, dtype, 0.01, 0.9, 5e-4)
-    else:  # before issue 13
-        optimizer = (FlatPaperSGD if stack == "ours" else PaperSGD)(param_groups(model), lr=0.01)
+    optimizer = loop.build_optimizer(model, config.ops, dtype, 0.01, 0.9, 5e-4)  # as alexnet.train builds it
     images = _model_input(config, batch, dtype)
     labels = torch.empty(batch, device="meta", dtype=torch.int64)
     finite = torch.ones((), dtype=torch.bool, device="meta")
     sync = getattr(model, "sync_gradients", None)
 
-    training_step = getattr(trainer, "training_step", None) or _training_step_before_issue_13
-
     def step():
-        training_step(model, optimizer, images, labels, finite, sync)
+        loop.training_step(model, optimizer, images, labels, finite, sync)
 
     return step
 
@@ -174,14 +167,13 @@ def _model_input(config, batch: int, dtype: torch.dtype) -> torch.Tensor:
     """The batch as TrainLoader hands it to the model (channels_last): with the Triton ops the
     view of conv1's zero-padded input that the augmentation wrote (alexnet/data/augment.py
     padded_layout, kernels/conv/input_layout.py padded_view), which conv1 reads with no copy."""
+    from alexnet.data.augment import padded_layout
+    from alexnet.network.config import uses_kernels
+    from kernels.conv.input_layout import padded_view
+
     size = config.image_size
     fmt = torch.channels_last
-    try:
-        from alexnet.data.augment import padded_layout
-        from kernels.conv.input_layout import padded_view
-    except ImportError:  # a tree before the augmentation wrote conv1's input
-        padded_layout = None
-    layout = padded_layout(config.convs[0], batch, size, dtype) if padded_layout and config.ops == "triton" else None
+    layout = padded_layout(config.convs[0], batch, size, dtype) if uses_kernels(config.ops) else None
     if layout is None:
         return torch.empty(batch, 3, size, size, device="meta", dtype=dtype, memory_format=fmt)
     pad, padded_size, channels = layout
@@ -189,34 +181,13 @@ def _model_input(config, batch: int, dtype: torch.dtype) -> torch.Tensor:
     return padded_view(buf, 3, pad, (size, size))
 
 
-def _training_step_before_issue_13(model, optimizer, images, labels, finite, sync_gradients=None):
-    """Trainer.train_step as it was before alexnet.training.loop.training_step (to measure old trees)."""
-    logits = model(images)
-    loss = F.cross_entropy(logits.float(), labels)
-    finite &= torch.isfinite(loss)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if sync_gradients is not None:
-        sync_gradients()
-    optimizer.step()
-    return loss.detach(), (logits.argmax(1) != labels).sum()
-
-
 def conv_side(dtype: torch.dtype, calls: int = 200) -> dict:
     """Host costs inside the convolution that the meta step cannot show (see Limits)."""
-    try:
-        try:
-            from kernels.conv import configs as conv_configs
-            from kernels.conv.common import ConvGeometry
-        except ImportError:  # before the kernels/conv package
-            from kernels import conv_configs
-            from kernels._conv_common import ConvGeometry
+    from kernels.conv import configs as conv_configs
+    from kernels.conv.common import ConvGeometry
+    from kernels.runtime import device as device_specs
 
-        conv_configs.wgrad_splits  # noqa: B018 (present?)
-    except (ImportError, AttributeError) as err:  # the convolution's files moved: nothing to time here
-        return {"wgrad_splits_unavailable": str(err)}
-
-    conv_configs._sm_count = lambda index: 132  # an H100's SMs; no CUDA call
+    device_specs.assume(0, device_specs.KNOWN[90])  # an H100; no CUDA call
     geoms = [ConvGeometry(BATCH, 3, 224, 224, 96, 11, 11, 4, 4, 2, 2, 1),
              ConvGeometry(BATCH, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2),
              ConvGeometry(BATCH, 256, 13, 13, 384, 3, 3, 1, 1, 1, 1, 1),

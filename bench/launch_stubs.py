@@ -172,30 +172,28 @@ def _triton_impls_on_meta() -> None:
     as on a GPU: the dispatch through torch.library is paid and every launch is counted (a
     meta tensor would otherwise get the op's fake implementation, which launches nothing)."""
     from kernels import ops
+    from kernels.runtime import state
 
     for op, triton_impl in ops.TRITON_IMPLS.values():
         op.register_kernel("meta", triton_impl)
-    if hasattr(ops, "TRITON_DEVICES"):  # and the eager fast path (ops.call) picks the same implementation
-        ops.TRITON_DEVICES.add("meta")
+    # and the eager fast path (kernels.runtime.dispatch.call) picks the same implementation
+    state.SWITCHES.triton_devices = state.SWITCHES.triton_devices | {"meta"}
 
 
 def _patch_dropout_generators() -> None:
-    """torch.Generators do not exist on 'meta'. The reference ColumnDropout (and, before
-    issue 13, the Triton one) draws from per-column generators: give it CPU ones there (a CPU
-    draw, then a copy to the device where the CUDA code draws on the device). The Triton
-    ColumnDropout of issue 13 keeps its streams on the device and needs none."""
+    """torch.Generators do not exist on 'meta'. The reference ColumnDropout draws from
+    per-column generators: give it CPU ones there (a CPU draw, then a copy to the device where
+    the CUDA code draws on the device). The column op's ColumnDropout keeps its streams on the
+    device and needs none."""
     from alexnet.network import layers
 
-    for name in ("generators", "streams"):  # before / after issue 13
-        original = getattr(layers.ColumnDropout, name, None)
-        if original is None:
-            continue
+    original = layers.ColumnDropout.streams
 
-        def patched(self, device, original=original):
-            on_meta = torch.device(device).type == "meta" and not getattr(self, "fused", False)
-            return original(self, "cpu" if on_meta else device)
+    def streams(self, device):
+        on_meta = torch.device(device).type == "meta" and not self.fused
+        return original(self, "cpu" if on_meta else device)
 
-        setattr(layers.ColumnDropout, name, patched)
+    layers.ColumnDropout.streams = streams
 
 
 # =========================================================================== counting

@@ -26,8 +26,14 @@ from pathlib import Path
 
 import triton
 
-SMEM_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one block may hold (opt-in maximum)
-FMA_PER_CYCLE = {90: {"16bit": 2048, "tf32": 1024, "ieee": 128}, 80: {"16bit": 1024, "tf32": 512, "ieee": 64}}
+from kernels.runtime.device import KNOWN
+
+# per target: bytes of shared memory one block may hold (opt-in maximum; kernels/runtime/device.py)
+SMEM_LIMIT = {arch: spec.smem_per_block for arch, spec in KNOWN.items()}
+# tensor-core (and FMA-pipe) FMA per cycle and SM, where one figure holds for the target: sm_86/89/120
+# parts differ (GeForce halves 16-bit MMA with fp32 accumulation), sm_100's tcgen05 is not read here
+FMA_PER_CYCLE = {90: {"16bit": 2048, "tf32": 1024, "ieee": 128}, 80: {"16bit": 1024, "tf32": 512, "ieee": 64},
+                 75: {"16bit": 512, "ieee": 64}}
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
@@ -136,7 +142,7 @@ def _ldgsts_bytes(op: str) -> int:
     return int(m[1]) // 8 if m else 4
 
 
-def read_kernel(kernel, r: Reading, tile: tuple[int, int, int], warps: int, rate: int, arch: int) -> Reading:
+def read_kernel(kernel, r: Reading, tile: tuple[int, int, int], warps: int, rate: int | None, arch: int) -> Reading:
     text, res = sass(kernel.asm["cubin"])
     ins = instructions(text)
     loop = steady_loop(ins, warps)
@@ -161,7 +167,8 @@ def read_kernel(kernel, r: Reading, tile: tuple[int, int, int], warps: int, rate
     r.smem_bytes, r.smem_limit = kernel.metadata.shared, SMEM_LIMIT[arch]
     if r.steps_per_iteration:
         r.instructions_per_step = round(len(loop) / r.steps_per_iteration, 1)
-        r.issue_ratio = round(r.instructions_per_step * (warps / 4) / (bm * bn * bk / rate), 3)
+        if rate:
+            r.issue_ratio = round(r.instructions_per_step * (warps / 4) / (bm * bn * bk / rate), 3)
     return r
 
 
@@ -200,4 +207,31 @@ def summary(rows: list[dict]) -> str:
                    f"{best['issue_ratio']:.2f} | {worst:.2f} | {sum(r['spill_bytes'] > 0 for r in rs)} | "
                    f"{sum(r['smem_bytes'] > r['smem_limit'] for r in rs)} | {sum(r['wgmma'] == 'RS' for r in rs)} | "
                    f"{sum((r.get('ldgsts_bytes') or {}).get('4', 0) > 0 for r in rs)} |")
+    return "\n".join(out)
+
+
+def matrix(rows: list[dict]) -> str:
+    """The compile matrix, a markdown table from `--json` rows of one or more targets: per target
+    (`arch`) and dtype, the layer x pass combinations, kept configs, those that failed to compile,
+    those over the target's per-block shared memory, those that spill (and the largest spill),
+    and the layer x pass combinations left without a kept config that compiles, fits and does
+    not spill."""
+    out = ["| arch | dtype | layer x pass | kept configs | compile failures | over shared memory | spilling "
+           "(max B) | without a clean config |", "|" + "---|" * 8]
+    groups: dict = {}
+    for r in rows:
+        if r["layer"] != "calibration" and r["kept"]:
+            groups.setdefault((r.get("arch", 90), r["dtype"]), []).append(r)
+    for (arch, dtype), rs in sorted(groups.items()):
+        combos: dict = {}
+        for r in rs:
+            combos.setdefault((r["layer"], r["pass"]), []).append(r)
+        failed = [r for r in rs if r.get("error")]
+        over = [r for r in rs if not r.get("error") and r["smem_bytes"] > r["smem_limit"]]
+        spill = [r for r in rs if not r.get("error") and r["spill_bytes"] > 0]
+        bad = {id(r) for r in failed + over + spill}
+        bare = sorted(f"{layer} {pass_}" for (layer, pass_), cs in combos.items() if all(id(r) in bad for r in cs))
+        worst = max((r["spill_bytes"] for r in spill), default=0)
+        out.append(f"| sm_{arch} | {dtype} | {len(combos)} | {len(rs)} | {len(failed)} | {len(over)} | "
+                   f"{len(spill)}{f' ({worst})' if spill else ''} | {', '.join(bare) or 'none'} |")
     return "\n".join(out)

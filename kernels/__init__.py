@@ -24,7 +24,8 @@ from . import ops  # registers the alexnet_triton ops before anything calls them
 # What the model (alexnet/) uses beyond the ops above; alexnet/ imports kernels through these names
 # only (tests/test_imports.py): the loss, conv1's zero-padded input buffer, the convolution's launch
 # plans (rank 0's choices for every rank), where a leaf's gradient may be written (the fused
-# optimizer's flat buffer), and the layout helpers.
+# optimizer's flat buffer), the kernel checks (runtime/verify.py), the layout helpers, and what a
+# device has (kernels/runtime/device.py).
 from .augment import (
            augment,
            augment_padded,  # noqa: E402, I001
@@ -36,6 +37,9 @@ from .dropout import column_dropout, dropout
 from .lrn import local_response_norm, relu_lrn
 from .maxpool import max_pool2d
 from .ops import conv2d
+from .runtime import verify  # noqa: E402  (the kernel checks' switch, log, summary, implementations)
+from .runtime.device import auto_precision, precision_refusal, triton_refusal  # noqa: E402
+from .runtime.device import spec_for as device_spec  # noqa: E402
 from .runtime.dispatch import grad_into, has_grad_slot, set_grad_into  # noqa: E402
 from .runtime.launch_params import SGD_GPU_BLOCK  # noqa: E402
 from .runtime.layout import cdiv, channels_last_block, is_dense, memory_format  # noqa: E402
@@ -46,4 +50,6 @@ __all__ = ["relu_lrn", "local_response_norm", "max_pool2d", "dropout", "column_d
            # for the model
            "softmax_cross_entropy", "augment_padded", "ConvGeometry", "adopt_plans", "export_plans", "clone_padded",
            "padded_geometry", "padded_view", "refill_padded", "takes_padded_image", "grad_into", "has_grad_slot",
-           "set_grad_into", "SGD_GPU_BLOCK", "cdiv", "channels_last_block", "is_dense", "memory_format"]
+           "set_grad_into", "verify", "SGD_GPU_BLOCK", "cdiv", "channels_last_block", "is_dense", "memory_format",
+           # what the device has (precision, whether the Triton kernels run there)
+           "device_spec", "auto_precision", "precision_refusal", "triton_refusal"]

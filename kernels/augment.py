@@ -9,7 +9,7 @@ mean is the float32 (H, W, 3) mean image, subtracted at the pixels the crop read
 paper subtracts it from the whole image, then crops); shift is the per-image RGB offset of
 PCA lighting (B, 3), zero for evaluation. y is (B, 3, size, size) in the requested dtype,
 contiguous NCHW or channels_last. The random draws are made elsewhere
-(`alexnet.augment.draw`), so the kernel and its reference `kernels.reference.augment` can
+(`alexnet.data.augment.draw`), so the kernel and its reference `kernels.reference.augment` can
 be fed the same ones.
 
 `augment_padded` writes the same crops, channels_last, into a zero-padded buffer instead:

@@ -13,7 +13,7 @@ to capture in a CUDA graph). The backward regenerates the same mask from the sav
 nothing mask-sized is stored. Elements are indexed in storage order, so x may be any dense
 layout (contiguous, channels_last, ...).
 
-`column_dropout(x, seeds, call, p)` is the model's dropout (alexnet.layers.ColumnDropout): x
+`column_dropout(x, seeds, call, p)` is the model's dropout (alexnet.network.layers.ColumnDropout): x
 (B, columns * F), column c's (B, F) block drawn from its own stream, all columns in one launch
 forward and one backward. Its Philox key is the column's seed and its counter (element group,
 call index); the call index is a device tensor, and the launch also writes the next one into
@@ -187,7 +187,7 @@ def column_dropout(x: torch.Tensor, seeds: torch.Tensor, call: torch.Tensor, p: 
     fused into the same launch, its gradient into the backward's), column c's (B, F) block drawn from
     the Philox stream keyed by seeds[c] (int64, one per column) at call index `call` (int64,
     one element, on x's device). Returns (y, next_call): next_call = call + 1, a new tensor,
-    to pass as `call` next time (alexnet.layers.ColumnDropout keeps it). One launch forward and
+    to pass as `call` next time (alexnet.network.layers.ColumnDropout keeps it). One launch forward and
     one backward for all columns, no host read: op alexnet_triton::column_dropout
     (kernels/ops.py), whose CPU implementation draws the same masks in torch ops."""
     p = _probability(p)

@@ -67,7 +67,6 @@ from .maxpool import argmax_dtype, max_pool2d_backward, max_pool2d_forward
 from .runtime.dispatch import (  # noqa: F401  (re-exported: bench/launch_stubs.py, bench/host_step.py)
     _EAGER,
     NAMESPACE,
-    TRITON_DEVICES,
     TRITON_IMPLS,
     _define,
     _empty,

@@ -7,12 +7,18 @@ the CPU covers fp32 (and fp16); the same tests on a GPU add bf16 and tf32.
 """
 import os
 import sys
+import tempfile
 
 import torch
 
 if not torch.cuda.is_available():
     assert "triton" not in sys.modules, "triton was imported before tests/conftest.py could set TRITON_INTERPRET"
     os.environ["TRITON_INTERPRET"] = "1"
+
+# The verified conv plans (kernels/runtime/verify.py) of a test session go to a cache of its own,
+# not the machine's (~/.cache/alexnet): tests neither read a real run's choices nor leave theirs.
+os.environ.setdefault("ALEXNET_PLAN_CACHE", os.path.join(tempfile.mkdtemp(prefix="alexnet-test-plans-"),
+                                                         "conv_plans.json"))
 
 import pytest  # noqa: E402
 from helpers import CUDA, GPU_REASON, stripes  # noqa: E402  (hypothesis profiles load there)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from helpers import DEVICE, EXAMPLES, MEMORY_FORMATS, TOLERANCES, requires_gpu
+from helpers import DEVICE, EXAMPLES, MEMORY_FORMATS, TOLERANCES, assert_close_verbose, requires_gpu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from triton import Config
@@ -50,7 +50,8 @@ def allow_tf32(enabled: bool):
 def _close(actual, expected, tol):
     atol, rtol = tol
     scale = float(expected.abs().max()) if expected.numel() else 1.0
-    torch.testing.assert_close(actual.double().cpu(), expected, atol=atol * max(scale, 1e-30), rtol=rtol)
+    assert_close_verbose(actual.double().cpu(), expected, atol=atol * max(scale, 1e-30), rtol=rtol, check_dtype=True,
+                         reason=f"atol {atol:.3g} relative to the reference's magnitude {scale:.3g}, rtol {rtol:.3g}")
 
 
 @st.composite
@@ -515,8 +516,10 @@ def test_relu_keeps_nan_and_inf(specials, nan_weight, seed):
     assert not ref.isfinite().all()  # a special reaches the output (relu(-inf) = 0 alone could hide it)
     finite = ref.isfinite()
     if finite.any():
-        torch.testing.assert_close(y[finite], ref[finite], atol=1e-5 * float(ref[finite].abs().max()), rtol=1e-5)
-    torch.testing.assert_close(y[y.isinf()], ref[ref.isinf()])
+        assert_close_verbose(y[finite], ref[finite], atol=1e-5 * float(ref[finite].abs().max()), rtol=1e-5,
+                             check_dtype=True, reason="fp32 sums of 45 terms, relative to the largest output")
+    assert_close_verbose(y[y.isinf()], ref[ref.isinf()], rtol=0, atol=0, check_dtype=True,
+                         reason="the infinities, signs included, at the same places")
 
 
 @requires_gpu

@@ -6,7 +6,7 @@ geometry), then the kernels on conv1's shape scaled down."""
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import DEVICE, EXAMPLES, TOLERANCES
+from helpers import DEVICE, EXAMPLES, TOLERANCES, assert_close_verbose
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,8 +63,9 @@ def test_regrouping_is_exact(geom, seed, dtype):
     assert (g_k.pad_h, g_k.pad_w, g_k.out_h, g_k.out_w) == (0, 0, geom.out_h, geom.out_w)
     assert (x_k.shape[1] * x.element_size()) % 8 == 0 and x_k.is_contiguous(memory_format=torch.channels_last)
     x64, w64 = x.double(), w.double()
-    torch.testing.assert_close(F.conv2d(x_k.double(), w_k.double(), None, stride),
-                               F.conv2d(x64, w64, None, stride, padding))
+    assert_close_verbose(F.conv2d(x_k.double(), w_k.double(), None, stride), F.conv2d(x64, w64, None, stride, padding),
+                         rtol=1e-7, atol=1e-7, check_dtype=True,
+                         reason="float64 convolutions of the same values, the zeros in other places (torch's defaults)")
     view = wgrad_view(x_k, g_k)
     if view is None:
         assert geom.stride_w == 1
@@ -75,7 +76,8 @@ def test_regrouping_is_exact(geom, seed, dtype):
     dw_v = torch.nn.grad.conv2d_weight(x_v.double(), (geom.out_chan, g_v.in_chan, g_v.kernel_h, g_v.kernel_w), dy,
                                        (g_v.stride_h, g_v.stride_w))
     dw = unpad_weight_grad(fold_wgrad_view(dw_v, g_k), geom, torch.contiguous_format)
-    torch.testing.assert_close(dw, torch.nn.grad.conv2d_weight(x64, w.shape, dy, stride, padding))
+    assert_close_verbose(dw, torch.nn.grad.conv2d_weight(x64, w.shape, dy, stride, padding), rtol=1e-7, atol=1e-7,
+                         check_dtype=True, reason="float64 weight gradients summed in other orders (torch's defaults)")
     # the buffer the kernel writes the view's gradient into folds it by its strides: the same map
     folded, into = folded_wgrad_buffer(g_k, g_v, dw_v)
     into.copy_(dw_v)
@@ -110,7 +112,8 @@ def test_conv1_shape_through_the_kernels(fmt):
     atol, rtol = TOLERANCES[torch.float32]
     for ours, ref in [(y, y64.detach()), (w_.grad, w64.grad), (b_.grad, b64.grad)]:
         assert ours.shape == ref.shape
-        torch.testing.assert_close(ours.double().cpu(), ref, atol=atol * float(ref.abs().max()), rtol=rtol)
+        assert_close_verbose(ours.double().cpu(), ref, atol=atol * float(ref.abs().max()), rtol=rtol, check_dtype=True,
+                             reason="TOLERANCES[float32], atol relative to the reference's magnitude")
 
 
 @pytest.mark.parametrize("row, col", [(0, 0), (6, 9), (26, 22)])
@@ -136,7 +139,9 @@ def test_a_registered_padded_buffer_is_read_without_a_copy():
     assert torch.equal(view, x)
     assert pad_input(view, weight, geom)[0].data_ptr() == buf.data_ptr()
     y_view = kernels.conv2d(view, weight.to(DEVICE), b.to(DEVICE), stride, pad)
-    torch.testing.assert_close(y_view, kernels.conv2d(x, weight.to(DEVICE), b.to(DEVICE), stride, pad))
+    y_copy = kernels.conv2d(x, weight.to(DEVICE), b.to(DEVICE), stride, pad)
+    assert_close_verbose(y_view, y_copy, rtol=1.3e-6, atol=1e-5, check_dtype=True,
+                         reason="the same fp32 kernel on the same values (torch's fp32 defaults)")
     buf[0, 3, 0, 0] = 1.0  # the padding is no longer zero: the view is not trusted any more
     assert pad_input(view, weight, geom)[0].data_ptr() != buf.data_ptr()
     with pytest.raises(ValueError, match="channels_last"):

@@ -98,3 +98,42 @@ def test_one_layer_one_pass_compiles_for_sm90():
     # batch 128: the 128-row tile runs image-major (kernels/conv/common.py image_block)
     assert (conv["pass"], conv["dtype"], conv["variant"]) == ("dgrad", "bf16", "NHWC image-major dy pre-masked")
     assert conv["instructions_per_step"] >= gemm["instructions_per_step"]  # index work on top of a GEMM's
+
+
+def test_arch_89_keeps_what_an_rtx_4090_keeps():
+    """--arch 89 compiles for sm_89 and keeps the configs that device keeps (kernels/runtime/
+    device.py): conv3's wgrad drops 4-warp 128x128x64 (spills on mma.sync parts), keeps
+    128x128x32 in 4 stages (48 KB with mma.sync's stages - 1 buffers); no issue ratio (no one
+    tensor-core rate for sm_89 parts), rows carry `arch`."""
+    import triton
+
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    if not (bin_dir / "ptxas").exists() or not (bin_dir / "cuobjdump").exists():
+        pytest.skip(f"this Triton wheel has no ptxas/cuobjdump in {bin_dir}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "conv_sass.py"), "--arch", "89", "--layers", "conv3",
+                          "--passes", "wgrad", "--dtypes", "bf16", "--max-configs", "2", "--json"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert all(r["arch"] == 89 and r["error"] is None for r in rows), rows
+    conv = [r for r in rows if r["layer"] == "conv3"]
+    assert [(r["config"], r["kept"]) for r in conv] == [("128x128x32 w4 s4", True)]
+    assert 0 < conv[0]["smem_bytes"] <= conv[0]["smem_limit"] == 101376  # spills: Triton 3.6 none, 3.9 8 B
+    assert conv[0]["issue_ratio"] is None and conv[0]["mma"] > 0 and conv[0]["wgmma"] == "-"
+
+
+def test_matrix_counts_failures_overflows_and_spills():
+    sass = _sass()
+
+    def row(layer, pass_, arch, spill=0, smem=1000, error=None, kept=True):
+        return {"layer": layer, "pass": pass_, "dtype": "bf16", "arch": arch, "kept": kept, "spill_bytes": spill,
+                "smem_bytes": smem, "smem_limit": 2000, "error": error}
+
+    rows = [row("calibration", "gemm", 89, spill=8), row("conv1", "fwd", 89), row("conv1", "fwd", 89, spill=152),
+            row("conv2", "wgrad", 89, smem=4000), row("conv2", "wgrad", 89, error="CompilationError: x"),
+            row("conv3", "fwd", 89, spill=4, kept=False), row("conv1", "fwd", 120)]
+    lines = sass.matrix(rows).splitlines()
+    assert lines[2] == "| sm_89 | bf16 | 2 | 4 | 1 | 1 | 1 (152) | conv2 wgrad |"
+    assert lines[3] == "| sm_120 | bf16 | 1 | 1 | 0 | 0 | 0 | none |"

@@ -3,16 +3,23 @@ network on the plain-PyTorch references, in the spirit of Liger-Kernel's mini-mo
 convergence tests. Same initial weights, same batches, the paper's SGD: the loss curves and
 the final weights must agree within a tolerance derived from the longest reduction.
 
-ops="triton" calls the alexnet_triton custom ops (on this CPU the Triton kernels run through
-the interpreter) and takes the fused SGD kernel (FlatPaperSGD); ops="reference" calls torch's
-own ops and the _foreach SGD (PaperSGD). The network is the paper's mini-model: its
-layers, columns, groups, LRN and overlapping pools at its smallest input (63 px: pool5 is
-1x1), with 1/16 of the paper's kernels per conv layer (AlexNetConfig.conv_width) and a narrow
-head (fc 64, 4 classes), so that the interpreter runs it in seconds on the CPU (the
-full-width net took over 10 minutes there). On a GPU the fp32 variant runs at full width.
-Dropout is off: the reference dropout op draws its mask from torch's CPU generator
-and the kernel from its Philox stream, so the two drop different units for one seed
-(kernels/ops.py); the dropout kernel's own tests cover it.
+Both sides run the real step, `alexnet.training.loop.training_step`, with the optimizer the
+trainer builds (`build_optimizer`). ops="triton": the alexnet_triton custom ops (on this CPU
+the Triton kernels run through the interpreter), the fused loss and its gradient in one
+kernel (`kernels.softmax_cross_entropy`), column dropout with fc6/fc7's ReLU in its launch
+(`kernels.column_dropout`) and the flat-buffer SGD kernel (FlatPaperSGD). ops="reference":
+torch's own ops, F.cross_entropy and the _foreach SGD (PaperSGD). The network is the paper's
+mini-model: its layers, columns, groups, LRN and overlapping pools at its smallest input
+(63 px: pool5 is 1x1), with 1/16 of the paper's kernels per conv layer
+(AlexNetConfig.conv_width) and a narrow head (fc 64, 4 classes), so that the interpreter runs
+it in seconds on the CPU (the full-width net took over 10 minutes there). On a GPU the fp32
+variant runs at full width.
+
+Dropout is on (p = 0.5). The reference ops' own dropout draws from torch's generator, the
+kernel from a Philox stream, so the two would drop different units for one seed; the
+reference model's layer is therefore given `kernels.reference.column_dropout`, torch ops that
+draw the kernel's masks bit for bit (tests/test_dropout.py), so both sides drop the same
+units and every other op stays torch's own.
 """
 from dataclasses import replace
 
@@ -21,13 +28,15 @@ from compare import assert_close_verbose, sum_atol
 from helpers import CUDA, DEVICE, requires_gpu
 
 from alexnet.network.config import AlexNetConfig
+from alexnet.network.layers import ColumnDropout
 from alexnet.network.model import AlexNet
-from alexnet.training.optim import FlatPaperSGD, PaperSGD, param_groups
+from alexnet.training.loop import build_optimizer, training_step
+from kernels import reference
 
 STEPS, BATCH = 5, 3
 # init_std 0.05 instead of the paper's 0.01: with 0.01 the eight layers shrink the signal so
 # much that five steps barely move the loss and any two implementations would agree.
-TINY = AlexNetConfig(num_classes=4, image_size=63, fc_features=64, dropout=0.0, dropout_seed=0,
+TINY = AlexNetConfig(num_classes=4, image_size=63, fc_features=64, dropout=0.5, dropout_seed=0,
                      channels_last=False, init_std=0.05, conv_width=1.0 if CUDA else 1 / 16)
 # The longest reduction in the network: conv3's input maps x 3x3 taps (the FC layers reduce
 # over no more inputs here). Both sides sum in fp32, in different orders.
@@ -35,11 +44,16 @@ LONGEST_SUM = TINY.convs[1].out_channels * 3 * 3
 
 
 def _train(ops: str, device: str, low_precision=None):
-    """The loss of every step, the initial and the final weights of STEPS SGD steps from seed 0.
+    """The loss of every step, the initial and the final weights of STEPS training steps
+    (training_step, build_optimizer's SGD) from seed 0.
     low_precision (bf16): the Triton side keeps FlatPaperSGD's 16-bit weight copies, the
     reference side runs under autocast; both keep fp32 weights for the update."""
     torch.manual_seed(0)
     model = AlexNet(replace(TINY, ops=ops)).to(device).train()
+    if ops == "reference":  # the kernel's dropout masks, drawn in torch ops (see the module docstring)
+        drop = model.dropout
+        model.dropout = ColumnDropout(reference.dropout, drop.p, drop.seed, drop.columns, drop.replica,
+                                      column_op=reference.column_dropout)
     initial = {name: p.detach().float().cpu().clone() for name, p in model.named_parameters()}
     generator = torch.Generator().manual_seed(1)
     # one batch, learnt for STEPS steps: its loss must fall (random batches of random labels
@@ -48,21 +62,14 @@ def _train(ops: str, device: str, low_precision=None):
     labels = torch.randint(0, TINY.num_classes, (BATCH,), generator=generator).to(device)
     dtype = low_precision or torch.float32
     autocast = torch.autocast(device, dtype=dtype, enabled=ops == "reference" and low_precision is not None)
-    if ops == "triton":
-        optimizer = FlatPaperSGD(param_groups(model), lr=0.01, low_precision=low_precision)
-        if low_precision:
-            optimizer.attach(model)
-    else:
-        optimizer = PaperSGD(param_groups(model), lr=0.01)
+    optimizer = build_optimizer(model, ops, dtype, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    finite = torch.ones((), dtype=torch.bool, device=device)
     losses = []
-    for step in range(STEPS):
-        optimizer.zero_grad()
+    for _step in range(STEPS):
         with autocast:
-            logits = model(images.to(dtype))
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+            loss, _wrong = training_step(model, optimizer, images.to(dtype), labels, finite)
+        losses.append(float(loss))
+    assert bool(finite)
     weights = {name: p.detach().float().cpu().clone() for name, p in model.named_parameters()}
     return torch.tensor(losses, dtype=torch.float64), initial, weights
 

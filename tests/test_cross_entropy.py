@@ -62,9 +62,13 @@ def test_argmax_ties_and_non_finite_rows_follow_torch():
         loss, dlogits, wrong = softmax_cross_entropy(x[rows], labels[rows], finite)
         ref_loss, ref_grad, ref_wrong = reference.softmax_cross_entropy(x[rows].double(), labels[rows])
         assert int(wrong) == int(ref_wrong) == int((x[rows].argmax(1) != labels[rows]).sum()), rows
-        torch.testing.assert_close(loss.double(), ref_loss, equal_nan=True)
-        torch.testing.assert_close(loss.double(), F.cross_entropy(x[rows].double(), labels[rows]), equal_nan=True)
-        torch.testing.assert_close(dlogits.double(), ref_grad, equal_nan=True)
+        why = f"rows {rows}: fp32 against float64 on values of at most 5 (torch's float64 defaults)"
+        assert_close_verbose(loss.double(), ref_loss, rtol=1e-7, atol=1e-7, equal_nan=True, check_dtype=True,
+                             reason=why)
+        assert_close_verbose(loss.double(), F.cross_entropy(x[rows].double(), labels[rows]), rtol=1e-7, atol=1e-7,
+                             equal_nan=True, check_dtype=True, reason=why)
+        assert_close_verbose(dlogits.double(), ref_grad, rtol=1e-7, atol=1e-7, equal_nan=True, check_dtype=True,
+                             reason=why)
         assert bool(finite) == bool(torch.isfinite(ref_loss)), rows
 
 

@@ -4,7 +4,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from helpers import DEVICE, requires_gpu
+from helpers import DEVICE, assert_close_verbose, requires_gpu
 
 import kernels
 from alexnet.data.augment import AugmentConfig, draw, lighting_shift
@@ -103,7 +103,8 @@ def test_batches_are_the_augmented_rows(random_store, dtype, channels_last):
         assert x.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         expected, labels = _expected(loader, 0, i)
         atol, rtol = (1e-4, 1e-5) if dtype == torch.float32 else (2.0, 1e-2)  # bf16: 8 bits of values <~ 300
-        torch.testing.assert_close(x.double(), expected, atol=atol, rtol=rtol)
+        assert_close_verbose(x.double(), expected, atol=atol, rtol=rtol, check_dtype=True,
+                             reason=f"{dtype} batch of pixel values up to ~300 against the float64 augmentation")
         assert torch.equal(y.cpu(), labels)
     assert loader.epoch == 1 and loader.position == 0
     loader.close()
@@ -197,7 +198,8 @@ def test_the_augmentation_follows_ops_not_the_device(random_store, monkeypatch, 
     assert calls == [ops]
     expected, _ = _expected(train, 0, 0)
     calls.clear()  # _expected called the reference itself
-    torch.testing.assert_close(x.double(), expected, rtol=0, atol=1e-4)  # fp32 output of fp32 math, values <= 255
+    assert_close_verbose(x.double(), expected, rtol=0, atol=1e-4, check_dtype=True,
+                         reason="fp32 output of fp32 math, values <= 255")
     train.close()
     val = EvalLoader(random_store, 20, DEVICE, split="train", crop_size=CROP, ops=ops, threads=1)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * CROP * CROP, 5)).to(DEVICE)
@@ -216,6 +218,7 @@ def test_given_conv1_the_batches_are_views_of_its_padded_input(random_store, mon
     (x, labels), (plain, plain_labels) = (next(iter(loader)) for loader in loaders)
     assert x._base is not None and x._base.shape == (6, 4, CROP + 2, CROP + 2)  # 3x3 stride 2: 10 columns
     assert x.shape == plain.shape and torch.equal(x, plain) and torch.equal(labels, plain_labels)
-    torch.testing.assert_close(x.double(), _expected(loaders[0], 0, 0)[0], rtol=0, atol=1e-4)
+    assert_close_verbose(x.double(), _expected(loaders[0], 0, 0)[0], rtol=0, atol=1e-4, check_dtype=True,
+                         reason="fp32 output of fp32 math, values <= 255")
     for loader in loaders:
         loader.close()

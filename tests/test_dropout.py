@@ -225,7 +225,8 @@ def test_cuda_graph_replays_advance_the_dropout_count():
             self.fc6, self.fc7, self.fc8 = Linear(12, 16, "relu"), Linear(16, 16, "relu"), Linear(16, 5)
             for param in self.parameters():
                 torch.nn.init.normal_(param, 0.1, 0.3)
-            self.dropout = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1))
+            self.dropout = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1),
+                                         column_op=kernels.column_dropout)
 
         def forward(self, x):
             return self.fc8(self.dropout(self.fc7(self.dropout(self.fc6(x)))))

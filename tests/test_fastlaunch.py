@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = r"""
@@ -20,6 +22,7 @@ install_stubs()
 import triton.runtime.jit as jit
 
 import kernels.runtime.fastlaunch as fl
+from kernels.runtime import state
 from kernels.conv.common import ConvGeometry
 from kernels.conv.fwd import conv2d_forward
 from kernels.cross_entropy import launch_softmax_cross_entropy
@@ -79,12 +82,12 @@ def described(args):
 
 out = {}
 for name, case in CASES.items():
-    fl.ENABLED = False
+    state.SWITCHES.fast_launch = False
     for _ in range(3):  # the conv's first call tunes; the next ones launch its plan
         recorded.clear()
         case()
     triton_path = [described(a) for a in recorded]
-    fl.ENABLED = True
+    state.SWITCHES.fast_launch = True
     entries = len(fl._COMPILED)
     for _ in range(3):
         recorded.clear()
@@ -110,3 +113,83 @@ def test_fast_path_passes_the_launcher_what_triton_passes(tmp_path):
         assert row["jit_runs_last_call"] == 0, (name, row)  # ... and Triton's JITFunction.run not called
     # a tensor 2 bytes off 16-byte alignment is another specialisation: its own entry, its own kernel
     assert result["lrn_misaligned"]["new_entries"] == 1
+
+
+# The same cases with the fast paths made to step aside: a Triton newer than the tested range
+# ("newer"), or a launch protocol that refuses the fast path's call ("broken": the stubbed
+# launcher raises TypeError unless Triton's own JITFunction.run calls it).
+FALLBACK_SCRIPT = r"""
+import sys, warnings
+import triton
+
+MODE = sys.argv[1]
+if MODE == "newer":
+    triton.__version__ = "3.10.0"  # what kernels/runtime/versions.py reads on first use
+caught = []
+warnings.simplefilter("always")
+warnings.showwarning = lambda message, category, *a, **k: caught.append(f"{category.__name__}: {message}")
+""" + SCRIPT[:SCRIPT.index("out = {}")] + r"""
+inside_jit = [False]
+
+
+def counting(self, *args, **kwargs):
+    jit_runs[0] += 1
+    inside_jit[0] = True
+    try:
+        return jit_run(self, *args, **kwargs)
+    finally:
+        inside_jit[0] = False
+
+
+def record(self, *args):
+    if MODE == "broken" and not inside_jit[0]:
+        raise TypeError("run() takes 15 positional arguments but 20 were given")
+    recorded.append(args)
+    return stub_run(self, *args)
+
+
+_StubKernel.run, jit.JITFunction.run = record, counting
+out = {}
+for name in ("lrn", "max_pool", "conv_forward"):
+    state.SWITCHES.fast_launch = False
+    for _ in range(3):
+        recorded.clear()
+        CASES[name]()
+    triton_path = [described(a) for a in recorded]
+    state.SWITCHES.fast_launch = True
+    for _ in range(3):
+        recorded.clear()
+        jit_runs[0] = 0
+        CASES[name]()
+    out[name] = dict(same=[described(a) for a in recorded] == triton_path, launches=len(recorded),
+                     jit_runs_last_call=jit_runs[0], entries=len(fl._COMPILED))
+out["warnings"] = caught
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("mode", ["newer", "broken"])
+def test_fast_paths_step_aside_outside_the_tested_versions(tmp_path, mode):
+    """Under a faked Triton 3.10 (outside kernels/runtime/versions.py's tested range) the launch
+    and conv-plan fast paths are never taken; with a launch protocol that refuses the fast
+    path's call, the first refusal turns it off. Either way: one warning per path, every launch
+    goes through Triton's own JITFunction.run with the same arguments, and the run goes on."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONPATH=str(ROOT), TRITON_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, mode], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    caught = result.pop("warnings")
+    for name, row in result.items():
+        assert row["launches"] >= 1 and row["same"], (name, row)
+        assert row["jit_runs_last_call"] == row["launches"], (name, row)  # every launch through Triton
+        assert row["entries"] == 0, (name, row)  # nothing recorded for the fast path
+    launch_warnings = [w for w in caught if "kernel-launch fast path is off" in w]
+    plan_warnings = [w for w in caught if "conv launch-plan fast path is off" in w]
+    assert len(launch_warnings) == 1 and launch_warnings[0].startswith("RuntimeWarning"), caught
+    if mode == "newer":
+        assert "triton 3.10.0 is outside the tested 3.6-3.9" in launch_warnings[0]
+        assert len(plan_warnings) == 1, caught
+    else:
+        assert "TypeError: run() takes 15" in launch_warnings[0] and not plan_warnings, caught

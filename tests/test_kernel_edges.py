@@ -136,11 +136,14 @@ def test_max_pool_argmax_is_wide_enough_for_any_window():
     assert dx[0, 0, n - 1, n - 1] == 1 and dx[0, 1, n - 1, 5] == 1 and dx.sum() == 2
 
 
+@pytest.mark.parametrize("shape", [(33, 3, 8192, 8192), (1, 3, 65535, 32768)], ids=["past_2e31", "within_a_block"])
 @pytest.mark.parametrize("op", [kernels.relu_lrn, kernels.max_pool2d], ids=["relu_lrn", "max_pool2d"])
-def test_past_int32_pixel_indices_is_refused_before_any_allocation(op):
-    """(33, 3, 8192, 8192) has 2.2e9 pixels: int32 pixel indices would wrap. A zero-stride
-    view of that shape costs no memory; the launcher refuses it from its shape."""
-    x = torch.zeros(1, 1, 1, 1, device=DEVICE).expand(33, 3, 8192, 8192)
+def test_past_int32_pixel_indices_is_refused_before_any_allocation(op, shape):
+    """(33, 3, 8192, 8192) has 2.2e9 pixels: int32 pixel indices would wrap. (1, 3, 65535,
+    32768) has 2**31 - 2**15: fewer, but the last block's indices would run past 2**31 before
+    its mask (the one bound, MAX_PIXELS, leaves a block of room, as the convolution's does). A
+    zero-stride view of that shape costs no memory; the launcher refuses it from its shape."""
+    x = torch.zeros(1, 1, 1, 1, device=DEVICE).expand(*shape)
     with pytest.raises(ValueError, match="pixels.*int32"):
         op(x)
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import CUDA, DEVICE, MEMORY_FORMATS, assert_close, requires_gpu
+from helpers import CUDA, DEVICE, MEMORY_FORMATS, assert_close, assert_close_verbose, requires_gpu
 
 import kernels
 import kernels.reference as reference
@@ -118,7 +118,8 @@ def test_matches_functional_oracle(changes):
     expected = functional_alexnet(params, x, config)
     with torch.no_grad():
         actual = model(x)
-    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10 * expected.abs().max().item())
+    assert_close_verbose(actual, expected, rtol=1e-10, atol=1e-10 * expected.abs().max().item(), check_dtype=True,
+                         reason="float64 network against its functional spelling, other summation orders")
 
 
 def test_ablation_structure():
@@ -145,7 +146,8 @@ def test_features_are_fc7_activations():
         model(x)
     assert feats.shape == (3, 4096) and (feats >= 0).all()
     # fc7's module output is before its ReLU (which the dropout layer applies, fused in training)
-    torch.testing.assert_close(feats, torch.relu(seen[-1]), rtol=0, atol=0)
+    assert_close_verbose(feats, torch.relu(seen[-1]), rtol=0, atol=0, check_dtype=True,
+                         reason="the same values: bit for bit")
     assert (seen[-1] < 0).any()
 
 
@@ -183,14 +185,15 @@ def test_column_dropout_equals_per_column_streams(ops):
     """The single-device dropout over (B, 2F) == each column's own dropout on its (B, F) half:
     the property that makes the two-rank model drop the same units (both calls of the layer:
     fc6, then fc7)."""
-    dropout = {"reference": reference.dropout, "triton": kernels.dropout}[ops]
+    dropout, column_op = {"reference": (reference.dropout, None),
+                          "triton": (kernels.dropout, kernels.column_dropout)}[ops]
     x = torch.randn(3, 2 * 96, device=DEVICE) + 3.0
-    both = ColumnDropout(dropout, 0.5, seed=11, columns=(0, 1))
-    halves = [ColumnDropout(dropout, 0.5, seed=11, columns=(c,)) for c in (0, 1)]
+    both = ColumnDropout(dropout, 0.5, seed=11, columns=(0, 1), column_op=column_op)
+    halves = [ColumnDropout(dropout, 0.5, seed=11, columns=(c,), column_op=column_op) for c in (0, 1)]
     for _call in range(2):
         y = both(x)
         expected = torch.cat([half(x.chunk(2, dim=1)[c].contiguous()) for c, half in enumerate(halves)], dim=1)
-        torch.testing.assert_close(y, expected, rtol=0, atol=0)
+        assert_close_verbose(y, expected, rtol=0, atol=0, check_dtype=True, reason="the same masks: bit for bit")
         assert not torch.equal(y[:, :96] == 0, y[:, 96:] == 0)  # independent streams per column
 
 
@@ -199,12 +202,13 @@ def test_column_dropout_layer_draws_the_same_masks_with_either_implementation(mo
     implementation draws the Triton kernel's masks, so a model trained there and one on
     the kernels (here: the interpreter, or CUDA) drop the same units for the same seed."""
     x = torch.randn(4, 2 * 40) + 3.0
-    kernel = ColumnDropout(kernels.dropout, 0.5, seed=5, columns=(0, 1))
-    plain = ColumnDropout(kernels.dropout, 0.5, seed=5, columns=(0, 1))
+    kernel = ColumnDropout(kernels.dropout, 0.5, seed=5, columns=(0, 1), column_op=kernels.column_dropout)
+    plain = ColumnDropout(kernels.dropout, 0.5, seed=5, columns=(0, 1), column_op=kernels.column_dropout)
     for _call in range(2):
         expected = kernel(x.to(DEVICE)).cpu()
         monkeypatch.setenv("TRITON_INTERPRET", "0")
-        torch.testing.assert_close(plain(x), expected, rtol=0, atol=0)
+        assert_close_verbose(plain(x), expected, rtol=0, atol=0, check_dtype=True,
+                             reason="the same masks: bit for bit")
         monkeypatch.setenv("TRITON_INTERPRET", "1" if DEVICE == "cpu" else "0")
 
 
@@ -217,7 +221,7 @@ def test_column_seeds_are_distinct_streams():
 def test_dropout_rng_state_round_trip(pinned):
     """get/set_rng_state restore the call count; pinned (as for a CUDA graph), the count stays
     in one tensor that every call advances."""
-    drop = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1))
+    drop = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1), column_op=kernels.column_dropout)
     x = (torch.randn(4, 64, device=DEVICE) + 3.0).requires_grad_()
     state = drop.get_rng_state(DEVICE)
     if pinned:
@@ -279,8 +283,8 @@ def test_triton_model_matches_reference_on_gpu(channels_last, monkeypatch):
     F.cross_entropy(expected, y).backward()
     logits = ours(x.float().cuda())
     F.cross_entropy(logits, y.cuda()).backward()
-    torch.testing.assert_close(logits.double().cpu(), expected.detach(), rtol=1e-4,
-                               atol=1e-4 * expected.abs().max().item())
+    assert_close_verbose(logits.double().cpu(), expected.detach(), rtol=1e-4, atol=1e-4 * expected.abs().max().item(),
+                         check_dtype=True, reason="fp32 network (no tf32) against float64, relative to the top logit")
     for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p.grad.double().cpu(), q.grad, rtol=1e-3, atol=1e-4 * q.grad.abs().max().item(),
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        assert_close_verbose(p.grad.double().cpu(), q.grad, rtol=1e-3, atol=1e-4 * q.grad.abs().max().item(),
+                             check_dtype=True, reason=f"{name}: fp32 gradient against float64, relative to its largest")

@@ -24,6 +24,7 @@ from alexnet.train import TrainConfig
 from alexnet.training import checkpoint
 from alexnet.training.loop import run
 from kernels import reference
+from kernels.runtime import state
 
 ops = torch.ops.alexnet_triton
 
@@ -192,7 +193,7 @@ def _run_both_paths(monkeypatch, fn, inputs):
     """fn's outputs and the inputs' gradients, through the fast path and through the custom ops."""
     results = []
     for fast in (True, False):
-        monkeypatch.setattr(kernels.runtime.dispatch, "FAST_PATH", fast)
+        monkeypatch.setattr(state.SWITCHES, "fast_path", fast)
         leaves = [t.detach().clone(memory_format=torch.preserve_format).requires_grad_() for t in inputs]
         out = fn(*leaves)
         out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape).to(out.device))
@@ -235,7 +236,7 @@ def test_fast_path_keeps_conv1s_padded_image_for_its_weight_gradient(monkeypatch
     """The fast forward of a few-channel conv keeps the padded image it built, and the weight
     gradient reads that one (taking it) instead of padding the image again."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(kernels.runtime.dispatch, "FAST_PATH", True)
+    monkeypatch.setattr(state.SWITCHES, "fast_path", True)
     x, w = _x((2, 3, 9, 10), "cpu", torch.channels_last, grad=False), _x((4, 3, 3, 5), "cpu", torch.channels_last)
     pads = []
     monkeypatch.setattr(kernels.conv, "pad_input", lambda *a, real=kernels.conv.pad_input: pads.append(1) or real(*a))
@@ -368,7 +369,8 @@ class _DropoutNet(torch.nn.Module):
         for layer in (self.fc6, self.fc7, self.fc8):
             torch.nn.init.normal_(layer.weight, 0, 0.3)
             torch.nn.init.normal_(layer.bias, 0.5, 0.1)
-        self.dropout = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1))
+        self.dropout = ColumnDropout(kernels.dropout, 0.5, seed=3, columns=(0, 1),
+                                     column_op=kernels.column_dropout)
 
     def forward(self, x):
         return self.fc8(self.dropout(self.fc7(self.dropout(self.fc6(x)))))

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from helpers import requires_gpu
+from helpers import assert_close_verbose, requires_gpu
 
 from alexnet.network.config import AlexNetConfig
 from alexnet.network.distributed import choose_backend, init_distributed
@@ -132,31 +132,39 @@ def _data_parallel_worker(rank, config, batch):
 
 
 def _share_tuning_worker(rank):
-    """Each rank has its own choice for the same conv problem; after share_tuning both hold
-    rank 0's, and a plan only rank 0 made arrives too."""
+    """Each rank has its own verified choice for the same conv problem; after share_tuning both
+    hold rank 0's, and a verified plan only rank 0 made arrives too; rank 0's unverified plan
+    (made with the checks off, kernels/runtime/verify.py) does not."""
     from triton import Config
 
     from alexnet.training.tuning import share_tuning
     from kernels.conv import common
     from kernels.conv.fwd import _conv_fwd_kernel
+    from kernels.runtime import verify
 
     init_distributed(backend="gloo", timeout_s=120, device="cpu")
-    common._PLAN_KERNELS["_conv_fwd_kernel"] = _conv_fwd_kernel
-    problem = (("C_PER_G", 48), ("KH", 5)), (torch.bfloat16, 128, 27)
-    common._PLANS[(id(_conv_fwd_kernel), *problem)] = Config({"BLOCK_M": 64 * (rank + 1)}, num_warps=4 * (rank + 1))
+    problem = (_conv_fwd_kernel.fn.__name__, (("C_PER_G", 48), ("KH", 5)), (torch.bfloat16, 128, 27))
+    only0 = (_conv_fwd_kernel.fn.__name__, (("C_PER_G", 8),), (7,))
+    unverified = (_conv_fwd_kernel.fn.__name__, (("C_PER_G", 4),), (3,))
+    common._PLANS[problem] = Config({"BLOCK_M": 64 * (rank + 1)}, num_warps=4 * (rank + 1))
+    verify.STATE.plans[problem] = "verified"
     if rank == 0:
-        common._PLANS[(id(_conv_fwd_kernel), (("C_PER_G", 8),), (7,))] = Config({"BLOCK_M": 16}, num_warps=2)
+        common._PLANS[only0] = Config({"BLOCK_M": 16}, num_warps=2)
+        verify.STATE.plans[only0] = "verified"
+        common._PLANS[unverified] = Config({"BLOCK_M": 32}, num_warps=2)  # no verify.STATE.plans entry
     shared = share_tuning()
-    mine = common._PLANS[(id(_conv_fwd_kernel), *problem)]
-    only0 = common._PLANS.get((id(_conv_fwd_kernel), (("C_PER_G", 8),), (7,)))
+    mine = common._PLANS[problem]
     return dict(shared=shared, block_m=mine.kwargs["BLOCK_M"], warps=mine.num_warps,
-                only0=None if only0 is None else only0.kwargs["BLOCK_M"])
+                only0=common._PLANS[only0].kwargs["BLOCK_M"] if only0 in common._PLANS else None,
+                unverified=unverified in common._PLANS, status=verify.STATE.plans.get(only0))
 
 
-def test_every_rank_adopts_rank_0s_tuning(tmp_path):
+def test_every_rank_adopts_rank_0s_verified_tuning_only(tmp_path):
     results = assert_all_ok(run_ranks(_share_tuning_worker, 2, tmp_path))
+    assert (results[0]["shared"], results[1]["shared"]) == (3, 2), results  # rank 0 sent 3, rank 1 took 2
     for r in results:
-        assert (r["shared"], r["block_m"], r["warps"], r["only0"]) == (2, 64, 4, 16), results
+        assert (r["block_m"], r["warps"], r["only0"], r["status"]) == (64, 4, 16, "verified"), results
+    assert results[1]["unverified"] is False, results
 
 
 def _failing_worker(rank, how):
@@ -188,17 +196,22 @@ def _check_equivalence(results, configs, batch, dtype, device, rtol, atol):
         # Seeded alike, the pair starts from exactly the single-device weights.
         full_init = {k: v.cpu() for k, v in model.state_dict().items()}
         for name, t in merge_state_dicts([r["init"] for r in per_rank]).items():
-            torch.testing.assert_close(t, full_init[name], rtol=0, atol=0)
+            assert_close_verbose(t, full_init[name], rtol=0, atol=0, check_dtype=True,
+                                 reason=f"{name}: the same seeded init, bit for bit")
         for r in per_rank:  # both ranks hold the whole logits
-            torch.testing.assert_close(r["logits"], logits, rtol=rtol, atol=atol * logits.abs().max().item())
-            torch.testing.assert_close(r["loss"], loss, rtol=rtol, atol=0)
-            torch.testing.assert_close(r["features"], feats, rtol=rtol, atol=atol * feats.abs().max().item())
+            why = f"{dtype} sums split over two ranks, other orders"
+            assert_close_verbose(r["logits"], logits, rtol=rtol, atol=atol * logits.abs().max().item(),
+                                 check_dtype=True, reason=f"logits: {why}")
+            assert_close_verbose(r["loss"], loss, rtol=rtol, atol=0, check_dtype=True, reason=f"loss: {why}")
+            assert_close_verbose(r["features"], feats, rtol=rtol, atol=atol * feats.abs().max().item(),
+                                 check_dtype=True, reason=f"features: {why}")
         merged = merge_state_dicts([r["grads"] for r in per_rank])
         assert merged.keys() == grads.keys()
         for name, g in grads.items():
-            torch.testing.assert_close(merged[name], g, rtol=rtol, atol=atol * g.abs().max().item(),
-                                       msg=lambda m, name=name: f"{name}: {m}")
-        torch.testing.assert_close(per_rank[0]["grads"]["fc8.bias"], per_rank[1]["grads"]["fc8.bias"], rtol=0, atol=0)
+            assert_close_verbose(merged[name], g, rtol=rtol, atol=atol * g.abs().max().item(), check_dtype=True,
+                                 reason=f"{name}: {dtype} gradients summed over two ranks, other orders")
+        assert_close_verbose(per_rank[0]["grads"]["fc8.bias"], per_rank[1]["grads"]["fc8.bias"], rtol=0, atol=0,
+                             check_dtype=True, reason="fc8's bias gradient, all-reduced: the same on both ranks")
         # The bytes each rank sent are the ones computed from the shapes.
         element = torch.empty((), dtype=dtype).element_size()
         for r in per_rank:
@@ -223,15 +236,16 @@ def test_four_ranks_are_two_data_parallel_replicas(tmp_path):
     assert [r["layout"] for r in results] == [(0, 0, 2, 0, 2), (1, 0, 2, 0, 2), (0, 1, 2, 1, 2), (1, 1, 2, 1, 2)]
     for a, b in ((0, 2), (1, 3)):  # replica 1 starts from replica 0's weights
         for name, t in results[a]["init"].items():
-            torch.testing.assert_close(results[b]["init"][name], t, rtol=0, atol=0)
+            assert_close_verbose(results[b]["init"][name], t, rtol=0, atol=0, check_dtype=True,
+                                 reason=f"{name}: replica 0's weights, broadcast: bit for bit")
     model = AlexNet(config).double().train()
     model.load_state_dict(merge_state_dicts([results[0]["init"], results[1]["init"]]))
     _step(model, *_batch(config, 2 * batch, torch.float64))  # one model, the concatenated batch
     for rank, r in enumerate(results):
         expected = shard_state_dict({n: p.grad for n, p in model.named_parameters()}, rank % 2)
         for name, g in expected.items():
-            torch.testing.assert_close(r["grads"][name], g, rtol=1e-10, atol=1e-12 * g.abs().max().item(),
-                                       msg=lambda m, name=name: f"rank {rank} {name}: {m}")
+            assert_close_verbose(r["grads"][name], g, rtol=1e-10, atol=1e-12 * g.abs().max().item(), check_dtype=True,
+                                 reason=f"rank {rank} {name}: float64 gradients averaged over replicas, other orders")
         planned = exchange_plan(config, batch, 8, replicas=2, grad_element_size=8)[-1]
         assert r["traffic"][("gradients", "backward")] == planned.backward_bytes
 

@@ -3,7 +3,7 @@ store's images; unreadable files are reported clearly."""
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_CROP
+from helpers import TINY_CROP, assert_close_verbose
 from PIL import Image
 
 from alexnet import predict
@@ -28,7 +28,8 @@ def test_checkpoint_carries_what_inference_needs(tiny_run):
     ckpt = checkpoint.load(path)
     assert ckpt["classes"] == list(store.classes) and ckpt["image_size"] == TINY_CROP
     assert ckpt["store_image_size"] == store.image_size
-    torch.testing.assert_close(ckpt["mean_image"], torch.from_numpy(store.mean), rtol=0, atol=0)
+    assert_close_verbose(ckpt["mean_image"], torch.from_numpy(store.mean), rtol=0, atol=0, check_dtype=True,
+                         reason="the store's mean image, copied: bit for bit")
 
 
 @pytest.mark.parametrize("views", ["centre", "ten"])
@@ -47,7 +48,8 @@ def test_image_files_classify_as_the_stores_images(tiny_run, tmp_path, views):
     expected = predict_views(classifier.model, torch.from_numpy(images), torch.from_numpy(store.mean), views,
                              TINY_CROP)
     got = classifier.probabilities(images, views)
-    torch.testing.assert_close(got, expected)
+    assert_close_verbose(got, expected, rtol=1.3e-6, atol=1e-5, check_dtype=True,
+                         reason="fp32 probabilities by the same model on the same pixels (torch's fp32 defaults)")
     top = classifier.top(images, views, k=5)
     assert [len(t) for t in top] == [2, 2, 2]  # two classes: top-5 is both
     for row, probs in zip(top, got):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_CROP
+from helpers import TINY_CROP, assert_close_verbose
 
 import kernels
 from alexnet import evaluate
@@ -99,12 +99,53 @@ def test_training_learns_and_the_checkpoint_evaluates(tiny_store, tmp_path, caps
     assert min(r["train_loss"] for r in records[5:]) < records[0]["train_loss"], records
     for name in ("checkpoint_last.pt", "checkpoint_best.pt", "curves.png"):
         assert (out / name).stat().st_size > 0
+    # which implementation the ops ran: recorded in every row and checkpoint (issue 23)
+    assert records[-1]["kernels"] == checkpoint.load(out / "checkpoint_last.pt")["kernels"] == {"ops": "reference"}
     capsys.readouterr()
     assert evaluate.main([str(out / "checkpoint_best.pt"), "--views", "ten", "--batch-size", "7"]) == 0
     line = capsys.readouterr().out
     assert "20 val images" in line and "ten view(s)" in line
     top1 = float(line.split("top-1 error ")[1].split("%")[0]) / 100
     assert top1 <= 0.3, line
+
+
+def test_the_kernel_checks_are_switched_summarised_once_and_recorded(tiny_store, tmp_path, monkeypatch, capsys):
+    """--no-verify turns the checks off (kernels/runtime/verify.py); with them on, the first step
+    is followed by one summary line, and the run's record says which implementation each op ran.
+    (The step itself is stubbed: the full network on the interpreter takes minutes per step.)"""
+    from kernels import verify
+
+    assert parse_args(["--no-verify"]).verify is False and parse_args([]).verify is True
+    trainers = []
+    try:
+        verify.reset()
+        trainers.append(Trainer(config(tiny_store, tmp_path / "off", ops="triton", verify=False)))
+        assert not verify.STATE.enabled
+        verify.reset()
+        verify.STATE.interpreter = True  # the checks apply on the interpreter, as on a GPU
+        trainer = Trainer(config(tiny_store, tmp_path / "on", ops="triton"))
+        trainers.append(trainer)
+        assert verify.STATE.enabled and verify.STATE.log_path == tmp_path / "on" / "verify.jsonl"
+        monkeypatch.setattr(trainer, "runner", lambda images, labels: (torch.zeros(()), torch.zeros((), dtype=int)))
+        verify.note_ran("relu_lrn", "reference")  # as a mismatch at first use records it
+        capsys.readouterr()
+        for _ in range(3):
+            trainer.train_step(None, None)
+        assert capsys.readouterr().out.count("kernel checks:") == 1
+        assert trainer.kernels_record() == {"ops": "triton", "checked": True, "ran": {"relu_lrn": "reference"}}
+        from alexnet import predict
+
+        for command in (evaluate, predict):  # the other commands that run the kernels have the switch too
+            verify.reset()
+            with pytest.raises(SystemExit):  # (no such checkpoint: the switch is set before anything loads)
+                command.main([str(tmp_path / "none.pt"), *(["x.png"] if command is predict else []), "--no-verify"])
+            assert not verify.STATE.enabled, command
+    finally:
+        verify.reset()
+        for t in trainers:
+            t.train_loader.close()
+            t.val_loader.close()
+            t.lock.close()
 
 
 def _weights(path):
@@ -186,11 +227,13 @@ def test_two_ranks_train_like_one_process(tiny_store, tmp_path):
     a, b = _weights(tmp_path / "one" / "checkpoint_last.pt"), _weights(tmp_path / "two" / "checkpoint_last.pt")
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+        assert_close_verbose(b[name], a[name], rtol=1e-4, atol=1e-5, check_dtype=True,
+                             reason=f"{name}: fp32 training, one process against two ranks (sums in other orders)")
     x = torch.randn(2, 3, CROP, CROP)
     logits = [checkpoint.model_from_checkpoint(tmp_path / run / "checkpoint_last.pt", ops="reference",
                                                device="cpu")[0](x) for run in ("one", "two")]
-    torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-5)
+    assert_close_verbose(logits[1], logits[0], rtol=1e-4, atol=1e-5, check_dtype=True,
+                         reason="fp32 logits of the two runs' weights")
 
 
 def test_four_ranks_are_two_replicas_that_share_each_epoch(tiny_store, tmp_path):
@@ -206,3 +249,27 @@ def test_four_ranks_are_two_replicas_that_share_each_epoch(tiny_store, tmp_path)
     (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert record["images"] == 48 and record["step"] == 3  # 48 images: 24 per replica, 3 steps of 8
     assert evaluate.main([str(tmp_path / "checkpoint_last.pt"), "--views", "centre", "--ops", "reference"]) == 0
+
+
+def test_a_run_leaves_the_tf32_switches_as_it_found_them(tiny_store, tmp_path):
+    """The precision's TF32 setting holds while the run trains and is put back after: a run
+    leaves no process-wide switch of torch's changed (issue 25)."""
+    seen = []
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32
+    trainer = Trainer(config(tiny_store, tmp_path, precision="tf32", epochs=1, max_steps=1))
+    real = trainer.train_step
+
+    def spy(*args):
+        seen.append((matmul.allow_tf32, cudnn.allow_tf32))
+        return real(*args)
+
+    trainer.train_step = spy
+    try:
+        trainer.run()
+    finally:
+        trainer.train_loader.close()
+        trainer.val_loader.close()
+        trainer.lock.close()
+    assert seen and all(s == (True, True) for s in seen)
+    assert (matmul.allow_tf32, cudnn.allow_tf32) == before

@@ -1,5 +1,5 @@
 """Independent 63-bit seeds from a few integers: the one place numpy's SeedSequence mixes
-them (the dropout streams of layers.py, the augmentation draws of data.py)."""
+them (the dropout streams of alexnet/network/layers.py, the augmentation draws of alexnet/data/loaders.py)."""
 from __future__ import annotations
 
 import numpy as np

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from alexnet.network.config import ConvSpec, resolve_ops
+from alexnet.network.config import ConvSpec, uses_kernels
 from alexnet.network.layers import load_ops
 from kernels import ConvGeometry, augment_padded, padded_geometry, padded_view, takes_padded_image
 
@@ -86,7 +86,7 @@ def crop_batch(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
     the kernel writes its crops straight into that padded buffer (`padded_input`) and the
     result is the registered view of it: the same values and shape, and conv1's forward and
     weight gradient read the buffer with no copy of their own."""
-    if conv1 is not None and channels_last and resolve_ops(ops) == "triton":
+    if conv1 is not None and channels_last and uses_kernels(ops):
         x = padded_input(images, offsets, flips, shift, mean, size, dtype, conv1)
         if x is not None:
             return x

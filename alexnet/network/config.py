@@ -19,8 +19,8 @@ from typing import Literal
 import torch
 
 __all__ = ["ConvSpec", "PAPER_CONVS", "ONE_COLUMN_CONVS", "Layer", "LAYERS", "CONV_LAYERS", "FC_LAYERS",
-           "EXCHANGE_POINTS", "BIAS_ONE_LAYERS", "split_dim", "resolve_ops", "AlexNetConfig", "layer_shapes",
-           "input_shape"]
+           "EXCHANGE_POINTS", "BIAS_ONE_LAYERS", "split_dim", "resolve_ops", "triton_unsupported", "AlexNetConfig",
+           "layer_shapes", "input_shape"]
 
 
 @dataclass(frozen=True)
@@ -108,14 +108,33 @@ ONE_COLUMN_CONVS = (
 )
 
 
+def triton_unsupported() -> str | None:
+    """Why the Triton kernels cannot run on this process's CUDA device (its current one), or
+    None (also without CUDA): below compute capability 8.0, what Triton supports (kernels'
+    device spec, kernels/runtime/device.py)."""
+    if not torch.cuda.is_available():
+        return None
+    from kernels import device_spec, triton_refusal
+
+    return triton_refusal(device_spec(torch.device("cuda")))
+
+
 def resolve_ops(ops: str) -> str:
-    """config.ops made concrete for this machine: "auto" is "triton" when CUDA is available,
-    else "reference" (what each choice runs: alexnet/network/layers.py load_ops, the op-selection rule)."""
+    """config.ops made concrete for this machine: "auto" is "triton" when CUDA is available and
+    its device runs the Triton kernels (`triton_unsupported`), else "reference" (what each choice
+    runs: alexnet/network/layers.py load_ops, the op-selection rule)."""
     if ops == "auto":
-        return "triton" if torch.cuda.is_available() else "reference"
+        return "triton" if torch.cuda.is_available() and triton_unsupported() is None else "reference"
     if ops not in ("triton", "reference"):
         raise ValueError(f"ops must be 'triton', 'reference' or 'auto', got {ops!r}")
     return ops
+
+
+def uses_kernels(ops: str) -> bool:
+    """Whether an ops choice ("triton", "reference" or "auto", resolved as resolve_ops does)
+    runs the project's kernels (the alexnet_triton custom ops, kernels/), not torch's own ops:
+    the one place a run asks which of the two it is."""
+    return resolve_ops(ops) == "triton"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import kernels
 from alexnet.base.seeds import mixed_seed
 from alexnet.network.config import resolve_ops
 from kernels import grad_into, has_grad_slot
@@ -31,7 +30,7 @@ def load_ops(name: str) -> ModuleType:
     way takes its functions from it: the layers (`conv2d`, `relu_lrn`, ...: model.py), the
     augmentation (`augment`: alexnet/data/augment.py crop_batch, for TrainLoader, EvalLoader and
     the evaluation views, given the model's resolved ops) and the optimizer (`sgd_step_`:
-    trainer.build_optimizer takes FlatPaperSGD's fused update for "triton", PaperSGD's torch
+    alexnet.training.loop.build_optimizer takes FlatPaperSGD's fused update for "triton", PaperSGD's torch
     ops for "reference").
 
     - "triton": `kernels`, the alexnet_triton custom ops (kernels/ops.py). Inside, each picks
@@ -132,8 +131,9 @@ class MaxPool2d(nn.Module):
 class Linear(nn.Module):
     """y = act(x W^T + b), W (out, in).
 
-    Runs on cuBLAS through F.linear for now, with the activation as a separate op: a Triton
-    GEMM with the bias and ReLU fused into its epilogue is measured in a later issue."""
+    Runs on cuBLAS through F.linear, the activation as a separate op (`activate=False`: fc6's
+    and fc7's ReLU then runs inside the column-dropout launch). No Triton GEMM with the bias
+    and ReLU in its epilogue has been built."""
 
     def __init__(self, in_features: int, out_features: int, activation: str | None = None):
         super().__init__()
@@ -206,8 +206,8 @@ class ColumnDropout(nn.Module):
     with the same seed both draw exactly the same masks. fc6 and fc7 share the module (and
     the streams), in that order on every layout.
 
-    With the project's ops (`dropout` is `kernels.dropout`) the layer is one call of the
-    functional op alexnet_triton::column_dropout on every device (`kernels.column_dropout`:
+    Given `column_op` (the project's ops: `kernels.column_dropout`) the layer is one call of
+    the functional op alexnet_triton::column_dropout on every device (`kernels.column_dropout`:
     one Triton launch forward and one backward on CUDA and under the interpreter, the same
     masks in torch ops on a plain CPU): column i's mask is Philox keyed by its seed at the
     layer's call count, a (1,) int64 tensor on the device, and the op returns the next count
@@ -215,18 +215,21 @@ class ColumnDropout(nn.Module):
     torch.compile(fullgraph=True) traces the layer (the new count is a graph output). `pin()`
     keeps the count at one address instead (copied there: one small copy per call), which a
     captured CUDA graph needs to advance it on every replay (alexnet/training/step_graph.py).
-    With another dropout (the reference ops: torch's own) each chunk is dropped separately
+    Without it (the reference ops: torch's own `dropout`) each chunk is dropped separately
     with a torch.Generator per column, eagerly (Dynamo does not trace a Generator's state).
+    (`kernels.reference.column_dropout` as `column_op` draws the column op's masks in torch
+    ops: tests/test_convergence.py gives it to the reference model.)
 
     State is created per device on first use; `get_rng_state`/`set_rng_state` save and
     restore it (for exact resumption).
     """
 
-    def __init__(self, dropout, p: float, seed: int, columns: tuple[int, ...], replica: int = 0):
+    def __init__(self, dropout, p: float, seed: int, columns: tuple[int, ...], replica: int = 0, *,
+                 column_op=None):
         super().__init__()
         self.dropout, self.p, self.columns, self.replica = dropout, p, tuple(columns), replica
-        self.fused = dropout is kernels.dropout  # the column op: one launch per call for all columns
-        self._column_dropout = kernels.column_dropout if self.fused else None
+        self.fused = column_op is not None  # the column op: one launch per call for all columns
+        self._column_dropout = column_op
         self.pinned = False
         self.manual_seed(seed)
 

@@ -48,6 +48,7 @@ from alexnet.network.config import (
     ConvSpec,
     input_shape,
     layer_shapes,
+    uses_kernels,
 )
 from alexnet.network.layers import ColumnDropout, Conv2d, Linear, LocalResponseNorm, MaxPool2d, compute_params, load_ops
 from kernels import channels_last_block
@@ -117,7 +118,8 @@ class AlexNet(nn.Module):
                 conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
         seed = config.dropout_seed if config.dropout_seed is not None else int(torch.randint(0, 2**62, ()))
         columns = tuple(range(config.columns)) if column is None else (column,)
-        self.dropout = ColumnDropout(ops.dropout, config.dropout, seed, columns, replica)
+        self.dropout = ColumnDropout(ops.dropout, config.dropout, seed, columns, replica,
+                                     column_op=ops.column_dropout if uses_kernels(config.ops) else None)
 
     def reset_parameters(self) -> None:
         paper_init_(self, self.config)

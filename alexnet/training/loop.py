@@ -12,7 +12,7 @@ import errno
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from tqdm import tqdm
 from alexnet.base.errors import UsageError
 from alexnet.data.augment import AugmentConfig
 from alexnet.data.loaders import EvalLoader, TrainLoader
+from alexnet.network.config import uses_kernels
 from alexnet.network.parallel import full_state, local_state
 from alexnet.training import checkpoint
 from alexnet.training.checks import at_chance, check_checkpoint_store, loss_remark, stall_message, weights_finite
@@ -30,7 +31,8 @@ from alexnet.training.metrics import MetricsLog
 from alexnet.training.optim import FlatPaperSGD, PaperSGD, PlateauSchedule, load_velocity, param_groups, set_lr
 from alexnet.training.outdir import RUN_FILES, check_resume_auto, claim_output_dir, refuse_used_output_dir
 from alexnet.training.recipe import RESUME_FIELDS, TrainConfig
-from alexnet.training.session import Session, build_model, resolve_store
+from alexnet.training.session import Session, build_model, check_ops, resolve_precision, resolve_store, tf32_as
+from kernels import verify
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
@@ -67,7 +69,7 @@ def build_optimizer(model, ops: str, dtype: torch.dtype, lr: float, momentum: fl
     own buffer, so with several data-parallel replicas (whose averaging reads p.grad) the
     layers cast per step instead."""
     groups = param_groups(model, weight_decay)
-    if ops != "triton":
+    if not uses_kernels(ops):
         return PaperSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     low = dtype if dtype != torch.float32 and replicas == 1 else None
     optimizer = FlatPaperSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, low_precision=low)
@@ -85,7 +87,8 @@ def training_step(model, optimizer, images, labels, finite: torch.Tensor, sync_g
     reference ops keep torch's loss (the eager yardstick)."""
     logits = model(images)
     optimizer.zero_grad(set_to_none=True)
-    if getattr(getattr(model, "config", None), "ops", None) == "triton":  # (any other model: torch's loss)
+    ops = getattr(getattr(model, "config", None), "ops", None)  # (a model without one: torch's loss)
+    if ops is not None and uses_kernels(ops):
         from kernels import softmax_cross_entropy
 
         loss, dlogits, wrong = softmax_cross_entropy(logits.detach(), labels, finite)
@@ -104,8 +107,11 @@ def training_step(model, optimizer, images, labels, finite: torch.Tensor, sync_g
 # ------------------------------------------------------------------ the loop
 class Trainer:
     def __init__(self, config: TrainConfig):
-        self.config = config
         self.session = session = Session(config)
+        # what the device has, before anything is written: --precision auto made concrete (bf16 on
+        # sm_80+), a precision the GPU lacks or --ops triton below sm_80 refused in one line
+        self.ops_note = check_ops(config.ops, session.device)
+        self.config = config = replace(config, precision=resolve_precision(config.precision, session.device))
         self.out = Path(config.out)
         self.lock = None
         if session.is_main:  # before anything is written: a used OUT is refused, a second run locked out
@@ -115,12 +121,17 @@ class Trainer:
             refuse_used_output_dir(self.out, resume=config.resume is not None, overwrite=config.overwrite)
         if config.resume == "auto":
             check_resume_auto(self.out)
+        # the kernel checks (kernels/runtime/verify.py): on unless --no-verify (or ALEXNET_VERIFY=0); what
+        # they exclude or replace goes to OUT/verify.jsonl (written only if there is something to say)
+        if not config.verify:
+            verify.set_enabled(False)
+        verify.set_log(self.out / "verify.jsonl" if session.is_main else None)
+        self.checks_reported = False
         self.store = resolve_store(config, session)
         if "val" not in self.store.splits or len(self.store.split("val")) == 0:
             raise UsageError(f"alexnet.train: {self.store.path} has no validation images; every epoch ends with a "
                              "validation (prepare SRC with a val/ folder)")
         self.dtype = DTYPES[config.precision]
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.precision == "tf32"
         n_train = len(self.store.split("train"))
         if config.batch_size * session.data_world > n_train:
             raise UsageError(f"alexnet.train: --batch-size {config.batch_size} x {session.data_world} replica(s) is "
@@ -156,14 +167,15 @@ class Trainer:
     # -------------------------------------------------------------- checkpoints
     def _share_tuning(self) -> None:
         """Distributed on CUDA with the Triton ops: every rank tunes on a blank batch, then
-        takes rank 0's choices (alexnet.network.distributed.tune_and_share)."""
+        takes rank 0's choices (alexnet.training.tuning.tune_and_share)."""
         s, m = self.session, self.model_config
-        if s.layout is None or s.device.type != "cuda" or m.ops != "triton":
+        if s.layout is None or s.device.type != "cuda" or not uses_kernels(m.ops):
             return
         from alexnet.training.tuning import tune_and_share
 
-        shared = tune_and_share(self.model, self.optimizer, self.config.batch_size, self.config.image_size,
-                                self.dtype, bool(m.channels_last), m.convs[0], s.device)
+        with tf32_as(self.config.precision):  # the tiles the run will use: tuned under its precision
+            shared = tune_and_share(self.model, self.optimizer, self.config.batch_size, self.config.image_size,
+                                    self.dtype, bool(m.channels_last), m.convs[0], s.device)
         s.print(f"alexnet.train: {shared} convolution launch plans shared from rank 0")
 
     def _maybe_resume(self) -> str | None:
@@ -217,7 +229,7 @@ class Trainer:
                 "loader": self.train_loader.state_dict(), "step": self.step, "best_top1": self.best_top1,
                 "rng": rng, "config": asdict(self.config), "model_config": asdict(self.model_config),
                 "classes": self.store.classes, "store": self.store.fingerprint,
-                "store_path": str(self.store.path.resolve()),
+                "store_path": str(self.store.path.resolve()), "kernels": self.kernels_record(),
                 **checkpoint.inference_info(self.store, self.config.image_size)}
         checkpoint.save(ckpt, self.out / "checkpoint_last.pt")
         if best:
@@ -229,7 +241,22 @@ class Trainer:
         tensors (no host sync: finiteness is checked at log steps and before checkpoints)."""
         loss, wrong = self.runner(images, labels)  # captured in a CUDA graph with --cuda-graph
         self.step += 1
+        if not self.checks_reported:  # after the warm-up (the first step; a graph's eager warm-up steps too)
+            self.checks_reported = True
+            if self.session.is_main and self.kernels_checked():
+                self.session.print(f"alexnet.train: {verify.summary()}")
         return loss, wrong
+
+    def kernels_checked(self) -> bool:
+        """Whether this run's Triton kernels are subject to the checks (a GPU, or the interpreter when asked)."""
+        return self.model_config.ops == "triton" and (self.session.device.type == "cuda" or verify.STATE.interpreter)
+
+    def kernels_record(self) -> dict:
+        """Which implementation each op ran ('triton' / 'reference'), for the metrics log and the checkpoint."""
+        if self.model_config.ops != "triton":
+            return {"ops": self.model_config.ops}
+        return {"ops": "triton", "checked": verify.STATE.enabled and self.kernels_checked(),
+                "ran": verify.implementations()}
 
     def check_finite(self) -> None:
         """Raise NonFiniteLoss if any step since the last check had a NaN/inf loss, or if a
@@ -298,6 +325,12 @@ class Trainer:
         return error_rates(counts)
 
     def run(self) -> dict:
+        """Train to the end of the schedule, with torch's TF32 switches as the precision asks
+        while it runs (restored after: nothing of the run's stays set in the process)."""
+        with tf32_as(self.config.precision):
+            return self._run()
+
+    def _run(self) -> dict:
         config, session = self.config, self.session
         self._banner()
         start, epoch, last = time.perf_counter(), self.train_loader.epoch, None
@@ -315,7 +348,8 @@ class Trainer:
             best = top1 < self.best_top1
             self.best_top1 = min(self.best_top1, top1)
             record.update(epoch=epoch + 1, step=self.step, lr=self.optimizer.param_groups[0]["lr"], val_top1=top1,
-                          val_top5=top5, chance_top1=1 - 1 / self.store.num_classes, schedule=event)
+                          val_top5=top5, chance_top1=1 - 1 / self.store.num_classes, schedule=event,
+                          kernels=self.kernels_record())
             resumed_position, resumed_step = getattr(self, "resumed_at", (0, 0))
             if resumed_position and epoch == self.resumed_epoch:  # train_* cover only the steps since the resume
                 record.update(resumed_mid_epoch=True, resumed_at_step=resumed_step)
@@ -350,6 +384,8 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         where = "1 process" if s.layout is None else (f"{s.layout.world_size} ranks ({s.layout.backend}): "
                                                        f"{s.layout.replicas} replica(s) x 2 columns")
+        if self.ops_note:
+            s.print(self.ops_note)
         s.print(f"alexnet.train: {where} on {s.device}, ops={m.ops}, precision={c.precision}, "
                 f"channels_last={m.channels_last}")
         s.print(f"  data: {self.store.path} ({self.store.num_classes} classes, {len(self.store.split('train'))} train"

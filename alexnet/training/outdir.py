@@ -2,8 +2,8 @@
 
 A run claims its output directory: it holds an exclusive `fcntl.flock` on `OUT/.lock` for
 as long as it trains (released by the kernel when the process dies, so a killed run never
-leaves a stale lock), and it refuses a directory that already holds a run (a checkpoint or
-metrics.jsonl) unless told to continue it (--resume) or to replace it (--overwrite), as git
+leaves a stale lock), and it refuses a directory that already holds a run (a checkpoint,
+metrics.jsonl or verify.jsonl) unless told to continue it (--resume) or to replace it (--overwrite), as git
 refuses to clone into a non-empty directory. A user error is one clear line and exit code 2
 (`UsageError`), never a traceback after an epoch.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from alexnet.base.errors import UsageError
 
-RUN_FILES = ("checkpoint_last.pt", "checkpoint_best.pt", "metrics.jsonl", "curves.png")
+RUN_FILES = ("checkpoint_last.pt", "checkpoint_best.pt", "metrics.jsonl", "curves.png", "verify.jsonl")
 LOCK_NAME = ".lock"
 
 
@@ -42,7 +42,7 @@ def used_run_files(out) -> list[str]:
 def claim_output_dir(out, *, resume: bool, overwrite: bool, prog: str = "alexnet.train"):
     """Lock OUT for this run (returns the open lock file: keep it referenced until the run
     ends) and refuse a used OUT unless resuming or overwriting; --overwrite deletes the
-    earlier run's checkpoints, metrics and curves (nothing else) once the lock is held."""
+    earlier run's checkpoints, metrics, curves and kernel-check log (nothing else) once the lock is held."""
     check_output_dir(out, prog)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

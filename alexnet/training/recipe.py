@@ -36,7 +36,8 @@ class TrainConfig:
     patience: int = 5                  # epochs without a new best validation error before lr /= 10 (not in the paper)
     lr_step: int = 0                   # >0: lr /= 10 every lr_step epochs instead (a fixed schedule: the demo's)
     lr_reductions: int = 3             # "reduced three times prior to termination"
-    precision: Literal["fp32", "tf32", "bf16"] = "fp32"  # bf16: bf16 compute, fp32 master weights
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"  # bf16: bf16 compute, fp32 master weights;
+    #                                  auto: bf16 where the GPU has it (sm_80+), else fp32 (training/session.py)
     ops: Literal["auto", "triton", "reference"] = "auto"  # auto: Triton on CUDA, plain PyTorch on the CPU
     eval_views: Literal["centre", "ten"] = "centre"      # per-epoch validation; the paper's test uses "ten"
     seed: int = 0
@@ -56,6 +57,7 @@ class TrainConfig:
     threads: int | None = None         # reader threads of the data loader (default: min(8, cores))
     timeout_s: float = 600.0           # a rank that waits longer than this on another fails (distributed)
     cuda_graph: bool = False           # replay the whole step as one CUDA graph after warm-up (not in the paper)
+    verify: bool = True                # check every Triton kernel against its reference on first use (--no-verify)
 
     def initial(self) -> tuple[float, float]:
         """(weight std, bias) of the initialisation: init_std/init_bias where given, else the

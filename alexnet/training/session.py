@@ -6,6 +6,7 @@ ranks under torchrun). Used by alexnet/training/loop.py.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -13,12 +14,12 @@ import torch
 
 from alexnet.base.errors import UsageError
 from alexnet.data.store import Store
-from alexnet.network.config import AlexNetConfig
+from alexnet.network.config import AlexNetConfig, triton_unsupported
 from alexnet.network.model import AlexNet
 from alexnet.training.checks import check_store_fits, check_store_source
 from alexnet.training.recipe import MODEL_FIELDS, TrainConfig, store_size_for
 
-__all__ = ["Session", "resolve_store", "build_model"]
+__all__ = ["Session", "resolve_store", "build_model", "resolve_precision", "check_ops", "tf32_as"]
 
 
 class Session:
@@ -51,6 +52,33 @@ class Session:
     def close(self):
         if self.layout is not None and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """--precision made concrete for `device`: "auto" is bf16 where the device has it (CUDA,
+    compute capability 8.0+), else fp32 (the CPU; a T4); an explicit precision the GPU lacks
+    (bf16 or tf32 below 8.0) is refused with one line (UsageError) before anything is written."""
+    from kernels import auto_precision, device_spec, precision_refusal
+
+    spec = device_spec(device) if device.type == "cuda" else None
+    if precision == "auto":
+        return auto_precision(spec)
+    refusal = precision_refusal(spec, precision, str(device))
+    if refusal:
+        raise UsageError(f"alexnet.train: {refusal}")
+    return precision
+
+
+def check_ops(ops: str, device: torch.device) -> str | None:
+    """--ops on `device`: refuses "triton" (UsageError, one line) where the Triton kernels do not
+    run (below compute capability 8.0); for "auto" there, the line saying the run uses the
+    reference ops instead (None where nothing needs saying)."""
+    why = triton_unsupported() if device.type == "cuda" else None
+    if why is None:
+        return None
+    if ops == "triton":
+        raise UsageError(f"alexnet.train: --ops triton: {why}; use --ops auto or reference")
+    return f"alexnet.train: {why}: running the reference ops (cuDNN) instead" if ops == "auto" else None
 
 
 def resolve_store(config: TrainConfig, session: Session) -> Store:
@@ -97,3 +125,17 @@ def build_model(config: TrainConfig, store: Store, session: Session):
     if config.columns != 2:
         raise UsageError("alexnet.train: several ranks run the two-column model; --columns 1 needs one process")
     return ShardedAlexNet(model_config, session.layout), model_config
+
+
+@contextlib.contextmanager
+def tf32_as(precision: str):
+    """torch's TF32 switches (cuBLAS matmuls, cuDNN's convolutions, and this project's conv tiles,
+    which follow cudnn.allow_tf32) on for precision "tf32" and off otherwise, for the block;
+    what was set before comes back after."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved

@@ -48,6 +48,7 @@ from .common import (
     wide,
 )
 from .configs import DGRAD, use_flat_reduction
+from .verified import dgrad_check
 
 __all__ = ["conv2d_input_grad"]
 
@@ -165,7 +166,7 @@ def _conv_dgrad_kernel(
     FLAT: tl.constexpr, RELU_INPUT: tl.constexpr, OFF64: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """dy (N, K, OH, OW) via sdy_*; the weight, element (group, k, c, kh, kw) via SW_* (the
+    """dy (N, K, OH, OW) via sdy_*; the weight, element (group, k, c, kh, kw) via WT_S* (the
     layer's (K, C_PER_G, KH, KW) weight, or its k-contiguous copy: strides fixed by the layer's
     shape, compile-time constants as its sizes are);
     dx (N, C, H, W) via sdx_*; with RELU_INPUT x (N, C, H, W) via sx_*, dx zeroed where x <= 0.
@@ -254,5 +255,6 @@ def conv2d_input_grad(dy: torch.Tensor, weight: torch.Tensor, geom: ConvGeometry
 
     mask_src = relu_input if relu_input is not None else dx  # dx stands in for the absent pointer (never read)
     args = (dy, wt, dx, mask_src, n_in_pix, *dy.stride(), *dx.stride(), *mask_src.stride(), pix_bucket(n_in_pix))
-    launch(_conv_dgrad_kernel, _conv_dgrad_tuned, DGRAD, grid, args, meta, flops=geom.flops, config=config)
+    launch(_conv_dgrad_kernel, _conv_dgrad_tuned, DGRAD, grid, args, meta, flops=geom.flops, config=config,
+           check=lambda: dgrad_check(dy, weight, geom, relu_input, dx))
     return dx

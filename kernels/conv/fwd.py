@@ -60,6 +60,7 @@ from .common import (
     x_tap_offsets,
 )
 from .configs import FWD, use_flat_reduction
+from .verified import fwd_check
 
 __all__ = ["conv2d_forward"]
 
@@ -223,5 +224,6 @@ def conv2d_forward(x: torch.Tensor, weight: torch.Tensor, bias, geom: ConvGeomet
 
     args = (x, w_ohwi, bias if bias is not None else w_ohwi, y, n_out_pix, *x.stride(), *y.stride(),
             pix_bucket(n_out_pix))
-    launch(_conv_fwd_kernel, _conv_fwd_tuned, FWD, grid, args, meta, flops=geom.flops, config=config)
+    launch(_conv_fwd_kernel, _conv_fwd_tuned, FWD, grid, args, meta, flops=geom.flops, config=config,
+           check=lambda: fwd_check(x, weight, bias, geom, relu, y))
     return y

@@ -19,12 +19,12 @@ already holds one (the augmentation writing conv1's input in this layout) passes
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import replace
 
 import torch
 
 from .._common import as_format, cdiv
+from ..runtime.state import memo
 from .common import ConvGeometry
 from .configs import use_flat_reduction
 
@@ -62,21 +62,19 @@ def padded_image(x: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
     return buf.permute(0, 3, 1, 2)
 
 
-# Padded buffers registered by `padded_view`: id of the storage tensor -> (a weak reference
-# to it, its version counter when registered). In-place writes through any view bump the
-# version the views share with their base, so a buffer written since (its padding possibly no
-# longer zero) is not trusted; the weak reference drops the entry when the buffer is freed.
-_PADDED: dict = {}
+# Padded buffers registered by `padded_view`: the storage tensor (weakly, by identity) -> its
+# version counter when registered. In-place writes through any view bump the version the views
+# share with their base, so a buffer written since (its padding possibly no longer zero) is not
+# trusted; an entry goes when its buffer is freed.
+_PADDED = memo("conv.padded_buffers", "conv1's padded input buffer -> its version when registered", by_tensor=True)
 
 
 def _register(root: torch.Tensor) -> None:
-    key = id(root)
-    _PADDED[key] = (weakref.ref(root, lambda _, key=key: _PADDED.pop(key, None)), root._version)
+    _PADDED[root] = root._version
 
 
 def _registered(root: torch.Tensor) -> bool:
-    entry = _PADDED.get(id(root))
-    return entry is not None and entry[0]() is root and entry[1] == root._version
+    return _PADDED.get(root) == root._version
 
 
 def padded_view(buf: torch.Tensor, chan: int, pad: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:

@@ -10,8 +10,6 @@ kernels/runtime/dispatch.py): conv2d, its input and weight gradients, and the fu
 
 The launchers are looked up on the conv package at call time (tests patch them there).
 """
-import weakref
-
 import torch
 
 from .. import conv as _conv
@@ -19,6 +17,7 @@ from .. import reference
 from .._common import check_tensor, memory_format
 from ..runtime.dispatch import _define, _empty, _in_format, _register_autograd, call, grad_into, in_fast_forward
 from ..runtime.layout import conv_out_format
+from ..runtime.state import memo
 from .common import ConvGeometry
 
 __all__ = ["conv2d"]
@@ -31,26 +30,25 @@ def _conv_out_shape(x, weight, stride, padding):
 
 
 # conv1's zero-padded image (kernels/conv/input_layout.py), kept from the fast path's forward
-# for its weight gradient instead of being built again there: id(x) -> (a weak reference to x,
-# x's version, the conv's geometry, the padded image, its geometry). Only on the fast path: under torch.compile a
-# buffer held outside the graph's outputs could outlive its memory pool (CUDA graphs). The
-# backward takes the entry (freeing the buffer); a dead x drops its entry.
-_PADDED_INPUTS: dict = {}
+# for its weight gradient instead of being built again there: x (weakly, by identity) -> (x's
+# version, the conv's geometry, the padded image, its geometry). Only on the fast path: under
+# torch.compile a buffer held outside the graph's outputs could outlive its memory pool (CUDA
+# graphs). The backward takes the entry (freeing the buffer); a dead x drops its entry.
+_PADDED_INPUTS = memo("conv.padded_inputs", "conv1's input -> its padded image, forward to weight gradient",
+                      by_tensor=True)
 
 
 def _keep_padded(x, geom, x_k, geom_k) -> None:
-    key = id(x)
-    _PADDED_INPUTS[key] = (weakref.ref(x, lambda _, key=key: _PADDED_INPUTS.pop(key, None)), x._version, geom,
-                           x_k, geom_k)
+    _PADDED_INPUTS[x] = (x._version, geom, x_k, geom_k)
 
 
 def _take_padded(x, geom):
     """(padded image, its geometry) `_keep_padded` kept for x as it is now and a conv of
     geometry `geom` (another conv may read the same x differently padded), or None."""
-    entry = _PADDED_INPUTS.pop(id(x), None)
-    if entry is None or entry[0]() is not x or entry[1] != x._version or entry[2] != geom:
+    entry = _PADDED_INPUTS.pop(x, None)
+    if entry is None or entry[0] != x._version or entry[1] != geom:
         return None
-    return entry[3], entry[4]
+    return entry[2], entry[3]
 
 
 # The ReLU between two convolutions (conv3 -> conv4 -> conv5): its gradient mask, dy * (y > 0), is

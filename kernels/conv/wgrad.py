@@ -73,6 +73,7 @@ from .common import (
 )
 from .configs import SPLIT_PIX_QUANTUM, WGRAD, use_flat_reduction, wgrad_splits
 from .input_layout import folded_wgrad_buffer, wgrad_view
+from .verified import wgrad_check
 
 __all__ = ["conv2d_weight_grad"]
 
@@ -222,10 +223,15 @@ def _conv_wgrad_kernel(
     # ---- reduce over the split's pixels: the bias column, or one (kh, kw, c) column block
     if pid_n == N_BLOCKS:  # a bias-gradient program (launched only with BIAS_GRAD)
         if BIAS_GRAD:
-            db = _reduce_pixels(tl.zeros((BLOCK_M,), dtype=tl.float32), dy_ptr, x_ptr, dy_chan, k_ok, 0, 0, 0, True,
-                                pix_lo, pix_hi, 0, sdy_n, sdy_h, sdy_w, sx_n, sx_c, sx_h, sx_w, SH, SW, PH, PW,
-                                H, W, OH, OW, LOW_H, HIGH_H, LOW_W, HIGH_W, IMAGE_MAJOR, EVEN_PIX, False, FLAT,
-                                False, DY_DENSE, NHWC_C, OFF64, PRECISION, BLOCK_K, False)
+            db = _reduce_pixels(tl.zeros((BLOCK_M,), dtype=tl.float32), dy_ptr, x_ptr, dy_chan, k_ok,
+                                # no x column: the bias column sums dy alone
+                                x_col=0, kh=0, kw=0, col_ok=True, pix_lo=pix_lo, pix_hi=pix_hi, x_chan0=0,
+                                sdy_n=sdy_n, sdy_h=sdy_h, sdy_w=sdy_w, sx_n=sx_n, sx_c=sx_c, sx_h=sx_h, sx_w=sx_w,
+                                SH=SH, SW=SW, PH=PH, PW=PW, H=H, W=W, OH=OH, OW=OW,
+                                LOW_H=LOW_H, HIGH_H=HIGH_H, LOW_W=LOW_W, HIGH_W=HIGH_W,
+                                IMAGE_MAJOR=IMAGE_MAJOR, EVEN_PIX=EVEN_PIX, WEIGHT_GRAD=False, FLAT=FLAT,
+                                LINEAR_X=False, DY_DENSE=DY_DENSE, NHWC_C=NHWC_C, OFF64=OFF64,
+                                PRECISION=PRECISION, BLOCK_K=BLOCK_K, STAGE_REGS=False)
             tl.store(db_ptr + split * sdb_split + group * K_PER_G + k, db.to(db_ptr.dtype.element_ty), mask=k_ok)
     elif WEIGHT_GRAD:
         # This program's columns: (kh, kw, c) as vectors (FLAT) or one tap's channel block.
@@ -251,10 +257,15 @@ def _conv_wgrad_kernel(
         # of channels.)
         LINEAR_X: tl.constexpr = (NHWC_C > 0 and SH == 1 and SW == 1 and OH == H and OW == W and not FLAT
                                   and C_PER_G >= BLOCK_N)
-        acc = _reduce_pixels(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), dy_ptr, x_ptr, dy_chan, k_ok, x_col,
-                             kh, kw, col_ok, pix_lo, pix_hi, group * C_PER_G, sdy_n, sdy_h, sdy_w, sx_n, sx_c, sx_h,
-                             sx_w, SH, SW, PH, PW, H, W, OH, OW, LOW_H, HIGH_H, LOW_W, HIGH_W, IMAGE_MAJOR, EVEN_PIX,
-                             True, FLAT, LINEAR_X, DY_DENSE, NHWC_C, OFF64, PRECISION, BLOCK_K, STAGE_REGS)
+        acc = _reduce_pixels(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), dy_ptr, x_ptr, dy_chan, k_ok,
+                             x_col=x_col, kh=kh, kw=kw, col_ok=col_ok, pix_lo=pix_lo, pix_hi=pix_hi,
+                             x_chan0=group * C_PER_G,
+                             sdy_n=sdy_n, sdy_h=sdy_h, sdy_w=sdy_w, sx_n=sx_n, sx_c=sx_c, sx_h=sx_h, sx_w=sx_w,
+                             SH=SH, SW=SW, PH=PH, PW=PW, H=H, W=W, OH=OH, OW=OW,
+                             LOW_H=LOW_H, HIGH_H=HIGH_H, LOW_W=LOW_W, HIGH_W=HIGH_W,
+                             IMAGE_MAJOR=IMAGE_MAJOR, EVEN_PIX=EVEN_PIX, WEIGHT_GRAD=True, FLAT=FLAT,
+                             LINEAR_X=LINEAR_X, DY_DENSE=DY_DENSE, NHWC_C=NHWC_C, OFF64=OFF64,
+                             PRECISION=PRECISION, BLOCK_K=BLOCK_K, STAGE_REGS=STAGE_REGS)
 
         # ---- write back: the partial (or, with one split, dw itself)
         dw_row = wide(split, OFF64) * sdw_split + wide((group * K_PER_G + k), OFF64) * sdw_k
@@ -359,10 +370,17 @@ def conv2d_weight_grad(dy: torch.Tensor, x: torch.Tensor, geom: ConvGeometry, *,
         x = dy
     args = (dy, x, some, db_out if bias_grad else some, n_pix, *dy.stride(), *x.stride(), split_strides[0],
             *dw_strides, split_strides[1], pix_bucket(n_pix))
-    launch(_conv_wgrad_kernel, _conv_wgrad_tuned, WGRAD, grid, args, meta, flops=geom.flops, config=config)
-    if n_splits > 1:
-        if weight_grad:
-            _sum_splits(dw_out, dw)
-        if bias_grad:
-            _sum_splits(db_out, db)
+    def finish():
+        if n_splits > 1:
+            if weight_grad:
+                _sum_splits(dw_out, dw)
+            if bias_grad:
+                _sum_splits(db_out, db)
+
+    ran = launch(_conv_wgrad_kernel, _conv_wgrad_tuned, WGRAD, grid, args, meta, flops=geom.flops, config=config,
+                 check=lambda: wgrad_check(dy, x if weight_grad else None, geom, dw if weight_grad else None,
+                                           db if bias_grad else None,
+                                           (dw_out if weight_grad else None, db_out if bias_grad else None), finish))
+    if ran:  # (else the reference wrote dw and db)
+        finish()
     return dw, db

@@ -6,4 +6,6 @@
     launch_params.py  block sizes and warps of the memory-bound kernels (one table, a reason per row)
     checks.py         argument checks every launcher makes (no Triton import)
     layout.py         memory formats and grid arithmetic (no Triton import)
+    verify.py         correctness on first contact: the conv candidates' and every op's check
+                      against the reference, the plan cache (no Triton import at module level)
 """

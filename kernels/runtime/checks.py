@@ -63,12 +63,15 @@ def pair(v, name: str) -> tuple[int, int]:
     return int(v[0]), int(v[1])
 
 
-MAX_PIXELS = 2**31 - 1  # the kernels index pixels (N*H*W) in int32
+# Pixel indices (N*H*W) are int32 in the kernels (cheap in the loops), and a block may run up to
+# one block (at most 2**16 pixels) past the last pixel before its mask: leave room for one. The one
+# bound for every kernel (the convolution's check_pixel_count in kernels/conv/common.py included).
+MAX_PIXELS = 2**31 - 2**16
 
 
 def check_pixel_count(x: torch.Tensor, name: str) -> None:
-    """Refuse a 4-D (N, C, H, W) tensor of 2**31 or more pixels: int32 pixel indices would
-    wrap and address memory outside it. (Checked from the shape: nothing is allocated.)"""
+    """Refuse a 4-D (N, C, H, W) tensor of more than MAX_PIXELS pixels: int32 pixel indices
+    would wrap and address memory outside it. (Checked from the shape: nothing is allocated.)"""
     n, _, h, w = x.shape
     if n * h * w > MAX_PIXELS:
         raise ValueError(f"{name} has {n} x {h} x {w} = {n * h * w:,} pixels; these kernels index pixels in int32 "

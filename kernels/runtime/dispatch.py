@@ -5,17 +5,18 @@ write a leaf's gradient (`grad_into`). The ops themselves are defined in kernels
 kernels/conv/op.py; this module imports no kernel module, so the kernels' public functions
 can call `call` without an import cycle.
 """
-import weakref
+import ast
 
 import torch
 
 from .._common import interpreting
+from . import verify, versions
+from .state import SWITCHES, memo
 
 NAMESPACE = "alexnet_triton"
 ops = torch.ops.alexnet_triton
 TRITON_IMPLS = {}  # name -> (op, its Triton implementation); bench/launch_stubs.py runs them on meta tensors
 _IMPLS = {}  # name -> (Triton implementation, reference implementation)
-TRITON_DEVICES = {"cuda"}  # device types whose tensors run the Triton kernels (bench/launch_stubs.py adds 'meta')
 
 
 def implementation(name: str, device: torch.device):
@@ -23,31 +24,70 @@ def implementation(name: str, device: torch.device):
     the reference, or Triton when the interpreter is on (checked per call, so tests can switch
     it). None for other devices (the op then runs its registered kernel, e.g. the fake on meta)."""
     triton_impl, reference_impl = _IMPLS[name]
-    if device.type in TRITON_DEVICES:
-        return triton_impl
+    if device.type in SWITCHES.triton_devices:
+        return _CHECKED[name] if device.type == "cuda" and verify.STATE.enabled and name in _CHECKED else triton_impl
     if device.type == "cpu":
-        return triton_impl if interpreting() else reference_impl
+        if not interpreting():
+            return reference_impl
+        return _CHECKED[name] if verify.STATE.interpreter and verify.STATE.enabled and name in _CHECKED else triton_impl
     return None
 
 
+# Checked first use (kernels/runtime/verify.py): the first call of each signature (op, shapes,
+# dtypes, strides, scalar arguments) on a GPU compares the kernel with the reference once; a
+# mismatch sends that signature to the reference for the rest of the process. Later calls: one
+# dict lookup on the signature (a few us of host time, mostly hashing the shapes and strides).
+# The convolution's ops are not here: their launch plans verify every tile config
+# (kernels/conv/common.py launch).
+NOT_CHECKED_HERE = {"conv2d", "conv2d_input_grad", "conv2d_weight_grad"}
+_CHECKED = {}  # name -> the checked implementation
+
+
+def _checked(name: str, mutates: tuple, defaults: tuple):
+    """`defaults`: the schema's default values of the trailing arguments, so that a call that
+    spells them (a compiled graph's) has the signature of one that does not (the eager path's)."""
+    n_args = len(defaults)
+
+    def checked(*args, **kwargs):
+        triton_impl, reference_impl = _IMPLS[name]
+        sig = verify.signature(name, args if len(args) >= n_args else args + defaults[len(args):])
+        ok = verify.STATE.ops.get(sig)
+        if ok:
+            return triton_impl(*args, **kwargs)
+        if ok is False:
+            return reference_impl(*args, **kwargs)
+        if not verify.may_check():  # tracing or capturing a CUDA graph: no check here (the warm-up checks)
+            return triton_impl(*args, **kwargs)
+        return verify.first_use(name, sig, triton_impl, reference_impl, args, kwargs, mutates)
+    return checked
+
+
 # --------------------------------------------------------------------------- the eager fast path
-FAST_PATH = True  # False: every call goes through the custom op (tests compare the two paths)
 _EAGER = {}  # name -> autograd.Function running the implementation with the op's own autograd
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
-_dispatch_depth = torch._C._len_torch_dispatch_stack
-_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+# private torch calls (kernels/runtime/versions.py EAGER: used only inside the tested torch range;
+# None where this torch lacks them, and the first call then steps the fast path aside)
+_dispatch_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_functorch_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
 
 
 def _eager(x: torch.Tensor) -> bool:
     """Whether the fast path may run: not compiling/exporting, x a plain tensor (not fake,
     functional or functorch-wrapped), and no dispatch mode but observers that declare
-    `eager_fast_path_ok` (bench/launch_stubs.py's launch census)."""
-    if not FAST_PATH or torch.compiler.is_compiling() or type(x) not in _PLAIN or _functorch_wrapped(x):
+    `eager_fast_path_ok` (bench/launch_stubs.py's launch census). False for good (one warning)
+    outside the tested torch range or after a private call's first unexpected error."""
+    if not SWITCHES.fast_path or torch.compiler.is_compiling() or type(x) not in _PLAIN or not versions.EAGER.ok():
         return False
-    if _dispatch_depth():
-        from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+    try:
+        if _functorch_wrapped(x):
+            return False
+        if _dispatch_depth():
+            from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
-        return all(getattr(mode, "eager_fast_path_ok", False) for mode in _get_current_dispatch_mode_stack())
+            return all(getattr(mode, "eager_fast_path_ok", False) for mode in _get_current_dispatch_mode_stack())
+    except Exception as err:  # a private call gone or changed: the custom op from now on
+        versions.EAGER.fail(err)
+        return False
     return True
 
 
@@ -80,6 +120,11 @@ def _define(name: str, schema: str, triton_impl, reference_impl, fake, mutates_a
 
     op.register_kernel("cpu", cpu_impl)
     op.register_fake(fake)
+    if name not in NOT_CHECKED_HERE:
+        params = schema[1:schema.index(") ->")].split(", ")
+        names = [arg.split("=")[0].split()[-1] for arg in params]
+        defaults = tuple(ast.literal_eval(arg.split("=")[1]) if "=" in arg else None for arg in params)
+        _CHECKED[name] = _checked(name, tuple(names.index(m) for m in mutates_args), defaults)
     TRITON_IMPLS[name] = (op, triton_impl)
     _IMPLS[name] = (triton_impl, reference_impl)
     return op
@@ -134,32 +179,28 @@ def _in_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     return t if t.stride() == out.stride() else out.copy_(t)
 
 
-# Where a leaf's gradient may be written directly (alexnet.optim.FlatPaperSGD registers its
-# leaves): id(leaf) -> (weak reference to the leaf, callable giving a fresh view of the leaf's
-# slot in the optimizer's flat gradient buffer while leaf.grad is None, else None). Kept apart
-# from the tensors (no attribute: a Parameter with a function attached would not pickle);
-# an entry goes when its leaf does.
-GRAD_INTO: dict = {}
+# Where a leaf's gradient may be written directly (alexnet.training.optim.FlatPaperSGD registers its
+# leaves): leaf (weakly, by identity) -> callable giving a fresh view of the leaf's slot in the
+# optimizer's flat gradient buffer. Kept apart from the tensors (no attribute: a Parameter with a
+# function attached would not pickle); an entry goes when its leaf does.
+GRAD_INTO = memo("dispatch.grad_into", "leaf -> its slot in the fused optimizer's flat gradient buffer",
+                 by_tensor=True)
 
 
 def set_grad_into(leaf: torch.Tensor, slot) -> None:
     """Register `slot()` (a fresh view of leaf's shape and strides) as where leaf's gradient
     is written while leaf.grad is None."""
-    ref = weakref.ref(leaf)
-    key = id(leaf)
-    if key not in GRAD_INTO:
-        weakref.finalize(leaf, GRAD_INTO.pop, key, None)
-    GRAD_INTO[key] = (ref, lambda: slot() if ref().grad is None else None)
+    GRAD_INTO[leaf] = slot
 
 
 def has_grad_slot(t) -> bool:
     """Whether `set_grad_into` registered a slot for t (the layer then takes the path that writes it)."""
-    return id(t) in GRAD_INTO
+    return t in GRAD_INTO
 
 
 def grad_into(t):
     """Where t's gradient may be written directly (eager paths only): a fresh view of its
     optimizer's flat gradient buffer while t.grad is None (autograd then adopts the view as
     t.grad, no accumulation launch), else None."""
-    entry = GRAD_INTO.get(id(t))
-    return entry[1]() if entry is not None and entry[0]() is t else None
+    slot = GRAD_INTO.get(t)
+    return slot() if slot is not None and t.grad is None else None

@@ -1,13 +1,13 @@
 """Launch parameters of the memory-bound kernels: LRN, max-pool, dropout, the SGD step and
 the augmentation. One table per family, each row with its reason, and one function per
 family that picks a row; the launchers ask here and decide nothing inline. (The convolution
-keeps its own tables, kernels/conv_configs.py.)
+keeps its own tables, kernels/conv/configs.py.)
 
 Every family has an interpreter row: Triton's CPU interpreter runs a program's block as numpy
 arrays, so there the blocks only need to be small enough to keep the tests quick, and
 num_warps means nothing. GPU rows were chosen for an H100 (bench/RESULTS.md says which were
 swept and which are still predictions). `interpreting()` (from kernels/runtime/checks.py) is public
-here: whether launches go to the interpreter, which alexnet.layers asks too.
+here: whether launches go to the interpreter, which alexnet.network.layers asks too.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ DROPOUT = {
 }
 DROPOUT_LARGE = 1 << 23  # elements from which DROPOUT["large"] applies
 
-SGD_GPU_BLOCK = 4096  # also the padding of alexnet.optim's flat buffers: whole blocks, one launch
+SGD_GPU_BLOCK = 4096  # also the padding of alexnet.training.optim's flat buffers: whole blocks, one launch
 SGD = {
     "interpreter": Flat(1024, 4, "quick on the CPU interpreter; divides the GPU block, so the flat buffers "
                                  "padded for the GPU are whole blocks here too"),
