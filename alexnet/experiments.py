@@ -175,6 +175,13 @@ def main(argv=None) -> int:
         q.add_argument("--epochs", type=int, help="epochs per run (default: the demo's or the paper's)")
         q.add_argument("--out", default="experiments")
     args = ap.parse_args(argv)
+    from alexnet.base.errors import UsageError
+    from alexnet.base.paths import refuse_overlap
+
+    try:
+        refuse_overlap("alexnet.experiments", ("--out", args.out), [("--data", args.data)])
+    except UsageError as err:
+        ap.error(err.message.split(": ", 1)[1])
     if args.experiment == "relu-vs-tanh":
         result = relu_vs_tanh(args.data, args.epochs, lr={"relu": args.lr_relu, "tanh": args.lr_tanh}, out=args.out)
         print(f"epochs to {25}% training error: relu {result['epochs_to_25pct']['relu']}, "

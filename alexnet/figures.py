@@ -262,6 +262,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not Path(args.checkpoint).is_file():
         ap.error(f"no checkpoint at {args.checkpoint}")
+    from alexnet.base.errors import UsageError
+    from alexnet.base.paths import refuse_overlap
+
+    try:
+        refuse_overlap("alexnet.figures", ("--out", args.out), [("--data", getattr(args, "data", None))])
+    except UsageError as err:
+        ap.error(err.message.split(": ", 1)[1])
+    if Path(args.out).is_dir():
+        ap.error(f"--out {args.out} is a folder: give the PNG file to write (e.g. {Path(args.out) / 'figure.png'})")
     try:
         if args.figure == "filters":
             result = filters(args.checkpoint, args.out)
@@ -271,6 +280,8 @@ def main(argv=None) -> int:
             result = draw(args.checkpoint, data, args.out, args.count, args.seed)
     except (ValueError, FileNotFoundError) as err:  # a store that does not fit the checkpoint, a bad file
         ap.error(str(err))
+    except OSError as err:  # --out under a file, a read-only folder, ...
+        ap.error(f"cannot write {args.out}: {err.strerror or err}")
     for key, value in result.items():
         print(f"{key}: {value}")
     return 0

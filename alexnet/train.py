@@ -126,6 +126,8 @@ def _validate(c: TrainConfig) -> None:
             problems.append(f"--{name.replace('_', '-')} must be >= 1")
     if c.lr <= 0:
         problems.append("--lr must be > 0")
+    if c.timeout_s is not None and c.timeout_s <= 0:
+        problems.append("--timeout-s must be > 0")
     if not 0 <= c.momentum < 1:
         problems.append("--momentum must be in [0, 1)")
     if c.weight_decay < 0:

@@ -100,3 +100,38 @@ def test_prepare_force_on_a_symlinked_out_is_one_line(tmp_path, capsys):
     assert prepare_main([str(src), str(link), "--workers", "1", "--image-size", "8", "--quiet", "--force"]) == 2
     _one_line(capsys, "symbolic link", os.path.realpath(real))
     assert is_store(real) and link.is_symlink()
+
+
+def test_prepare_summary_names_links_reached_twice_and_unicode_twins(tmp_path):
+    """Issue 26: not only in report.json: the summary says a folder was reached twice through
+    links, and that two class names differ only in Unicode normalisation."""
+    from alexnet.data.prepare import prepare
+
+    src = _source(tmp_path / "src")
+    rgb = np.zeros((20, 20, 3), np.uint8)
+    (src / "train" / "a" / "sub").mkdir()
+    Image.fromarray(rgb).save(src / "train" / "a" / "sub" / "y.png")
+    (src / "train" / "a" / "again").symlink_to(src / "train" / "a" / "sub")
+    for name in ("caf\u00e9", "cafe\u0301"):  # NFC and NFD of one word
+        for split in ("train", "val"):
+            (src / split / name).mkdir()
+            Image.fromarray(rgb).save(src / split / name / "z.png")
+    lines = []
+    prepare(src, tmp_path / "store", workers=1, image_size=8, progress=False, log=lines.append)
+    text = "\n".join(lines)
+    assert "reached a folder or file a second time through links" in text and "train/a/" in text
+    assert "differ only in Unicode normalisation" in text
+
+
+def test_figures_and_experiments_out_inside_their_data_is_refused(tiny_store, tmp_path, capsys):
+    from alexnet import experiments, figures
+
+    (tmp_path / "ckpt.pt").write_bytes(b"not read: the overlap is refused first")
+    for call in (lambda: figures.main(["predictions", str(tmp_path / "ckpt.pt"), "--data", str(tiny_store),
+                                       "--out", str(tiny_store / "p.png")]),
+                 lambda: experiments.main(["relu-vs-tanh", "--data", str(tiny_store), "--out",
+                                           str(tiny_store / "exp")])):
+        with pytest.raises(SystemExit) as info:
+            call()
+        assert info.value.code == 2
+        assert "outputs never go into an input" in capsys.readouterr().err

@@ -36,6 +36,7 @@ import signal
 import sys
 import time
 import traceback
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,10 @@ def prepare(src, out, *, workers: int | None = None, force: bool = False, val_la
         raise PrepareError(f"OUT {out} and SRC {src} overlap (one is, or lies inside, the other): a rebuild of OUT "
                            "would delete source images, or OUT would be scanned as source; choose another OUT")
     refuse_unowned(out)
+    for flag, given in (("--val-labels", val_labels), ("--class-index", class_index)):
+        if given is not None and not os.path.isfile(given):  # a folder, or a FIFO that would block the read
+            what = "no such file" if not os.path.exists(given) else "not a regular file (a folder, FIFO or device)"
+            raise PrepareError(f"{flag} {given}: {what}")
     if is_store(out) and not force:
         _check_same_source(Store(out), src, image_size)
         log(f"{out} is already a complete store of {src}; nothing to do (--force rebuilds it)")
@@ -320,8 +325,30 @@ def _prepare_locked(src, out, workers, val_labels, class_index, image_size, prog
             log(f"skipped {display(s['file'])}: {s['reason']}")
         if v["skipped"] > 5:
             log(f"... and {v['skipped'] - 5} more in {name}")
+    for warning in _name_warnings(classes, splits):
+        log(warning)
     summary = ", ".join(f"{k} {v['images']:,} images ({v['skipped']} skipped)" for k, v in report["splits"].items())
     log(f"wrote {out}: {len(classes)} classes, {summary} in {report['seconds']:.0f} s; report: {out / 'report.json'}")
+    return out
+
+
+def _name_warnings(classes: list[str], splits) -> list[str]:
+    """What the summary must say beyond report.json: paths reached twice through links (each
+    file was stored once, under its first path) and class names that differ only in Unicode
+    normalisation (two classes that print alike: NFC and NFD forms of one name)."""
+    out = []
+    for s in splits:
+        twice = [f for f in s.ignored if f.endswith("(already seen by another path (a link loop or duplicate link))")]
+        if twice:
+            out.append(f"note: {len(twice)} path(s) in {s.name} reached a folder or file a second time through links "
+                       f"(each taken once), e.g. {display(twice[0].split(' (')[0])}; see report.json")
+    forms: dict[str, list[str]] = {}
+    for c in classes:
+        forms.setdefault(unicodedata.normalize("NFC", c), []).append(c)
+    for names in forms.values():
+        if len(names) > 1:
+            out.append(f"note: class names {', '.join(repr(n) for n in names)} differ only in Unicode normalisation "
+                       f"(they print alike but are {len(names)} classes); rename one folder if they are one class")
     return out
 
 

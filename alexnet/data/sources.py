@@ -301,6 +301,10 @@ def sniff_format(path) -> str | None:
 def open_raster(path) -> Image.Image:
     """Image.open restricted to RASTER_FORMATS (whatever the file's name); a file of another
     format raises UnsupportedFormat naming the format its bytes are."""
+    mode = os.stat(path).st_mode  # FileNotFoundError for a missing file, as open's
+    if not stat.S_ISREG(mode):  # a FIFO would block the reader forever, a device read without end
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise ValueError(f"{path} is {kind}, not an image file")
     Image.init()  # every plugin registered; MPO is its own plugin only in some Pillow versions
     try:
         return Image.open(path, formats=[f for f in RASTER_FORMATS if f in Image.OPEN])

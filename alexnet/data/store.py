@@ -118,6 +118,14 @@ class Store:
             missing = [k for k in ("splits", "image_size") if k not in self.meta]
             if missing:
                 raise StoreError(f"{self.path}: store.json has no {', '.join(missing)}{REBUILD}")
+            size = int(self.meta["image_size"])
+            if self.mean.shape != (size, size, 3) or self.mean.dtype.kind != "f" or not np.isfinite(self.mean).all():
+                what = "non-finite values" if self.mean.shape == (size, size, 3) else f"shape {self.mean.shape}"
+                raise StoreError(f"{self.path / 'mean.npy'} has {what}, expected a finite {size}x{size}x3 mean image"
+                                 f"{REBUILD}")
+            for name in ("mean_rgb", "covariance", "eigenvalues", "eigenvectors"):
+                if not np.isfinite(getattr(self.pca, name)).all():
+                    raise StoreError(f"{self.path / 'pca.npz'}: its {name} has non-finite values{REBUILD}")
         except StoreError:
             raise
         except (OSError, ValueError, KeyError, AttributeError) as err:  # a missing or garbled file of the store
@@ -158,8 +166,15 @@ class Store:
         if name not in self.meta["splits"]:
             raise KeyError(f"{self.path} has no split {name!r}; it has {self.splits}")
         if name not in self._splits:
-            images = np.load(self.path / f"{name}_images.npy", mmap_mode="r")
-            labels = np.load(self.path / f"{name}_labels.npy")
+            arrays = []
+            for kind in ("images", "labels"):
+                file = self.path / f"{name}_{kind}.npy"
+                try:
+                    arrays.append(np.load(file, mmap_mode="r" if kind == "images" else None))
+                except (OSError, ValueError, EOFError) as err:  # truncated (mmap past its end), missing, garbled
+                    raise StoreError(f"{file} cannot be read ({type(err).__name__}: {err}): truncated or "
+                                     f"damaged{REBUILD}") from None
+            images, labels = arrays
             self._check_split(name, images, labels)
             self._splits[name] = Split(name, images, labels, self.path, self.meta.get("files"))
         return self._splits[name]

@@ -40,6 +40,8 @@ def load(path: str | os.PathLike, map_location="cpu"):
     Only plain data is unpickled (weights_only=True); anything else raises CheckpointError
     before any of it is built."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, or a FIFO that would block torch.load forever
+        raise CheckpointError(f"{path} is not a regular file (a folder, FIFO or device), not a checkpoint")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
@@ -86,6 +88,23 @@ def check_structure(ckpt, path, keys=TRAINING_KEYS) -> dict:
     return ckpt
 
 
+def inference_device(device=None) -> torch.device:
+    """`--device` as a torch.device (default: cuda if available, else cpu); ValueError, one
+    line, for a string that is not a device or a CUDA device this process cannot use."""
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: only cpu and cuda devices are supported")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: this torch sees no CUDA device (a CPU build, or no GPU visible): "
+                         "use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return dev
+
+
 def model_from_checkpoint(path, ops: str = "auto", device=None):
     """(model, checkpoint): the single-device model of a checkpoint written by alexnet.train
     (whatever layout trained it: checkpoints hold the single-device layout; alexnet/network/parallel.py
@@ -95,12 +114,26 @@ def model_from_checkpoint(path, ops: str = "auto", device=None):
     from alexnet.network.config import AlexNetConfig
     from alexnet.network.model import AlexNet
 
+    device = inference_device(device)
     ckpt = check_structure(load(path), path, {k: TRAINING_KEYS[k] for k in ("model", "model_config", "config",
                                                                            "classes", "step")})
     known = {f.name for f in fields(AlexNetConfig)}
     saved = {k: v for k, v in ckpt["model_config"].items() if k in known}
-    config = AlexNetConfig(**{**saved, "ops": ops, "channels_last": None, "dropout_seed": 0})
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        config = AlexNetConfig(**{**saved, "ops": ops, "channels_last": None, "dropout_seed": 0})
+        with torch.device("meta"):  # the shapes the config asks for, nothing allocated
+            expected = {k: tuple(v.shape) for k, v in AlexNet(config).state_dict().items()}
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as err:  # an edited model_config
+        raise CheckpointError(f"{path}: its model_config is not one alexnet.train writes ({type(err).__name__}: "
+                              f"{err})") from None
+    got = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+    if got != expected:  # checked before building: a crafted config must not make us allocate its model
+        missing, extra = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+        wrong = sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k])
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra else
+                  f"{wrong[0]} is {got[wrong[0]]}, its model_config asks for {expected[wrong[0]]}")
+        raise CheckpointError(f"{path}: its weights do not fit its model_config ({detail}); not a checkpoint "
+                              "alexnet.train wrote, or edited")
     model = AlexNet(config).to(device)
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt

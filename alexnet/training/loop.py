@@ -446,6 +446,12 @@ def run(config: TrainConfig) -> int:
     except UsageError as err:  # one clear line, no traceback
         print(err.message, file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: say where the run stands and how to continue, not a traceback
+        kept = Path(config.out) / "checkpoint_last.pt"
+        kept = f"the last checkpoint, {kept}, is intact" if kept.exists() else "no checkpoint had been written yet"
+        print(f"alexnet.train: interrupted; {kept}. Continue with the same command and --resume auto.",
+              file=sys.stderr, flush=True)
+        return 130
     except (checkpoint.CheckpointError, StoreError, FileNotFoundError) as err:
         print(f"alexnet.train: {err}", file=sys.stderr, flush=True)
         return 2

@@ -28,7 +28,9 @@ def check_output_dir(out, prog: str = "alexnet.train") -> None:
     existing = out
     while not existing.exists():  # the nearest ancestor that exists decides whether OUT can be made
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir():
+        raise UsageError(f"{prog}: --out {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{prog}: --out {out}: {existing} is not writable")
 
 
