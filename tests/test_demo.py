@@ -65,7 +65,7 @@ def test_ensure_demo_store_builds_once(tmp_path, monkeypatch):
     assert Store(small).split("val").files() == store.split("val").files()
 
 
-def test_the_demo_schedule_is_fixed_so_validation_noise_cannot_end_it():
+def test_the_demo_schedule_is_fixed_so_validation_noise_cannot_end_it(tmp_path):
     """No arguments: a fixed lr schedule (lr / 10 once, after epoch 24 of 30), the demo's init;
     with --data the paper's plateau schedule and init stay the defaults."""
     from types import SimpleNamespace
@@ -77,7 +77,7 @@ def test_the_demo_schedule_is_fixed_so_validation_noise_cannot_end_it():
     config = parse_args([])
     assert (config.lr_step, config.epochs, config.lr, config.init, config.initial()) == (24, 30, 0.002, "demo",
                                                                                         (0.02, 0.1))
-    paper = parse_args(["--data", "."])
+    paper = parse_args(["--data", str(tmp_path)])
     assert (paper.lr_step, paper.patience, paper.init, paper.initial()) == (0, 5, "paper", (0.01, 1.0))
     fake = SimpleNamespace(config=config, schedule=PlateauSchedule(lr=config.lr))
     events = [Trainer.fixed_step(fake, epoch) for epoch in range(1, config.epochs + 1)]

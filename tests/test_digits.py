@@ -74,12 +74,13 @@ def test_digits_train_from_the_folder_learn(tmp_path, capsys):
 @pytest.mark.parametrize("argv", [
     [],
     ["--seed", "3", "--no-flip", "--out", "runs/with space"],
-    ["--data", ".", "--image-size", "64", "--init", "demo", "--lr", "0.005", "--no-lighting", "--lr-step", "5"],
-    ["--data", ".", "--init-std", "0.03", "--columns", "1", "--eval-views", "ten"],
+    ["--data", "DATA", "--image-size", "64", "--init", "demo", "--lr", "0.005", "--no-lighting", "--lr-step", "5"],
+    ["--data", "DATA", "--init-std", "0.03", "--columns", "1", "--eval-views", "ten"],
 ])
-def test_command_line_gives_back_the_config(argv):
+def test_command_line_gives_back_the_config(argv, tmp_path):
     import shlex
 
+    argv = [str(tmp_path) if word == "DATA" else word for word in argv]  # an existing folder, not holding --out
     config = train.parse_args(argv)
     words = shlex.split(train.command_line(config))
     assert words[:3] == ["python", "-m", "alexnet.train"]
