@@ -22,14 +22,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import as_format, cdiv, check_same_device, check_tensor, interpreting
+from .._common import MAX_PIXELS, as_format, cdiv, check_same_device, check_tensor, interpreting
 from ..runtime import verify, versions
 from ..runtime.fastlaunch import launch as fast_launch
 from ..runtime.state import memo
 
-# Pixel indices (N*H*W, N*OH*OW) are int32 in the kernels (cheap in the loops); a tile may run
-# up to BLOCK_M / BLOCK_K past the last pixel before its mask, so leave room for one.
-MAX_PIXELS = 2**31 - 2**16
+# MAX_PIXELS (kernels/runtime/checks.py): pixel indices (N*H*W, N*OH*OW) are int32 in the kernels
+# (cheap in the loops); a tile may run up to BLOCK_M / BLOCK_K past the last pixel before its mask.
 
 
 # ------------------------------------------------------------------------------ geometry
@@ -527,7 +526,7 @@ def export_plans() -> list:
     """The launch plans made so far as picklable rows (kernel name, constexprs, argument key,
     chosen triton.Config or REFERENCE, how it was chosen: "verified" / "cached" / "reference",
     or "unverified" when the checks were off): what `adopt_plans` takes in another process
-    (alexnet.distributed share_tuning sends rank 0's to every rank)."""
+    (alexnet.training.tuning.share_tuning sends rank 0's to every rank)."""
     return [(*plan, config, verify.STATE.plans.get(plan, "unverified")) for plan, config in _PLANS.items()]
 
 

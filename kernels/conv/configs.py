@@ -32,6 +32,7 @@ from triton import Config
 
 from ..runtime import device as device_specs
 from ..runtime.device import DeviceSpec
+from ..runtime.layout import cdiv
 from ..runtime.state import memo
 
 
@@ -104,10 +105,6 @@ WGRAD_TF32_TILES = [
     (128, 128, 32, 8, 4),   # 8w
     (128, 64, 64, 4, 4),    # C/g = 192 (conv4/5) in whole blocks
 ]
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _np2(n: int) -> int:
@@ -221,7 +218,7 @@ def _wgrad_fits(cfg: Config, meta: dict, elem: int, spec: DeviceSpec | None = No
     # bf16): only for column runs too narrow for 128 (64 channels per group in tap blocks) and
     # for 16-bit flat columns that 128-wide blocks would pad 10% more (conv1's 528: 576 vs 640;
     # 0.67 in bf16, 0.90 in tf32)
-    flat_fit = elem == 2 and meta["FLAT"] and 11 * _cdiv(cols, 64) * 64 <= 10 * _cdiv(cols, 128) * 128
+    flat_fit = elem == 2 and meta["FLAT"] and 11 * cdiv(cols, 64) * 64 <= 10 * cdiv(cols, 128) * 128
     narrow_ok = k["BLOCK_N"] >= 128 or _np2(cols) <= 64 or flat_fit
     # conv1's FLAT columns in tf32 (4 padded channels per tap, or 16 in its column-block view,
     # input_layout.wgrad_view): with 128 accumulators per thread the register-staged loop spills

@@ -11,6 +11,7 @@ import torch
 
 from .._common import interpreting
 from . import verify, versions
+from .layout import empty_4d as _empty  # (the ops' fakes and outputs: kernels/ops.py, conv/op.py)
 from .state import SWITCHES, memo
 
 NAMESPACE = "alexnet_triton"
@@ -166,10 +167,6 @@ _fast_forward = False
 def in_fast_forward() -> bool:
     """Whether an implementation is running inside the fast path's forward (see above)."""
     return _fast_forward
-
-
-def _empty(shape, like: torch.Tensor, fmt=torch.contiguous_format, dtype=None) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
 
 
 def _in_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:

@@ -33,7 +33,8 @@ def conv_out_format(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last_block(x) else memory_format(x)
 
 
-def empty_4d(shape, like: torch.Tensor, fmt: torch.memory_format, dtype=None) -> torch.Tensor:
+def empty_4d(shape, like: torch.Tensor, fmt: torch.memory_format = torch.contiguous_format, dtype=None) -> torch.Tensor:
+    """An uninitialised tensor of `shape` on like's device, in like's dtype (or `dtype`) and format `fmt`."""
     return torch.empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=fmt)
 
 
