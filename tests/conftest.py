@@ -21,7 +21,7 @@ os.environ.setdefault("ALEXNET_PLAN_CACHE", os.path.join(tempfile.mkdtemp(prefix
                                                          "conv_plans.json"))
 
 import pytest  # noqa: E402
-from helpers import CUDA, GPU_REASON, stripes  # noqa: E402  (hypothesis profiles load there)
+from helpers import CUDA, GPU_REASON, TINY_CROP, stripes  # noqa: E402  (hypothesis profiles load there)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -48,3 +48,17 @@ def tiny_store(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("stripes") / "store"
     return write_arrays(out, {"train": stripes(48, 0), "val": stripes(20, 1)}, ["horizontal", "vertical"])
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_store, tmp_path_factory):
+    """A checkpoint of one training step on `tiny_store` (reference ops): what the commands that
+    read checkpoints are tried on. Read-only: a test that edits one edits a copy."""
+    from alexnet.train import TrainConfig
+    from alexnet.training.loop import run
+
+    out = tmp_path_factory.mktemp("run")
+    config = TrainConfig(data=str(tiny_store), out=str(out), image_size=TINY_CROP, batch_size=8, epochs=1,
+                         max_steps=1, ops="reference", threads=1, init="demo", lr=0.002)
+    assert run(config) == 0
+    return out / "checkpoint_last.pt"

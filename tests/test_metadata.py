@@ -3,22 +3,11 @@
 size, fingerprint); else one line says what differs, exit code 2."""
 import numpy as np
 import pytest
-from helpers import TINY_CROP, stripes
+from helpers import stripes
 from PIL import Image
 
 from alexnet import evaluate, figures, predict
 from alexnet.data.store import write_arrays
-from alexnet.train import TrainConfig
-from alexnet.training.loop import run
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_store, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    config = TrainConfig(data=str(tiny_store), out=str(out), image_size=TINY_CROP, batch_size=8, epochs=1,
-                         max_steps=1, ops="reference", threads=1, init="demo", lr=0.002)
-    assert run(config) == 0
-    return out / "checkpoint_last.pt"
 
 
 @pytest.fixture(scope="module")
@@ -50,26 +39,26 @@ def _one_line_exit_2(call, capsys, needle):
 
 
 @pytest.mark.parametrize("kind", ["classes", "size", "fingerprint"])
-def test_predict_data_must_be_the_checkpoints_store(trained, other_stores, tmp_path, capsys, kind):
+def test_predict_data_must_be_the_checkpoints_store(tiny_checkpoint, other_stores, tmp_path, capsys, kind):
     image = tmp_path / "x.png"
     Image.fromarray(stripes(1, 5)[0][0]).save(image)
-    _one_line_exit_2(lambda: predict.main([str(trained), str(image), "--data", str(other_stores[kind]),
+    _one_line_exit_2(lambda: predict.main([str(tiny_checkpoint), str(image), "--data", str(other_stores[kind]),
                                            "--ops", "reference"]), capsys, WHAT[kind])
 
 
-def test_predict_data_of_the_same_store_is_accepted(trained, tiny_store, tmp_path, capsys):
+def test_predict_data_of_the_same_store_is_accepted(tiny_checkpoint, tiny_store, tmp_path, capsys):
     image = tmp_path / "x.png"
     Image.fromarray(stripes(1, 5)[0][0]).save(image)
-    assert predict.main([str(trained), str(image), "--data", str(tiny_store), "--ops", "reference"]) == 0
+    assert predict.main([str(tiny_checkpoint), str(image), "--data", str(tiny_store), "--ops", "reference"]) == 0
     assert "horizontal" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("kind", ["size", "fingerprint"])
-def test_evaluate_data_must_be_the_checkpoints_store(trained, other_stores, capsys, kind):
-    _one_line_exit_2(lambda: evaluate.main([str(trained), "--data", str(other_stores[kind]), "--views", "centre",
-                                            "--ops", "reference"]), capsys, WHAT[kind])
+def test_evaluate_data_must_be_the_checkpoints_store(tiny_checkpoint, other_stores, capsys, kind):
+    _one_line_exit_2(lambda: evaluate.main([str(tiny_checkpoint), "--data", str(other_stores[kind]),
+                                            "--views", "centre", "--ops", "reference"]), capsys, WHAT[kind])
 
 
-def test_figures_data_must_be_the_checkpoints_store(trained, other_stores, tmp_path, capsys):
-    _one_line_exit_2(lambda: figures.main(["predictions", str(trained), "--data", str(other_stores["size"]),
+def test_figures_data_must_be_the_checkpoints_store(tiny_checkpoint, other_stores, tmp_path, capsys):
+    _one_line_exit_2(lambda: figures.main(["predictions", str(tiny_checkpoint), "--data", str(other_stores["size"]),
                                            "--out", str(tmp_path / "p.png")]), capsys, WHAT["size"])

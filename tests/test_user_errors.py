@@ -21,15 +21,6 @@ from alexnet.training import loop as loop_module
 from alexnet.training.loop import run
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_store, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    config = TrainConfig(data=str(tiny_store), out=str(out), image_size=TINY_CROP, batch_size=8, epochs=1,
-                         max_steps=1, ops="reference", threads=1, init="demo", lr=0.002)
-    assert run(config) == 0
-    return out / "checkpoint_last.pt"
-
-
 def _exit_2_one_line(call, capsys, *needles):
     with pytest.raises(SystemExit) as info:
         call()
@@ -52,26 +43,26 @@ def alarm():
     signal.signal(signal.SIGALRM, old)
 
 
-def test_predict_on_a_fifo_says_so_instead_of_hanging(trained, tmp_path, capsys, alarm):
+def test_predict_on_a_fifo_says_so_instead_of_hanging(tiny_checkpoint, tmp_path, capsys, alarm):
     fifo = tmp_path / "x.jpg"
     os.mkfifo(fifo)
-    assert predict.main([str(trained), str(fifo), str(tmp_path), "--ops", "reference"]) == 1
+    assert predict.main([str(tiny_checkpoint), str(fifo), str(tmp_path), "--ops", "reference"]) == 1
     err = capsys.readouterr().err
     assert f"{fifo} is a FIFO, not an image file" in err and f"{tmp_path} is a folder" in err
 
 
-def _edited(trained, tmp_path, **model_config):
-    ckpt = checkpoint.load(trained)
+def _edited(tiny_checkpoint, tmp_path, **model_config):
+    ckpt = checkpoint.load(tiny_checkpoint)
     ckpt["model_config"] = {**ckpt["model_config"], **model_config}
     path = tmp_path / "edited.pt"
     checkpoint.save(ckpt, path)
     return path
 
 
-def test_a_crafted_checkpoint_is_refused_before_its_model_is_built(trained, tmp_path, monkeypatch):
+def test_a_crafted_checkpoint_is_refused_before_its_model_is_built(tiny_checkpoint, tmp_path, monkeypatch):
     """A config asking for 200k classes with the small run's weights: the shapes are compared
     on the meta device; no real model of that size is allocated."""
-    path = _edited(trained, tmp_path, num_classes=200_000)
+    path = _edited(tiny_checkpoint, tmp_path, num_classes=200_000)
     built = []
     real_init = AlexNet.__init__
 
@@ -86,8 +77,8 @@ def test_a_crafted_checkpoint_is_refused_before_its_model_is_built(trained, tmp_
 
 @pytest.mark.parametrize("edit, needle", [(dict(num_classes="many"), "model_config is not one"),
                                           (dict(activation="swish"), "model_config is not one")])
-def test_edited_checkpoint_metadata_is_one_line(trained, tmp_path, capsys, edit, needle):
-    path = _edited(trained, tmp_path, **edit)
+def test_edited_checkpoint_metadata_is_one_line(tiny_checkpoint, tmp_path, capsys, edit, needle):
+    path = _edited(tiny_checkpoint, tmp_path, **edit)
     image = tmp_path / "x.png"
     Image.fromarray(stripes(1, 0)[0][0]).save(image)
     _exit_2_one_line(lambda: predict.main([str(path), str(image), "--ops", "reference"]), capsys, needle)
@@ -95,12 +86,12 @@ def test_edited_checkpoint_metadata_is_one_line(trained, tmp_path, capsys, edit,
 
 @pytest.mark.parametrize("device, needle", [("bad", "is not a device"), ("gpu:0", "is not a device"),
                                             ("cuda:7", "CUDA device")])
-def test_predict_device_strings(trained, tmp_path, capsys, device, needle):
+def test_predict_device_strings(tiny_checkpoint, tmp_path, capsys, device, needle):
     if torch.cuda.is_available() and device == "cuda:7" and torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
     image = tmp_path / "x.png"
     Image.fromarray(stripes(1, 0)[0][0]).save(image)
-    _exit_2_one_line(lambda: predict.main([str(trained), str(image), "--device", device]), capsys, needle)
+    _exit_2_one_line(lambda: predict.main([str(tiny_checkpoint), str(image), "--device", device]), capsys, needle)
 
 
 def _copy_store(tiny_store, tmp_path):
@@ -139,10 +130,11 @@ def test_train_out_under_a_file(tmp_path):
         parse_args(["--out", str(tmp_path / "file" / "run")])
 
 
-def test_figures_out_a_folder_or_under_a_file(trained, tmp_path, capsys):
-    _exit_2_one_line(lambda: figures.main(["filters", str(trained), "--out", str(tmp_path)]), capsys, "is a folder")
+def test_figures_out_a_folder_or_under_a_file(tiny_checkpoint, tmp_path, capsys):
+    _exit_2_one_line(lambda: figures.main(["filters", str(tiny_checkpoint), "--out", str(tmp_path)]), capsys,
+                     "is a folder")
     (tmp_path / "file").write_text("x")
-    _exit_2_one_line(lambda: figures.main(["filters", str(trained), "--out", str(tmp_path / "file" / "f.png")]),
+    _exit_2_one_line(lambda: figures.main(["filters", str(tiny_checkpoint), "--out", str(tmp_path / "file" / "f.png")]),
                      capsys, "cannot write")
 
 
@@ -172,7 +164,7 @@ def test_ctrl_c_in_train_says_how_to_resume(tiny_store, tmp_path, capsys, monkey
     assert len(err) == 1 and "checkpoint_last.pt, is intact" in err[0] and "--resume auto" in err[0]
 
 
-def test_path_arguments_that_are_fifos_or_folders_are_one_line(trained, tmp_path, capsys, alarm):
+def test_path_arguments_that_are_fifos_or_folders_are_one_line(tiny_checkpoint, tmp_path, capsys, alarm):
     """A FIFO given where a file is read (a checkpoint, --val-labels) would block forever."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
