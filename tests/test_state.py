@@ -97,3 +97,15 @@ def test_reset_forgets_remembered_work_and_the_answers_stay():
     again = kernels.conv2d(x, w, padding=1)
     assert torch.equal(first, again)
     assert_close(again, reference.conv2d(x.double(), w.double(), padding=1), torch.float32)
+
+
+def test_a_tensor_table_matches_by_identity_and_forgets_freed_tensors():
+    table = state.TensorTable()
+    a, b = torch.zeros(3), torch.zeros(3)
+    table[a] = "a"
+    assert a in table and b not in table and table.get(a) == "a" and table.get(b, "none") == "none"
+    table[a] = "again"
+    assert len(table) == 1 and table.pop(b) is None and table.pop(a) == "again" and a not in table
+    table[b] = "b"
+    del b
+    assert len(table) == 0  # freed with its tensor

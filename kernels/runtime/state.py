@@ -53,17 +53,16 @@ Besides these, filled once at import and never changed after: the op registry
 lists, launch parameters). One in-call flag: dispatch's `in_fast_forward()`, true only while the
 fast path runs an op's forward (set and cleared around it, in a try/finally).
 
-The tensor-keyed ones are `torch.utils.weak.WeakIdKeyDictionary`s: an entry goes with its
-tensor, and no `id()` can be reused by another tensor while its entry lives.
+The tensor-keyed ones are `TensorTable`s (keyed weakly and by identity: an entry goes with its
+tensor, and a lookup matches only that very tensor), the one place id() keys are handled.
 """
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass, field, fields
 
-from torch.utils.weak import WeakIdKeyDictionary
-
-__all__ = ["SWITCHES", "Switches", "override", "memo", "reset", "on_reset", "describe"]
+__all__ = ["SWITCHES", "Switches", "TensorTable", "override", "memo", "reset", "on_reset", "describe"]
 
 
 @dataclass
@@ -97,12 +96,48 @@ def override(**values):
             setattr(SWITCHES, name, value)
 
 
+class TensorTable:
+    """A table keyed by tensors, weakly and by identity: an entry goes when its tensor is freed,
+    and a lookup matches only the tensor the entry was made for (a later tensor at the same
+    address does not). torch.utils.weak.WeakIdKeyDictionary does the same but builds a weak
+    reference per lookup; these tables are read on every op call, so a plain dict of
+    id -> (weak reference, value) with a check of the reference is used instead."""
+
+    def __init__(self):
+        self._entries: dict = {}
+
+    def __setitem__(self, tensor, value) -> None:
+        key, entries = id(tensor), self._entries
+        entries[key] = (weakref.ref(tensor, lambda _, key=key: entries.pop(key, None)), value)
+
+    def get(self, tensor, default=None):
+        entry = self._entries.get(id(tensor))
+        return entry[1] if entry is not None and entry[0]() is tensor else default
+
+    def __contains__(self, tensor) -> bool:
+        entry = self._entries.get(id(tensor))
+        return entry is not None and entry[0]() is tensor
+
+    def pop(self, tensor, default=None):
+        entry = self._entries.get(id(tensor))
+        if entry is None or entry[0]() is not tensor:
+            return default
+        del self._entries[id(tensor)]
+        return entry[1]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 def memo(name: str, holds: str, *, by_tensor: bool = False):
     """A dict of remembered work, registered under `name` (one per name: a module imported twice
     gets its own back). `by_tensor`: keyed by tensors, weakly and by identity."""
     if name in _MEMOS:
         return _MEMOS[name][0]
-    table = WeakIdKeyDictionary() if by_tensor else {}
+    table = TensorTable() if by_tensor else {}
     _MEMOS[name] = (table, holds)
     return table
 
