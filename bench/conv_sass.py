@@ -74,7 +74,7 @@ COMPILED = []
 
 
 def _compile_only(kernel, tuned, tuning, grid, args, meta, *, flops, config=None, check=None):
-    """Stands in for kernels.conv.common.launch: compile `kernel` with `config`, never run it."""
+    """Stands in for kernels.conv.plans.launch: compile `kernel` with `config`, never run it."""
     meta = {**meta, **config.kwargs}
     COMPILED.append(kernel.warmup(*args, grid=grid(meta), **meta, num_warps=config.num_warps,
                                   num_stages=config.num_stages))

@@ -30,8 +30,9 @@ from .augment import (
            augment,
            augment_padded,  # noqa: E402, I001
 )
-from .conv.common import ConvGeometry, adopt_plans, export_plans  # noqa: E402
+from .conv.common import ConvGeometry  # noqa: E402
 from .conv.input_layout import clone_padded, padded_geometry, padded_view, refill_padded, takes_padded_image  # noqa: E402
+from .conv.plans import adopt_plans, export_plans  # noqa: E402
 from .cross_entropy import softmax_cross_entropy  # noqa: E402
 from .dropout import column_dropout, dropout
 from .lrn import local_response_norm, relu_lrn

@@ -138,7 +138,7 @@ def _share_tuning_worker(rank):
     from triton import Config
 
     from alexnet.training.tuning import share_tuning
-    from kernels.conv import common
+    from kernels.conv import plans
     from kernels.conv.fwd import _conv_fwd_kernel
     from kernels.runtime import verify
 
@@ -146,17 +146,17 @@ def _share_tuning_worker(rank):
     problem = (_conv_fwd_kernel.fn.__name__, (("C_PER_G", 48), ("KH", 5)), (torch.bfloat16, 128, 27))
     only0 = (_conv_fwd_kernel.fn.__name__, (("C_PER_G", 8),), (7,))
     unverified = (_conv_fwd_kernel.fn.__name__, (("C_PER_G", 4),), (3,))
-    common._PLANS[problem] = Config({"BLOCK_M": 64 * (rank + 1)}, num_warps=4 * (rank + 1))
+    plans._PLANS[problem] = Config({"BLOCK_M": 64 * (rank + 1)}, num_warps=4 * (rank + 1))
     verify.STATE.plans[problem] = "verified"
     if rank == 0:
-        common._PLANS[only0] = Config({"BLOCK_M": 16}, num_warps=2)
+        plans._PLANS[only0] = Config({"BLOCK_M": 16}, num_warps=2)
         verify.STATE.plans[only0] = "verified"
-        common._PLANS[unverified] = Config({"BLOCK_M": 32}, num_warps=2)  # no verify.STATE.plans entry
+        plans._PLANS[unverified] = Config({"BLOCK_M": 32}, num_warps=2)  # no verify.STATE.plans entry
     shared = share_tuning()
-    mine = common._PLANS[problem]
+    mine = plans._PLANS[problem]
     return dict(shared=shared, block_m=mine.kwargs["BLOCK_M"], warps=mine.num_warps,
-                only0=common._PLANS[only0].kwargs["BLOCK_M"] if only0 in common._PLANS else None,
-                unverified=unverified in common._PLANS, status=verify.STATE.plans.get(only0))
+                only0=plans._PLANS[only0].kwargs["BLOCK_M"] if only0 in plans._PLANS else None,
+                unverified=unverified in plans._PLANS, status=verify.STATE.plans.get(only0))
 
 
 def test_every_rank_adopts_rank_0s_verified_tuning_only(tmp_path):

@@ -1,5 +1,5 @@
 """Correctness on first contact (issue 23, kernels/runtime/verify.py): the conv passes' verified
-tuning (the real tuning code, kernels/conv/common.py launch, with a small candidate list on the
+tuning (the real tuning code, kernels/conv/plans.py launch, with a small candidate list on the
 interpreter), the plan cache, and the checked first use of the other ops."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from triton import Config
 
 import kernels
-from kernels.conv import common
+from kernels.conv import plans
 from kernels.conv.configs import DGRAD, FWD, WGRAD
 from kernels.runtime import dispatch, verify
 from tests.compare import assert_close_verbose
@@ -38,10 +38,10 @@ def checks(tmp_path, monkeypatch):
     verify.reset()
     verify.STATE.interpreter = True
     verify.STATE.cache_path = tmp_path / "plans.json"
-    common._PLANS.clear()
+    plans._PLANS.clear()
     yield verify.STATE
     verify.reset()
-    common._PLANS.clear()
+    plans._PLANS.clear()
 
 
 def _problem(seed=0):
@@ -136,12 +136,12 @@ def test_a_verified_plan_is_reused_in_process_and_from_the_cache(checks, monkeyp
     path = checks.cache_path
     verify.reset()
     verify.STATE.interpreter, verify.STATE.cache_path = True, path
-    common._PLANS.clear()
+    plans._PLANS.clear()
     _assert_conv_close(_fwd(x, w, b), F.conv2d(x, w, b, padding=1), 144)
     assert len(runs) == 1 and list(verify.STATE.plans.values()) == ["cached"]
     # a changed kernel source or another device: verified again
     for change in ({"source": "edited"}, {"device": "NVIDIA H200"}):
-        common._PLANS.clear()
+        plans._PLANS.clear()
         verify.STATE.identity = change
         _fwd(x, w, b)
         assert len(runs) == 2 + (change.get("device") is not None), change
@@ -326,7 +326,7 @@ def test_no_plan_is_made_while_capturing(checks, monkeypatch):
     monkeypatch.setattr(verify, "_capturing", lambda: True)
     x, w, b = _problem()
     _assert_conv_close(_fwd(x, w, b), F.conv2d(x, w, b, padding=1), 144)
-    assert not checks.plans and not common._PLANS and not checks.excluded
+    assert not checks.plans and not plans._PLANS and not checks.excluded
     monkeypatch.setattr(verify, "_capturing", lambda: False)
     _fwd(x, w, b)
     assert list(checks.plans.values()) == ["verified"] and len(checks.excluded) == 1
@@ -373,7 +373,7 @@ def _fresh_process(checks):
     path = checks.cache_path
     verify.reset()
     verify.STATE.interpreter, verify.STATE.cache_path = True, path
-    common._PLANS.clear()
+    plans._PLANS.clear()
     return verify.STATE
 
 
@@ -385,11 +385,11 @@ def test_an_adopted_reference_plan_runs_the_reference(checks, monkeypatch):
     monkeypatch.setattr(FWD, "interpreter_candidates", [UNWRITTEN_TILE])
     x, w, b = _problem()
     _fwd(x, w, b)
-    rows = pickle.loads(pickle.dumps(common.export_plans()))
+    rows = pickle.loads(pickle.dumps(plans.export_plans()))
     assert [r[-1] for r in rows] == ["reference"]
     state = _fresh_process(checks)
     state.cache_path = checks.cache_path.with_name("other.json")  # this rank's cache knows nothing
-    assert common.adopt_plans(rows) == 1
+    assert plans.adopt_plans(rows) == 1
     runs = []
     monkeypatch.setattr(verify, "verify_candidates", lambda *a, **k: runs.append(1))
     assert torch.equal(_fwd(x, w, b), F.conv2d(x, w, b, padding=1)) and not runs

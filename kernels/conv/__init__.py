@@ -14,11 +14,13 @@ The path from `kernels.conv2d` to the Triton kernel, one file per step:
                 Triton implementation `_conv2d_triton` pads conv1's input and calls the launcher;
                 its autograd (`_conv2d_backward`) calls the two gradient ops the same way.
     fwd.py      `conv2d_forward`, the launcher: layouts, the output, the grid, then
-                `common.launch`, which runs the launch plan's tile (tuned once per problem,
-                kernels/conv/configs.py) of the kernel `_conv_fwd_kernel` in the same file.
+                `plans.launch`, which runs the launch plan's tile (chosen and verified once
+                per problem, from kernels/conv/configs.py's candidates) of the kernel
+                `_conv_fwd_kernel` in the same file.
     dgrad.py    `conv2d_input_grad` and its kernel; wgrad.py `conv2d_weight_grad` and its kernel.
     common.py   geometry and argument checks, the index helpers the three kernels share, the
-                ReLU-gradient mask, launch plans; input_layout.py conv1's zero-padded image;
+                ReLU-gradient mask; plans.py the launch plans (verified, cached, shared);
+                input_layout.py conv1's zero-padded image;
                 configs.py the tile configs, autotuning and the wgrad split model; verified.py
                 what a pass's tile candidates are checked against before a plan is made (issue 23).
 

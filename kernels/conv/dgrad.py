@@ -39,7 +39,6 @@ from .common import (
     grouped_tile,
     in_image,
     in_range,
-    launch,
     needs_int64,
     pix_bucket,
     pix_multiple,
@@ -48,6 +47,7 @@ from .common import (
     wide,
 )
 from .configs import DGRAD, use_flat_reduction
+from .plans import launch
 from .verified import dgrad_check
 
 __all__ = ["conv2d_input_grad"]

@@ -48,7 +48,6 @@ from .common import (
     grouped_tile,
     in_image,
     in_range,
-    launch,
     needs_int64,
     nhwc_channels,
     pix_bucket,
@@ -60,6 +59,7 @@ from .common import (
     x_tap_offsets,
 )
 from .configs import FWD, use_flat_reduction
+from .plans import launch
 from .verified import fwd_check
 
 __all__ = ["conv2d_forward"]

@@ -60,7 +60,6 @@ from .common import (
     image_block,
     in_image,
     in_range,
-    launch,
     needs_int64,
     nhwc_channels,
     pix_bucket,
@@ -73,6 +72,7 @@ from .common import (
 )
 from .configs import SPLIT_PIX_QUANTUM, WGRAD, use_flat_reduction, wgrad_splits
 from .input_layout import folded_wgrad_buffer, wgrad_view
+from .plans import launch
 from .verified import wgrad_check
 
 __all__ = ["conv2d_weight_grad"]

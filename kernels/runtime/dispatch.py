@@ -39,7 +39,7 @@ def implementation(name: str, device: torch.device):
 # mismatch sends that signature to the reference for the rest of the process. Later calls: one
 # dict lookup on the signature (a few us of host time, mostly hashing the shapes and strides).
 # The convolution's ops are not here: their launch plans verify every tile config
-# (kernels/conv/common.py launch).
+# (kernels/conv/plans.py launch).
 NOT_CHECKED_HERE = {"conv2d", "conv2d_input_grad", "conv2d_weight_grad"}
 _CHECKED = {}  # name -> the checked implementation
 

@@ -30,7 +30,7 @@ it: `reset()` empties every one, and the next call does the work again.
                           forward to its weight gradient (by input tensor, weakly)
     dispatch.grad_into    kernels/runtime/dispatch.py: a leaf (weakly) -> where its gradient may be
                           written (alexnet.training.optim.FlatPaperSGD registers its leaves)
-    conv.plans            kernels/conv/common.py: a launch plan (kernel name, constexprs, argument
+    conv.plans            kernels/conv/plans.py: a launch plan (kernel name, constexprs, argument
                           key) -> the chosen config (export_plans / adopt_plans carry them across
                           processes)
     conv.restaged         kernels/conv/configs.py: a listed tile with fewer stages for a device

@@ -8,7 +8,7 @@ issue 13); each has a public path that does the same work:
                 (CompiledKernel.run / launch_metadata / function / packed_metadata,
                 JITFunction.params / pre_run_hooks, knobs.runtime's launch hooks); public path:
                 `kernel[grid](*args, **meta)`.
-    PLANS       kernels/conv/common.py launch plans: the autotuner's `best_config` after its
+    PLANS       kernels/conv/plans.py launch plans: the autotuner's `best_config` after its
                 first run, then the chosen config launched without Autotuner.run; public path:
                 `tuned[grid](*args, **meta)` on every call.
     EAGER       kernels/runtime/dispatch.py's eager shortcut around torch.library's dispatch:
