@@ -17,7 +17,7 @@ from triton import Config
 import kernels
 from kernels.conv import plans
 from kernels.conv.configs import DGRAD, FWD, WGRAD
-from kernels.runtime import dispatch, verify
+from kernels.runtime import dispatch, first_use, tolerances, verify
 from tests.compare import assert_close_verbose
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,23 +197,23 @@ def test_compare_passes_rounding_and_catches_a_wrong_tile_nan_and_inf(dtype):
     g = torch.Generator().manual_seed(1)
     a = torch.randn(64, 64, generator=g, dtype=torch.float64)
     b = torch.randn(64, 64, generator=g, dtype=torch.float64)
-    tol = verify.conv_tolerance(dtype, "tf32", 64)
+    tol = tolerances.conv_tolerance(dtype, "tf32", 64)
     out = (a.to(dtype).float() @ b.to(dtype).float()).to(dtype)  # fp32 accumulation, one rounding
     ref = (a.to(dtype).double() @ b.to(dtype).double()).to(dtype)
-    assert verify.compare(out, ref, tol) is None
+    assert tolerances.compare(out, ref, tol) is None
     wrong = out.clone()
     wrong[:16, :16] = (a[:16, :63].to(dtype).float() @ b[:63, :16].to(dtype).float()).to(dtype)  # one K row short
-    assert "elements off" in verify.compare(wrong, ref, tol)
+    assert "elements off" in tolerances.compare(wrong, ref, tol)
     nan = out.clone()
     nan[48:, 48:] = float("nan")
-    assert "NaN in 256" in verify.compare(nan, ref, tol)
+    assert "NaN in 256" in tolerances.compare(nan, ref, tol)
     inf = out.clone()
     inf[3, 5] = float("inf")
-    assert "inf" in verify.compare(inf, ref, tol)
+    assert "inf" in tolerances.compare(inf, ref, tol)
     ref_inf = ref.clone()
     ref_inf[3, 5] = float("-inf")
-    assert "inf" in verify.compare(inf, ref_inf, tol)  # the sign counts
-    assert verify.compare(ref_inf, ref_inf, tol) is None
+    assert "inf" in tolerances.compare(inf, ref_inf, tol)  # the sign counts
+    assert tolerances.compare(ref_inf, ref_inf, tol) is None
 
 
 def test_tf32_tolerance_passes_tf32_rounding():
@@ -223,8 +223,8 @@ def test_tf32_tolerance_passes_tf32_rounding():
 
     def tf32(t):  # round to 10 explicit mantissa bits (nearest)
         return (t.view(torch.int32) + 0x1000 & -0x2000).view(torch.float32)
-    assert verify.compare(tf32(a) @ tf32(b), a @ b, verify.conv_tolerance(torch.float32, "tf32", k)) is None
-    assert verify.compare(tf32(a) @ tf32(b), a @ b, verify.conv_tolerance(torch.float32, "ieee", k)) is not None
+    assert tolerances.compare(tf32(a) @ tf32(b), a @ b, tolerances.conv_tolerance(torch.float32, "tf32", k)) is None
+    assert tolerances.compare(tf32(a) @ tf32(b), a @ b, tolerances.conv_tolerance(torch.float32, "ieee", k)) is not None
 
 
 # ------------------------------------------------------------------------------ checked first use
@@ -281,7 +281,7 @@ def test_a_wrong_sgd_step_is_undone_and_the_reference_applied(checks, monkeypatc
     dispatch.call("sgd_step_", w, v, gr, lr, 0.9, 5e-4, 300, None)
     reference_impl(w2, v2, gr, lr, 0.9, 5e-4, 300, None)
     assert torch.equal(w, w2) and torch.equal(v, v2)
-    assert checks.ops[verify.signature("sgd_step_", (w, v, gr, lr, 0.9, 5e-4, 300, None))] is False
+    assert checks.ops[first_use.signature("sgd_step_", (w, v, gr, lr, 0.9, 5e-4, 300, None))] is False
 
 
 def test_dropout_is_checked_given_its_own_mask(checks, monkeypatch):
@@ -306,8 +306,8 @@ def test_no_check_while_capturing_a_cuda_graph(checks, monkeypatch):
 
 def test_no_check_while_torch_compile_traces(checks, monkeypatch):
     seen = []
-    real = verify.first_use
-    monkeypatch.setattr(verify, "first_use",
+    real = first_use.first_use
+    monkeypatch.setattr(first_use, "first_use",
                         lambda *a, **k: seen.append(torch.compiler.is_compiling()) or real(*a, **k))
     fn = torch.compile(_pool, backend="aot_eager", fullgraph=True)
     x = torch.randn(1, 4, 7, 7)

@@ -10,7 +10,7 @@ import ast
 import torch
 
 from .._common import interpreting
-from . import verify, versions
+from . import first_use, verify, versions
 from .layout import empty_4d as _empty  # (the ops' fakes and outputs: kernels/ops.py, conv/op.py)
 from .state import SWITCHES, memo
 
@@ -51,7 +51,7 @@ def _checked(name: str, mutates: tuple, defaults: tuple):
 
     def checked(*args, **kwargs):
         triton_impl, reference_impl = _IMPLS[name]
-        sig = verify.signature(name, args if len(args) >= n_args else args + defaults[len(args):])
+        sig = first_use.signature(name, args if len(args) >= n_args else args + defaults[len(args):])
         ok = verify.STATE.ops.get(sig)
         if ok:
             return triton_impl(*args, **kwargs)
@@ -59,7 +59,7 @@ def _checked(name: str, mutates: tuple, defaults: tuple):
             return reference_impl(*args, **kwargs)
         if not verify.may_check():  # tracing or capturing a CUDA graph: no check here (the warm-up checks)
             return triton_impl(*args, **kwargs)
-        return verify.first_use(name, sig, triton_impl, reference_impl, args, kwargs, mutates)
+        return first_use.first_use(name, sig, triton_impl, reference_impl, args, kwargs, mutates)
     return checked
 
 

@@ -3,7 +3,7 @@ it runs on (issue 23).
 
 Two checks, both eager and one-time:
 
-- **Verified tuning** (the convolution, kernels/conv/common.py `launch`): the first time a
+- **Verified tuning** (the convolution, kernels/conv/plans.py `launch`): the first time a
   launch plan is made, every candidate tile config runs once on the real arguments into outputs
   filled with NaN and is compared with PyTorch's convolution (same dtype) before any timing.
   A failing candidate (wrong values, a tile left unwritten, NaN/inf where the reference has
@@ -12,12 +12,13 @@ Two checks, both eager and one-time:
   into the plan cache (`PlanCache`, keyed by what can change the answer: Triton and PyTorch
   versions, device name and capability, a hash of the kernel sources) and into
   `export_plans` / `adopt_plans`.
-- **Checked first use** (every other op, kernels/runtime/dispatch.py `implementation`): the
+- **Checked first use** (every other op, kernels/runtime/first_use.py, called from
+  kernels/runtime/dispatch.py `implementation`): the
   first call per (op, shapes, dtypes, layout, scalar arguments) is compared once with the
   op's reference; on a mismatch that op and signature run the reference for the rest of the
   process, with one warning line. Later calls cost one dict lookup.
 
-The comparison (`compare`), for an output r (reference) and a (kernel), in float64:
+The comparison (kernels/runtime/tolerances.py `compare`), for an output r (reference) and a (kernel), in float64:
     non-finite  a is NaN exactly where r is, +-inf exactly where r is (an unwritten tile keeps
                 the NaN it was filled with; a misplaced NaN/inf fails);
     elementwise |a - r| <= rtol * |r| + atol * rms(r) on the finite elements;
@@ -48,7 +49,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -58,6 +58,7 @@ from pathlib import Path
 import torch
 
 from . import state as _state
+from .tolerances import compare, conv_tolerance
 
 ENV_SWITCH = "ALEXNET_VERIFY"
 ENV_CACHE = "ALEXNET_PLAN_CACHE"  # the plan cache file (default: $XDG_CACHE_HOME or ~/.cache, alexnet/conv_plans.json)
@@ -184,63 +185,8 @@ def note_ran(name: str, impl: str) -> None:
         STATE.ran[name] = impl if prev in (None, impl) else "triton+reference"
 
 
-# ------------------------------------------------------------------------------ comparison
-U_OUT = {torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
-U_ACC = 2.0 ** -24
-
-
-def conv_tolerance(dtype: torch.dtype, precision: str, reduction: int) -> tuple[float, float, float]:
-    """(rtol, atol relative to rms(reference), ntol) for a convolution pass (module docstring)."""
-    u_out = U_OUT.get(dtype, 2.0 ** -24)
-    u_in = 2.0 ** -11 if dtype == torch.float32 and precision == "tf32" else 0.0
-    acc = math.sqrt(max(reduction, 1)) * U_ACC
-    return 4 * u_out, 4 * u_out + 16 * u_in + 8 * acc, 2 * u_out + 4 * u_in + 4 * acc
-
-
-def op_tolerance(dtype: torch.dtype) -> tuple[float, float, float]:
-    """(rtol, atol relative to rms(reference), ntol) for a memory-bound op's output."""
-    u = {torch.float32: 2.0 ** -17, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}.get(dtype, 2.0 ** -17)
-    return 8 * u, 8 * u, 4 * u
-
-
-def compare(actual: torch.Tensor, expected: torch.Tensor, tol) -> str | None:
-    """None if `actual` matches `expected` (same shape) within tol = (rtol, atol, ntol), else what is
-    wrong, in one phrase. Integer and boolean tensors must be equal."""
-    if tuple(actual.shape) != tuple(expected.shape):
-        return f"shape {tuple(actual.shape)} instead of {tuple(expected.shape)}"
-    if not (actual.is_floating_point() or expected.is_floating_point()):
-        bad = int((actual != expected).sum())
-        return f"{bad} of {actual.numel()} elements differ" if bad else None
-    a, r = actual.detach().double(), expected.detach().to(actual.device).double()  # on the device: conv1's 37M
-    n = r.numel()
-    nan_a, nan_r = torch.isnan(a), torch.isnan(r)
-    if not torch.equal(nan_a, nan_r):
-        extra, missing = int((nan_a & ~nan_r).sum()), int((nan_r & ~nan_a).sum())
-        return f"NaN in {extra} elements where the reference has none" + (
-            f" (and {missing} missing)" if missing else "") + f", of {n}"
-    inf_a, inf_r = torch.isinf(a), torch.isinf(r)
-    if not torch.equal(inf_a, inf_r) or not torch.equal(a[inf_a], r[inf_r]):
-        return f"inf in {int((inf_a != inf_r).sum())} elements where the reference differs, of {n}"
-    fin = torch.isfinite(r)
-    a, r = a[fin], r[fin]
-    if not r.numel():
-        return None
-    rtol, atol, ntol = tol
-    err = (a - r).abs()
-    rms = float(r.square().mean().sqrt())
-    bound = rtol * r.abs() + atol * rms
-    bad = err > bound
-    if bad.any():
-        return (f"{int(bad.sum())} of {n} elements off by up to {float(err.max()):.3g} "
-                f"(allowed {rtol:.2g} x |ref| + {atol * rms:.3g}; reference rms {rms:.3g})")
-    norm_r = float(r.norm())
-    if float(err.norm()) > ntol * norm_r:
-        return f"norm-relative error {float(err.norm()) / max(norm_r, 1e-300):.3g} > {ntol:.2g}"
-    return None
-
-
 # ------------------------------------------------------------------------------ plan cache
-KERNEL_SOURCES = ("conv/common.py", "conv/configs.py", "conv/fwd.py", "conv/dgrad.py", "conv/wgrad.py",
+KERNEL_SOURCES = ("conv/common.py", "conv/plans.py", "conv/configs.py", "conv/fwd.py", "conv/dgrad.py", "conv/wgrad.py",
                   "conv/input_layout.py", "_common.py")
 
 
@@ -436,101 +382,3 @@ def _verify_candidates(check: ConvCheck, candidates, run, device) -> tuple[list,
 def note_fallback(check: ConvCheck) -> None:
     record("fallback", f"no {check.pass_} config passed for {check.shape}: that pass runs PyTorch's convolution",
            shape=check.shape, pass_=check.pass_)
-
-
-# ------------------------------------------------------------------------------ checked first use
-def signature(name: str, args) -> tuple:
-    """(op, per argument: a tensor's (shape, dtype, strides), a list as a tuple, anything else as
-    itself). On every call of a checked op: kept to a few microseconds."""
-    key = [name]
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            key.append((a.shape, a.dtype, a.stride()))
-        elif isinstance(a, list):
-            key.append(tuple(a))
-        else:
-            key.append(a)
-    return tuple(key)
-
-
-def _outputs(value) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (tuple, list)) else [value]
-
-
-def _dropout_expected(x, y, p):
-    """Dropout's output given the kernel's own mask (y != 0 where x != 0): x / (1 - p) where
-    kept, else 0; and the kept fraction (None when too few elements to judge)."""
-    keep = (y != 0) | torch.isnan(y)
-    expected = torch.where(keep, x / (1.0 - p), torch.zeros((), dtype=x.dtype, device=x.device)).to(x.dtype)
-    live = x != 0
-    n = int(live.sum())
-    return expected, (float((keep & live).sum()) / n if n >= 4096 else None)
-
-
-def first_use(name: str, sig: tuple, triton_impl, reference_impl, args, kwargs, mutates=()):
-    """The first call of `sig`: run the kernel and the reference, compare, decide for the rest of
-    the process (STATE.ops); returns the result the caller gets (the reference's on a mismatch).
-    `mutates`: indices of arguments the op writes in place (SGD, the loss's flag)."""
-    start = time.perf_counter()
-    try:
-        return _first_use(name, sig, triton_impl, reference_impl, args, kwargs, mutates)
-    finally:
-        STATE.seconds += time.perf_counter() - start
-
-
-_LOW = (torch.bfloat16, torch.float16)
-
-
-def _first_use(name, sig, triton_impl, reference_impl, args, kwargs, mutates):
-    """The check itself. The reference runs on copies: of the arguments the op writes, and of
-    16-bit inputs upcast to fp32 (exact), so the kernel, which computes in fp32 from the same
-    values, is held to its one rounding to the output dtype, not to a 16-bit reference's own
-    roundings. On a mismatch the written arguments get their values back and the reference runs
-    on the real arguments."""
-    pristine = {i: args[i].clone() for i in mutates if isinstance(args[i], torch.Tensor)}
-    result = triton_impl(*args, **kwargs)
-    ref_args = [pristine[i].clone() if i in pristine else
-                a.float() if isinstance(a, torch.Tensor) and a.dtype in _LOW else a for i, a in enumerate(args)]
-    STATE.op_checks += 1
-    try:
-        why = None
-        if name == "dropout":  # another RNG than the reference's: compare given the kernel's mask, and its rate
-            x, p = args[0], float(args[2])
-            want, rate = _dropout_expected(x, result, p)
-            got, want = [result], [want]
-            n = int((x != 0).sum())
-            if rate is not None and 0 < p < 1 and abs(rate - (1 - p)) > 6 * math.sqrt(p * (1 - p) / n):
-                why = f"kept fraction {rate:.4f}, expected {1 - p:.4f}"
-        else:
-            expected = reference_impl(*ref_args, **kwargs)
-            got, want = _outputs(result), _outputs(expected)
-            got += [args[i] for i in pristine]
-            want += [ref_args[i] for i in pristine]
-        if why is None:
-            for a, e in zip(got, want):
-                if isinstance(a, torch.Tensor) and isinstance(e, torch.Tensor):
-                    why = compare(a, e.to(a.dtype) if a.dtype != e.dtype and not a.is_floating_point() else e,
-                                  op_tolerance(a.dtype))
-                    if why:
-                        break
-        if len(got) != len(want):
-            why = why or f"{len(got)} outputs instead of {len(want)}"
-    except Exception as err:  # a reference that cannot run this case: nothing to compare with, the kernel stays
-        why = None
-        print(f"[verify] {name}: the reference could not run for the check ({type(err).__name__}: {err})",
-              file=sys.stderr)
-    if why is None:
-        STATE.ops[sig] = True
-        note_ran(name, "triton")
-        return result
-    STATE.ops[sig] = False
-    note_ran(name, "reference")
-    shape = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
-    dtype = next((str(a.dtype).replace("torch.", "") for a in args if isinstance(a, torch.Tensor)), "")
-    record("op-mismatch", f"{name} ({shape}, {dtype}) does not match its reference ({why}): it runs the reference "
-           "from now on in this process", op=name, shape=shape, error=why)
-    for i, t in pristine.items():  # the kernel already wrote the real buffers: their values before it
-        args[i].copy_(t)
-    return reference_impl(*args, **kwargs)
