@@ -139,7 +139,7 @@ def build_step(stack: str, dtype: torch.dtype, layout: str = "single", batch: in
     """A closure running one training step, as alexnet.training.loop does, on meta tensors.
     stack: "ours" (Triton ops, FlatPaperSGD) or "eager" (reference ops, PaperSGD)."""
     from alexnet.network.model import AlexNet
-    from alexnet.training import loop
+    from alexnet.training.step import build_optimizer, training_step
 
     install_stubs()
     config = _config("triton" if stack == "ours" else "reference")
@@ -151,14 +151,14 @@ def build_step(stack: str, dtype: torch.dtype, layout: str = "single", batch: in
 
         model = ShardedAlexNet(config, _fake_column_layout())
     model.train()
-    optimizer = loop.build_optimizer(model, config.ops, dtype, 0.01, 0.9, 5e-4)  # as alexnet.train builds it
+    optimizer = build_optimizer(model, config.ops, dtype, 0.01, 0.9, 5e-4)  # as alexnet.train builds it
     images = _model_input(config, batch, dtype)
     labels = torch.empty(batch, device="meta", dtype=torch.int64)
     finite = torch.ones((), dtype=torch.bool, device="meta")
     sync = getattr(model, "sync_gradients", None)
 
     def step():
-        loop.training_step(model, optimizer, images, labels, finite, sync)
+        training_step(model, optimizer, images, labels, finite, sync)
 
     return step
 

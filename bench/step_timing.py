@@ -30,7 +30,7 @@ PRECISIONS = {"bf16": torch.bfloat16, "tf32": torch.float32}
 def make_step(stack: str, dtype: torch.dtype, state: dict, batch: int):
     from alexnet.network.config import AlexNetConfig
     from alexnet.network.model import AlexNet
-    from alexnet.training.loop import build_optimizer, training_step
+    from alexnet.training.step import build_optimizer, training_step
     from alexnet.training.step_graph import StepRunner
 
     ops = "triton" if stack.startswith("ours") else "reference"

@@ -30,7 +30,7 @@ from helpers import CUDA, DEVICE, requires_gpu
 from alexnet.network.config import AlexNetConfig
 from alexnet.network.layers import ColumnDropout
 from alexnet.network.model import AlexNet
-from alexnet.training.loop import build_optimizer, training_step
+from alexnet.training.step import build_optimizer, training_step
 from kernels import reference
 
 STEPS, BATCH = 5, 3

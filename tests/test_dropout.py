@@ -214,8 +214,8 @@ def test_cuda_graph_replays_advance_the_dropout_count():
     capture, so every replay draws new masks (and a short batch run plainly in between moves
     the same count): the weights and the count equal the plain run's bit for bit."""
     from alexnet.network.layers import ColumnDropout, Linear
-    from alexnet.training.loop import training_step
     from alexnet.training.optim import FlatPaperSGD, param_groups
+    from alexnet.training.step import training_step
     from alexnet.training.step_graph import StepRunner
 
     class Net(torch.nn.Module):

@@ -137,8 +137,8 @@ def test_low_precision_copies_train_exactly_like_casting_every_step():
 def _runner_setup(device, capture, low_precision=None):
     import torch
 
-    from alexnet.training.loop import training_step
     from alexnet.training.optim import FlatPaperSGD, param_groups
+    from alexnet.training.step import training_step
     from alexnet.training.step_graph import StepRunner
 
     model = _linear_model(0).to(device)

@@ -16,7 +16,6 @@ import kernels
 from alexnet import evaluate
 from alexnet.train import DEMO, TrainConfig, parse_args
 from alexnet.training import checkpoint
-from alexnet.training import loop as trainer_module
 from alexnet.training.loop import Trainer, run
 from kernels import reference
 
@@ -183,14 +182,14 @@ def test_resume_refuses_another_recipe(tiny_store, tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_store, tmp_path, capsys, monkeypatch):
     assert run(config(tiny_store, tmp_path, max_steps=2)) == 0
     good = _weights(tmp_path / "checkpoint_last.pt")
-    cross_entropy = trainer_module.F.cross_entropy
+    cross_entropy = torch.nn.functional.cross_entropy
     poisoned = {"steps": 0}
 
     def nan_after_one_step(logits, labels):  # the second resumed step's loss is NaN
         poisoned["steps"] += 1
         return cross_entropy(logits, labels) * (float("nan") if poisoned["steps"] >= 2 else 1.0)
 
-    monkeypatch.setattr(trainer_module.F, "cross_entropy", nan_after_one_step)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", nan_after_one_step)
     assert run(config(tiny_store, tmp_path, max_steps=5, resume="auto")) == 2
     assert "non-finite" in capsys.readouterr().out
     after = _weights(tmp_path / "checkpoint_last.pt")

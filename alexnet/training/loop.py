@@ -16,7 +16,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from alexnet.base.errors import UsageError
@@ -28,10 +27,11 @@ from alexnet.training import checkpoint
 from alexnet.training.checks import at_chance, check_checkpoint_store, loss_remark, stall_message, weights_finite
 from alexnet.training.evaluation import error_rates, evaluate
 from alexnet.training.metrics import MetricsLog
-from alexnet.training.optim import FlatPaperSGD, PaperSGD, PlateauSchedule, load_velocity, param_groups, set_lr
+from alexnet.training.optim import PlateauSchedule, load_velocity, set_lr
 from alexnet.training.outdir import RUN_FILES, check_resume_auto, claim_output_dir, refuse_used_output_dir
 from alexnet.training.recipe import RESUME_FIELDS, TrainConfig
 from alexnet.training.session import Session, build_model, check_ops, resolve_precision, resolve_store, tf32_as
+from alexnet.training.step import build_optimizer, training_step
 from kernels import verify
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
@@ -58,50 +58,6 @@ def set_rng_state(model, state: dict, session: Session) -> None:
     model.dropout.set_rng_state(state["dropout"], session.device)
     if "cuda" in state and session.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], session.device)
-
-
-# ------------------------------------------------------------------ one step
-def build_optimizer(model, ops: str, dtype: torch.dtype, lr: float, momentum: float, weight_decay: float,
-                    replicas: int = 1):
-    """The Triton build takes the fused one-launch update over flat buffers (in 16-bit
-    compute it also keeps the layers' 16-bit weight copies: no per-step casts); the
-    reference build torch's ops. The 16-bit copies need the gradients in the optimizer's
-    own buffer, so with several data-parallel replicas (whose averaging reads p.grad) the
-    layers cast per step instead."""
-    groups = param_groups(model, weight_decay)
-    if not uses_kernels(ops):
-        return PaperSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    low = dtype if dtype != torch.float32 and replicas == 1 else None
-    optimizer = FlatPaperSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, low_precision=low)
-    if low is not None:
-        optimizer.attach(model)
-    return optimizer
-
-
-def training_step(model, optimizer, images, labels, finite: torch.Tensor, sync_gradients=None):
-    """Forward, loss, backward, (gradient sync,) update: the step as trained and as measured
-    (bench/host_step.py). Returns the loss and the count of wrong top-1 guesses as device
-    tensors; `finite` is and-ed in place with the loss's finiteness. No host-device sync.
-    With the Triton ops the loss, its gradient, the count and the finiteness test are one
-    launch (kernels/cross_entropy.py) and the backward starts from that gradient; the
-    reference ops keep torch's loss (the eager yardstick)."""
-    logits = model(images)
-    optimizer.zero_grad(set_to_none=True)
-    ops = getattr(getattr(model, "config", None), "ops", None)  # (a model without one: torch's loss)
-    if ops is not None and uses_kernels(ops):
-        from kernels import softmax_cross_entropy
-
-        loss, dlogits, wrong = softmax_cross_entropy(logits.detach(), labels, finite)
-        logits.backward(dlogits)
-    else:
-        loss = F.cross_entropy(logits.float(), labels)
-        finite &= loss.abs() < math.inf  # isfinite (NaN < inf is False) in 3 launches where torch.isfinite takes 5
-        loss.backward()
-        wrong = (logits.argmax(1) != labels).sum()
-    if sync_gradients is not None:
-        sync_gradients()
-    optimizer.step()
-    return loss.detach(), wrong
 
 
 # ------------------------------------------------------------------ the loop

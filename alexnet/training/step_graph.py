@@ -3,7 +3,7 @@
 Launching the step's ~90 kernels costs the CPU several milliseconds (bench/host_step.py);
 a CUDA graph replays all of them (forward, backward, update) with one launch. The first
 `warmup` steps run plainly (Triton compiles and autotunes, cuDNN picks its algorithms,
-the caching allocator settles); the next call captures `loop.training_step` on static
+the caching allocator settles); the next call captures `step.training_step` on static
 input buffers and every later call copies its batch into them and replays. What a replay
 needs is already on the device: the learning rate is a device tensor of FlatPaperSGD
 (PaperSGD's is a Python float, so a change of lr re-captures), the dropout streams' call
