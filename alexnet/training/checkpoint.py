@@ -139,26 +139,33 @@ def model_from_checkpoint(path, ops: str = "auto", device=None):
     return model.eval(), ckpt
 
 
+def store_mismatch(ckpt: dict, store) -> str | None:
+    """What makes `store` another store than the one the checkpoint was trained on, or None:
+    other classes (its labels would name the wrong classes), another image size (the crops
+    would be of other pixels), or, where the checkpoint recorded it, another fingerprint
+    (other source or counts)."""
+    if list(store.classes) != list(ckpt["classes"]):
+        return (f"it has other classes than the checkpoint was trained on ({store.num_classes} vs "
+                f"{len(ckpt['classes'])}; e.g. {store.classes[:2]} vs {ckpt['classes'][:2]})")
+    size = ckpt.get("store_image_size")
+    if size is not None and int(size) != store.image_size:
+        return f"it holds {store.image_size} px images, the checkpoint was trained on a store of {int(size)} px"
+    saved = ckpt.get("store")
+    if saved is not None and saved != store.fingerprint:
+        return (f"it is another store than the checkpoint was trained on (fingerprint {store.fingerprint}, the "
+                f"checkpoint's {saved}: other source or image counts)")
+    return None
+
+
 def matching_store(ckpt: dict, data):
     """Open the store at `data`, refusing with one clear ValueError line a store that is not
-    the one the checkpoint was trained on: other classes (its labels would name the wrong
-    classes), another image size (the crops would be of other pixels), or, where the
-    checkpoint recorded it, another fingerprint (other source or counts)."""
+    the one the checkpoint was trained on (`store_mismatch`)."""
     from alexnet.data.store import Store
 
     store = Store(data)
-    if list(store.classes) != list(ckpt["classes"]):
-        raise ValueError(f"{data} has other classes than the checkpoint was trained on ({store.num_classes} vs "
-                         f"{len(ckpt['classes'])}; e.g. {store.classes[:2]} vs {ckpt['classes'][:2]}): pass the "
-                         "store it was trained on")
-    size = ckpt.get("store_image_size")
-    if size is not None and int(size) != store.image_size:
-        raise ValueError(f"{data} holds {store.image_size} px images, the checkpoint was trained on a store of "
-                         f"{int(size)} px: pass the store it was trained on")
-    saved = ckpt.get("store")
-    if saved is not None and saved != store.fingerprint:
-        raise ValueError(f"{data} is not the store the checkpoint was trained on (fingerprint {store.fingerprint}, "
-                         f"the checkpoint's {saved}: other source or image counts): pass the store it was trained on")
+    why = store_mismatch(ckpt, store)
+    if why is not None:
+        raise ValueError(f"{data}: {why}: pass the store it was trained on")
     return store
 
 

@@ -12,6 +12,7 @@ import torch
 
 from alexnet.base.errors import UsageError
 from alexnet.data.store import Store
+from alexnet.training.checkpoint import store_mismatch
 from alexnet.training.recipe import INIT, TrainConfig, command_line, store_size_for
 
 __all__ = ["check_store_fits", "check_store_source", "check_checkpoint_store", "weights_finite", "loss_remark",
@@ -43,14 +44,10 @@ def check_store_source(store: Store, data) -> None:
 
 
 def check_checkpoint_store(ckpt: dict, store: Store, path) -> None:
-    """A checkpoint continues or evaluates only on the store (classes, images) it was trained on."""
-    if list(ckpt["classes"]) != list(store.classes):
-        raise UsageError(f"alexnet.train: cannot resume {path}: it was trained on {len(ckpt['classes'])} classes "
-                         f"({', '.join(ckpt['classes'][:3])}, ...), {store.path} has {store.num_classes} other ones")
-    saved = ckpt.get("store")
-    if saved is not None and saved != store.fingerprint:
-        raise UsageError(f"alexnet.train: cannot resume {path}: it was trained on another store (fingerprint "
-                         f"{saved}), {store.path} is {store.fingerprint} (other source, size or counts)")
+    """A checkpoint continues only on the store (classes, size, images) it was trained on."""
+    why = store_mismatch(ckpt, store)
+    if why is not None:
+        raise UsageError(f"alexnet.train: cannot resume {path} on {store.path}: {why}")
 
 
 def weights_finite(model) -> torch.Tensor:
