@@ -343,18 +343,11 @@ def main(argv=None) -> int:
     ap.add_argument("--stage-verify", metavar="JSON", help=argparse.SUPPRESS)
     ap.add_argument("--verify-worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.stage_verify:
-        stage_verify(args.stage_verify)
-        return 0
-    if args.verify_worker:
-        verify_worker(args.verify_worker)
-        return 0
-    if args.stage_env:
-        stage_env(args.stage_env)
-        return 0
-    if args.stage_step:
-        stage_step(args.stage_step)
-        return 0
+    for given, run_stage_here in ((args.stage_verify, stage_verify), (args.verify_worker, verify_worker),
+                                  (args.stage_env, stage_env), (args.stage_step, stage_step)):
+        if given:  # a stage's own process (the report starts it)
+            run_stage_here(given)
+            return 0
     started = time.strftime("%Y-%m-%dT%H-%M-%S")
     out = args.out or ROOT / "bench" / "gpu_report_out" / started
     chosen = stages(out)
